@@ -1,0 +1,33 @@
+# kyc-worker: the commands a developer and CI use. `make test` is everything CI runs.
+CARGO ?= cargo
+BIN := target/release/kyc-worker
+
+.PHONY: all build deps demo test test-rust lint fmt clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+deps:
+	@scripts/install-deps.sh
+
+## demo: start the Didit sandbox on a free port and run verifications through it end to end
+demo: deps build
+	@scripts/demo.sh
+
+## test: lint, then every test suite (unit and integration, real redis-server + sandbox)
+test: deps lint test-rust
+
+test-rust:
+	$(CARGO) test --all-targets
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

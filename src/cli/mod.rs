@@ -1,0 +1,112 @@
+//! The `kyc-worker` command line: parses arguments, loads settings, runs one command.
+//!
+//! Exit codes are part of the interface: 0 success, 1 a command that failed (Didit refused,
+//! unreachable host), 2 bad usage or an invalid setting (before anything touched Redis or
+//! Didit).
+
+mod didit;
+mod sandbox;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::settings::{Settings, SettingsError};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kyc-worker",
+    version,
+    about = "Runs KYC identity verification through the Didit API as durable jobs in Redis",
+    long_about = "Runs KYC identity verification through the Didit API as durable jobs in Redis.\n\n\
+        Settings come from the embedded config/default.toml, then config/{KYC_ENV}.toml, then \
+        KYC__SECTION__KEY environment variables (e.g. KYC__DIDIT__API_KEY)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a local emulator of the Didit API (for the demo, tests and benchmarks)
+    Sandbox(sandbox::SandboxArgs),
+    /// Call the Didit API directly: workflows, sessions, decisions, reviews, billing
+    Didit(Box<didit::DiditArgs>),
+}
+
+/// Why a command stopped: decides the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+impl CliError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Settings(_) | CliError::Usage(_) => ExitCode::from(2),
+            CliError::Failed(_) => ExitCode::from(1),
+        }
+    }
+}
+
+impl From<crate::didit::DiditError> for CliError {
+    fn from(e: crate::didit::DiditError) -> Self {
+        CliError::Failed(e.into())
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            e.exit_code()
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Sandbox(args) => sandbox::run(args).await,
+        Command::Didit(command) => {
+            let settings = Settings::load()?;
+            init_logs(&settings)?;
+            didit::run(*command, &settings).await
+        }
+    }
+}
+
+/// Logs go to stderr so a command's own output on stdout stays machine-readable.
+fn init_logs(settings: &Settings) -> Result<(), CliError> {
+    crate::telemetry::init_subscriber(&settings.log, std::io::stderr)
+        .map_err(|e| CliError::Failed(e.context("cannot start logging")))
+}
+
+/// `outer: inner: innermost`, each cause once.
+fn error_chain(e: &CliError) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ")
+}

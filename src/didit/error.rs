@@ -1,0 +1,345 @@
+//! One error type for every Didit call, classified by what the caller should do about it.
+//!
+//! The classes drive the whole fleet: a retryable error re-schedules the job without burning
+//! an attempt, an account-level error pauses Didit calls fleet-wide (it is not the job's
+//! fault), and a request-level error fails that request at once.
+
+use std::{fmt, time::Duration};
+
+use serde_json::Value;
+
+use super::Endpoint;
+
+/// What the caller should do about a failed call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Try again later; `retry_after` is Didit's own floor when it sent one.
+    Retryable { retry_after: Option<Duration> },
+    /// The account cannot make calls: pause the fleet until a probe proves the cause gone.
+    Account(AccountIssue),
+    /// This request cannot succeed as sent.
+    Request,
+}
+
+/// Why the whole account is blocked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountIssue {
+    /// 401: the key is wrong, revoked or expired.
+    InvalidKey,
+    /// 403 where the key must have access (session create, decision).
+    Forbidden,
+    /// 400 "not enough credits".
+    NoCredits,
+}
+
+impl AccountIssue {
+    /// The `reason` label of `kyc_didit_paused`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountIssue::InvalidKey => "invalid_key",
+            AccountIssue::Forbidden => "forbidden",
+            AccountIssue::NoCredits => "no_credits",
+        }
+    }
+}
+
+/// A failed Didit call.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("Didit {endpoint}: {kind}")]
+pub struct DiditError {
+    pub endpoint: Endpoint,
+    pub kind: DiditErrorKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DiditErrorKind {
+    #[error("timed out")]
+    Timeout,
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("transport error: {0}")]
+    Transport(String),
+    #[error("HTTP {status}: {body}")]
+    Status {
+        status: u16,
+        body: Box<ErrorBody>,
+        retry_after: Option<Duration>,
+    },
+    /// A 2xx whose body is not what the API promises (a hostile or broken response).
+    #[error("unexpected response body: {0}")]
+    Decode(String),
+}
+
+impl DiditError {
+    pub fn new(endpoint: Endpoint, kind: DiditErrorKind) -> Self {
+        Self { endpoint, kind }
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        match &self.kind {
+            DiditErrorKind::Timeout | DiditErrorKind::Connect(_) | DiditErrorKind::Transport(_) => {
+                ErrorClass::Retryable { retry_after: None }
+            }
+            // A broken body is more likely a proxy or an outage than a permanent answer.
+            DiditErrorKind::Decode(_) => ErrorClass::Retryable { retry_after: None },
+            DiditErrorKind::Status {
+                status,
+                body,
+                retry_after,
+            } => match *status {
+                429 | 500..=599 => ErrorClass::Retryable {
+                    retry_after: *retry_after,
+                },
+                401 => ErrorClass::Account(AccountIssue::InvalidKey),
+                403 if self.endpoint.forbidden_means_account() => {
+                    ErrorClass::Account(AccountIssue::Forbidden)
+                }
+                400 if body.mentions_credits() => ErrorClass::Account(AccountIssue::NoCredits),
+                _ => ErrorClass::Request,
+            },
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.class(), ErrorClass::Retryable { .. })
+    }
+
+    /// The HTTP status, when Didit answered.
+    pub fn status(&self) -> Option<u16> {
+        match &self.kind {
+            DiditErrorKind::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Didit's error body: Django REST Framework's shapes, flattened for people and code.
+///
+/// DRF answers `{"detail": "…"}`, `{"field": ["…", …]}`, `{"field": "…"}`, nested lists for
+/// array fields, or a bare list `["…"]`. Anything else (HTML for a malformed path, empty) is
+/// kept as a short excerpt.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub detail: Option<String>,
+    /// `(field, messages)` in the order Didit sent them.
+    pub fields: Vec<(String, Vec<String>)>,
+    /// Messages of a bare-array body.
+    pub messages: Vec<String>,
+    /// The start of a body that is not JSON.
+    pub excerpt: Option<String>,
+}
+
+impl ErrorBody {
+    pub fn parse(bytes: &[u8]) -> ErrorBody {
+        match serde_json::from_slice::<Value>(bytes) {
+            Ok(Value::Object(map)) => {
+                let mut body = ErrorBody::default();
+                for (key, value) in map {
+                    if key == "detail" {
+                        body.detail = Some(flatten_messages(&value).join(" "));
+                    } else {
+                        body.fields.push((key, flatten_messages(&value)));
+                    }
+                }
+                body
+            }
+            Ok(value @ Value::Array(_)) => ErrorBody {
+                messages: flatten_messages(&value),
+                ..ErrorBody::default()
+            },
+            Ok(other) => ErrorBody {
+                messages: vec![other.to_string()],
+                ..ErrorBody::default()
+            },
+            Err(_) => {
+                let text = String::from_utf8_lossy(bytes);
+                let text = text.trim();
+                ErrorBody {
+                    excerpt: (!text.is_empty()).then(|| text.chars().take(120).collect()),
+                    ..ErrorBody::default()
+                }
+            }
+        }
+    }
+
+    fn mentions_credits(&self) -> bool {
+        let all = self
+            .detail
+            .iter()
+            .chain(self.messages.iter())
+            .chain(self.fields.iter().flat_map(|(_, m)| m.iter()));
+        all.into_iter()
+            .any(|m| m.to_ascii_lowercase().contains("enough credits"))
+    }
+}
+
+/// Collects every string in a DRF error value, prefixing nested field names.
+fn flatten_messages(value: &Value) -> Vec<String> {
+    match value {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items.iter().flat_map(flatten_messages).collect(),
+        Value::Object(map) => map
+            .iter()
+            .flat_map(|(k, v)| {
+                flatten_messages(v)
+                    .into_iter()
+                    .map(move |m| format!("{k}: {m}"))
+            })
+            .collect(),
+        Value::Null => Vec::new(),
+        other => vec![other.to_string()],
+    }
+}
+
+impl fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        parts.extend(self.detail.iter().cloned());
+        parts.extend(
+            self.fields
+                .iter()
+                .map(|(field, messages)| format!("{field}: {}", messages.join(" "))),
+        );
+        parts.extend(self.messages.iter().cloned());
+        parts.extend(self.excerpt.iter().map(|e| format!("(not JSON) {e}")));
+        if parts.is_empty() {
+            f.write_str("(empty body)")
+        } else {
+            f.write_str(&parts.join("; "))
+        }
+    }
+}
+
+/// Reads `Retry-After` as seconds or as an HTTP date relative to `now`.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_error(endpoint: Endpoint, status: u16, body: &str) -> DiditError {
+        DiditError::new(
+            endpoint,
+            DiditErrorKind::Status {
+                status,
+                body: Box::new(ErrorBody::parse(body.as_bytes())),
+                retry_after: None,
+            },
+        )
+    }
+
+    #[test]
+    fn drf_bodies_of_every_shape_are_readable() {
+        let b = ErrorBody::parse(br#"{"detail": "Not found."}"#);
+        assert_eq!(b.to_string(), "Not found.");
+        let b = ErrorBody::parse(br#"{"workflow_id": ["This field is required."]}"#);
+        assert_eq!(b.to_string(), "workflow_id: This field is required.");
+        let b = ErrorBody::parse(br#"{"workflow_id": "Invalid workflow_id."}"#);
+        assert_eq!(
+            b.fields,
+            vec![(
+                "workflow_id".to_owned(),
+                vec!["Invalid workflow_id.".to_owned()]
+            )]
+        );
+        let b = ErrorBody::parse(br#"["The new status is the same as the current status."]"#);
+        assert_eq!(b.messages.len(), 1);
+        let b = ErrorBody::parse(
+            br#"{"nodes_to_resubmit": [{"feature": ["\"BOGUS\" is not a valid choice."]}]}"#,
+        );
+        assert_eq!(
+            b.to_string(),
+            "nodes_to_resubmit: feature: \"BOGUS\" is not a valid choice."
+        );
+        let b = ErrorBody::parse(b"<html><body>Not Found</body></html>");
+        assert!(b.to_string().starts_with("(not JSON) <html>"));
+        assert_eq!(ErrorBody::parse(b"").to_string(), "(empty body)");
+    }
+
+    #[test]
+    fn each_failure_is_classified() {
+        use AccountIssue::*;
+        let cases = [
+            (
+                status_error(Endpoint::Decision, 503, "{}"),
+                ErrorClass::Retryable { retry_after: None },
+            ),
+            (
+                status_error(Endpoint::Decision, 429, r#"{"detail":"slow down"}"#),
+                ErrorClass::Retryable { retry_after: None },
+            ),
+            (
+                status_error(Endpoint::GeneratePdf, 401, r#"{"detail":"bad key"}"#),
+                ErrorClass::Account(InvalidKey),
+            ),
+            (
+                status_error(Endpoint::CreateSession, 403, r#"{"detail":"no"}"#),
+                ErrorClass::Account(Forbidden),
+            ),
+            (
+                status_error(Endpoint::Decision, 403, r#"{"detail":"no"}"#),
+                ErrorClass::Account(Forbidden),
+            ),
+            (
+                status_error(
+                    Endpoint::GeneratePdf,
+                    403,
+                    r#"{"detail":"You can only generate a PDF for sessions in review"}"#,
+                ),
+                ErrorClass::Request,
+            ),
+            (
+                status_error(
+                    Endpoint::CreateSession,
+                    400,
+                    r#"{"detail":"You don't have enough credits to perform this request."}"#,
+                ),
+                ErrorClass::Account(NoCredits),
+            ),
+            (
+                status_error(
+                    Endpoint::CreateSession,
+                    400,
+                    r#"{"workflow_id":"Invalid workflow_id."}"#,
+                ),
+                ErrorClass::Request,
+            ),
+            (
+                status_error(Endpoint::Decision, 404, r#"{"detail":"Not found."}"#),
+                ErrorClass::Request,
+            ),
+            (
+                DiditError::new(Endpoint::Decision, DiditErrorKind::Timeout),
+                ErrorClass::Retryable { retry_after: None },
+            ),
+            (
+                DiditError::new(
+                    Endpoint::Decision,
+                    DiditErrorKind::Connect("refused".into()),
+                ),
+                ErrorClass::Retryable { retry_after: None },
+            ),
+        ];
+        for (error, class) in cases {
+            assert_eq!(error.class(), class, "{error}");
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_767_225_600);
+        assert_eq!(parse_retry_after("17", now), Some(Duration::from_secs(17)));
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(42));
+        assert_eq!(parse_retry_after(&date, now), Some(Duration::from_secs(42)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(5));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+}

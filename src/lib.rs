@@ -1,0 +1,18 @@
+//! kyc-worker: a fleet of workers that runs KYC identity verification through the Didit API
+//! as durable jobs in Redis.
+//!
+//! # Layout
+//! - [`settings`]: layered, validated settings (`config/default.toml`, `config/{KYC_ENV}.toml`,
+//!   `KYC__SECTION__KEY`).
+//! - [`telemetry`]: the tracing subscriber.
+//! - [`domain`]: statuses and other types that do no I/O.
+//! - [`didit`]: the only code that speaks HTTP to Didit, and webhook signatures.
+//! - [`sandbox`]: a local emulator of the Didit endpoints the fleet uses.
+//! - [`cli`]: the `kyc-worker` command line.
+
+pub mod cli;
+pub mod didit;
+pub mod domain;
+pub mod sandbox;
+pub mod settings;
+pub mod telemetry;

@@ -1,0 +1,652 @@
+//! Settings: what an operator can change without a rebuild.
+//!
+//! The layers are fixed by DESIGN.md: `config/default.toml` compiled into the binary, then
+//! `config/{KYC_ENV}.toml` when it exists, then `KYC__SECTION__KEY` environment variables.
+//! Loading also validates: every problem becomes one [`SettingsError`] that names the key the
+//! operator has to fix (as the environment variable they would set) and why, so `main` can
+//! print one line and exit 2 before anything touches Redis or Didit.
+
+use std::{collections::HashMap, fmt, path::Path, str::FromStr, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+/// The compiled-in defaults; the file is also the documentation of every key.
+pub const DEFAULT_SETTINGS: &str = include_str!("../config/default.toml");
+
+/// The environment variable that selects `config/{KYC_ENV}.toml`.
+pub const ENVIRONMENT_VAR: &str = "KYC_ENV";
+
+/// The key the sandbox accepts by default; refused for a real Didit base URL.
+pub const SANDBOX_API_KEY: &str = "sandbox";
+/// The webhook secret the sandbox signs with by default; refused for a real Didit base URL.
+pub const SANDBOX_WEBHOOK_SECRET: &str = "sandbox-webhook-secret";
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub log: LogSettings,
+    pub redis: RedisSettings,
+    pub http: HttpSettings,
+    pub didit: DiditSettings,
+    pub worker: WorkerSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// Kept secret: a Redis URL may carry a password.
+    pub url: SecretString,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    pub host: String,
+    pub port: u16,
+    pub internal_port: Option<u16>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DiditSettings {
+    pub base_url: Url,
+    pub auth_base_url: Url,
+    pub api_key: SecretString,
+    pub webhook_secret: SecretString,
+    pub previous_webhook_secrets: Vec<SecretString>,
+    pub webhook_tolerance: Duration,
+    pub workflow_id: uuid::Uuid,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub pdf_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSettings {
+    pub concurrency: usize,
+    pub shutdown_timeout: Duration,
+}
+
+/// A setting that cannot be used, with the key to fix and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid setting {key}: {reason}")]
+pub struct SettingsError {
+    /// The key as an environment variable, e.g. `KYC__DIDIT__BASE_URL`.
+    pub key: String,
+    pub reason: String,
+}
+
+impl SettingsError {
+    fn new(path: &str, reason: impl Into<String>) -> Self {
+        Self {
+            key: env_key(path),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// `didit.base_url` → `KYC__DIDIT__BASE_URL`.
+fn env_key(path: &str) -> String {
+    if path.is_empty() {
+        return "settings".to_owned();
+    }
+    format!("KYC__{}", path.replace('.', "__").to_uppercase())
+}
+
+/// Where the layers come from. Tests pass their own environment instead of mutating the
+/// process's, which would leak between tests running in parallel.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    /// The directory holding `{KYC_ENV}.toml`; `config` under the working directory by default.
+    pub config_dir: Option<std::path::PathBuf>,
+    /// Environment variables; the process environment when `None`.
+    pub env: Option<HashMap<String, String>>,
+}
+
+impl Settings {
+    /// Loads the settings from the process environment and `./config`.
+    pub fn load() -> Result<Self, SettingsError> {
+        Self::load_from(&Sources::default())
+    }
+
+    pub fn load_from(sources: &Sources) -> Result<Self, SettingsError> {
+        let env: HashMap<String, String> = match &sources.env {
+            Some(env) => env.clone(),
+            None => std::env::vars().collect(),
+        };
+        let environment = env
+            .get(ENVIRONMENT_VAR)
+            .cloned()
+            .unwrap_or_else(|| "local".to_owned());
+        let dir = sources
+            .config_dir
+            .clone()
+            .unwrap_or_else(|| Path::new("config").to_path_buf());
+        let overlay = dir.join(format!("{environment}.toml"));
+
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_SETTINGS,
+            config::FileFormat::Toml,
+        ));
+        if overlay.is_file() {
+            builder = builder.add_source(config::File::from(overlay.as_path()));
+        }
+        let env_source = config::Environment::with_prefix("KYC")
+            .prefix_separator("__")
+            .separator("__")
+            .source(Some(
+                env.into_iter()
+                    .filter(|(k, _)| k.starts_with("KYC__"))
+                    .collect(),
+            ));
+        let raw: RawSettings = builder
+            .add_source(env_source)
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(from_config_error)?;
+        raw.validate()
+    }
+}
+
+/// Turns the `config` crate's error into one with a key, where it names one.
+fn from_config_error(error: config::ConfigError) -> SettingsError {
+    match error {
+        config::ConfigError::Type {
+            key: Some(key),
+            unexpected,
+            expected,
+            ..
+        } => SettingsError::new(&key, format!("expected {expected}, got {unexpected}")),
+        config::ConfigError::NotFound(key) => SettingsError::new(&key, "missing"),
+        config::ConfigError::Message(message) => {
+            // Messages look like "missing field `x` for key `didit`" or carry a key suffix.
+            match message.rsplit_once(" for key `") {
+                Some((reason, key)) => SettingsError::new(key.trim_end_matches('`'), reason),
+                None => SettingsError::new("", message),
+            }
+        }
+        config::ConfigError::FileParse { uri, cause } => SettingsError {
+            key: uri.unwrap_or_else(|| "settings file".to_owned()),
+            reason: cause.to_string(),
+        },
+        other => SettingsError::new("", other.to_string()),
+    }
+}
+
+/// The shape of the layered settings before validation. Values that need parsing stay
+/// strings here so a bad one is reported with its key by [`RawSettings::validate`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    log: RawLog,
+    redis: RawRedis,
+    http: RawHttp,
+    didit: RawDidit,
+    worker: RawWorker,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: String,
+    format: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    url: String,
+    prefix: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    host: String,
+    port: String,
+    internal_port: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDidit {
+    base_url: String,
+    auth_base_url: String,
+    api_key: String,
+    webhook_secret: String,
+    previous_webhook_secrets: String,
+    webhook_tolerance: String,
+    workflow_id: String,
+    connect_timeout: String,
+    request_timeout: String,
+    pdf_timeout: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorker {
+    concurrency: String,
+    shutdown_timeout: String,
+}
+
+impl RawSettings {
+    fn validate(self) -> Result<Settings, SettingsError> {
+        let log = LogSettings {
+            format: match self.log.format.as_str() {
+                "pretty" => LogFormat::Pretty,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(SettingsError::new(
+                        "log.format",
+                        format!("expected \"pretty\" or \"json\", got \"{other}\""),
+                    ))
+                }
+            },
+            level: self.log.level,
+        };
+        tracing_subscriber::EnvFilter::try_new(&log.level)
+            .map_err(|e| SettingsError::new("log.level", e.to_string()))?;
+
+        let redis_url = parse_url("redis.url", &self.redis.url)?;
+        if !matches!(
+            redis_url.scheme(),
+            "redis" | "rediss" | "redis+unix" | "unix"
+        ) {
+            return Err(SettingsError::new(
+                "redis.url",
+                format!(
+                    "expected a redis:// or rediss:// URL, got scheme \"{}\"",
+                    redis_url.scheme()
+                ),
+            ));
+        }
+        let prefix = self.redis.prefix;
+        if prefix.is_empty()
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(SettingsError::new(
+                "redis.prefix",
+                "expected letters, digits, '-', '_' or '.', at least one",
+            ));
+        }
+
+        let http = HttpSettings {
+            host: self.http.host,
+            port: parse_port("http.port", &self.http.port)?,
+            internal_port: match self.http.internal_port.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(p) => Some(parse_port("http.internal_port", p)?),
+            },
+        };
+
+        let base_url = parse_http_url("didit.base_url", &self.didit.base_url)?;
+        let auth_base_url = parse_http_url("didit.auth_base_url", &self.didit.auth_base_url)?;
+        let sandbox = is_loopback(&base_url);
+        let api_key = self.didit.api_key.trim().to_owned();
+        if api_key.is_empty() || (!sandbox && api_key == SANDBOX_API_KEY) {
+            return Err(SettingsError::new(
+                "didit.api_key",
+                format!("missing: {base_url} is not the local sandbox, set your Didit API key"),
+            ));
+        }
+        let webhook_secret = self.didit.webhook_secret.trim().to_owned();
+        if webhook_secret.is_empty() || (!sandbox && webhook_secret == SANDBOX_WEBHOOK_SECRET) {
+            return Err(SettingsError::new(
+                "didit.webhook_secret",
+                format!(
+                    "missing: {base_url} is not the local sandbox, set the secret_shared_key of your webhook destination"
+                ),
+            ));
+        }
+        let previous_webhook_secrets = self
+            .didit
+            .previous_webhook_secrets
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| SecretString::from(s.to_owned()))
+            .collect();
+        let didit = DiditSettings {
+            base_url,
+            auth_base_url,
+            api_key: SecretString::from(api_key),
+            webhook_secret: SecretString::from(webhook_secret),
+            previous_webhook_secrets,
+            webhook_tolerance: parse_duration_setting(
+                "didit.webhook_tolerance",
+                &self.didit.webhook_tolerance,
+            )?,
+            workflow_id: uuid::Uuid::from_str(self.didit.workflow_id.trim()).map_err(|e| {
+                SettingsError::new("didit.workflow_id", format!("expected a UUID: {e}"))
+            })?,
+            connect_timeout: parse_positive_duration(
+                "didit.connect_timeout",
+                &self.didit.connect_timeout,
+            )?,
+            request_timeout: parse_positive_duration(
+                "didit.request_timeout",
+                &self.didit.request_timeout,
+            )?,
+            pdf_timeout: parse_positive_duration("didit.pdf_timeout", &self.didit.pdf_timeout)?,
+        };
+
+        let concurrency: usize = self.worker.concurrency.trim().parse().map_err(|_| {
+            SettingsError::new(
+                "worker.concurrency",
+                format!(
+                    "expected a whole number, got \"{}\"",
+                    self.worker.concurrency
+                ),
+            )
+        })?;
+        if concurrency == 0 {
+            return Err(SettingsError::new(
+                "worker.concurrency",
+                "must be at least 1",
+            ));
+        }
+        let worker = WorkerSettings {
+            concurrency,
+            shutdown_timeout: parse_duration_setting(
+                "worker.shutdown_timeout",
+                &self.worker.shutdown_timeout,
+            )?,
+        };
+
+        Ok(Settings {
+            log,
+            redis: RedisSettings {
+                url: SecretString::from(self.redis.url),
+                prefix,
+            },
+            http,
+            didit,
+            worker,
+        })
+    }
+}
+
+impl DiditSettings {
+    /// True when the base URL is this machine, i.e. the sandbox rather than Didit.
+    pub fn is_sandbox(&self) -> bool {
+        is_loopback(&self.base_url)
+    }
+
+    /// The current secret first, then those still accepted during a rotation.
+    pub fn webhook_secrets(&self) -> Vec<SecretString> {
+        std::iter::once(self.webhook_secret.clone())
+            .chain(self.previous_webhook_secrets.iter().cloned())
+            .collect()
+    }
+}
+
+impl RedisSettings {
+    pub fn url(&self) -> &str {
+        self.url.expose_secret()
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+fn parse_url(key: &str, value: &str) -> Result<Url, SettingsError> {
+    Url::parse(value.trim())
+        .map_err(|e| SettingsError::new(key, format!("not a URL ({e}): \"{value}\"")))
+}
+
+fn parse_http_url(key: &str, value: &str) -> Result<Url, SettingsError> {
+    let url = parse_url(key, value)?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(SettingsError::new(
+            key,
+            format!("expected an http:// or https:// URL with a host, got \"{value}\""),
+        ));
+    }
+    Ok(url)
+}
+
+fn parse_port(key: &str, value: &str) -> Result<u16, SettingsError> {
+    value.trim().parse::<u16>().map_err(|_| {
+        SettingsError::new(
+            key,
+            format!("expected a port number 0-65535, got \"{value}\""),
+        )
+    })
+}
+
+fn parse_duration_setting(key: &str, value: &str) -> Result<Duration, SettingsError> {
+    parse_duration(value).map_err(|reason| SettingsError::new(key, reason))
+}
+
+fn parse_positive_duration(key: &str, value: &str) -> Result<Duration, SettingsError> {
+    let d = parse_duration_setting(key, value)?;
+    if d.is_zero() {
+        return Err(SettingsError::new(key, "must be longer than zero"));
+    }
+    Ok(d)
+}
+
+/// Parses `500ms`, `30s`, `15m`, `2h`, `7d` (one number, one unit).
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (number, unit) = v.split_at(split);
+    let malformed =
+        || format!("expected a duration such as 500ms, 30s, 15m, 2h or 7d, got \"{value}\"");
+    let n: u64 = number.parse().map_err(|_| malformed())?;
+    let unit_ms: u64 = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(malformed()),
+    };
+    n.checked_mul(unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("duration \"{value}\" is too long"))
+}
+
+/// Prints a duration back in the units [`parse_duration`] reads.
+pub struct HumanDuration(pub Duration);
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        match ms {
+            0 => write!(f, "0s"),
+            ms if ms % 86_400_000 == 0 => write!(f, "{}d", ms / 86_400_000),
+            ms if ms % 3_600_000 == 0 => write!(f, "{}h", ms / 3_600_000),
+            ms if ms % 60_000 == 0 => write!(f, "{}m", ms / 60_000),
+            ms if ms % 1_000 == 0 => write!(f, "{}s", ms / 1_000),
+            ms => write!(f, "{ms}ms"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Settings::load_from(&Sources {
+            config_dir: Some(dir.path().to_path_buf()),
+            env: Some(
+                vars.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+        })
+    }
+
+    #[test]
+    fn the_embedded_defaults_are_valid_and_point_at_the_sandbox() {
+        let s = load(&[]).expect("defaults load");
+        assert!(s.didit.is_sandbox());
+        assert_eq!(s.redis.prefix, "kyc");
+        assert_eq!(s.http.internal_port, None);
+        assert_eq!(s.didit.webhook_tolerance, Duration::from_secs(300));
+        assert_eq!(s.worker.concurrency, 64);
+    }
+
+    #[test]
+    fn environment_variables_override_the_file() {
+        let s = load(&[
+            ("KYC__REDIS__PREFIX", "other"),
+            ("KYC__HTTP__PORT", "9999"),
+            ("KYC__HTTP__INTERNAL_PORT", "9100"),
+            ("KYC__DIDIT__PREVIOUS_WEBHOOK_SECRETS", "old-1, old-2"),
+        ])
+        .expect("valid");
+        assert_eq!(s.redis.prefix, "other");
+        assert_eq!(s.http.port, 9999);
+        assert_eq!(s.http.internal_port, Some(9100));
+        assert_eq!(s.didit.webhook_secrets().len(), 3);
+    }
+
+    #[test]
+    fn the_environment_file_layer_sits_between_defaults_and_env() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("staging.toml"),
+            "[redis]\nprefix = \"staging\"\n[http]\nport = 7000\n",
+        )
+        .expect("write");
+        let s = Settings::load_from(&Sources {
+            config_dir: Some(dir.path().to_path_buf()),
+            env: Some(HashMap::from([
+                ("KYC_ENV".to_owned(), "staging".to_owned()),
+                ("KYC__HTTP__PORT".to_owned(), "7001".to_owned()),
+            ])),
+        })
+        .expect("valid");
+        assert_eq!(s.redis.prefix, "staging");
+        assert_eq!(s.http.port, 7001);
+    }
+
+    #[test]
+    fn each_bad_value_names_its_key_and_the_reason() {
+        let cases: &[(&str, &str, &str, &str)] = &[
+            (
+                "KYC__DIDIT__BASE_URL",
+                "not a url",
+                "KYC__DIDIT__BASE_URL",
+                "not a URL",
+            ),
+            (
+                "KYC__DIDIT__BASE_URL",
+                "ftp://x",
+                "KYC__DIDIT__BASE_URL",
+                "http://",
+            ),
+            (
+                "KYC__WORKER__CONCURRENCY",
+                "0",
+                "KYC__WORKER__CONCURRENCY",
+                "at least 1",
+            ),
+            (
+                "KYC__WORKER__CONCURRENCY",
+                "many",
+                "KYC__WORKER__CONCURRENCY",
+                "whole number",
+            ),
+            (
+                "KYC__DIDIT__REQUEST_TIMEOUT",
+                "10 parsecs",
+                "KYC__DIDIT__REQUEST_TIMEOUT",
+                "duration",
+            ),
+            (
+                "KYC__DIDIT__CONNECT_TIMEOUT",
+                "0s",
+                "KYC__DIDIT__CONNECT_TIMEOUT",
+                "longer than zero",
+            ),
+            ("KYC__HTTP__PORT", "70000", "KYC__HTTP__PORT", "port number"),
+            ("KYC__LOG__FORMAT", "xml", "KYC__LOG__FORMAT", "pretty"),
+            ("KYC__REDIS__URL", "http://x", "KYC__REDIS__URL", "redis://"),
+            (
+                "KYC__DIDIT__WORKFLOW_ID",
+                "abc",
+                "KYC__DIDIT__WORKFLOW_ID",
+                "UUID",
+            ),
+        ];
+        for (var, value, key, reason) in cases {
+            let err = load(&[(var, value)]).expect_err(var);
+            assert_eq!(&err.key, key, "{var}={value}: {err}");
+            assert!(err.reason.contains(reason), "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_real_didit_base_url_requires_a_real_key_and_secret() {
+        let err =
+            load(&[("KYC__DIDIT__BASE_URL", "https://verification.didit.me")]).expect_err("key");
+        assert_eq!(err.key, "KYC__DIDIT__API_KEY");
+        let err = load(&[
+            ("KYC__DIDIT__BASE_URL", "https://verification.didit.me"),
+            ("KYC__DIDIT__API_KEY", "live-key"),
+        ])
+        .expect_err("secret");
+        assert_eq!(err.key, "KYC__DIDIT__WEBHOOK_SECRET");
+        load(&[
+            ("KYC__DIDIT__BASE_URL", "https://verification.didit.me"),
+            ("KYC__DIDIT__API_KEY", "live-key"),
+            ("KYC__DIDIT__WEBHOOK_SECRET", "whsec"),
+        ])
+        .expect("valid");
+    }
+
+    #[test]
+    fn secrets_do_not_appear_in_debug_output() {
+        let s = load(&[
+            ("KYC__DIDIT__API_KEY", "very-secret-key-123"),
+            ("KYC__REDIS__URL", "redis://:hunter2@127.0.0.1:6379"),
+        ])
+        .expect("valid");
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("very-secret-key-123"));
+        assert!(!printed.contains("hunter2"));
+        assert!(!printed.contains("sandbox-webhook-secret"));
+        assert!(printed.contains("[REDACTED]"));
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_by_name() {
+        let err = load(&[("KYC__DIDIT__API_KEYY", "x")]).expect_err("typo");
+        assert!(err.reason.contains("api_keyy"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse_and_print_in_the_same_units() {
+        for text in ["500ms", "30s", "15m", "2h", "7d"] {
+            let d = parse_duration(text).expect(text);
+            assert_eq!(HumanDuration(d).to_string(), text);
+        }
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("-5s").is_err());
+    }
+}

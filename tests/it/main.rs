@@ -1,0 +1,6 @@
+//! The one integration-test binary: real `redis-server` processes on free ports, the Didit
+//! sandbox over real HTTP, the `kyc-worker` binary as a child process where it matters.
+
+mod cli;
+mod helpers;
+mod redis_harness;
