@@ -7,12 +7,14 @@
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`domain`]: statuses and other types that do no I/O.
 //! - [`didit`]: the only code that speaks HTTP to Didit, and webhook signatures.
+//! - [`queue`]: durable jobs in Redis under apalis workers.
 //! - [`sandbox`]: a local emulator of the Didit endpoints the fleet uses.
 //! - [`cli`]: the `kyc-worker` command line.
 
 pub mod cli;
 pub mod didit;
 pub mod domain;
+pub mod queue;
 pub mod sandbox;
 pub mod settings;
 pub mod telemetry;

@@ -30,6 +30,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub didit: DiditSettings,
     pub worker: WorkerSettings,
+    pub queue: QueueSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +77,38 @@ pub struct DiditSettings {
 pub struct WorkerSettings {
     pub concurrency: usize,
     pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSettings {
+    pub reclaim_after: Duration,
+    pub max_deliveries: u32,
+    pub max_attempts: u32,
+    pub job_deadline: Duration,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    pub fetch_batch: usize,
+    pub fetch_block: Duration,
+    pub promote_interval: Duration,
+    pub dead_max_len: u64,
+}
+
+impl Default for QueueSettings {
+    /// The values of `config/default.toml`.
+    fn default() -> Self {
+        Self {
+            reclaim_after: Duration::from_secs(30),
+            max_deliveries: 5,
+            max_attempts: 25,
+            job_deadline: Duration::from_secs(24 * 3600),
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+            fetch_batch: 32,
+            fetch_block: Duration::from_secs(1),
+            promote_interval: Duration::from_millis(200),
+            dead_max_len: 100_000,
+        }
+    }
 }
 
 /// A setting that cannot be used, with the key to fix and why.
@@ -194,6 +227,22 @@ struct RawSettings {
     http: RawHttp,
     didit: RawDidit,
     worker: RawWorker,
+    queue: RawQueue,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    reclaim_after: String,
+    max_deliveries: String,
+    max_attempts: String,
+    job_deadline: String,
+    retry_min: String,
+    retry_max: String,
+    fetch_batch: String,
+    fetch_block: String,
+    promote_interval: String,
+    dead_max_len: String,
 }
 
 #[derive(Deserialize)]
@@ -366,7 +415,37 @@ impl RawSettings {
             )?,
         };
 
+        let q = &self.queue;
+        let queue = QueueSettings {
+            reclaim_after: parse_positive_duration("queue.reclaim_after", &q.reclaim_after)?,
+            max_deliveries: parse_count("queue.max_deliveries", &q.max_deliveries)?,
+            max_attempts: parse_count("queue.max_attempts", &q.max_attempts)?,
+            job_deadline: parse_positive_duration("queue.job_deadline", &q.job_deadline)?,
+            retry_min: parse_positive_duration("queue.retry_min", &q.retry_min)?,
+            retry_max: parse_positive_duration("queue.retry_max", &q.retry_max)?,
+            fetch_batch: parse_count("queue.fetch_batch", &q.fetch_batch)?,
+            fetch_block: parse_positive_duration("queue.fetch_block", &q.fetch_block)?,
+            promote_interval: parse_positive_duration(
+                "queue.promote_interval",
+                &q.promote_interval,
+            )?,
+            dead_max_len: parse_count("queue.dead_max_len", &q.dead_max_len)?,
+        };
+        if queue.fetch_block >= Duration::from_secs(10) {
+            return Err(SettingsError::new(
+                "queue.fetch_block",
+                "must be shorter than 10s (the Redis reply timeout)",
+            ));
+        }
+        if queue.retry_max < queue.retry_min {
+            return Err(SettingsError::new(
+                "queue.retry_max",
+                "must not be shorter than queue.retry_min",
+            ));
+        }
+
         Ok(Settings {
+            queue,
             log,
             redis: RedisSettings {
                 url: SecretString::from(self.redis.url),
@@ -431,6 +510,20 @@ fn parse_port(key: &str, value: &str) -> Result<u16, SettingsError> {
             format!("expected a port number 0-65535, got \"{value}\""),
         )
     })
+}
+
+/// A whole number of at least 1.
+fn parse_count<T: FromStr + PartialOrd + From<u8>>(
+    key: &str,
+    value: &str,
+) -> Result<T, SettingsError> {
+    let n: T = value.trim().parse().map_err(|_| {
+        SettingsError::new(key, format!("expected a whole number, got \"{value}\""))
+    })?;
+    if n < T::from(1) {
+        return Err(SettingsError::new(key, "must be at least 1"));
+    }
+    Ok(n)
 }
 
 fn parse_duration_setting(key: &str, value: &str) -> Result<Duration, SettingsError> {

@@ -3,4 +3,5 @@
 
 mod cli;
 mod helpers;
+mod queue;
 mod redis_harness;

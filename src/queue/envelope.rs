@@ -1,0 +1,136 @@
+//! What a job looks like in Redis: a versioned envelope around the job's own arguments.
+//!
+//! The envelope carries what the queue needs to decide without decoding the arguments:
+//! the job id (stable across retries, so a delayed retry replaces rather than duplicates),
+//! the attempt count, and the retry deadline. `v` is the job type's schema version: a worker
+//! that meets a version it does not know dead-letters the job instead of guessing.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// A job type the queue can carry.
+pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The queue's name; keys are `<prefix>:queue:<QUEUE>:…`.
+    const QUEUE: &'static str;
+    /// Bumped whenever the serialised form changes incompatibly.
+    const VERSION: u32;
+}
+
+/// The stored form of one job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    pub v: u32,
+    pub id: String,
+    /// Failed attempts so far (a "not yet" re-run does not count).
+    #[serde(default)]
+    pub attempt: u32,
+    /// Unix ms after which a failing job is dead-lettered instead of retried.
+    pub deadline_ms: u64,
+    pub args: Box<RawValue>,
+}
+
+impl Envelope {
+    pub fn new<A: Job>(id: String, args: &A, deadline_ms: u64) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            v: A::VERSION,
+            id,
+            attempt: 0,
+            deadline_ms,
+            args: serde_json::value::to_raw_value(args)?,
+        })
+    }
+
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("an envelope of raw JSON always serialises")
+    }
+}
+
+/// Why a stored job cannot be run by this build.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a job envelope: {0}")]
+    Envelope(String),
+    #[error("unknown schema version {found} for queue {queue} (this build knows {known})")]
+    Version {
+        queue: &'static str,
+        found: u32,
+        known: u32,
+    },
+    #[error("arguments do not match the {queue} job: {reason}")]
+    Args { queue: &'static str, reason: String },
+}
+
+/// Decodes a stored job; the envelope is returned even when the arguments fail, so the
+/// dead-letter entry can name the job.
+pub fn decode<A: Job>(raw: &str) -> Result<(Envelope, A), (Option<Envelope>, DecodeError)> {
+    let envelope: Envelope =
+        serde_json::from_str(raw).map_err(|e| (None, DecodeError::Envelope(e.to_string())))?;
+    if envelope.v != A::VERSION {
+        let err = DecodeError::Version {
+            queue: A::QUEUE,
+            found: envelope.v,
+            known: A::VERSION,
+        };
+        return Err((Some(envelope), err));
+    }
+    match serde_json::from_str::<A>(envelope.args.get()) {
+        Ok(args) => Ok((envelope, args)),
+        Err(e) => {
+            let err = DecodeError::Args {
+                queue: A::QUEUE,
+                reason: e.to_string(),
+            };
+            Err((Some(envelope), err))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Ping {
+        n: u32,
+    }
+    impl Job for Ping {
+        const QUEUE: &'static str = "ping";
+        const VERSION: u32 = 2;
+    }
+
+    #[test]
+    fn an_envelope_round_trips() {
+        let e = Envelope::new("j1".into(), &Ping { n: 7 }, 99).expect("encode");
+        let (back, args) = decode::<Ping>(&e.encode()).expect("decode");
+        assert_eq!(args, Ping { n: 7 });
+        assert_eq!(
+            (back.id.as_str(), back.attempt, back.deadline_ms),
+            ("j1", 0, 99)
+        );
+    }
+
+    #[test]
+    fn garbage_wrong_versions_and_wrong_args_are_told_apart() {
+        assert!(matches!(
+            decode::<Ping>("{nope"),
+            Err((None, DecodeError::Envelope(_)))
+        ));
+        let old = r#"{"v":1,"id":"j","deadline_ms":0,"args":{"n":1}}"#;
+        assert!(matches!(
+            decode::<Ping>(old),
+            Err((
+                Some(_),
+                DecodeError::Version {
+                    found: 1,
+                    known: 2,
+                    ..
+                }
+            ))
+        ));
+        let bad = r#"{"v":2,"id":"j","deadline_ms":0,"args":{"n":"x"}}"#;
+        assert!(matches!(
+            decode::<Ping>(bad),
+            Err((Some(_), DecodeError::Args { .. }))
+        ));
+    }
+}

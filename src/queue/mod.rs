@@ -1,0 +1,373 @@
+//! The job queue: durable jobs in Redis, run by apalis workers.
+//!
+//! Why our own storage instead of apalis-redis: measured with apalis-redis 1.0.0 (see
+//! `docs/adr/0001-queue-backend.md`), a backlog above ~8,000 due jobs wedges every worker,
+//! one undecodable payload kills a worker, any Redis hiccup stops it, retry delays and
+//! `max_attempts` are ignored, and a SIGKILLed worker's jobs wait 300 s. A KYC fleet must not
+//! lose or stall a verification, so the storage is ours; apalis still runs the workers
+//! (tower layers, concurrency, graceful shutdown) through its `Backend` trait.
+//!
+//! # Layout in Redis (per queue, see [`keys`])
+//! - `ready`: a Stream read through one consumer group. Each process is a uniquely named
+//!   consumer; `XREADGROUP` blocks on a connection of its own, so an idle worker picks a job
+//!   up the moment it is added. A finished job is `XACK`ed and `XDEL`eted, so memory stays flat.
+//! - `delayed` + `payloads`: a sorted set of due times and a hash of envelopes. Any process
+//!   promotes due jobs in bounded chunks with one script ([`scripts::PROMOTE`]); a job id is
+//!   one slot, so scheduling the same id again moves it instead of adding a second copy.
+//! - `dead`: a Stream of jobs that cannot run, each with its reason.
+//!
+//! # Guarantees
+//! At-least-once: a job leaves `ready` only in the same atomic step that finishes, reschedules
+//! or buries it. A process that dies holding jobs loses them to `XAUTOCLAIM` after
+//! `queue.reclaim_after`; a live process keeps its jobs fresh ([`scripts::REFRESH`]) so a long
+//! job is never stolen. A job abandoned `queue.max_deliveries` times (it kills whatever runs
+//! it) is dead-lettered. Redis errors never stop a worker: it backs off and resumes.
+
+mod backend;
+mod envelope;
+pub mod keys;
+mod maintenance;
+mod scripts;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::{aio::ConnectionManager, AsyncCommands};
+
+pub use backend::{Completion, Delivery, JobError, RedisBackend};
+pub use envelope::{DecodeError, Envelope, Job};
+pub use keys::QueueKeys;
+pub use maintenance::Maintenance;
+
+use crate::settings::QueueSettings;
+
+/// A queue operation that could not reach Redis or got a reply it did not expect.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("cannot encode job: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("no dead job with id {0}")]
+    NotFound(String),
+}
+
+/// Counts for one queue, cheap to sample (a handful of O(1) and O(log n) commands).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueStats {
+    /// Waiting in the stream, not yet handed to a worker.
+    pub ready: u64,
+    /// Handed to a worker and not finished.
+    pub in_flight: u64,
+    /// Waiting for their due time.
+    pub scheduled: u64,
+    pub dead: u64,
+    /// Age of the oldest job that is due and not started, in ms (0 when none).
+    pub lag_ms: u64,
+}
+
+/// One dead-lettered job.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadJob {
+    /// The dead stream's entry id; also when it died (its ms part).
+    pub entry_id: String,
+    pub job_id: String,
+    pub reason: String,
+    pub attempts: u32,
+    /// The stored envelope (or undecodable text) as it was.
+    pub payload: String,
+}
+
+impl DeadJob {
+    /// Unix ms when the job was dead-lettered.
+    pub fn died_at_ms(&self) -> u64 {
+        entry_ms(&self.entry_id)
+    }
+}
+
+/// The producer and operator side of every queue: push, schedule, inspect, replay.
+/// Cheap to clone; all clones share one multiplexed connection.
+#[derive(Clone)]
+pub struct Queue {
+    conn: ConnectionManager,
+    /// Kept for the dedicated blocking connections of fetchers; may carry a password.
+    url: secrecy::SecretString,
+    prefix: String,
+    settings: QueueSettings,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl Queue {
+    /// Connects with a reply timeout longer than any script we run, and reconnects by itself.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        settings: QueueSettings,
+    ) -> Result<Self, QueueError> {
+        Ok(Self {
+            conn: connect(url).await?,
+            url: secrecy::SecretString::from(url.to_owned()),
+            prefix: prefix.to_owned(),
+            settings,
+        })
+    }
+
+    pub(crate) fn redis_url(&self) -> &str {
+        secrecy::ExposeSecret::expose_secret(&self.url)
+    }
+
+    pub fn keys(&self, queue: &str) -> QueueKeys {
+        QueueKeys::new(&self.prefix, queue)
+    }
+
+    pub fn settings(&self) -> &QueueSettings {
+        &self.settings
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub(crate) fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Adds a job to run now; returns its id.
+    pub async fn push<A: Job>(&self, args: &A) -> Result<String, QueueError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.push_with_id(&id, args).await?;
+        Ok(id)
+    }
+
+    /// Adds a job to run now under a chosen id.
+    pub async fn push_with_id<A: Job>(&self, id: &str, args: &A) -> Result<(), QueueError> {
+        let envelope = Envelope::new(id.to_owned(), args, self.deadline_from_now())?;
+        let mut conn = self.conn.clone();
+        let _: String = conn
+            .xadd(self.keys(A::QUEUE).ready, "*", &[("j", envelope.encode())])
+            .await?;
+        Ok(())
+    }
+
+    /// Adds many jobs to run now in one round trip; returns their ids.
+    pub async fn push_many<A: Job>(&self, jobs: &[A]) -> Result<Vec<String>, QueueError> {
+        let keys = self.keys(A::QUEUE);
+        let deadline = self.deadline_from_now();
+        let mut pipe = redis::pipe();
+        let mut ids = Vec::with_capacity(jobs.len());
+        for args in jobs {
+            let id = uuid::Uuid::new_v4().to_string();
+            let envelope = Envelope::new(id.clone(), args, deadline)?;
+            pipe.xadd(&keys.ready, "*", &[("j", envelope.encode())])
+                .ignore();
+            ids.push(id);
+        }
+        let mut conn = self.conn.clone();
+        let _: () = pipe.query_async(&mut conn).await?;
+        Ok(ids)
+    }
+
+    /// Schedules a job for `at`. The id is the job's slot: scheduling the same id again
+    /// moves the job rather than adding a second one.
+    pub async fn push_at<A: Job>(
+        &self,
+        id: &str,
+        args: &A,
+        at: SystemTime,
+    ) -> Result<(), QueueError> {
+        let envelope = Envelope::new(id.to_owned(), args, self.deadline_from_now())?;
+        let keys = self.keys(A::QUEUE);
+        let mut conn = self.conn.clone();
+        let _: i64 = scripts::SCHEDULE
+            .key(&keys.delayed)
+            .key(&keys.payloads)
+            .key(&keys.ready)
+            .arg(id)
+            .arg(unix_ms(at))
+            .arg(envelope.encode())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Depths and lag of one queue.
+    pub async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
+        let keys = self.keys(queue);
+        let now = now_ms();
+        let mut conn = self.conn.clone();
+        let (len, scheduled, dead, first_due): (u64, u64, u64, Vec<(String, f64)>) = redis::pipe()
+            .xlen(&keys.ready)
+            .zcard(&keys.delayed)
+            .xlen(&keys.dead)
+            .zrange_withscores(&keys.delayed, 0, 0)
+            .query_async(&mut conn)
+            .await?;
+        let (in_flight, oldest_ready) = if len == 0 {
+            (0, None)
+        } else {
+            group_position(&mut conn, &keys).await?
+        };
+        let ready = len.saturating_sub(in_flight);
+        let ready_lag = oldest_ready.map(|ms| now.saturating_sub(ms)).unwrap_or(0);
+        let delayed_lag = first_due
+            .first()
+            .map(|(_, due)| now.saturating_sub(*due as u64))
+            .unwrap_or(0);
+        Ok(QueueStats {
+            ready,
+            in_flight,
+            scheduled,
+            dead,
+            lag_ms: ready_lag.max(delayed_lag),
+        })
+    }
+
+    /// The newest `limit` dead jobs of a queue, newest first.
+    pub async fn dead_list(&self, queue: &str, limit: usize) -> Result<Vec<DeadJob>, QueueError> {
+        let mut conn = self.conn.clone();
+        let reply: redis::streams::StreamRangeReply = conn
+            .xrevrange_count(self.keys(queue).dead, "+", "-", limit)
+            .await?;
+        Ok(reply.ids.into_iter().map(dead_job).collect())
+    }
+
+    /// Puts one dead job back on the ready stream with its attempts reset; `false` when no
+    /// such dead entry exists.
+    pub async fn dead_replay(&self, queue: &str, entry_id: &str) -> Result<bool, QueueError> {
+        let keys = self.keys(queue);
+        let mut conn = self.conn.clone();
+        let reply: redis::streams::StreamRangeReply =
+            conn.xrange_count(&keys.dead, entry_id, entry_id, 1).await?;
+        let Some(entry) = reply.ids.into_iter().next() else {
+            return Ok(false);
+        };
+        let dead = dead_job(entry);
+        let payload = match serde_json::from_str::<Envelope>(&dead.payload) {
+            Ok(mut envelope) => {
+                envelope.attempt = 0;
+                envelope.deadline_ms = self.deadline_from_now();
+                envelope.encode()
+            }
+            Err(_) => dead.payload,
+        };
+        let _: () = redis::pipe()
+            .atomic()
+            .xadd(&keys.ready, "*", &[("j", payload)])
+            .ignore()
+            .xdel(&keys.dead, &[entry_id])
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(true)
+    }
+
+    /// Replays every dead job of a queue; returns how many.
+    pub async fn dead_replay_all(&self, queue: &str) -> Result<usize, QueueError> {
+        let mut replayed = 0;
+        loop {
+            let batch = self.dead_list(queue, 500).await?;
+            if batch.is_empty() {
+                return Ok(replayed);
+            }
+            for dead in batch {
+                if self.dead_replay(queue, &dead.entry_id).await? {
+                    replayed += 1;
+                }
+            }
+        }
+    }
+
+    /// Deletes dead jobs that died before `older_than` ago; returns how many.
+    pub async fn dead_purge(&self, queue: &str, older_than: Duration) -> Result<u64, QueueError> {
+        let cutoff = now_ms().saturating_sub(older_than.as_millis() as u64);
+        let mut conn = self.conn.clone();
+        let removed: u64 = redis::cmd("XTRIM")
+            .arg(self.keys(queue).dead)
+            .arg("MINID")
+            .arg(cutoff)
+            .query_async(&mut conn)
+            .await?;
+        Ok(removed)
+    }
+
+    fn deadline_from_now(&self) -> u64 {
+        now_ms() + self.settings.job_deadline.as_millis() as u64
+    }
+}
+
+/// In-flight count and the timestamp of the oldest entry not yet delivered.
+async fn group_position(
+    conn: &mut ConnectionManager,
+    keys: &QueueKeys,
+) -> Result<(u64, Option<u64>), QueueError> {
+    let groups: redis::streams::StreamInfoGroupsReply = match conn.xinfo_groups(&keys.ready).await {
+        Ok(g) => g,
+        // The stream vanished since XLEN (deleted by an operator): nothing in flight.
+        Err(e) if e.code() == Some("ERR") => return Ok((0, None)),
+        Err(e) => return Err(e.into()),
+    };
+    let Some(group) = groups.groups.into_iter().find(|g| g.name == keys::GROUP) else {
+        let first: redis::streams::StreamRangeReply =
+            conn.xrange_count(&keys.ready, "-", "+", 1).await?;
+        return Ok((0, first.ids.first().map(|e| entry_ms(&e.id))));
+    };
+    let next: redis::streams::StreamRangeReply = conn
+        .xrange_count(&keys.ready, format!("({}", group.last_delivered_id), "+", 1)
+        .await?;
+    Ok((
+        group.pending as u64,
+        next.ids.first().map(|e| entry_ms(&e.id)),
+    ))
+}
+
+fn dead_job(entry: redis::streams::StreamId) -> DeadJob {
+    let text = |field: &str| -> String {
+        entry
+            .map
+            .get(field)
+            .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+            .unwrap_or_default()
+    };
+    DeadJob {
+        job_id: text("id"),
+        reason: text("reason"),
+        attempts: text("attempts").parse().unwrap_or(0),
+        payload: text("j"),
+        entry_id: entry.id,
+    }
+}
+
+/// Connects with reconnection and a reply timeout that outlasts our slowest script.
+pub async fn connect(url: &str) -> Result<ConnectionManager, redis::RedisError> {
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_number_of_retries(2);
+    redis::Client::open(url)?
+        .get_connection_manager_with_config(config)
+        .await
+}
+
+/// The ms part of a stream entry id (`1700000000000-3` → 1700000000000).
+pub(crate) fn entry_ms(id: &str) -> u64 {
+    id.split('-')
+        .next()
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(0)
+}
+
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn now_ms() -> u64 {
+    unix_ms(SystemTime::now())
+}

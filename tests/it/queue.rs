@@ -1,0 +1,813 @@
+//! The job queue against a real redis-server: every promise of the queue issue, one test each.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use apalis::prelude::*;
+use kyc_worker::{
+    queue::{Completion, Delivery, Job, JobError, Maintenance, Queue, RedisBackend},
+    settings::QueueSettings,
+};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use crate::helpers::{eventually, TestRedis, DEADLINE};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TestJob {
+    pub n: u64,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Action {
+    Ok,
+    Sleep {
+        ms: u64,
+    },
+    /// Fails with a handler-chosen delay until attempt `times`, then succeeds.
+    FailTimes {
+        times: u32,
+        after_ms: u64,
+    },
+    AlwaysFail,
+    Fatal,
+    /// Asks to run again `times` times ("not yet"), then succeeds.
+    Again {
+        times: u32,
+    },
+    Panic,
+}
+
+impl Job for TestJob {
+    const QUEUE: &'static str = "test";
+    const VERSION: u32 = 1;
+}
+
+/// Where handlers record what happened, in the test's own Redis.
+#[derive(Clone)]
+pub struct Probe {
+    conn: redis::aio::ConnectionManager,
+}
+
+impl Probe {
+    async fn record(&self, n: u64, event: &str) {
+        let mut c = self.conn.clone();
+        let now = now_ms();
+        let _: () = redis::pipe()
+            .incr(format!("probe:{event}:{n}"), 1)
+            .ignore()
+            .sadd(format!("probe:{event}"), n)
+            .ignore()
+            .rpush(format!("probe:{event}:at:{n}"), now)
+            .ignore()
+            .query_async(&mut c)
+            .await
+            .expect("probe write");
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
+async fn handle(
+    job: TestJob,
+    delivery: Data<Delivery>,
+    probe: Data<Probe>,
+) -> Result<Completion<TestJob>, JobError> {
+    probe.record(job.n, "start").await;
+    let result = match job.action.clone() {
+        Action::Ok => Ok(Completion::Done),
+        Action::Sleep { ms } => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(Completion::Done)
+        }
+        Action::FailTimes { times, after_ms } if delivery.attempt < times => Err(JobError::Retry {
+            reason: format!("planned failure {}", delivery.attempt + 1),
+            after: Some(Duration::from_millis(after_ms)),
+        }),
+        Action::FailTimes { .. } => Ok(Completion::Done),
+        Action::AlwaysFail => Err(JobError::Retry {
+            reason: "always fails".into(),
+            after: Some(Duration::from_millis(10)),
+        }),
+        Action::Fatal => Err(JobError::Fatal("cannot ever work".into())),
+        Action::Again { times } if times > 0 => Ok(Completion::RunAgain {
+            at: SystemTime::now() + Duration::from_millis(10),
+            args: TestJob {
+                n: job.n,
+                action: Action::Again { times: times - 1 },
+            },
+        }),
+        Action::Again { .. } => Ok(Completion::Done),
+        Action::Panic => panic!("handler panicked on purpose"),
+    };
+    if matches!(result, Ok(Completion::Done)) {
+        probe.record(job.n, "done").await;
+    }
+    result
+}
+
+/// A running worker plus the maintenance loop of its "process".
+pub struct TestWorker {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<Result<(), apalis_core::error::WorkerError>>,
+    _maintenance: Maintenance,
+}
+
+impl TestWorker {
+    pub async fn start(
+        redis: &TestRedis,
+        settings: QueueSettings,
+        consumer: &str,
+        concurrency: usize,
+    ) -> TestWorker {
+        let queue = Queue::connect(&redis.url(), "t", settings)
+            .await
+            .expect("queue");
+        let probe = Probe {
+            conn: kyc_worker::queue::connect(&redis.url())
+                .await
+                .expect("probe"),
+        };
+        let maintenance =
+            Maintenance::spawn(queue.clone(), vec![TestJob::QUEUE], consumer.to_owned());
+        let worker = WorkerBuilder::new(consumer)
+            .backend(RedisBackend::<TestJob>::new(queue, consumer))
+            .concurrency(concurrency)
+            .catch_panic()
+            .data(probe)
+            .build(handle);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(worker.run_until(async move {
+            let _ = rx.await;
+            Ok::<(), apalis_core::error::WorkerError>(())
+        }));
+        TestWorker {
+            stop: Some(tx),
+            handle,
+            _maintenance: maintenance,
+        }
+    }
+
+    /// Graceful stop: running jobs finish, unstarted ones go back.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let result = tokio::time::timeout(DEADLINE, &mut self.handle).await;
+        assert!(
+            matches!(result, Ok(Ok(Ok(())))),
+            "worker stopped with {result:?}"
+        );
+    }
+
+    pub fn is_running(&self) -> bool {
+        !self.handle.is_finished()
+    }
+}
+
+async fn producer(redis: &TestRedis, settings: QueueSettings) -> Queue {
+    Queue::connect(&redis.url(), "t", settings)
+        .await
+        .expect("queue")
+}
+
+async fn count(redis: &TestRedis, key: &str) -> u64 {
+    let mut c = redis.connection().await;
+    c.scard(key).await.expect("scard")
+}
+
+async fn counter(redis: &TestRedis, key: &str) -> u64 {
+    let mut c = redis.connection().await;
+    let v: Option<u64> = c.get(key).await.expect("get");
+    v.unwrap_or(0)
+}
+
+fn fast() -> QueueSettings {
+    QueueSettings {
+        reclaim_after: Duration::from_secs(2),
+        retry_min: Duration::from_millis(50),
+        fetch_block: Duration::from_millis(500),
+        promote_interval: Duration::from_millis(50),
+        ..QueueSettings::default()
+    }
+}
+
+async fn wait_done(redis: &TestRedis, n: u64) {
+    eventually(&format!("{n} jobs done"), DEADLINE, || async {
+        (count(redis, "probe:done").await >= n).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn each_job_runs_once_and_finished_work_leaves_nothing_behind() {
+    // Arrange
+    let redis = TestRedis::start().await;
+    let queue = producer(&redis, fast()).await;
+    let worker = TestWorker::start(&redis, fast(), "w1", 16).await;
+
+    // Act
+    let jobs: Vec<TestJob> = (0..300)
+        .map(|n| TestJob {
+            n,
+            action: Action::Ok,
+        })
+        .collect();
+    queue.push_many(&jobs).await.expect("push");
+    wait_done(&redis, 300).await;
+
+    // Assert
+    for n in [0, 150, 299] {
+        assert_eq!(counter(&redis, &format!("probe:start:{n}")).await, 1);
+    }
+    let stats = eventually("queue empty", DEADLINE, || async {
+        let s = queue.stats("test").await.expect("stats");
+        (s.ready == 0 && s.in_flight == 0).then_some(s)
+    })
+    .await;
+    assert_eq!((stats.scheduled, stats.dead), (0, 0));
+    let mut c = redis.connection().await;
+    let len: u64 = c.xlen("t:queue:test:ready").await.expect("xlen");
+    assert_eq!(
+        len, 0,
+        "finished entries are deleted, not just acknowledged"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn delayed_jobs_run_within_a_second_of_their_due_time() {
+    let redis = TestRedis::start().await;
+    let queue = producer(&redis, fast()).await;
+    let worker = TestWorker::start(&redis, fast(), "w1", 8).await;
+
+    let due = SystemTime::now() + Duration::from_millis(1500);
+    let due_ms = due.duration_since(UNIX_EPOCH).expect("clock").as_millis() as u64;
+    for n in 0..20 {
+        queue
+            .push_at(
+                &format!("delayed-{n}"),
+                &TestJob {
+                    n,
+                    action: Action::Ok,
+                },
+                due,
+            )
+            .await
+            .expect("push_at");
+    }
+    assert_eq!(queue.stats("test").await.expect("stats").scheduled, 20);
+    wait_done(&redis, 20).await;
+
+    let mut c = redis.connection().await;
+    for n in 0..20 {
+        let at: Vec<u64> = c
+            .lrange(format!("probe:start:at:{n}"), 0, -1)
+            .await
+            .expect("lrange");
+        let started = at[0];
+        assert!(
+            started >= due_ms,
+            "job {n} ran {} ms early",
+            due_ms - started
+        );
+        assert!(
+            started < due_ms + 1000,
+            "job {n} ran {} ms late",
+            started - due_ms
+        );
+    }
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn scheduling_the_same_id_again_moves_the_job_instead_of_adding_one() {
+    let redis = TestRedis::start().await;
+    let queue = producer(&redis, fast()).await;
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    for _ in 0..3 {
+        queue
+            .push_at(
+                "poll:session-1",
+                &TestJob {
+                    n: 1,
+                    action: Action::Ok,
+                },
+                later,
+            )
+            .await
+            .expect("push_at");
+    }
+    assert_eq!(queue.stats("test").await.expect("stats").scheduled, 1);
+}
+
+#[tokio::test]
+async fn an_undecodable_job_is_dead_lettered_once_and_the_worker_keeps_going() {
+    // Arrange: garbage, an unknown schema version and wrong arguments among good jobs.
+    let redis = TestRedis::start().await;
+    let queue = producer(&redis, fast()).await;
+    let mut c = redis.connection().await;
+    let bad = [
+        "{not json".to_owned(),
+        r#"{"v":99,"id":"future","deadline_ms":0,"args":{"n":1,"action":"Ok"}}"#.to_owned(),
+        r#"{"v":1,"id":"wrong-args","deadline_ms":0,"args":{"n":"x"}}"#.to_owned(),
+    ];
+    for raw in &bad {
+        let _: String = c
+            .xadd("t:queue:test:ready", "*", &[("j", raw)])
+            .await
+            .expect("xadd");
+    }
+    queue
+        .push_many(
+            &(0..10)
+                .map(|n| TestJob {
+                    n,
+                    action: Action::Ok,
+                })
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .expect("push");
+
+    // Act
+    let worker = TestWorker::start(&redis, fast(), "w1", 4).await;
+    wait_done(&redis, 10).await;
+
+    // Assert
+    let dead = queue.dead_list("test", 10).await.expect("dead");
+    assert_eq!(dead.len(), 3);
+    let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
+    assert!(
+        reasons.iter().any(|r| r.starts_with("not a job envelope")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("unknown schema version 99")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("arguments do not match")),
+        "{reasons:?}"
+    );
+    assert!(worker.is_running());
+    let s = queue.stats("test").await.expect("stats");
+    assert_eq!((s.ready, s.in_flight, s.dead), (0, 0, 3));
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn retries_wait_as_long_as_the_handler_asks_and_attempts_are_a_setting() {
+    let redis = TestRedis::start().await;
+    let settings = QueueSettings {
+        max_attempts: 3,
+        ..fast()
+    };
+    let queue = producer(&redis, settings.clone()).await;
+    let worker = TestWorker::start(&redis, settings, "w1", 4).await;
+
+    queue
+        .push(&TestJob {
+            n: 1,
+            action: Action::FailTimes {
+                times: 2,
+                after_ms: 400,
+            },
+        })
+        .await
+        .expect("push");
+    queue
+        .push(&TestJob {
+            n: 2,
+            action: Action::AlwaysFail,
+        })
+        .await
+        .expect("push");
+    wait_done(&redis, 1).await;
+
+    let mut c = redis.connection().await;
+    let at: Vec<u64> = c.lrange("probe:start:at:1", 0, -1).await.expect("lrange");
+    assert_eq!(at.len(), 3, "two failures then success");
+    for pair in at.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= 400,
+            "retry came after {} ms, asked 400",
+            pair[1] - pair[0]
+        );
+    }
+    let dead = eventually("always-failing job dead", DEADLINE, || async {
+        let d = queue.dead_list("test", 10).await.expect("dead");
+        (!d.is_empty()).then_some(d)
+    })
+    .await;
+    assert!(
+        dead[0]
+            .reason
+            .contains("retries exhausted after 3 attempts"),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(counter(&redis, "probe:start:2").await, 3);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_fatal_error_or_a_panic_is_handled_without_losing_the_worker() {
+    let redis = TestRedis::start().await;
+    let settings = QueueSettings {
+        max_attempts: 2,
+        ..fast()
+    };
+    let queue = producer(&redis, settings.clone()).await;
+    let worker = TestWorker::start(&redis, settings, "w1", 4).await;
+
+    queue
+        .push(&TestJob {
+            n: 1,
+            action: Action::Fatal,
+        })
+        .await
+        .expect("push");
+    queue
+        .push(&TestJob {
+            n: 2,
+            action: Action::Panic,
+        })
+        .await
+        .expect("push");
+    queue
+        .push(&TestJob {
+            n: 3,
+            action: Action::Ok,
+        })
+        .await
+        .expect("push");
+
+    let dead = eventually("both dead", DEADLINE, || async {
+        let d = queue.dead_list("test", 10).await.expect("dead");
+        (d.len() == 2).then_some(d)
+    })
+    .await;
+    assert!(dead.iter().any(|d| d.reason == "cannot ever work"));
+    assert_eq!(
+        counter(&redis, "probe:start:1").await,
+        1,
+        "fatal is not retried"
+    );
+    wait_done(&redis, 1).await;
+    assert!(worker.is_running());
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn running_again_later_does_not_use_up_attempts() {
+    let redis = TestRedis::start().await;
+    let settings = QueueSettings {
+        max_attempts: 2,
+        ..fast()
+    };
+    let queue = producer(&redis, settings.clone()).await;
+    let worker = TestWorker::start(&redis, settings, "w1", 4).await;
+
+    queue
+        .push(&TestJob {
+            n: 7,
+            action: Action::Again { times: 5 },
+        })
+        .await
+        .expect("push");
+    wait_done(&redis, 1).await;
+
+    assert_eq!(counter(&redis, "probe:start:7").await, 6);
+    assert_eq!(queue.stats("test").await.expect("stats").dead, 0);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn dead_jobs_can_be_listed_replayed_and_purged() {
+    let redis = TestRedis::start().await;
+    let settings = QueueSettings {
+        max_attempts: 1,
+        ..fast()
+    };
+    let queue = producer(&redis, settings.clone()).await;
+    let mut c = redis.connection().await;
+    let _: String = c
+        .xadd("t:queue:test:ready", "*", &[("j", "{garbage")])
+        .await
+        .expect("xadd");
+    queue
+        .push(&TestJob {
+            n: 5,
+            action: Action::Fatal,
+        })
+        .await
+        .expect("push");
+    let worker = TestWorker::start(&redis, settings, "w1", 2).await;
+    let dead = eventually("two dead", DEADLINE, || async {
+        let d = queue.dead_list("test", 10).await.expect("dead");
+        (d.len() == 2).then_some(d)
+    })
+    .await;
+
+    let fatal = dead
+        .iter()
+        .find(|d| !d.job_id.is_empty())
+        .expect("the fatal job");
+    assert!(queue
+        .dead_replay("test", &fatal.entry_id)
+        .await
+        .expect("replay"));
+    eventually("replayed job ran again", DEADLINE, || async {
+        (counter(&redis, "probe:start:5").await == 2).then_some(())
+    })
+    .await;
+    assert!(!queue
+        .dead_replay("test", "1-1")
+        .await
+        .expect("replay missing"));
+
+    assert_eq!(
+        queue
+            .dead_purge("test", Duration::from_secs(3600))
+            .await
+            .expect("purge"),
+        0
+    );
+    let purged = queue
+        .dead_purge("test", Duration::ZERO)
+        .await
+        .expect("purge");
+    assert!(purged >= 1);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn workers_ride_out_a_redis_restart() {
+    // Arrange: AOF with fsync always, so a kill loses nothing acknowledged.
+    let mut redis = TestRedis::start_with(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--save",
+        "",
+    ])
+    .await;
+    let queue = producer(&redis, fast()).await;
+    let worker = TestWorker::start(&redis, fast(), "w1", 8).await;
+    queue
+        .push_many(
+            &(0..50)
+                .map(|n| TestJob {
+                    n,
+                    action: Action::Ok,
+                })
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .expect("push");
+    wait_done(&redis, 50).await;
+
+    // Act: Redis dies and comes back on the same port.
+    redis.restart().await;
+    let pushed = eventually("producer reconnects", DEADLINE, || async {
+        queue
+            .push_many(
+                &(50..100)
+                    .map(|n| TestJob {
+                        n,
+                        action: Action::Ok,
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .await
+            .ok()
+    })
+    .await;
+
+    // Assert
+    assert_eq!(pushed.len(), 50);
+    wait_done(&redis, 100).await;
+    assert!(
+        worker.is_running(),
+        "the worker did not exit on a Redis error"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_job_is_never_stolen_from_a_live_worker() {
+    let redis = TestRedis::start().await;
+    let settings = QueueSettings {
+        reclaim_after: Duration::from_millis(600),
+        ..fast()
+    };
+    let queue = producer(&redis, settings.clone()).await;
+    let a = TestWorker::start(&redis, settings.clone(), "a", 4).await;
+    let b = TestWorker::start(&redis, settings, "b", 4).await;
+
+    queue
+        .push(&TestJob {
+            n: 1,
+            action: Action::Sleep { ms: 3000 },
+        })
+        .await
+        .expect("push");
+    wait_done(&redis, 1).await;
+
+    assert_eq!(
+        counter(&redis, "probe:start:1").await,
+        1,
+        "the job ran twice"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_running_jobs_and_gives_unstarted_ones_back() {
+    let redis = TestRedis::start().await;
+    let settings = QueueSettings {
+        fetch_batch: 8,
+        ..fast()
+    };
+    let queue = producer(&redis, settings.clone()).await;
+    let worker = TestWorker::start(&redis, settings.clone(), "w1", 1).await;
+    queue
+        .push_many(
+            &(0..10)
+                .map(|n| TestJob {
+                    n,
+                    action: Action::Sleep { ms: 300 },
+                })
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .expect("push");
+    eventually("first job started", DEADLINE, || async {
+        (count(&redis, "probe:start").await >= 1).then_some(())
+    })
+    .await;
+
+    worker.stop().await;
+
+    let started = count(&redis, "probe:start").await;
+    assert_eq!(
+        count(&redis, "probe:done").await,
+        started,
+        "a started job was cut off"
+    );
+    let s = queue.stats("test").await.expect("stats");
+    assert_eq!(s.in_flight, 0, "unstarted jobs were given back");
+    assert_eq!(s.ready, 10 - started);
+    let mut c = redis.connection().await;
+    let consumers: redis::streams::StreamInfoConsumersReply = c
+        .xinfo_consumers("t:queue:test:ready", "workers")
+        .await
+        .expect("consumers");
+    assert!(
+        consumers.consumers.is_empty(),
+        "the stopped consumer left the group"
+    );
+
+    let next = TestWorker::start(&redis, settings, "w2", 4).await;
+    wait_done(&redis, 10).await;
+    next.stop().await;
+}
+
+#[tokio::test]
+async fn a_backlog_of_100000_due_jobs_drains() {
+    let redis = TestRedis::start().await;
+    let queue = producer(&redis, fast()).await;
+    let due = SystemTime::now();
+    // All due at once through the delayed set: the case that wedges apalis-redis.
+    let mut c = redis.connection().await;
+    for chunk in 0..100u64 {
+        let mut pipe = redis::pipe();
+        for i in 0..1000u64 {
+            let n = chunk * 1000 + i;
+            let envelope = kyc_worker::queue::Envelope::new(
+                format!("j{n}"),
+                &TestJob {
+                    n,
+                    action: Action::Ok,
+                },
+                u64::MAX,
+            )
+            .expect("envelope");
+            pipe.hset("t:queue:test:payloads", format!("j{n}"), envelope.encode())
+                .ignore();
+            pipe.zadd(
+                "t:queue:test:delayed",
+                format!("j{n}"),
+                due.duration_since(UNIX_EPOCH).expect("clock").as_millis() as u64,
+            )
+            .ignore();
+        }
+        let _: () = pipe.query_async(&mut c).await.expect("seed");
+    }
+    assert_eq!(queue.stats("test").await.expect("stats").scheduled, 100_000);
+
+    let worker = TestWorker::start(&redis, fast(), "w1", 64).await;
+    eventually("100,000 jobs done", Duration::from_secs(240), || async {
+        (count(&redis, "probe:done").await >= 100_000).then_some(())
+    })
+    .await;
+    assert!(worker.is_running());
+    worker.stop().await;
+}
+
+/// Entry point of the child worker process used by the SIGKILL test.
+#[tokio::test]
+#[ignore = "run only as a child process by a_job_held_by_a_killed_process_runs_again"]
+async fn child_worker_process() {
+    let Ok(url) = std::env::var("KYC_TEST_CHILD_REDIS") else {
+        return;
+    };
+    let queue = Queue::connect(&url, "t", fast()).await.expect("queue");
+    let probe = Probe {
+        conn: kyc_worker::queue::connect(&url).await.expect("probe"),
+    };
+    let _maintenance = Maintenance::spawn(queue.clone(), vec![TestJob::QUEUE], "child".into());
+    WorkerBuilder::new("child")
+        .backend(RedisBackend::<TestJob>::new(queue, "child"))
+        .concurrency(4)
+        .data(probe)
+        .build(handle)
+        .run()
+        .await
+        .expect("child worker");
+}
+
+fn spawn_child(redis: &TestRedis) -> Child {
+    Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "queue::child_worker_process",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("KYC_TEST_CHILD_REDIS", redis.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn child worker")
+}
+
+#[tokio::test]
+async fn a_job_held_by_a_killed_process_runs_again_within_the_reclaim_setting() {
+    // Arrange: a child process takes a long job.
+    let redis = TestRedis::start().await;
+    let queue = producer(&redis, fast()).await;
+    let mut child = spawn_child(&redis);
+    queue
+        .push(&TestJob {
+            n: 1,
+            action: Action::Sleep { ms: 1500 },
+        })
+        .await
+        .expect("push");
+    eventually("child started the job", DEADLINE, || async {
+        (counter(&redis, "probe:start:1").await == 1).then_some(())
+    })
+    .await;
+
+    // Act: SIGKILL it mid-job; a survivor is running.
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+    let killed_at = std::time::Instant::now();
+    let survivor = TestWorker::start(&redis, fast(), "survivor", 4).await;
+
+    // Assert: the job ran again and finished, within reclaim_after (2 s) plus a margin.
+    wait_done(&redis, 1).await;
+    let took = killed_at.elapsed();
+    assert!(
+        took < Duration::from_secs(2) + Duration::from_millis(1500) + Duration::from_secs(2),
+        "recovery took {took:?}"
+    );
+    assert_eq!(counter(&redis, "probe:start:1").await, 2);
+    let c = redis.connection().await;
+    eventually("dead consumer removed", DEADLINE, || {
+        let mut c = c.clone();
+        async move {
+            let info: redis::streams::StreamInfoConsumersReply = c
+                .xinfo_consumers("t:queue:test:ready", "workers")
+                .await
+                .expect("consumers");
+            (!info.consumers.iter().any(|x| x.name == "child")).then_some(())
+        }
+    })
+    .await;
+    survivor.stop().await;
+}
