@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/release/kyc-worker
 
-.PHONY: all build deps demo test test-rust lint fmt clean
+.PHONY: all build deps demo test test-rust lint fmt bench bench-queue clean
 
 all: build
 
@@ -21,6 +21,13 @@ test: deps lint test-rust
 
 test-rust:
 	$(CARGO) test --all-targets
+
+## bench: every benchmark, written to target/bench/
+bench: bench-queue
+
+## bench-queue: the job queue alone vs apalis-redis 1.0.0 (target/bench/queue.json, .md)
+bench-queue: deps build
+	$(BIN) bench queue --out target/bench
 
 lint:
 	$(CARGO) fmt --all -- --check

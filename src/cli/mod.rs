@@ -4,7 +4,9 @@
 //! unreachable host), 2 bad usage or an invalid setting (before anything touched Redis or
 //! Didit).
 
+mod bench;
 mod didit;
+mod queue;
 mod sandbox;
 
 use std::process::ExitCode;
@@ -33,6 +35,10 @@ pub enum Command {
     Sandbox(sandbox::SandboxArgs),
     /// Call the Didit API directly: workflows, sessions, decisions, reviews, billing
     Didit(Box<didit::DiditArgs>),
+    /// Queue depths and the dead set (list, replay, purge)
+    Queue(queue::QueueArgs),
+    /// Benchmarks (`bench queue` measures the job queue alone)
+    Bench(bench::BenchArgs),
 }
 
 /// Why a command stopped: decides the exit code.
@@ -88,6 +94,12 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             init_logs(&settings)?;
             didit::run(*command, &settings).await
         }
+        Command::Queue(args) => {
+            let settings = Settings::load()?;
+            init_logs(&settings)?;
+            queue::run(args, &settings).await
+        }
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 

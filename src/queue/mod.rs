@@ -24,6 +24,7 @@
 //! it) is dead-lettered. Redis errors never stop a worker: it backs off and resumes.
 
 mod backend;
+pub mod bench;
 mod envelope;
 pub mod keys;
 mod maintenance;
@@ -196,6 +197,34 @@ impl Queue {
         Ok(())
     }
 
+    /// Schedules many jobs in one round trip (each as [`Queue::push_at`]).
+    pub async fn push_at_many<A: Job>(
+        &self,
+        jobs: &[(String, A, SystemTime)],
+    ) -> Result<(), QueueError> {
+        let keys = self.keys(A::QUEUE);
+        let deadline = self.deadline_from_now();
+        let mut pipe = redis::pipe();
+        // A pipelined EVALSHA does not fall back to EVAL: load the script first.
+        pipe.load_script(&scripts::SCHEDULE).ignore();
+        for (id, args, at) in jobs {
+            let envelope = Envelope::new(id.clone(), args, deadline)?;
+            pipe.invoke_script(
+                scripts::SCHEDULE
+                    .key(&keys.delayed)
+                    .key(&keys.payloads)
+                    .key(&keys.ready)
+                    .arg(id)
+                    .arg(unix_ms(*at))
+                    .arg(envelope.encode()),
+            )
+            .ignore();
+        }
+        let mut conn = self.conn.clone();
+        let _: () = pipe.query_async(&mut conn).await?;
+        Ok(())
+    }
+
     /// Depths and lag of one queue.
     pub async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
         let keys = self.keys(queue);
@@ -226,6 +255,26 @@ impl Queue {
             dead,
             lag_ms: ready_lag.max(delayed_lag),
         })
+    }
+
+    /// Names of the queues that exist in Redis under this prefix (an operator's view; a
+    /// `SCAN`, so not for hot paths).
+    pub async fn queue_names(&self) -> Result<Vec<String>, QueueError> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}:queue:*", self.prefix);
+        let mut names = std::collections::BTreeSet::new();
+        let mut iter: redis::AsyncIter<String> = conn.scan_match(&pattern).await?;
+        let head = format!("{}:queue:", self.prefix);
+        while let Some(item) = iter.next_item().await {
+            let key = item?;
+            if let Some((name, _)) = key
+                .strip_prefix(&head)
+                .and_then(|rest| rest.rsplit_once(':'))
+            {
+                names.insert(name.to_owned());
+            }
+        }
+        Ok(names.into_iter().collect())
     }
 
     /// The newest `limit` dead jobs of a queue, newest first.
@@ -368,6 +417,7 @@ pub(crate) fn unix_ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-pub(crate) fn now_ms() -> u64 {
+/// The wall clock in Unix ms, as the queue reads it.
+pub fn now_ms() -> u64 {
     unix_ms(SystemTime::now())
 }

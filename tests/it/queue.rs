@@ -811,3 +811,139 @@ async fn a_job_held_by_a_killed_process_runs_again_within_the_reclaim_setting() 
     .await;
     survivor.stop().await;
 }
+
+#[tokio::test]
+async fn workers_ride_out_a_redis_that_stops_answering_for_two_seconds() {
+    let redis = TestRedis::start_with(&[
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--enable-debug-command",
+        "yes",
+    ])
+    .await;
+    let queue = producer(&redis, fast()).await;
+    let worker = TestWorker::start(&redis, fast(), "w1", 8).await;
+    queue
+        .push_many(
+            &(0..20)
+                .map(|n| TestJob {
+                    n,
+                    action: Action::Ok,
+                })
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .expect("push");
+    wait_done(&redis, 20).await;
+
+    // Redis blocks every client for 2 s (a slow fork, a huge script): longer than the 500 ms
+    // that stops an apalis-redis worker.
+    let mut c = kyc_worker::queue::connect(&redis.url())
+        .await
+        .expect("connect");
+    let _: () = redis::cmd("DEBUG")
+        .arg("SLEEP")
+        .arg(2)
+        .query_async(&mut c)
+        .await
+        .expect("debug sleep");
+    queue
+        .push_many(
+            &(20..40)
+                .map(|n| TestJob {
+                    n,
+                    action: Action::Ok,
+                })
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .expect("push");
+
+    wait_done(&redis, 40).await;
+    assert!(worker.is_running());
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn operators_see_depths_and_work_the_dead_set_from_the_cli() {
+    // Arrange: one dead job and two ready ones under the deployment's prefix.
+    let redis = TestRedis::start().await;
+    let queue = Queue::connect(&redis.url(), "ops", fast())
+        .await
+        .expect("queue");
+    queue
+        .push_many(&[
+            TestJob {
+                n: 1,
+                action: Action::Ok,
+            },
+            TestJob {
+                n: 2,
+                action: Action::Ok,
+            },
+        ])
+        .await
+        .expect("push");
+    let mut c = redis.connection().await;
+    let _: String = c
+        .xadd(
+            "ops:queue:test:dead",
+            "*",
+            &[
+                ("j", "{}"),
+                ("reason", "bad input"),
+                ("id", "job-9"),
+                ("attempts", "1"),
+            ],
+        )
+        .await
+        .expect("xadd");
+    let env = [
+        ("KYC__REDIS__URL", redis.url()),
+        ("KYC__REDIS__PREFIX", "ops".to_owned()),
+    ];
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(crate::helpers::kyc_worker_binary())
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .expect("run kyc-worker");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // Act + Assert
+    let (code, stdout, stderr) = run(&["queue", "stats", "--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let stats: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(stats["test"]["ready"], 2);
+    assert_eq!(stats["test"]["dead"], 1);
+
+    let (_, stdout, _) = run(&["queue", "dead", "list"]);
+    assert!(
+        stdout.contains("job-9") && stdout.contains("bad input"),
+        "{stdout}"
+    );
+
+    let dead = queue.dead_list("test", 1).await.expect("dead");
+    let (code, stdout, _) = run(&[
+        "queue",
+        "dead",
+        "replay",
+        "--queue",
+        "test",
+        &dead[0].entry_id,
+    ]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("replayed 1"), "{stdout}");
+    assert_eq!(queue.stats("test").await.expect("stats").ready, 3);
+
+    let (code, _, stderr) = run(&["queue", "dead", "replay", "--queue", "test", "1-1"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("no dead job 1-1"), "{stderr}");
+}

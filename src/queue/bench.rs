@@ -1,0 +1,539 @@
+//! `kyc-worker bench queue`: what the queue costs, measured against apalis-redis 1.0.0 with
+//! its default settings in the same run on the same private redis-server.
+//!
+//! Every figure is a rate or a per-unit cost taken in one run, so ratios hold on a noisy
+//! machine: jobs/s enqueue and consume at concurrency 1 and 64 (5,000-job backlog, because
+//! apalis-redis defaults fail above ~8,000 due jobs), Redis commands per job from
+//! `INFO commandstats` deltas, delayed-job lateness at 1,000 jobs/s, and Redis bytes per
+//! delayed job at 100,000.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{bail, Context};
+use apalis::prelude::*;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+
+use super::{now_ms, Completion, Job, JobError, Maintenance, Queue, RedisBackend};
+use crate::settings::QueueSettings;
+
+/// What to run; the defaults are the issue's sizes, `quick` shrinks them for CI.
+#[derive(Debug, Clone)]
+pub struct QueueBenchOptions {
+    pub backlog: usize,
+    pub delayed: usize,
+    pub lateness_seconds: u64,
+    pub lateness_rate: u64,
+    pub out_dir: PathBuf,
+    pub redis_server: String,
+}
+
+impl QueueBenchOptions {
+    pub fn full(out_dir: PathBuf) -> Self {
+        Self {
+            backlog: 5_000,
+            delayed: 100_000,
+            lateness_seconds: 5,
+            lateness_rate: 1_000,
+            out_dir,
+            redis_server: "redis-server".into(),
+        }
+    }
+
+    pub fn quick(out_dir: PathBuf) -> Self {
+        Self {
+            backlog: 1_000,
+            delayed: 5_000,
+            lateness_seconds: 1,
+            lateness_rate: 500,
+            ..Self::full(out_dir)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Throughput {
+    pub enqueue_per_s: f64,
+    pub consume_c1_per_s: f64,
+    pub consume_c64_per_s: f64,
+    /// Redis commands (client and scripted) per job, enqueue through finish, at c=64.
+    pub commands_per_job: f64,
+    /// Jobs that had not finished when the run gave up (a wedged backend).
+    pub unfinished: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QueueBenchReport {
+    pub backlog: usize,
+    pub ours: Throughput,
+    pub apalis_redis_default: Throughput,
+    /// ours consume at c=64 divided by apalis-redis's.
+    pub consume_ratio_c64: f64,
+    pub delayed_lateness_p50_ms: u64,
+    pub delayed_lateness_p99_ms: u64,
+    pub delayed_rate_per_s: u64,
+    pub redis_bytes_per_delayed_job: f64,
+    pub delayed_jobs_measured: usize,
+    pub redis_version: String,
+    pub cpus: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct NoopJob {
+    n: u64,
+    /// Unix ms the job is due (lateness runs), 0 otherwise.
+    due_ms: u64,
+}
+
+impl Job for NoopJob {
+    const QUEUE: &'static str = "bench";
+    const VERSION: u32 = 1;
+}
+
+/// Completion counts shared with the handlers.
+#[derive(Default)]
+struct Tally {
+    done: AtomicU64,
+    first_start: Mutex<Option<Instant>>,
+    last_done: Mutex<Option<Instant>>,
+    lateness_ms: Mutex<Vec<u64>>,
+}
+
+impl Tally {
+    fn start(&self) {
+        let mut first = self.first_start.lock().expect("tally lock");
+        first.get_or_insert_with(Instant::now);
+    }
+    fn finish(&self, due_ms: u64) {
+        if due_ms > 0 {
+            self.lateness_ms
+                .lock()
+                .expect("tally lock")
+                .push(now_ms().saturating_sub(due_ms));
+        }
+        *self.last_done.lock().expect("tally lock") = Some(Instant::now());
+        self.done.fetch_add(1, Ordering::SeqCst);
+    }
+    fn rate(&self) -> f64 {
+        let first = *self.first_start.lock().expect("tally lock");
+        let last = *self.last_done.lock().expect("tally lock");
+        match (first, last) {
+            (Some(a), Some(b)) if b > a => {
+                self.done.load(Ordering::SeqCst) as f64 / (b - a).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
+}
+
+async fn ours_handler(
+    job: NoopJob,
+    tally: Data<Arc<Tally>>,
+) -> Result<Completion<NoopJob>, JobError> {
+    tally.start();
+    tally.finish(job.due_ms);
+    Ok(Completion::Done)
+}
+
+async fn apalis_handler(
+    job: NoopJob,
+    tally: Data<Arc<Tally>>,
+) -> Result<(), apalis_core::error::BoxDynError> {
+    tally.start();
+    tally.finish(job.due_ms);
+    Ok(())
+}
+
+/// A private redis-server for the run, killed on drop.
+struct BenchRedis {
+    child: Child,
+    url: String,
+    dir: PathBuf,
+}
+
+impl BenchRedis {
+    async fn start(binary: &str) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("kyc-bench-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let child = Command::new(binary)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {binary} (install redis-server)"))?;
+        let url = format!("redis://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = super::connect(&url).await {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("redis-server did not start on port {port}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Self { child, url, dir })
+    }
+}
+
+impl Drop for BenchRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn flush(conn: &mut ConnectionManager) -> anyhow::Result<()> {
+    redis::cmd("FLUSHALL").query_async::<()>(conn).await?;
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}
+
+/// Calls of every command since the last RESETSTAT, minus our own measuring commands.
+async fn commands_since_reset(conn: &mut ConnectionManager) -> anyhow::Result<u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await?;
+    let mut total = 0;
+    for line in info.lines() {
+        let Some(rest) = line.strip_prefix("cmdstat_") else {
+            continue;
+        };
+        let (name, stats) = rest.split_once(':').unwrap_or((rest, ""));
+        if matches!(
+            name,
+            "info" | "config" | "flushall" | "ping" | "client|setinfo" | "hello" | "client|setname"
+        ) {
+            continue;
+        }
+        let calls = stats
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("calls="))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        total += calls;
+    }
+    Ok(total)
+}
+
+async fn wait_for(tally: &Tally, n: u64, limit: Duration) -> u64 {
+    let deadline = Instant::now() + limit;
+    while tally.done.load(Ordering::SeqCst) < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    n.saturating_sub(tally.done.load(Ordering::SeqCst))
+}
+
+/// The shipped defaults: the numbers describe what an operator gets.
+fn settings() -> QueueSettings {
+    QueueSettings::default()
+}
+
+/// One run of our queue: enqueue a backlog, then drain it with `concurrency`.
+async fn run_ours(
+    url: &str,
+    backlog: usize,
+    concurrency: usize,
+) -> anyhow::Result<(f64, f64, f64, u64)> {
+    let mut admin = super::connect(url).await?;
+    flush(&mut admin).await?;
+    let queue = Queue::connect(url, "bench", settings()).await?;
+    let jobs: Vec<NoopJob> = (0..backlog as u64)
+        .map(|n| NoopJob { n, due_ms: 0 })
+        .collect();
+    let started = Instant::now();
+    for chunk in jobs.chunks(500) {
+        queue.push_many(chunk).await?;
+    }
+    let enqueue = backlog as f64 / started.elapsed().as_secs_f64();
+
+    let tally = Arc::new(Tally::default());
+    let consumer = format!("bench-ours-{concurrency}");
+    let worker = WorkerBuilder::new(consumer.as_str())
+        .backend(RedisBackend::<NoopJob>::new(queue.clone(), &consumer))
+        .concurrency(concurrency)
+        .data(tally.clone())
+        .build(ours_handler);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(worker.run_until(async move {
+        let _ = stopped.await;
+        Ok::<(), apalis_core::error::WorkerError>(())
+    }));
+    let unfinished = wait_for(&tally, backlog as u64, Duration::from_secs(120)).await;
+    let _ = stop.send(());
+    let _ = handle.await;
+    let commands = commands_since_reset(&mut admin).await? as f64 / backlog as f64;
+    Ok((enqueue, tally.rate(), commands, unfinished))
+}
+
+/// One run of apalis-redis 1.0.0 with its default configuration.
+async fn run_apalis(
+    url: &str,
+    backlog: usize,
+    concurrency: usize,
+) -> anyhow::Result<(f64, f64, f64, u64)> {
+    let mut admin = super::connect(url).await?;
+    flush(&mut admin).await?;
+    let conn = apalis_redis::connect(url).await?;
+    let mut storage = apalis_redis::RedisStorage::<NoopJob>::new(conn);
+    let started = Instant::now();
+    for n in 0..backlog as u64 {
+        storage
+            .push(NoopJob { n, due_ms: 0 })
+            .await
+            .map_err(|e| anyhow::anyhow!("apalis-redis push: {e}"))?;
+    }
+    let enqueue = backlog as f64 / started.elapsed().as_secs_f64();
+
+    let tally = Arc::new(Tally::default());
+    let worker = WorkerBuilder::new(format!("bench-apalis-{concurrency}-{}", std::process::id()))
+        .backend(storage)
+        .concurrency(concurrency)
+        .data(tally.clone())
+        .build(apalis_handler);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(worker.run_until(async move {
+        let _ = stopped.await;
+        Ok::<(), apalis_core::error::WorkerError>(())
+    }));
+    let unfinished = wait_for(&tally, backlog as u64, Duration::from_secs(120)).await;
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
+    let commands = commands_since_reset(&mut admin).await? as f64 / backlog as f64;
+    Ok((enqueue, tally.rate(), commands, unfinished))
+}
+
+/// Lateness of delayed jobs pushed at `rate`/s for `seconds`, each due 1 s after its push.
+async fn run_lateness(url: &str, rate: u64, seconds: u64) -> anyhow::Result<(u64, u64)> {
+    let mut admin = super::connect(url).await?;
+    flush(&mut admin).await?;
+    let queue = Queue::connect(url, "bench", settings()).await?;
+    let tally = Arc::new(Tally::default());
+    let maintenance = Maintenance::spawn(queue.clone(), vec![NoopJob::QUEUE], "bench-late".into());
+    let worker = WorkerBuilder::new("bench-late")
+        .backend(RedisBackend::<NoopJob>::new(queue.clone(), "bench-late"))
+        .concurrency(64)
+        .data(tally.clone())
+        .build(ours_handler);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(worker.run_until(async move {
+        let _ = stopped.await;
+        Ok::<(), apalis_core::error::WorkerError>(())
+    }));
+    let per_tick = (rate / 100).max(1);
+    let ticks = seconds * 100;
+    let mut interval = tokio::time::interval(Duration::from_millis(10));
+    let mut n = 0;
+    for _ in 0..ticks {
+        interval.tick().await;
+        let due = SystemTime::now() + Duration::from_secs(1);
+        let due_ms = super::unix_ms(due);
+        let batch: Vec<(String, NoopJob, SystemTime)> = (0..per_tick)
+            .map(|i| (format!("late-{}", n + i), NoopJob { n: n + i, due_ms }, due))
+            .collect();
+        n += per_tick;
+        queue.push_at_many(&batch).await?;
+    }
+    let _ = wait_for(&tally, n, Duration::from_secs(60)).await;
+    let _ = stop.send(());
+    let _ = handle.await;
+    maintenance.stop();
+    let mut lateness = tally.lateness_ms.lock().expect("tally lock").clone();
+    lateness.sort_unstable();
+    Ok((percentile(&lateness, 0.50), percentile(&lateness, 0.99)))
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Redis memory per delayed job with `n` scheduled.
+async fn run_memory(url: &str, n: usize) -> anyhow::Result<f64> {
+    let mut admin = super::connect(url).await?;
+    flush(&mut admin).await?;
+    let queue = Queue::connect(url, "bench", settings()).await?;
+    let before = used_memory(&mut admin).await?;
+    let at = SystemTime::now() + Duration::from_secs(3600);
+    let ids: Vec<u64> = (0..n as u64).collect();
+    for chunk in ids.chunks(1000) {
+        let batch: Vec<(String, NoopJob, SystemTime)> = chunk
+            .iter()
+            .map(|&i| {
+                (
+                    format!("poll:{}", uuid::Uuid::new_v4()),
+                    NoopJob { n: i, due_ms: 0 },
+                    at,
+                )
+            })
+            .collect();
+        queue.push_at_many(&batch).await?;
+    }
+    let after = used_memory(&mut admin).await?;
+    Ok(after.saturating_sub(before) as f64 / n as f64)
+}
+
+async fn used_memory(conn: &mut ConnectionManager) -> anyhow::Result<u64> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("INFO memory has no used_memory")
+}
+
+async fn redis_version(conn: &mut ConnectionManager) -> String {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("unknown")
+        .trim()
+        .to_owned()
+}
+
+/// Runs every measurement and writes `queue.json` and `queue.md` into `out_dir`.
+pub async fn run(options: &QueueBenchOptions) -> anyhow::Result<QueueBenchReport> {
+    let redis = BenchRedis::start(&options.redis_server).await?;
+    let url = redis.url.clone();
+    let backlog = options.backlog;
+
+    let (enqueue, c1, _, u1) = run_ours(&url, backlog, 1).await?;
+    let (_, c64, commands, u64_) = run_ours(&url, backlog, 64).await?;
+    let ours = Throughput {
+        enqueue_per_s: enqueue,
+        consume_c1_per_s: c1,
+        consume_c64_per_s: c64,
+        commands_per_job: commands,
+        unfinished: u1 + u64_,
+    };
+    let (a_enqueue, a1, _, au1) = run_apalis(&url, backlog, 1).await?;
+    let (_, a64, a_commands, au64) = run_apalis(&url, backlog, 64).await?;
+    let apalis_redis_default = Throughput {
+        enqueue_per_s: a_enqueue,
+        consume_c1_per_s: a1,
+        consume_c64_per_s: a64,
+        commands_per_job: a_commands,
+        unfinished: au1 + au64,
+    };
+    let (p50, p99) = run_lateness(&url, options.lateness_rate, options.lateness_seconds).await?;
+    let bytes = run_memory(&url, options.delayed).await?;
+    let mut admin = super::connect(&url).await?;
+    let report = QueueBenchReport {
+        backlog,
+        consume_ratio_c64: if a64 > 0.0 { c64 / a64 } else { f64::INFINITY },
+        ours,
+        apalis_redis_default,
+        delayed_lateness_p50_ms: p50,
+        delayed_lateness_p99_ms: p99,
+        delayed_rate_per_s: options.lateness_rate,
+        redis_bytes_per_delayed_job: bytes,
+        delayed_jobs_measured: options.delayed,
+        redis_version: redis_version(&mut admin).await,
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    };
+    write_report(&options.out_dir, &report)?;
+    Ok(report)
+}
+
+fn write_report(dir: &Path, report: &QueueBenchReport) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(
+        dir.join("queue.json"),
+        serde_json::to_string_pretty(report)?,
+    )?;
+    std::fs::write(dir.join("queue.md"), markdown(report))?;
+    Ok(())
+}
+
+/// The report as a Markdown table for the README.
+pub fn markdown(r: &QueueBenchReport) -> String {
+    let o = &r.ours;
+    let a = &r.apalis_redis_default;
+    format!(
+        "## Queue benchmark\n\n\
+         Redis {redis}, {cpus} CPUs, one worker process, no-op jobs, {backlog}-job backlog \
+         (apalis-redis 1.0.0 defaults fail above ~8,000 due jobs and slow down as the backlog grows, \
+         so the comparison uses a backlog it survives).\n\n\
+         | measure | kyc-worker queue | apalis-redis 1.0.0 default | ratio |\n\
+         |---|---:|---:|---:|\n\
+         | enqueue, jobs/s | {oe:.0} | {ae:.0} | {re:.1}× |\n\
+         | consume c=1, jobs/s | {o1:.0} | {a1:.0} | {r1:.1}× |\n\
+         | consume c=64, jobs/s | {o64:.0} | {a64:.0} | {r64:.1}× |\n\
+         | Redis commands per job | {oc:.2} | {ac:.2} | {rc:.2}× |\n\
+         | jobs unfinished after 120 s | {ou} | {au} | |\n\n\
+         Delayed jobs at {rate}/s, each due 1 s after it was scheduled: lateness p50 {p50} ms, p99 {p99} ms.\n\n\
+         Redis memory per delayed job with {n} scheduled: {bytes:.0} bytes.\n",
+        redis = r.redis_version,
+        cpus = r.cpus,
+        backlog = r.backlog,
+        oe = o.enqueue_per_s,
+        ae = a.enqueue_per_s,
+        re = ratio(o.enqueue_per_s, a.enqueue_per_s),
+        o1 = o.consume_c1_per_s,
+        a1 = a.consume_c1_per_s,
+        r1 = ratio(o.consume_c1_per_s, a.consume_c1_per_s),
+        o64 = o.consume_c64_per_s,
+        a64 = a.consume_c64_per_s,
+        r64 = r.consume_ratio_c64,
+        oc = o.commands_per_job,
+        ac = a.commands_per_job,
+        rc = ratio(o.commands_per_job, a.commands_per_job),
+        ou = o.unfinished,
+        au = a.unfinished,
+        rate = r.delayed_rate_per_s,
+        p50 = r.delayed_lateness_p50_ms,
+        p99 = r.delayed_lateness_p99_ms,
+        n = r.delayed_jobs_measured,
+        bytes = r.redis_bytes_per_delayed_job,
+    )
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        f64::INFINITY
+    }
+}
