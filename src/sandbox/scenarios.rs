@@ -469,7 +469,7 @@ impl Aml {
                     "target": true,
                     "caption": full_name,
                     "datasets": [dataset],
-                    "properties": {"name": [full_name], "country": ["es"]},
+                    "properties": {"name": [full_name], "country": "es", "birthDate": [iso_date(doc.date_of_birth)]},
                     "match_score": match_score,
                     "risk_score": (score * 100.0).round(),
                     "review_status": "Unreviewed",

@@ -4,3 +4,5 @@
 mod cli;
 mod helpers;
 mod redis_harness;
+mod sandbox;
+mod sandbox_schema;
