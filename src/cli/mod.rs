@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a local emulator of the Didit API (for the demo, tests and benchmarks)
-    Sandbox(sandbox::SandboxArgs),
+    Sandbox(Box<sandbox::SandboxArgs>),
     /// Call the Didit API directly: workflows, sessions, decisions, reviews, billing
     Didit(Box<didit::DiditArgs>),
     /// Queue depths and the dead set (list, replay, purge)
@@ -88,7 +88,7 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Sandbox(args) => sandbox::run(args).await,
+        Command::Sandbox(args) => sandbox::run(*args).await,
         Command::Didit(command) => {
             let settings = Settings::load()?;
             init_logs(&settings)?;

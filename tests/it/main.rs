@@ -5,3 +5,5 @@ mod cli;
 mod helpers;
 mod queue;
 mod redis_harness;
+mod sandbox;
+mod sandbox_schema;

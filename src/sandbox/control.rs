@@ -1,0 +1,229 @@
+//! `POST /sandbox/control`: change the sandbox while it runs, without losing sessions.
+//!
+//! Sandbox-only, no API key (the route does not exist at Didit). One JSON object per call,
+//! `{"action": "...", ...}`; `docs/sandbox.md` lists every action. Answers 200
+//! `{"ok": true}` or 400 `{"detail": "..."}`.
+
+use std::time::Duration;
+
+use axum::{body::Bytes, http::StatusCode, response::Response};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::{
+    limits::{Limit, LimitSpec, RateScope},
+    routes::{detail, json_response, ENDPOINT_NAMES},
+    scenarios::{self, Scenario, Subject},
+    state::{Inner, Shared, Step},
+};
+use crate::domain::SessionStatus;
+
+const ACTIONS: &[&str] = &[
+    "revoke_api_key",
+    "restore_api_key",
+    "set_credits",
+    "set_limit",
+    "set_latency",
+    "set_error_rate",
+    "fail_next",
+    "complete_session",
+    "set_status",
+    "set_scenario",
+    "set_complete_after",
+    "advance_clock",
+    "reset_stats",
+];
+
+pub fn handle(shared: &Shared, body: &Bytes) -> Response {
+    let request: Value = match serde_json::from_slice(body) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => return bad("expected a JSON object such as {\"action\": \"revoke_api_key\"}"),
+    };
+    let Some(action) = request["action"].as_str() else {
+        return bad(&format!(
+            "\"action\" is required, one of: {}",
+            ACTIONS.join(", ")
+        ));
+    };
+    let result = {
+        let mut inner = shared.lock();
+        apply(&mut inner, action, &request)
+    };
+    if action == "reset_stats" && result.is_ok() {
+        shared.webhook_stats.reset();
+    }
+    match result {
+        Ok(()) => json_response(StatusCode::OK, json!({"ok": true, "action": action})),
+        Err(message) => bad(&message),
+    }
+}
+
+fn bad(message: &str) -> Response {
+    detail(StatusCode::BAD_REQUEST, message)
+}
+
+fn apply(inner: &mut Inner, action: &str, r: &Value) -> Result<(), String> {
+    match action {
+        "revoke_api_key" => inner.key_revoked = true,
+        "restore_api_key" => inner.key_revoked = false,
+        "set_credits" => {
+            let balance = &r["balance"];
+            inner.balance = balance
+                .as_f64()
+                .or_else(|| balance.as_str().and_then(|s| s.parse().ok()))
+                .filter(|b| b.is_finite())
+                .ok_or("\"balance\" must be a number of US dollars, e.g. 0 or \"1000.0000\"")?;
+        }
+        "set_limit" => {
+            let spec = match r["spec"].as_str() {
+                Some(spec) => spec.parse::<LimitSpec>()?,
+                None => LimitSpec {
+                    scope: r["scope"]
+                        .as_str()
+                        .ok_or("\"scope\" (get, write, create, pdf) or \"spec\" is required")?
+                        .parse::<RateScope>()?,
+                    limit: Limit {
+                        max: u32::try_from(number(r, "limit")?)
+                            .map_err(|_| "\"limit\" is too large")?,
+                        window: Duration::from_millis(
+                            r["window_ms"].as_u64().unwrap_or(60_000).max(1),
+                        ),
+                    },
+                },
+            };
+            inner.limiter.set(spec);
+        }
+        "set_latency" => inner.faults.latency = Duration::from_millis(number(r, "ms")?),
+        "set_error_rate" => {
+            inner.faults.error_rate = r["rate"]
+                .as_f64()
+                .filter(|rate| (0.0..=1.0).contains(rate))
+                .ok_or("\"rate\" must be a number between 0 and 1")?;
+        }
+        "fail_next" => {
+            let endpoint = r["endpoint"].as_str().unwrap_or_default();
+            if !ENDPOINT_NAMES.contains(&endpoint) {
+                return Err(format!(
+                    "\"endpoint\" must be one of: {}",
+                    ENDPOINT_NAMES.join(", ")
+                ));
+            }
+            let count = u32::try_from(number(r, "count")?).map_err(|_| "\"count\" is too large")?;
+            let status = r["status"].as_u64().unwrap_or(500);
+            let status = u16::try_from(status)
+                .ok()
+                .filter(|s| (400..=599).contains(s))
+                .ok_or("\"status\" must be an HTTP error status (400-599)")?;
+            inner.faults.fail_next(endpoint, count, status);
+        }
+        "complete_session" => complete_session(inner, session_id(inner, r)?)?,
+        "set_status" => {
+            let id = session_id(inner, r)?;
+            let status = r["status"]
+                .as_str()
+                .map(SessionStatus::parse)
+                .filter(|s| !matches!(s, SessionStatus::Unknown(_)))
+                .ok_or("\"status\" must be one of Didit's ten statuses, e.g. \"In Review\"")?;
+            set_status(inner, id, status);
+        }
+        "set_scenario" => {
+            let id = session_id(inner, r)?;
+            let scenario = r["scenario"]
+                .as_str()
+                .and_then(Scenario::parse)
+                .ok_or("\"scenario\" must be a sandbox scenario such as \"approve\"")?;
+            if let Some(session) = inner.sessions.get_mut(&id) {
+                session.scenario = scenario;
+            }
+        }
+        "set_complete_after" => inner.complete_after = Duration::from_millis(number(r, "ms")?),
+        "advance_clock" => {
+            inner.clock_offset += Duration::from_secs(number(r, "seconds")?);
+            inner.advance_all();
+        }
+        "reset_stats" => {
+            inner.stats.reset();
+            inner.limiter.reset_peaks();
+            inner.faults.injected = 0;
+        }
+        other => {
+            return Err(format!(
+                "unknown action \"{other}\", expected one of: {}",
+                ACTIONS.join(", ")
+            ))
+        }
+    }
+    Ok(())
+}
+
+fn number(r: &Value, field: &str) -> Result<u64, String> {
+    r[field]
+        .as_u64()
+        .ok_or_else(|| format!("\"{field}\" must be a whole number"))
+}
+
+fn session_id(inner: &Inner, r: &Value) -> Result<Uuid, String> {
+    let id = r["session_id"]
+        .as_str()
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .ok_or("\"session_id\" must be a session UUID")?;
+    if inner.sessions.contains_key(&id) {
+        Ok(id)
+    } else {
+        Err(format!("no session {id}"))
+    }
+}
+
+/// Plays the rest of the user's flow now, with every webhook it would have caused.
+fn complete_session(inner: &mut Inner, id: Uuid) -> Result<(), String> {
+    loop {
+        let Some(session) = inner.sessions.get(&id) else {
+            return Ok(());
+        };
+        let step = match session.status {
+            SessionStatus::NotStarted if session.scenario == Scenario::Expire => Step::Expire,
+            SessionStatus::NotStarted | SessionStatus::Resubmitted => Step::Open,
+            SessionStatus::InProgress if session.scenario == Scenario::Abandon => Step::Expire,
+            SessionStatus::InProgress => Step::Finish,
+            ref done => {
+                return Err(format!(
+                    "session {id} is already {done}, nothing to complete"
+                ))
+            }
+        };
+        inner.apply(id, step);
+        if step != Step::Open {
+            return Ok(());
+        }
+    }
+}
+
+/// Moves a session to any status, as a Didit reviewer or Didit's own jobs would; a decision
+/// status on a session with no data yet gets the data of a matching scenario.
+fn set_status(inner: &mut Inner, id: Uuid, status: SessionStatus) {
+    let fill = match status {
+        SessionStatus::Approved => Some(Scenario::Approve),
+        SessionStatus::Declined => Some(Scenario::DeclineFaceMismatch),
+        SessionStatus::InReview => Some(Scenario::ReviewFaceMatchBorderline),
+        _ => None,
+    };
+    let today = inner.now().date();
+    if let (Some(scenario), Some(session)) = (fill, inner.sessions.get_mut(&id)) {
+        if session
+            .sections
+            .get("id_verifications")
+            .is_none_or(Value::is_null)
+        {
+            let outcome = scenarios::outcome(
+                scenario,
+                &Subject {
+                    session_id: id,
+                    today,
+                    blocklisted: false,
+                },
+            );
+            session.sections.extend(outcome.sections);
+        }
+    }
+    inner.set_status(id, status, None);
+}

@@ -1,0 +1,177 @@
+//! Webhook deliveries, signed and retried as Didit does.
+//!
+//! The body is `didit_wire_body(payload)` (sorted keys, compact, ASCII-escaped) and the
+//! signatures come from `didit::webhook::sign`, the same code the fleet verifies with, so the
+//! two cannot drift apart; the §14.7 vectors pin that code to Didit's algorithm.
+//!
+//! Order: one queue and one task per (session, target), so a session's deliveries arrive in
+//! the order its status changed, while a slow or failing receiver delays only that session.
+//! Retries: on a 5xx, a 404, a timeout or a refused connection, Didit tries again after about
+//! 60 s and then 240 s (three attempts in all) and then drops the delivery; the sandbox
+//! multiplies those delays by `webhook_retry_scale`. Every attempt carries the same body and
+//! `X-Timestamp`.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+use tokio::{
+    sync::mpsc::{self, UnboundedReceiver, UnboundedSender},
+    task::JoinSet,
+};
+use url::Url;
+use uuid::Uuid;
+
+use super::SandboxConfig;
+use crate::didit::webhook::{didit_wire_body, sign};
+
+/// Didit's delays before the second and third attempts.
+const RETRY_DELAYS: [Duration; 2] = [Duration::from_secs(60), Duration::from_secs(240)];
+
+/// One status change to announce.
+#[derive(Debug)]
+pub struct Event {
+    pub session_id: Uuid,
+    pub payload: Value,
+    pub targets: Vec<Target>,
+}
+
+/// A receiver and the secret its deliveries are signed with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub url: Url,
+    pub secret: String,
+}
+
+#[derive(Debug, Default)]
+pub struct WebhookStats {
+    /// Deliveries the receiver acknowledged with a 2xx.
+    pub sent: AtomicU64,
+    /// Attempts that failed (each retry counts).
+    pub failed_attempts: AtomicU64,
+    /// Deliveries given up after the last attempt, or refused with a 4xx other than 404.
+    pub dropped: AtomicU64,
+    /// Deliveries queued and not yet finished.
+    pub pending: AtomicU64,
+}
+
+impl WebhookStats {
+    /// Zeroes the finished counts; `pending` still describes deliveries in flight.
+    pub fn reset(&self) {
+        for counter in [&self.sent, &self.failed_attempts, &self.dropped] {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "sent": self.sent.load(Ordering::Relaxed),
+            "failed": self.failed_attempts.load(Ordering::Relaxed),
+            "dropped": self.dropped.load(Ordering::Relaxed),
+            "pending": self.pending.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// How deliveries are made.
+#[derive(Clone)]
+pub struct Delivery {
+    http: reqwest::Client,
+    retry_scale: f64,
+    stats: Arc<WebhookStats>,
+}
+
+impl Delivery {
+    pub fn new(config: &SandboxConfig, stats: Arc<WebhookStats>) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(config.webhook_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent("DiditWebhook/2.0 +https://didit.me")
+            .build()
+            .context("cannot build the webhook HTTP client")?;
+        Ok(Self {
+            http,
+            retry_scale: config.webhook_retry_scale.max(0.0),
+            stats,
+        })
+    }
+
+    async fn deliver(&self, target: &Target, payload: &Value) {
+        let body = didit_wire_body(payload);
+        let timestamp = payload["timestamp"].as_i64().unwrap_or_default();
+        let signatures = match sign(&target.secret, body.as_bytes(), timestamp) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sign a webhook body");
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        for attempt in 0..=RETRY_DELAYS.len() {
+            let result = self
+                .http
+                .post(target.url.clone())
+                .header("content-type", "application/json")
+                .header("x-signature", &signatures.raw)
+                .header("x-signature-v2", &signatures.v2)
+                .header("x-signature-simple", &signatures.simple)
+                .header("x-timestamp", timestamp.to_string())
+                .body(body.clone())
+                .send()
+                .await;
+            let retryable = match result {
+                Ok(response) if response.status().is_success() => {
+                    self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    status.is_server_error() || status == reqwest::StatusCode::NOT_FOUND
+                }
+                Err(_) => true,
+            };
+            self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+            let Some(delay) = RETRY_DELAYS.get(attempt).filter(|_| retryable) else {
+                break;
+            };
+            tokio::time::sleep(delay.mul_f64(self.retry_scale)).await;
+        }
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Routes each event to the queue of its (session, target); runs until the sandbox stops.
+/// Dropping this future aborts every delivery task with it.
+pub async fn dispatch(mut events: UnboundedReceiver<Event>, delivery: Delivery) {
+    let mut queues: HashMap<(Uuid, Target), UnboundedSender<Value>> = HashMap::new();
+    let mut tasks = JoinSet::new();
+    while let Some(event) = events.recv().await {
+        for target in event.targets {
+            let key = (event.session_id, target.clone());
+            let queue = queues.entry(key).or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tasks.spawn(deliver_in_order(rx, target, delivery.clone()));
+                tx
+            });
+            delivery.stats.pending.fetch_add(1, Ordering::Relaxed);
+            // The task ends only when this sender is dropped, so the send cannot fail.
+            let _ = queue.send(event.payload.clone());
+        }
+        // Reap finished tasks so the set does not grow with every session ever seen.
+        while tasks.try_join_next().is_some() {}
+    }
+}
+
+async fn deliver_in_order(mut queue: UnboundedReceiver<Value>, target: Target, delivery: Delivery) {
+    while let Some(payload) = queue.recv().await {
+        delivery.deliver(&target, &payload).await;
+        delivery.stats.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
