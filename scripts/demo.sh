@@ -11,11 +11,10 @@ if [[ ! -x "$BIN" ]]; then
     exit 1
 fi
 
-# A free port, asked of the kernel rather than guessed.
-PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 LOG="$(mktemp -t kyc-sandbox.XXXXXX.log)"
 
-"$BIN" sandbox --port "$PORT" --complete-after-ms 400 >"$LOG" 2>&1 &
+# Port 0: the kernel picks a free port; the sandbox prints the address it listens on.
+"$BIN" sandbox --port 0 --complete-after-ms 400 >"$LOG" 2>&1 &
 SANDBOX_PID=$!
 stop_sandbox() {
     kill "$SANDBOX_PID" 2>/dev/null || true
@@ -24,16 +23,19 @@ stop_sandbox() {
 }
 trap stop_sandbox EXIT
 
-# Wait for the port, with a deadline, instead of sleeping a fixed time.
+# Wait for the address line, with a deadline, instead of sleeping a fixed time.
 deadline=$((SECONDS + 15))
-until (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do
+PORT=""
+until [[ -n "$PORT" ]]; do
+    PORT="$(sed -n 's|.*listening on http://127\.0\.0\.1:\([0-9]*\).*|\1|p' "$LOG" | head -n 1)"
+    [[ -n "$PORT" ]] && break
     if ! kill -0 "$SANDBOX_PID" 2>/dev/null; then
         echo "demo: the sandbox exited:" >&2
         cat "$LOG" >&2
         exit 1
     fi
     if ((SECONDS >= deadline)); then
-        echo "demo: the sandbox did not open port $PORT within 15 s" >&2
+        echo "demo: the sandbox did not start listening within 15 s" >&2
         exit 1
     fi
     sleep 0.1
