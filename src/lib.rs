@@ -14,7 +14,12 @@
 pub mod cli;
 pub mod didit;
 pub mod domain;
+pub mod http;
+pub mod jobs;
+pub mod producer;
 pub mod queue;
 pub mod sandbox;
 pub mod settings;
+pub mod startup;
+pub mod store;
 pub mod telemetry;

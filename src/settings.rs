@@ -31,6 +31,33 @@ pub struct Settings {
     pub didit: DiditSettings,
     pub worker: WorkerSettings,
     pub queue: QueueSettings,
+    pub poll: PollSettings,
+    pub events: EventSettings,
+    /// Named workflows a start request may ask for (`workflow = "premium"`).
+    pub workflows: HashMap<String, uuid::Uuid>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollSettings {
+    /// Webhooks are configured: polls are only a safety net.
+    pub with_webhooks: crate::domain::PollSchedule,
+    /// No webhooks: polls are how decisions are seen.
+    pub polling_only: crate::domain::PollSchedule,
+    /// Added to the workflow's session expiration before we give up on a session.
+    pub expiry_grace: Duration,
+    /// How often a session In Review is re-read, and for how long.
+    pub review_interval: Duration,
+    pub review_horizon: Duration,
+    /// How often work waiting on a paused account checks again.
+    pub pause_recheck: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventSettings {
+    /// Events older than this are trimmed from the stream.
+    pub retention: Duration,
+    /// How long the fleet remembers what it published, and which request a session serves.
+    pub record_retention: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +98,8 @@ pub struct DiditSettings {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub pdf_timeout: Duration,
+    /// Whether Didit delivers webhooks to this fleet (chooses the poll schedule).
+    pub webhooks: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,6 +257,32 @@ struct RawSettings {
     didit: RawDidit,
     worker: RawWorker,
     queue: RawQueue,
+    poll: RawPoll,
+    events: RawEvents,
+    #[serde(default)]
+    workflows: HashMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPoll {
+    webhook_initial: String,
+    webhook_max: String,
+    polling_initial: String,
+    polling_max: String,
+    multiplier: String,
+    jitter: String,
+    expiry_grace: String,
+    review_interval: String,
+    review_horizon: String,
+    pause_recheck: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    retention: String,
+    record_retention: String,
 }
 
 #[derive(Deserialize)]
@@ -280,6 +335,7 @@ struct RawDidit {
     connect_timeout: String,
     request_timeout: String,
     pdf_timeout: String,
+    webhooks: String,
 }
 
 #[derive(Deserialize)]
@@ -390,6 +446,7 @@ impl RawSettings {
                 &self.didit.request_timeout,
             )?,
             pdf_timeout: parse_positive_duration("didit.pdf_timeout", &self.didit.pdf_timeout)?,
+            webhooks: parse_bool("didit.webhooks", &self.didit.webhooks)?,
         };
 
         let concurrency: usize = self.worker.concurrency.trim().parse().map_err(|_| {
@@ -444,7 +501,80 @@ impl RawSettings {
             ));
         }
 
+        let p = &self.poll;
+        let multiplier: f64 = p
+            .multiplier
+            .trim()
+            .parse()
+            .ok()
+            .filter(|m: &f64| *m >= 1.0)
+            .ok_or_else(|| {
+                SettingsError::new(
+                    "poll.multiplier",
+                    format!("expected a number >= 1, got \"{}\"", p.multiplier),
+                )
+            })?;
+        let jitter: f64 = p
+            .jitter
+            .trim()
+            .parse()
+            .ok()
+            .filter(|j: &f64| (0.0..1.0).contains(j))
+            .ok_or_else(|| {
+                SettingsError::new(
+                    "poll.jitter",
+                    format!("expected a fraction in [0, 1), got \"{}\"", p.jitter),
+                )
+            })?;
+        let schedule = |initial: &str,
+                        ikey: &str,
+                        max: &str,
+                        mkey: &str|
+         -> Result<crate::domain::PollSchedule, SettingsError> {
+            Ok(crate::domain::PollSchedule {
+                initial: parse_positive_duration(ikey, initial)?,
+                max: parse_positive_duration(mkey, max)?,
+                multiplier,
+                jitter,
+            })
+        };
+        let poll = PollSettings {
+            with_webhooks: schedule(
+                &p.webhook_initial,
+                "poll.webhook_initial",
+                &p.webhook_max,
+                "poll.webhook_max",
+            )?,
+            polling_only: schedule(
+                &p.polling_initial,
+                "poll.polling_initial",
+                &p.polling_max,
+                "poll.polling_max",
+            )?,
+            expiry_grace: parse_duration_setting("poll.expiry_grace", &p.expiry_grace)?,
+            review_interval: parse_positive_duration("poll.review_interval", &p.review_interval)?,
+            review_horizon: parse_duration_setting("poll.review_horizon", &p.review_horizon)?,
+            pause_recheck: parse_positive_duration("poll.pause_recheck", &p.pause_recheck)?,
+        };
+        let events = EventSettings {
+            retention: parse_positive_duration("events.retention", &self.events.retention)?,
+            record_retention: parse_positive_duration(
+                "events.record_retention",
+                &self.events.record_retention,
+            )?,
+        };
+        let mut workflows = HashMap::new();
+        for (name, id) in self.workflows {
+            let key = format!("workflows.{name}");
+            let id = uuid::Uuid::from_str(id.trim())
+                .map_err(|e| SettingsError::new(&key, format!("expected a workflow UUID: {e}")))?;
+            workflows.insert(name, id);
+        }
+
         Ok(Settings {
+            poll,
+            events,
+            workflows,
             queue,
             log,
             redis: RedisSettings {
@@ -510,6 +640,17 @@ fn parse_port(key: &str, value: &str) -> Result<u16, SettingsError> {
             format!("expected a port number 0-65535, got \"{value}\""),
         )
     })
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, SettingsError> {
+    match value.trim() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        other => Err(SettingsError::new(
+            key,
+            format!("expected true or false, got \"{other}\""),
+        )),
+    }
 }
 
 /// A whole number of at least 1.

@@ -7,6 +7,7 @@
 mod bench;
 mod didit;
 mod queue;
+mod run;
 mod sandbox;
 
 use std::process::ExitCode;
@@ -31,6 +32,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the fleet process: workers, the webhook receiver and health endpoints
+    Run,
+    /// Ask for a verification (one, or one per CSV row); prints the request id
+    Enqueue(Box<run::EnqueueArgs>),
     /// Run a local emulator of the Didit API (for the demo, tests and benchmarks)
     Sandbox(Box<sandbox::SandboxArgs>),
     /// Call the Didit API directly: workflows, sessions, decisions, reviews, billing
@@ -93,6 +98,16 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let settings = Settings::load()?;
             init_logs(&settings)?;
             didit::run(*command, &settings).await
+        }
+        Command::Run => {
+            let settings = Settings::load()?;
+            init_logs(&settings)?;
+            run::run(settings).await
+        }
+        Command::Enqueue(args) => {
+            let settings = Settings::load()?;
+            init_logs(&settings)?;
+            run::enqueue(*args, &settings).await
         }
         Command::Queue(args) => {
             let settings = Settings::load()?;

@@ -9,6 +9,7 @@ use std::{fmt, time::Duration};
 use serde_json::Value;
 
 use super::Endpoint;
+pub use crate::domain::AccountPause;
 
 /// What the caller should do about a failed call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,31 +17,9 @@ pub enum ErrorClass {
     /// Try again later; `retry_after` is Didit's own floor when it sent one.
     Retryable { retry_after: Option<Duration> },
     /// The account cannot make calls: pause the fleet until a probe proves the cause gone.
-    Account(AccountIssue),
+    Account(AccountPause),
     /// This request cannot succeed as sent.
     Request,
-}
-
-/// Why the whole account is blocked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccountIssue {
-    /// 401: the key is wrong, revoked or expired.
-    InvalidKey,
-    /// 403 where the key must have access (session create, decision).
-    Forbidden,
-    /// 400 "not enough credits".
-    NoCredits,
-}
-
-impl AccountIssue {
-    /// The `reason` label of `kyc_didit_paused`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AccountIssue::InvalidKey => "invalid_key",
-            AccountIssue::Forbidden => "forbidden",
-            AccountIssue::NoCredits => "no_credits",
-        }
-    }
 }
 
 /// A failed Didit call.
@@ -90,11 +69,11 @@ impl DiditError {
                 429 | 500..=599 => ErrorClass::Retryable {
                     retry_after: *retry_after,
                 },
-                401 => ErrorClass::Account(AccountIssue::InvalidKey),
+                401 => ErrorClass::Account(AccountPause::InvalidKey),
                 403 if self.endpoint.forbidden_means_account() => {
-                    ErrorClass::Account(AccountIssue::Forbidden)
+                    ErrorClass::Account(AccountPause::Forbidden)
                 }
-                400 if body.mentions_credits() => ErrorClass::Account(AccountIssue::NoCredits),
+                400 if body.mentions_credits() => ErrorClass::Account(AccountPause::NoCredits),
                 _ => ErrorClass::Request,
             },
         }
@@ -265,7 +244,7 @@ mod tests {
 
     #[test]
     fn each_failure_is_classified() {
-        use AccountIssue::*;
+        use AccountPause::*;
         let cases = [
             (
                 status_error(Endpoint::Decision, 503, "{}"),

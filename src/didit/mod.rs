@@ -9,5 +9,5 @@ pub mod webhook;
 
 pub use client::{DiditClient, Endpoint, Scope};
 pub use error::{
-    parse_retry_after, AccountIssue, DiditError, DiditErrorKind, ErrorBody, ErrorClass,
+    parse_retry_after, AccountPause, DiditError, DiditErrorKind, ErrorBody, ErrorClass,
 };

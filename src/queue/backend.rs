@@ -58,6 +58,10 @@ pub enum JobError {
         reason: String,
         after: Option<Duration>,
     },
+    /// Transient but not the job's fault (Didit's 429 or 5xx): try again after `after`
+    /// without counting an attempt; only the job's deadline bounds it.
+    #[error("{reason}")]
+    Wait { reason: String, after: Duration },
     /// Permanent: dead-letter now with this reason.
     #[error("{0}")]
     Fatal(String),
@@ -73,6 +77,23 @@ pub struct Delivery {
     /// How many times a dead process abandoned this job before.
     pub abandoned: u32,
     envelope: Arc<Envelope>,
+}
+
+impl Delivery {
+    /// Unix ms after which a failing job is dead-lettered instead of retried.
+    pub fn deadline_ms(&self) -> u64 {
+        self.envelope.deadline_ms
+    }
+
+    /// Whether failing now with `error` would dead-letter the job (so the handler can tell
+    /// the world first).
+    pub fn failure_is_final(
+        &self,
+        error: &JobError,
+        settings: &crate::settings::QueueSettings,
+    ) -> bool {
+        matches!(decide_failure(self, error, settings), Finish::Bury { .. })
+    }
 }
 
 /// State shared by the backend, its fetcher, heartbeat and acknowledger.
@@ -538,33 +559,54 @@ fn decide<A: Job>(
                 reason: format!("cannot encode the next run: {e}"),
             },
         },
-        Err(error) => {
-            let (reason, after) = match error.downcast_ref::<JobError>() {
-                Some(JobError::Fatal(reason)) => {
-                    return Finish::Bury {
-                        reason: reason.clone(),
-                    }
-                }
-                Some(JobError::Retry { reason, after }) => (reason.clone(), *after),
-                None => (error.to_string(), None),
-            };
-            let attempt = delivery.attempt + 1;
-            let delay = after.unwrap_or_else(|| retry_delay(attempt, settings));
-            let at_ms = now + delay.as_millis() as u64;
-            if attempt >= settings.max_attempts {
-                Finish::Bury {
-                    reason: format!("retries exhausted after {attempt} attempts: {reason}"),
-                }
-            } else if at_ms > delivery.envelope.deadline_ms {
-                Finish::Bury {
-                    reason: format!("retry deadline passed after {attempt} attempts: {reason}"),
-                }
-            } else {
-                let mut envelope = (*delivery.envelope).clone();
-                envelope.attempt = attempt;
-                Finish::Schedule { at_ms, envelope }
+        Err(error) => match error.downcast_ref::<JobError>() {
+            Some(job_error) => decide_failure(delivery, job_error, settings),
+            None => decide_failure(
+                delivery,
+                &JobError::Retry {
+                    reason: error.to_string(),
+                    after: None,
+                },
+                settings,
+            ),
+        },
+    }
+}
+
+fn decide_failure(
+    delivery: &Delivery,
+    error: &JobError,
+    settings: &crate::settings::QueueSettings,
+) -> Finish {
+    let (reason, after, attempt) = match error {
+        JobError::Fatal(reason) => {
+            return Finish::Bury {
+                reason: reason.clone(),
             }
         }
+        JobError::Retry { reason, after } => {
+            let attempt = delivery.attempt + 1;
+            (
+                reason,
+                after.unwrap_or_else(|| retry_delay(attempt, settings)),
+                attempt,
+            )
+        }
+        JobError::Wait { reason, after } => (reason, *after, delivery.attempt),
+    };
+    let at_ms = now_ms() + after.as_millis() as u64;
+    if attempt >= settings.max_attempts {
+        Finish::Bury {
+            reason: format!("retries exhausted after {attempt} attempts: {reason}"),
+        }
+    } else if at_ms > delivery.envelope.deadline_ms {
+        Finish::Bury {
+            reason: format!("retry deadline passed after {attempt} attempts: {reason}"),
+        }
+    } else {
+        let mut envelope = (*delivery.envelope).clone();
+        envelope.attempt = attempt;
+        Finish::Schedule { at_ms, envelope }
     }
 }
 

@@ -139,3 +139,215 @@ fn redis_server_binary() -> String {
 pub fn kyc_worker_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kyc-worker"))
 }
+
+/// How a test wants its fleet process.
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    /// Didit delivers webhooks to the app (else the app polls).
+    pub webhooks: bool,
+    /// Sandbox: creation → final status.
+    pub complete_after: Duration,
+    /// Extra settings as `KYC__…` variables.
+    pub env: Vec<(String, String)>,
+    /// Run the fleet in this process (else the test runs `kyc-worker run` children).
+    pub in_process: bool,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            webhooks: true,
+            complete_after: Duration::from_millis(300),
+            env: Vec::new(),
+            in_process: true,
+        }
+    }
+}
+
+/// One fleet process in this test, with its own Redis and sandbox.
+pub struct TestApp {
+    pub redis: TestRedis,
+    pub sandbox: kyc_worker::sandbox::SandboxHandle,
+    pub port: u16,
+    pub settings_env: std::collections::HashMap<String, String>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    pub fn settings(&self) -> kyc_worker::settings::Settings {
+        kyc_worker::settings::Settings::load_from(&kyc_worker::settings::Sources {
+            config_dir: Some(std::env::temp_dir().join("kyc-worker-no-overlay")),
+            env: Some(self.settings_env.clone()),
+        })
+        .expect("test settings")
+    }
+
+    pub async fn producer(&self) -> kyc_worker::producer::Producer {
+        kyc_worker::producer::Producer::connect(&self.settings())
+            .await
+            .expect("producer")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Every event on the outcome stream, oldest first, as field maps.
+    pub async fn events(&self) -> Vec<std::collections::HashMap<String, String>> {
+        let mut c = self.redis.connection().await;
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg("kyc:events")
+            .arg("-")
+            .arg("+")
+            .query_async(&mut c)
+            .await
+            .expect("xrange events");
+        reply
+            .ids
+            .into_iter()
+            .map(|e| {
+                e.map
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            redis::from_redis_value_ref::<String>(v).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Waits until `n` events of `kind` are on the stream; returns them.
+    pub async fn wait_events(
+        &self,
+        kind: &str,
+        n: usize,
+    ) -> Vec<std::collections::HashMap<String, String>> {
+        eventually(
+            &format!("{n} {kind} events"),
+            Duration::from_secs(30),
+            || async {
+                let found: Vec<_> = self
+                    .events()
+                    .await
+                    .into_iter()
+                    .filter(|e| e["type"] == kind)
+                    .collect();
+                (found.len() >= n).then_some(found)
+            },
+        )
+        .await
+    }
+
+    pub async fn sandbox_stats(&self) -> serde_json::Value {
+        reqwest::get(format!("{}sandbox/stats", self.sandbox.base_url()))
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("stats json")
+    }
+
+    pub async fn sandbox_control(&self, body: serde_json::Value) {
+        let status = reqwest::Client::new()
+            .post(format!("{}sandbox/control", self.sandbox.base_url()))
+            .json(&body)
+            .send()
+            .await
+            .expect("control")
+            .status();
+        assert!(status.is_success(), "sandbox control {body} → {status}");
+    }
+
+    /// Stops the fleet process gracefully and checks it exited cleanly.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            let result = tokio::time::timeout(Duration::from_secs(30), handle).await;
+            assert!(
+                matches!(result, Ok(Ok(Ok(())))),
+                "the app stopped with {result:?}"
+            );
+        }
+    }
+}
+
+/// Starts Redis, the sandbox (webhooks to the app when asked) and the fleet in this process.
+pub async fn spawn_app(options: AppOptions) -> TestApp {
+    let redis = TestRedis::start().await;
+    let port = free_port();
+    let mut sandbox_config = kyc_worker::sandbox::SandboxConfig::for_tests(options.complete_after);
+    sandbox_config.min_expiration = Duration::from_secs(1);
+    if options.webhooks {
+        sandbox_config.webhook_url = Some(
+            format!("http://127.0.0.1:{port}/webhooks/didit")
+                .parse()
+                .expect("url"),
+        );
+    }
+    let sandbox = kyc_worker::sandbox::Sandbox::start(sandbox_config)
+        .await
+        .expect("sandbox");
+    let base = sandbox.base_url().to_string();
+    let mut env: std::collections::HashMap<String, String> = [
+        ("KYC__REDIS__URL", redis.url()),
+        ("KYC__HTTP__HOST", "127.0.0.1".to_owned()),
+        ("KYC__HTTP__PORT", port.to_string()),
+        (
+            "KYC__DIDIT__BASE_URL",
+            base.trim_end_matches('/').to_owned(),
+        ),
+        ("KYC__DIDIT__WEBHOOKS", options.webhooks.to_string()),
+        ("KYC__LOG__LEVEL", "warn".to_owned()),
+        // With webhooks the safety-net poll must not be what decides in a test.
+        ("KYC__POLL__WEBHOOK_INITIAL", "20s".to_owned()),
+        ("KYC__POLL__POLLING_INITIAL", "100ms".to_owned()),
+        ("KYC__POLL__POLLING_MAX", "300ms".to_owned()),
+        ("KYC__POLL__PAUSE_RECHECK", "200ms".to_owned()),
+        ("KYC__POLL__REVIEW_INTERVAL", "30s".to_owned()),
+        ("KYC__QUEUE__PROMOTE_INTERVAL", "50ms".to_owned()),
+        ("KYC__QUEUE__RECLAIM_AFTER", "3s".to_owned()),
+        ("KYC__QUEUE__FETCH_BLOCK", "500ms".to_owned()),
+        ("KYC__WORKER__SHUTDOWN_TIMEOUT", "5s".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    env.extend(options.env.iter().cloned());
+    let mut app = TestApp {
+        redis,
+        sandbox,
+        port,
+        settings_env: env,
+        stop: None,
+        handle: None,
+    };
+    if !options.in_process {
+        return app;
+    }
+    let application = kyc_worker::startup::Application::build(app.settings())
+        .await
+        .expect("app builds");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    app.handle = Some(tokio::spawn(application.run_until(async move {
+        let _ = rx.await;
+    })));
+    app.stop = Some(tx);
+    let health = app.url("/healthz");
+    eventually("the app answers /healthz", DEADLINE, || {
+        let health = health.clone();
+        async move {
+            reqwest::get(health)
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        }
+    })
+    .await;
+    app
+}

@@ -3,6 +3,7 @@
 
 mod cli;
 mod helpers;
+mod pipeline;
 mod queue;
 mod redis_harness;
 mod sandbox;

@@ -18,7 +18,7 @@ use kyc_worker::{
     didit::{
         types::{CreateSessionRequest, Decision, UpdateStatusRequest},
         webhook::{SignatureHeaders, SignatureScheme, WebhookVerifier},
-        AccountIssue, DiditClient, ErrorClass,
+        AccountPause, DiditClient, ErrorClass,
     },
     domain::SessionStatus,
     sandbox::{Sandbox, SandboxConfig, SandboxHandle, WORKFLOW_ID},
@@ -776,7 +776,7 @@ async fn account_and_request_errors_are_classified_over_real_http() {
     assert_eq!(revoked.status(), Some(401));
     assert_eq!(
         revoked.class(),
-        ErrorClass::Account(AccountIssue::InvalidKey)
+        ErrorClass::Account(AccountPause::InvalidKey)
     );
     control(&sandbox, json!({"action": "restore_api_key"})).await;
 
@@ -785,7 +785,7 @@ async fn account_and_request_errors_are_classified_over_real_http() {
         .create_session(&session("classes-2", "approve"))
         .await
         .expect_err("no credits");
-    assert_eq!(broke.class(), ErrorClass::Account(AccountIssue::NoCredits));
+    assert_eq!(broke.class(), ErrorClass::Account(AccountPause::NoCredits));
     assert!(!client.balance().await.expect("balance").has_credit());
     control(
         &sandbox,

@@ -1,0 +1,58 @@
+//! The HTTP surface: Didit's webhooks in, health for the orchestrator.
+//!
+//! Handlers here only verify, parse and enqueue; they never call Didit, so a Didit outage or
+//! an account pause never stops webhooks from being accepted.
+
+mod webhook;
+
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
+
+use axum::{extract::State, http::StatusCode, routing::get, routing::post, Router};
+
+use crate::{didit::webhook::WebhookVerifier, queue::Queue, store::Store};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub queue: Queue,
+    pub verifier: Arc<WebhookVerifier>,
+    /// Cleared when the workers have died, so liveness fails and the pod is restarted.
+    pub workers_alive: Arc<AtomicBool>,
+}
+
+/// Largest webhook body accepted (Didit's decisions are tens of KiB).
+const WEBHOOK_BODY_LIMIT: usize = 1024 * 1024;
+
+/// The public routes: webhooks and health.
+pub fn public_router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/webhooks/didit",
+            post(webhook::didit_webhook)
+                .layer(axum::extract::DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT)),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// Liveness: the workers are running.
+async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if state.workers_alive.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "workers stopped")
+    }
+}
+
+/// Readiness: Redis answers. An account pause is not unreadiness: webhooks must keep arriving.
+async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    match state.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable"),
+    }
+}

@@ -1,0 +1,119 @@
+//! `POST /webhooks/didit`: verify, dedupe, and ask for the session's decision step now.
+//!
+//! Answers fast (Didit gives up after 5 s): the decision itself is read by a PollDecision
+//! job moved to the front of the session's slot. Status codes follow Didit's retry policy:
+//! Didit retries on 5xx and 404, not on other 4xx, so a refused signature is 401 (and counted)
+//! and an unknown session is 200 (retrying cannot help).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+};
+use uuid::Uuid;
+
+use super::AppState;
+use crate::{
+    didit::webhook::{
+        SignatureHeaders, HEADER_SIGNATURE, HEADER_SIGNATURE_SIMPLE, HEADER_SIGNATURE_V2,
+        HEADER_TIMESTAMP,
+    },
+    jobs::PollDecision,
+};
+
+/// How long a delivery id is remembered for deduplication (Didit retries within ~5 min).
+const DEDUPE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+pub async fn didit_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, &'static str) {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let signature = SignatureHeaders {
+        timestamp: header(HEADER_TIMESTAMP),
+        v2: header(HEADER_SIGNATURE_V2),
+        raw: header(HEADER_SIGNATURE),
+        simple: header(HEADER_SIGNATURE_SIMPLE),
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let verified = match state.verifier.verify(&signature, &body, now) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(result = e.result_label(), error = %e, "webhook refused");
+            let status = if e.result_label() == "malformed" {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            return (status, "refused");
+        }
+    };
+    let payload = &verified.payload;
+    let text = |k: &str| {
+        payload
+            .get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let Ok(session_id) = Uuid::parse_str(&text("session_id")) else {
+        tracing::warn!(result = "malformed", "webhook without a session id");
+        return (StatusCode::BAD_REQUEST, "no session_id");
+    };
+    let status = text("status");
+    let event_id = text("event_id");
+    let dedupe_key = if event_id.is_empty() {
+        format!("{session_id}:{status}:{}", verified.timestamp)
+    } else {
+        format!("event:{event_id}")
+    };
+    match state.store.first_delivery(&dedupe_key, DEDUPE_TTL).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(result = "duplicate", session = %session_id, "webhook already seen");
+            return (StatusCode::OK, "duplicate");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record the webhook; asking Didit to retry");
+            return (StatusCode::SERVICE_UNAVAILABLE, "retry");
+        }
+    }
+    match state.store.session(session_id).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            tracing::info!(result = "unknown_session", session = %session_id, "webhook for a session we do not follow");
+            return (StatusCode::OK, "unknown session");
+        }
+        Err(e) => return retry_later(&state, &dedupe_key, e).await,
+    }
+    let job = PollDecision {
+        session_id,
+        polls: 0,
+    };
+    if let Err(e) = state
+        .queue
+        .push_at(&PollDecision::slot(session_id), &job, SystemTime::now())
+        .await
+    {
+        return retry_later(&state, &dedupe_key, e).await;
+    }
+    tracing::info!(result = "accepted", session = %session_id, status = %status, scheme = verified.scheme.as_str(), "webhook accepted");
+    (StatusCode::OK, "accepted")
+}
+
+/// Forgets the delivery and answers 503, so Didit's retry is processed.
+async fn retry_later(
+    state: &AppState,
+    dedupe_key: &str,
+    error: impl std::fmt::Display,
+) -> (StatusCode, &'static str) {
+    tracing::error!(error = %error, "cannot process a webhook now; asking Didit to retry");
+    let _ = state.store.forget_delivery(dedupe_key).await;
+    (StatusCode::SERVICE_UNAVAILABLE, "retry")
+}

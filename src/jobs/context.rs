@@ -1,0 +1,271 @@
+//! What every handler needs: Didit, the queue, the store, settings; and the shared steps.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::{
+    didit::{types::Decision, DiditClient, DiditError, ErrorClass},
+    domain::{
+        AccountPause, Decider, EventType, OutcomeEvent, PollSchedule, RequestId, SessionStatus,
+    },
+    queue::{now_ms, JobError, Queue},
+    settings::Settings,
+    store::Store,
+};
+
+use super::PollDecision;
+
+/// The handlers' shared state. Cheap to clone.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub didit: DiditClient,
+    pub queue: Queue,
+    pub store: Store,
+    pub settings: Arc<Settings>,
+    /// Session expiration per workflow, read from Didit once per process.
+    expirations: Arc<Mutex<HashMap<Uuid, Duration>>>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").finish_non_exhaustive()
+    }
+}
+
+/// Didit's default `session_expiration_time`.
+const DEFAULT_EXPIRATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+impl Pipeline {
+    pub fn new(didit: DiditClient, queue: Queue, store: Store, settings: Arc<Settings>) -> Self {
+        Self {
+            didit,
+            queue,
+            store,
+            settings,
+            expirations: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The poll schedule in force (webhooks on or off).
+    pub fn schedule(&self) -> PollSchedule {
+        if self.settings.didit.webhooks {
+            self.settings.poll.with_webhooks
+        } else {
+            self.settings.poll.polling_only
+        }
+    }
+
+    /// The workflow's session expiration; Didit's default when it cannot be read.
+    pub async fn expiration(&self, workflow: Uuid) -> Duration {
+        if let Some(d) = self.expirations.lock().expect("cache lock").get(&workflow) {
+            return *d;
+        }
+        match self.didit.get_workflow(workflow).await {
+            Ok(w) => {
+                let d = w
+                    .session_expiration_time
+                    .map(Duration::from_secs)
+                    .unwrap_or(DEFAULT_EXPIRATION);
+                self.expirations
+                    .lock()
+                    .expect("cache lock")
+                    .insert(workflow, d);
+                d
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "workflow expiration unknown; using Didit's default");
+                DEFAULT_EXPIRATION
+            }
+        }
+    }
+
+    /// Schedules the session's next poll in its one slot.
+    pub async fn schedule_poll(
+        &self,
+        session_id: Uuid,
+        polls: u32,
+        after: Duration,
+    ) -> Result<(), JobError> {
+        self.queue
+            .push_at(
+                &PollDecision::slot(session_id),
+                &PollDecision { session_id, polls },
+                SystemTime::now() + after,
+            )
+            .await
+            .map_err(redis_failure)
+    }
+
+    /// Returns the wait to apply when Didit calls are paused fleet-wide.
+    pub async fn paused(&self) -> Result<Option<Duration>, JobError> {
+        let pause = self.store.pause().await.map_err(redis_failure)?;
+        Ok(pause.map(|_| self.settings.poll.pause_recheck))
+    }
+
+    /// Maps a Didit failure to the queue's language, pausing the fleet on account errors.
+    pub async fn didit_failure(&self, error: DiditError) -> JobError {
+        match error.class() {
+            ErrorClass::Retryable { retry_after } => JobError::Wait {
+                reason: error.to_string(),
+                after: retry_after
+                    .unwrap_or(Duration::from_secs(5))
+                    .max(Duration::from_millis(100)),
+            },
+            ErrorClass::Account(pause) => {
+                if let Ok(true) = self.store.set_pause(pause).await {
+                    tracing::error!(reason = pause.as_str(), error = %error, "Didit calls paused for the whole fleet");
+                }
+                JobError::Wait {
+                    reason: format!("Didit calls paused: {}", pause.as_str()),
+                    after: self.settings.poll.pause_recheck,
+                }
+            }
+            ErrorClass::Request => JobError::Fatal(error.to_string()),
+        }
+    }
+
+    /// Publishes the event a status produces for every request the session answers.
+    pub async fn publish_status(
+        &self,
+        session_id: Uuid,
+        requests: &[RequestId],
+        status: &SessionStatus,
+        decider: &Decider,
+        data: Value,
+    ) -> Result<(), JobError> {
+        let Some(kind) = EventType::for_status(status) else {
+            return Ok(());
+        };
+        for request in requests {
+            let vendor_data = match self.store.request(request).await.map_err(redis_failure)? {
+                Some(r) => r.vendor_data,
+                None => String::new(),
+            };
+            let event = OutcomeEvent::new(
+                kind,
+                request.clone(),
+                Some(session_id),
+                vendor_data,
+                status.as_str(),
+                decider,
+                data.clone(),
+            );
+            if self.store.publish(&event).await.map_err(redis_failure)? {
+                tracing::info!(event = event.kind, status = %status, session = %session_id, "event published");
+            }
+        }
+        self.store
+            .set_session_status(session_id, status)
+            .await
+            .map_err(redis_failure)
+    }
+
+    /// Publishes `kyc.session.failed` for a request.
+    pub async fn publish_failed(
+        &self,
+        request: &RequestId,
+        session_id: Option<Uuid>,
+        vendor_data: &str,
+        reason: crate::domain::FailureReason,
+        detail: &str,
+    ) -> Result<(), JobError> {
+        let event = OutcomeEvent::new(
+            EventType::Failed,
+            request.clone(),
+            session_id,
+            vendor_data.to_owned(),
+            "failed",
+            &Decider::Fleet,
+            json!({"reason": reason.as_str(), "detail": detail}),
+        );
+        self.store
+            .publish(&event)
+            .await
+            .map_err(redis_failure)
+            .map(drop)
+    }
+
+    /// Unix ms when a session created now gives up: expiration + grace.
+    pub async fn deadline_for(&self, workflow: Uuid) -> u64 {
+        now_ms()
+            + (self.expiration(workflow).await + self.settings.poll.expiry_grace).as_millis() as u64
+    }
+}
+
+/// A Redis error inside a handler: retry the job later (the queue's backoff).
+pub fn redis_failure(e: impl std::fmt::Display) -> JobError {
+    JobError::Retry {
+        reason: format!("redis: {e}"),
+        after: None,
+    }
+}
+
+/// The PII-free summary of a decision that events carry: statuses, scores, warning codes.
+/// Never names, dates of birth, document numbers or media URLs.
+pub fn decision_summary(d: &Decision) -> Value {
+    let sections = [
+        ("id_verification", &d.id_verifications),
+        ("nfc", &d.nfc_verifications),
+        ("liveness", &d.liveness_checks),
+        ("face_match", &d.face_matches),
+        ("phone", &d.phone_verifications),
+        ("email", &d.email_verifications),
+        ("poa", &d.poa_verifications),
+        ("aml", &d.aml_screenings),
+        ("ip_analysis", &d.ip_analyses),
+        ("database_validation", &d.database_validations),
+    ];
+    let mut features = serde_json::Map::new();
+    let mut scores = serde_json::Map::new();
+    let mut warnings = Vec::new();
+    for (name, items) in sections {
+        let Some(items) = items else { continue };
+        if let Some(last) = items.last() {
+            features.insert(name.to_owned(), json!(last.status));
+        }
+        // The lowest score across items: the weakest evidence is what matters.
+        let lowest = items
+            .iter()
+            .filter_map(|i| i.score)
+            .fold(None, |m: Option<f64>, s| Some(m.map_or(s, |m| m.min(s))));
+        if let Some(score) = lowest {
+            scores.insert(name.to_owned(), json!(score));
+        }
+        for item in items {
+            for w in item.warnings.iter().flatten() {
+                warnings
+                    .push(json!({"feature": w.feature, "risk": w.risk, "log_type": w.log_type}));
+            }
+        }
+    }
+    json!({"features": features, "scores": scores, "warnings": warnings})
+}
+
+/// Checks a paused account every `pause_recheck` and resumes the fleet once the cause is
+/// gone: credits for a credit pause, an authenticated read for a key problem.
+pub async fn pause_probe(pipeline: Pipeline) {
+    loop {
+        tokio::time::sleep(pipeline.settings.poll.pause_recheck).await;
+        let Ok(Some(pause)) = pipeline.store.pause().await else {
+            continue;
+        };
+        let cured = match pause {
+            AccountPause::NoCredits => pipeline.didit.balance().await.is_ok_and(|b| b.has_credit()),
+            AccountPause::InvalidKey | AccountPause::Forbidden => {
+                pipeline.didit.list_workflows().await.is_ok()
+            }
+        };
+        if cured && pipeline.store.resume().await.is_ok() {
+            tracing::warn!(
+                reason = pause.as_str(),
+                "Didit calls resumed: the cause is gone"
+            );
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The pipeline's jobs and the workers that run them.
+//!
+//! - [`StartKyc`]: one Didit session per request, the user's link, the first poll.
+//! - [`PollDecision`]: reads a session's decision; "not yet" re-schedules on the poll
+//!   schedule (never an attempt), a final status publishes its event.
+//!
+//! Handlers turn every Didit failure into the queue's language through [`Pipeline::didit_failure`]:
+//! 429/5xx wait without using attempts, account problems pause the fleet, request problems
+//! fail the request with an event.
+
+mod context;
+mod poll;
+mod start;
+
+use std::time::Duration;
+
+use apalis::prelude::*;
+
+pub use context::Pipeline;
+pub use poll::PollDecision;
+pub use start::StartKyc;
+
+use crate::queue::{Maintenance, RedisBackend};
+
+/// Every queue this pipeline uses, for maintenance and stats.
+pub const QUEUES: [&str; 2] = [
+    <StartKyc as crate::queue::Job>::QUEUE,
+    <PollDecision as crate::queue::Job>::QUEUE,
+];
+
+/// Runs the pipeline's workers until `shutdown` resolves, then drains for at most `drain`.
+pub async fn run_workers(
+    pipeline: Pipeline,
+    consumer: String,
+    concurrency: usize,
+    drain: Duration,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let maintenance = Maintenance::spawn(pipeline.queue.clone(), QUEUES.to_vec(), consumer.clone());
+    let probe = tokio::spawn(context::pause_probe(pipeline.clone()));
+    let start_pipeline = pipeline.clone();
+    let start_consumer = format!("{consumer}-start");
+    let poll_consumer = format!("{consumer}-poll");
+    let result = Monitor::new()
+        .register(move |_run| {
+            WorkerBuilder::new(start_consumer.as_str())
+                .backend(RedisBackend::<StartKyc>::new(
+                    start_pipeline.queue.clone(),
+                    start_consumer.clone(),
+                ))
+                .concurrency(concurrency)
+                .catch_panic()
+                .data(start_pipeline.clone())
+                .build(start::handle)
+        })
+        .register(move |_run| {
+            WorkerBuilder::new(poll_consumer.as_str())
+                .backend(RedisBackend::<PollDecision>::new(
+                    pipeline.queue.clone(),
+                    poll_consumer.clone(),
+                ))
+                .concurrency(concurrency)
+                .catch_panic()
+                .data(pipeline.clone())
+                .build(poll::handle)
+        })
+        .should_restart(|_ctx, _err| true)
+        .shutdown_timeout(drain)
+        .run_with_signal(async move {
+            shutdown.await;
+            Ok(())
+        })
+        .await;
+    probe.abort();
+    maintenance.stop();
+    result.map_err(|e| anyhow::anyhow!("workers stopped: {e}"))
+}

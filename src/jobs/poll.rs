@@ -1,0 +1,167 @@
+//! PollDecision: reads a session's decision until Didit reaches one.
+//!
+//! Each session has one poll slot (the job id `poll:<session>`), so a duplicate delivery or
+//! a webhook that asks for an immediate read never forks the chain. Waiting is not failure:
+//! "not yet" re-runs on the poll schedule without using an attempt. The deadline is the
+//! workflow's expiration plus grace, recomputed when Didit restarts the window after a
+//! resubmission.
+
+use std::time::{Duration, SystemTime};
+
+use apalis::prelude::Data;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{
+    context::{decision_summary, redis_failure},
+    Pipeline,
+};
+use crate::{
+    didit::ErrorClass,
+    domain::{Decider, EventType, FailureReason, OutcomeEvent, SessionStatus},
+    queue::{now_ms, Completion, Delivery, Job, JobError},
+};
+
+/// Job: read the decision of one session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PollDecision {
+    pub session_id: Uuid,
+    /// Polls so far that found the session unfinished (drives the interval).
+    pub polls: u32,
+}
+
+impl Job for PollDecision {
+    const QUEUE: &'static str = "poll";
+    const VERSION: u32 = 1;
+}
+
+impl PollDecision {
+    /// The session's one slot in the delayed set.
+    pub fn slot(session_id: Uuid) -> String {
+        format!("poll:{session_id}")
+    }
+}
+
+type Outcome = Result<Completion<PollDecision>, JobError>;
+
+pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> Outcome {
+    let again = |after: Duration, polls: u32| Completion::RunAgain {
+        at: SystemTime::now() + after,
+        args: PollDecision {
+            session_id: job.session_id,
+            polls,
+        },
+    };
+    if let Some(wait) = p.paused().await? {
+        return Ok(again(wait, job.polls));
+    }
+    let sid = job.session_id;
+    let Some(session) = p.store.session(sid).await.map_err(redis_failure)? else {
+        tracing::info!(session = %sid, "no record of this session any more; not following it");
+        return Ok(Completion::Done);
+    };
+    let decision = match p.didit.decision(sid).await {
+        Ok(d) => d,
+        Err(e) if e.class() == ErrorClass::Request => {
+            // Deleted at Didit, or never ours: nothing will ever be decided.
+            for rid in &session.requests {
+                let vendor_data = p
+                    .store
+                    .request(rid)
+                    .await
+                    .map_err(redis_failure)?
+                    .map(|r| r.vendor_data)
+                    .unwrap_or_default();
+                p.publish_failed(
+                    rid,
+                    Some(sid),
+                    &vendor_data,
+                    FailureReason::BadRequest,
+                    &e.to_string(),
+                )
+                .await?;
+            }
+            return Ok(Completion::Done);
+        }
+        Err(e) => {
+            let error = p.didit_failure(e).await;
+            if delivery.failure_is_final(&error, &p.settings.queue) {
+                for rid in &session.requests {
+                    let vendor_data = p
+                        .store
+                        .request(rid)
+                        .await
+                        .map_err(redis_failure)?
+                        .map(|r| r.vendor_data)
+                        .unwrap_or_default();
+                    p.publish_failed(
+                        rid,
+                        Some(sid),
+                        &vendor_data,
+                        FailureReason::RetriesExhausted,
+                        &error.to_string(),
+                    )
+                    .await?;
+                }
+            }
+            return Err(error);
+        }
+    };
+    let status = decision.status.clone();
+    let now = now_ms();
+    if EventType::for_status(&status).is_some() {
+        let mut data = decision_summary(&decision);
+        data["url"] = json!(decision.session_url);
+        p.publish_status(sid, &session.requests, &status, &Decider::Didit, data)
+            .await?;
+        let horizon = session.created_at_ms + p.settings.poll.review_horizon.as_millis() as u64;
+        if status == SessionStatus::InReview && now < horizon {
+            // A person at Didit decides later; keep reading slowly so that decision has its event.
+            return Ok(again(p.settings.poll.review_interval, job.polls + 1));
+        }
+        return Ok(Completion::Done);
+    }
+    let mut deadline = session.deadline_ms;
+    if status == SessionStatus::Resubmitted
+        && session.status.as_ref() != Some(&SessionStatus::Resubmitted)
+    {
+        if let Some(workflow) = decision.workflow_id {
+            deadline = p.deadline_for(workflow).await;
+            p.store
+                .set_session_deadline(sid, deadline)
+                .await
+                .map_err(redis_failure)?;
+        }
+    }
+    if now > deadline {
+        for rid in &session.requests {
+            let vendor_data = p
+                .store
+                .request(rid)
+                .await
+                .map_err(redis_failure)?
+                .map(|r| r.vendor_data)
+                .unwrap_or_default();
+            let event = OutcomeEvent::new(
+                EventType::Expired,
+                rid.clone(),
+                Some(sid),
+                vendor_data,
+                SessionStatus::Expired.as_str(),
+                &Decider::Fleet,
+                json!({"reason": "deadline", "last_status": status.as_str()}),
+            );
+            p.store.publish(&event).await.map_err(redis_failure)?;
+        }
+        return Ok(Completion::Done);
+    }
+    p.store
+        .set_session_status(sid, &status)
+        .await
+        .map_err(redis_failure)?;
+    Ok(again(
+        p.schedule().interval(job.polls, sid.as_u128()),
+        job.polls + 1,
+    ))
+}

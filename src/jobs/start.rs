@@ -1,0 +1,244 @@
+//! StartKyc: one Didit session per request, whatever happens to the process.
+//!
+//! Didit has no idempotency header, so the request id goes into the session's metadata, the
+//! intent is recorded before the create call and the session right after it. A retry whose
+//! record has an intent but no session first looks for the session at Didit (by vendor_data,
+//! then each candidate's metadata) before creating one. A per-request lock keeps two
+//! deliveries of the same request from racing.
+
+use std::time::{Duration, SystemTime};
+
+use apalis::prelude::Data;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::{context::redis_failure, Pipeline};
+use crate::{
+    didit::{
+        types::{CreateSessionRequest, SessionQuery},
+        ErrorClass,
+    },
+    domain::{Decider, EventType, FailureReason, OutcomeEvent, RequestId, StartRequest},
+    queue::{Completion, Delivery, Job, JobError},
+};
+
+/// The metadata key that carries our request id through Didit.
+pub const REQUEST_ID_METADATA: &str = "kyc_request_id";
+
+/// Job: start one verification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StartKyc {
+    pub request: StartRequest,
+}
+
+impl Job for StartKyc {
+    const QUEUE: &'static str = "start";
+    const VERSION: u32 = 1;
+}
+
+type Outcome = Result<Completion<StartKyc>, JobError>;
+
+pub async fn handle(job: StartKyc, delivery: Data<Delivery>, p: Data<Pipeline>) -> Outcome {
+    let (rid, request) = match job.request.clone().validate() {
+        Ok(valid) => valid,
+        Err(e) => return Err(JobError::Fatal(format!("invalid start request: {e}"))),
+    };
+    let later = |after: Duration| Completion::RunAgain {
+        at: SystemTime::now() + after,
+        args: job.clone(),
+    };
+    if let Some(wait) = p.paused().await? {
+        return Ok(later(wait));
+    }
+    if !p.store.lock_request(&rid).await.map_err(redis_failure)? {
+        return Ok(later(Duration::from_millis(500)));
+    }
+    let outcome = start(&p, &rid, &request, &delivery).await;
+    if let Err(e) = p.store.unlock_request(&rid).await {
+        tracing::warn!(error = %e, "could not release a request lock; it expires by itself");
+    }
+    outcome
+}
+
+async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Delivery) -> Outcome {
+    let vendor_data = req.vendor_data.trim().to_owned();
+    let Some(workflow_id) = workflow_of(p, req) else {
+        let name = req.workflow.clone().unwrap_or_default();
+        p.publish_failed(
+            rid,
+            None,
+            &vendor_data,
+            FailureReason::BadRequest,
+            &format!("unknown workflow \"{name}\""),
+        )
+        .await?;
+        return Ok(Completion::Done);
+    };
+    let record = p.store.request(rid).await.map_err(redis_failure)?;
+    if let Some((sid, url)) = record
+        .as_ref()
+        .and_then(|r| Some((r.session_id?, r.url.clone()?)))
+    {
+        // Created before (a duplicate request, or a crash after recording): make sure the
+        // link was announced and the session is followed, nothing more.
+        announce(p, rid, &vendor_data, sid, &url, false).await?;
+        return Ok(Completion::Done);
+    }
+    let found = if record.is_some_and(|r| r.intent) {
+        find_session(p, rid, &vendor_data, workflow_id).await?
+    } else {
+        None
+    };
+    let (sid, url) = match found {
+        Some(found) => found,
+        None => {
+            p.store
+                .record_intent(rid, &vendor_data, workflow_id)
+                .await
+                .map_err(redis_failure)?;
+            match p
+                .didit
+                .create_session(&create_request(rid, req, workflow_id))
+                .await
+            {
+                Ok(created) => (created.session_id, created.url),
+                Err(e) => return create_failed(p, rid, &vendor_data, e, delivery).await,
+            }
+        }
+    };
+    let deadline = p.deadline_for(workflow_id).await;
+    p.store
+        .record_session(rid, &vendor_data, sid, &url, deadline)
+        .await
+        .map_err(redis_failure)?;
+    announce(p, rid, &vendor_data, sid, &url, true).await?;
+    Ok(Completion::Done)
+}
+
+fn workflow_of(p: &Pipeline, req: &StartRequest) -> Option<Uuid> {
+    match (&req.workflow, req.workflow_id) {
+        (_, Some(id)) => Some(id),
+        (Some(name), None) => p.settings.workflows.get(name).copied(),
+        (None, None) => Some(p.settings.didit.workflow_id),
+    }
+}
+
+fn create_request(rid: &RequestId, req: &StartRequest, workflow_id: Uuid) -> CreateSessionRequest {
+    let mut metadata = match &req.metadata {
+        Some(Value::Object(m)) => m.clone(),
+        _ => serde_json::Map::new(),
+    };
+    metadata.insert(REQUEST_ID_METADATA.to_owned(), json!(rid.as_str()));
+    CreateSessionRequest {
+        workflow_id,
+        vendor_data: Some(req.vendor_data.trim().to_owned()),
+        callback: req.callback.clone(),
+        metadata: Some(Value::Object(metadata)),
+        language: req.language.clone(),
+        contact_details: req.contact_details.clone(),
+        expected_details: req.expected_details.clone(),
+        sandbox_scenario: req.sandbox_scenario.clone(),
+        ..Default::default()
+    }
+}
+
+/// Looks for a session an earlier attempt created but did not record.
+async fn find_session(
+    p: &Pipeline,
+    rid: &RequestId,
+    vendor_data: &str,
+    workflow_id: Uuid,
+) -> Result<Option<(Uuid, String)>, JobError> {
+    let query = SessionQuery {
+        vendor_data: Some(vendor_data.to_owned()),
+        workflow_id: Some(workflow_id),
+        limit: Some(20),
+        ..Default::default()
+    };
+    let page = match p.didit.list_sessions(&query).await {
+        Ok(page) => page,
+        Err(e) => return Err(p.didit_failure(e).await),
+    };
+    // List rows carry no metadata: read each candidate's decision for our request id.
+    for row in page.results {
+        let decision = match p.didit.decision(row.session_id).await {
+            Ok(d) => d,
+            Err(e) => return Err(p.didit_failure(e).await),
+        };
+        let ours = decision
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get(REQUEST_ID_METADATA))
+            .and_then(Value::as_str)
+            == Some(rid.as_str());
+        if ours {
+            let url = decision.session_url.or(row.session_url).unwrap_or_default();
+            tracing::info!(session = %row.session_id, "found the session an earlier attempt created");
+            return Ok(Some((row.session_id, url)));
+        }
+    }
+    Ok(None)
+}
+
+/// Publishes `kyc.session.created` and schedules the first poll.
+async fn announce(
+    p: &Pipeline,
+    rid: &RequestId,
+    vendor_data: &str,
+    sid: Uuid,
+    url: &str,
+    first: bool,
+) -> Result<(), JobError> {
+    let event = OutcomeEvent::new(
+        EventType::Created,
+        rid.clone(),
+        Some(sid),
+        vendor_data.to_owned(),
+        "Not Started",
+        &Decider::Didit,
+        json!({"url": url}),
+    );
+    let new = p.store.publish(&event).await.map_err(redis_failure)?;
+    if new || first {
+        let delay = p.schedule().interval(0, sid.as_u128());
+        p.schedule_poll(sid, 0, delay).await?;
+    }
+    Ok(())
+}
+
+/// A failed create: a request-level refusal ends the request with `kyc.session.failed`;
+/// anything else waits or retries, and the last failed attempt announces the failure.
+async fn create_failed(
+    p: &Pipeline,
+    rid: &RequestId,
+    vendor_data: &str,
+    error: crate::didit::DiditError,
+    delivery: &Delivery,
+) -> Outcome {
+    if error.class() == ErrorClass::Request {
+        let blocked = error.to_string().contains("blocked");
+        let reason = if blocked {
+            FailureReason::Blocklisted
+        } else {
+            FailureReason::BadRequest
+        };
+        tracing::warn!(error = %error, "Didit refused to create the session");
+        p.publish_failed(rid, None, vendor_data, reason, &error.to_string())
+            .await?;
+        return Ok(Completion::Done);
+    }
+    let job_error = p.didit_failure(error).await;
+    if delivery.failure_is_final(&job_error, &p.settings.queue) {
+        p.publish_failed(
+            rid,
+            None,
+            vendor_data,
+            FailureReason::RetriesExhausted,
+            &job_error.to_string(),
+        )
+        .await?;
+    }
+    Err(job_error)
+}

@@ -1,0 +1,57 @@
+//! Producers: how other Rust services ask for a verification.
+//!
+//! ```no_run
+//! # async fn f() -> anyhow::Result<()> {
+//! let settings = kyc_worker::settings::Settings::load()?;
+//! let producer = kyc_worker::producer::Producer::connect(&settings).await?;
+//! let request_id = producer
+//!     .start_kyc(kyc_worker::domain::StartRequest { vendor_data: "user-1".into(), ..Default::default() })
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//! The request is validated here, so a caller gets a clear error at once instead of a job in
+//! the dead set later.
+
+use crate::{
+    domain::{RequestError, RequestId, StartRequest},
+    jobs::StartKyc,
+    queue::{Queue, QueueError},
+    settings::Settings,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerError {
+    #[error("invalid start request: {0}")]
+    Invalid(#[from] RequestError),
+    #[error("cannot enqueue: {0}")]
+    Queue(#[from] QueueError),
+}
+
+#[derive(Clone, Debug)]
+pub struct Producer {
+    queue: Queue,
+}
+
+impl Producer {
+    pub async fn connect(settings: &Settings) -> Result<Self, ProducerError> {
+        let queue = Queue::connect(
+            settings.redis.url(),
+            &settings.redis.prefix,
+            settings.queue.clone(),
+        )
+        .await?;
+        Ok(Self { queue })
+    }
+
+    pub fn from_queue(queue: Queue) -> Self {
+        Self { queue }
+    }
+
+    /// Queues a verification; returns its request id (generated when the request has none).
+    /// Enqueuing the same request id again never creates a second Didit session.
+    pub async fn start_kyc(&self, request: StartRequest) -> Result<RequestId, ProducerError> {
+        let (id, request) = request.validate()?;
+        self.queue.push(&StartKyc { request }).await?;
+        Ok(id)
+    }
+}

@@ -1,0 +1,365 @@
+//! What the fleet remembers about verifications in Redis, outside the job queue.
+//!
+//! - the request record: one per request id, what was asked and how far it got. Written
+//!   before the Didit call (the intent) and right after it (the session), so a retry never
+//!   creates a second session;
+//! - the session record: which requests a Didit session answers (Didit reuses an unfinished
+//!   session for the same vendor_data), its last status and its deadline;
+//! - published markers and the `<prefix>:events` stream, written together by one script;
+//! - the fleet-wide pause of Didit calls.
+//!
+//! Request ids may be the caller's own identifiers, so key names carry a hash of them,
+//! never the id itself; nothing here puts personal data in a key name.
+
+use std::{sync::LazyLock, time::Duration};
+
+use redis::{aio::ConnectionManager, AsyncCommands, Script};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::{
+    domain::{AccountPause, OutcomeEvent, RequestId, SessionStatus},
+    queue::now_ms,
+    settings::EventSettings,
+};
+
+/// Publishes an event unless this (request, session, type, status) was published before.
+/// KEYS: marker, request record, events. ARGV: event_id, type, session_id, request_id,
+/// vendor_data, status, decided_by, data, marker ttl s, trim minid ms, track status (0/1).
+static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[9]) then
+  return 0
+end
+local previous = ''
+if ARGV[11] == '1' then
+  previous = redis.call('HGET', KEYS[2], 'last_status') or ''
+  redis.call('HSET', KEYS[2], 'last_status', ARGV[6])
+  redis.call('EXPIRE', KEYS[2], ARGV[9])
+end
+redis.call('XADD', KEYS[3], 'MINID', '~', ARGV[10], '*',
+  'event_id', ARGV[1], 'type', ARGV[2], 'session_id', ARGV[3], 'request_id', ARGV[4],
+  'vendor_data', ARGV[5], 'status', ARGV[6], 'previous_status', previous,
+  'decided_by', ARGV[7], 'data', ARGV[8])
+return 1
+"#,
+    )
+});
+
+/// A request's progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub vendor_data: String,
+    pub workflow_id: Option<Uuid>,
+    /// Set once Didit answered the create call (or a lookup found the session).
+    pub session_id: Option<Uuid>,
+    pub url: Option<String>,
+    pub last_status: Option<String>,
+    pub created_at_ms: Option<u64>,
+    /// The intent was recorded: a session may exist at Didit without being recorded here.
+    pub intent: bool,
+}
+
+/// What the fleet knows of one Didit session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub requests: Vec<RequestId>,
+    pub status: Option<SessionStatus>,
+    /// Unix ms after which an unfinished session is given up.
+    pub deadline_ms: u64,
+    pub created_at_ms: u64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    prefix: String,
+    settings: EventSettings,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+fn digest(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0x1f]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+impl Store {
+    pub fn new(conn: ConnectionManager, prefix: &str, settings: EventSettings) -> Self {
+        Self {
+            conn,
+            prefix: prefix.to_owned(),
+            settings,
+        }
+    }
+
+    pub fn events_key(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+
+    fn request_key(&self, id: &RequestId) -> String {
+        format!("{}:request:{}", self.prefix, digest(&[id.as_str()]))
+    }
+
+    fn session_key(&self, id: Uuid) -> String {
+        format!("{}:session:{id}", self.prefix)
+    }
+
+    fn session_requests_key(&self, id: Uuid) -> String {
+        format!("{}:session:{id}:requests", self.prefix)
+    }
+
+    fn pause_key(&self) -> String {
+        format!("{}:didit:paused", self.prefix)
+    }
+
+    fn ttl(&self) -> i64 {
+        self.settings.record_retention.as_secs() as i64
+    }
+
+    pub async fn request(&self, id: &RequestId) -> redis::RedisResult<Option<RequestRecord>> {
+        let mut c = self.conn.clone();
+        let map: std::collections::HashMap<String, String> =
+            c.hgetall(self.request_key(id)).await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(RequestRecord {
+            vendor_data: map.get("vendor_data").cloned().unwrap_or_default(),
+            workflow_id: map.get("workflow_id").and_then(|w| w.parse().ok()),
+            session_id: map.get("session_id").and_then(|s| s.parse().ok()),
+            url: map.get("url").cloned(),
+            last_status: map.get("last_status").cloned().filter(|s| !s.is_empty()),
+            created_at_ms: map.get("created_at_ms").and_then(|s| s.parse().ok()),
+            intent: map.contains_key("intent_at_ms"),
+        }))
+    }
+
+    /// Records that a session is about to be created for this request.
+    pub async fn record_intent(
+        &self,
+        id: &RequestId,
+        vendor_data: &str,
+        workflow_id: Uuid,
+    ) -> redis::RedisResult<()> {
+        let key = self.request_key(id);
+        let mut c = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .hset_multiple(
+                &key,
+                &[
+                    ("request_id", id.as_str().to_owned()),
+                    ("vendor_data", vendor_data.to_owned()),
+                    ("workflow_id", workflow_id.to_string()),
+                    ("intent_at_ms", now_ms().to_string()),
+                ],
+            )
+            .ignore()
+            .expire(&key, self.ttl())
+            .ignore()
+            .query_async(&mut c)
+            .await
+    }
+
+    /// Records the session Didit created (or reused) for this request, and the reverse map.
+    pub async fn record_session(
+        &self,
+        id: &RequestId,
+        vendor_data: &str,
+        session_id: Uuid,
+        url: &str,
+        deadline_ms: u64,
+    ) -> redis::RedisResult<()> {
+        let key = self.request_key(id);
+        let skey = self.session_key(session_id);
+        let rkey = self.session_requests_key(session_id);
+        let now = now_ms().to_string();
+        let mut c = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .hset_multiple(
+                &key,
+                &[
+                    ("request_id", id.as_str().to_owned()),
+                    ("vendor_data", vendor_data.to_owned()),
+                    ("session_id", session_id.to_string()),
+                    ("url", url.to_owned()),
+                    ("created_at_ms", now.clone()),
+                ],
+            )
+            .ignore()
+            .expire(&key, self.ttl())
+            .ignore()
+            .sadd(&rkey, id.as_str())
+            .ignore()
+            .expire(&rkey, self.ttl())
+            .ignore()
+            .hset_nx(&skey, "created_at_ms", now)
+            .ignore()
+            .hset_nx(&skey, "deadline_ms", deadline_ms)
+            .ignore()
+            .expire(&skey, self.ttl())
+            .ignore()
+            .query_async(&mut c)
+            .await
+    }
+
+    pub async fn session(&self, id: Uuid) -> redis::RedisResult<Option<SessionRecord>> {
+        let mut c = self.conn.clone();
+        let (map, requests): (std::collections::HashMap<String, String>, Vec<String>) =
+            redis::pipe()
+                .hgetall(self.session_key(id))
+                .smembers(self.session_requests_key(id))
+                .query_async(&mut c)
+                .await?;
+        if map.is_empty() && requests.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(SessionRecord {
+            requests: requests
+                .iter()
+                .filter_map(|r| RequestId::parse(r).ok())
+                .collect(),
+            status: map.get("status").map(|s| SessionStatus::parse(s)),
+            deadline_ms: map
+                .get("deadline_ms")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(u64::MAX),
+            created_at_ms: map
+                .get("created_at_ms")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+        }))
+    }
+
+    pub async fn set_session_status(
+        &self,
+        id: Uuid,
+        status: &SessionStatus,
+    ) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        c.hset(self.session_key(id), "status", status.as_str())
+            .await
+    }
+
+    pub async fn set_session_deadline(&self, id: Uuid, deadline_ms: u64) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        c.hset(self.session_key(id), "deadline_ms", deadline_ms)
+            .await
+    }
+
+    /// Publishes an event once per (request, session, type, status); `true` if it was new.
+    pub async fn publish(&self, event: &OutcomeEvent) -> redis::RedisResult<bool> {
+        let session = event.session_id.map(|s| s.to_string()).unwrap_or_default();
+        let marker = format!(
+            "{}:published:{}",
+            self.prefix,
+            digest(&[
+                event.request_id.as_str(),
+                &session,
+                event.kind,
+                &event.status
+            ])
+        );
+        let tracks_status = event.kind != crate::domain::EventType::Created.as_str();
+        let minid = now_ms().saturating_sub(self.settings.retention.as_millis() as u64);
+        let mut c = self.conn.clone();
+        let published: i64 = PUBLISH
+            .key(marker)
+            .key(self.request_key(&event.request_id))
+            .key(self.events_key())
+            .arg(event.event_id.to_string())
+            .arg(event.kind)
+            .arg(&session)
+            .arg(event.request_id.as_str())
+            .arg(&event.vendor_data)
+            .arg(&event.status)
+            .arg(&event.decided_by)
+            .arg(event.data.to_string())
+            .arg(self.ttl())
+            .arg(minid)
+            .arg(if tracks_status { "1" } else { "0" })
+            .invoke_async(&mut c)
+            .await?;
+        Ok(published == 1)
+    }
+
+    /// The current fleet-wide pause of Didit calls, if any.
+    pub async fn pause(&self) -> redis::RedisResult<Option<AccountPause>> {
+        let mut c = self.conn.clone();
+        let reason: Option<String> = c.get(self.pause_key()).await?;
+        Ok(reason.and_then(|r| AccountPause::parse(&r)))
+    }
+
+    /// Pauses Didit calls for the whole fleet until [`Store::resume`].
+    pub async fn set_pause(&self, pause: AccountPause) -> redis::RedisResult<bool> {
+        let mut c = self.conn.clone();
+        c.set_nx(self.pause_key(), pause.as_str()).await
+    }
+
+    pub async fn resume(&self) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        c.del(self.pause_key()).await
+    }
+
+    /// Takes the per-request lock (30 s, released by [`Store::unlock_request`]); `false`
+    /// when another delivery of the same request holds it.
+    pub async fn lock_request(&self, id: &RequestId) -> redis::RedisResult<bool> {
+        let mut c = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!("{}:lock", self.request_key(id)))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(30_000)
+            .query_async(&mut c)
+            .await?;
+        Ok(set.is_some())
+    }
+
+    pub async fn unlock_request(&self, id: &RequestId) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        c.del(format!("{}:lock", self.request_key(id))).await
+    }
+
+    /// Remembers a webhook delivery id; `false` when it was seen before.
+    pub async fn first_delivery(&self, key: &str, ttl: Duration) -> redis::RedisResult<bool> {
+        let mut c = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!("{}:webhook:{}", self.prefix, digest(&[key])))
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(ttl.as_secs().max(1))
+            .query_async(&mut c)
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Forgets a delivery id so a retry of it is processed.
+    pub async fn forget_delivery(&self, key: &str) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        c.del(format!("{}:webhook:{}", self.prefix, digest(&[key])))
+            .await
+    }
+
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map(drop)
+    }
+}

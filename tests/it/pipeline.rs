@@ -1,0 +1,374 @@
+//! The pipeline end to end: start request → Didit session (the sandbox over HTTP) → decision
+//! → exactly one event per decision, with workers in this process or as child processes.
+
+use std::{collections::HashMap, time::Duration};
+
+use kyc_worker::{didit::DiditClient, domain::StartRequest};
+use redis::AsyncCommands;
+
+use crate::helpers::{eventually, kyc_worker_binary, spawn_app, AppOptions, TestApp, DEADLINE};
+
+fn request(vendor_data: &str, scenario: &str) -> StartRequest {
+    StartRequest {
+        vendor_data: vendor_data.into(),
+        sandbox_scenario: Some(scenario.into()),
+        ..Default::default()
+    }
+}
+
+/// A workflow whose sessions expire after `seconds` (the sandbox allows less than Didit's 1 h).
+async fn short_workflow(app: &TestApp, seconds: u64) -> uuid::Uuid {
+    let client = DiditClient::new(&app.settings().didit).expect("client");
+    let w = client
+        .create_workflow(&kyc_worker::didit::types::CreateWorkflowRequest {
+            workflow_label: Some("short".into()),
+            features: vec![kyc_worker::didit::types::WorkflowFeature {
+                feature: "OCR".into(),
+                config: None,
+            }],
+            max_retry_attempts: None,
+            session_expiration_time: Some(seconds),
+        })
+        .await
+        .expect("workflow");
+    w.stable_id()
+}
+
+fn by_request(events: &[HashMap<String, String>]) -> HashMap<String, Vec<HashMap<String, String>>> {
+    let mut map: HashMap<String, Vec<HashMap<String, String>>> = HashMap::new();
+    for e in events {
+        map.entry(e["request_id"].clone())
+            .or_default()
+            .push(e.clone());
+    }
+    map
+}
+
+async fn run_scenarios(app: &TestApp) {
+    let producer = app.producer().await;
+    let short = short_workflow(app, 2).await;
+    let cases = [
+        (
+            "u-approve",
+            "approve",
+            None,
+            "kyc.session.decided",
+            "Approved",
+        ),
+        (
+            "u-decline",
+            "decline_document_expired",
+            None,
+            "kyc.session.decided",
+            "Declined",
+        ),
+        (
+            "u-review",
+            "review_face_match_borderline",
+            None,
+            "kyc.session.decided",
+            "In Review",
+        ),
+        (
+            "u-abandon",
+            "abandon",
+            Some(short),
+            "kyc.session.expired",
+            "Abandoned",
+        ),
+        (
+            "u-expire",
+            "expire",
+            Some(short),
+            "kyc.session.expired",
+            "Expired",
+        ),
+    ];
+    let mut ids = HashMap::new();
+    for (vendor, scenario, workflow, _, _) in &cases {
+        let mut req = request(vendor, scenario);
+        req.workflow_id = *workflow;
+        ids.insert(
+            producer.start_kyc(req).await.expect("enqueue").to_string(),
+            *vendor,
+        );
+    }
+
+    let created = app.wait_events("kyc.session.created", 5).await;
+    assert!(created.iter().all(|e| {
+        let data: serde_json::Value = serde_json::from_str(&e["data"]).expect("data");
+        data["url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("https://verify.didit.me/"))
+    }));
+    eventually(
+        "every request has its outcome",
+        Duration::from_secs(30),
+        || async {
+            let events = by_request(&app.events().await);
+            let done = cases.iter().all(|(vendor, _, _, kind, status)| {
+                let id = ids
+                    .iter()
+                    .find(|(_, v)| *v == vendor)
+                    .map(|(id, _)| id.clone())
+                    .unwrap_or_default();
+                events.get(&id).is_some_and(|es| {
+                    es.iter()
+                        .any(|e| e["type"] == *kind && e["status"] == *status)
+                })
+            });
+            done.then_some(())
+        },
+    )
+    .await;
+    let decided = app
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "kyc.session.decided")
+        .count();
+    assert_eq!(decided, 3, "one decided event per decided request");
+    for e in app.events().await {
+        assert!(
+            !e["event_id"].is_empty() && !e["vendor_data"].is_empty(),
+            "{e:?}"
+        );
+        if e["type"] == "kyc.session.decided" {
+            assert_eq!(e["decided_by"], "didit");
+            let data: serde_json::Value = serde_json::from_str(&e["data"]).expect("data");
+            assert!(data["scores"].is_object(), "{data}");
+            assert!(
+                !e["data"].contains("first_name") && !e["data"].contains("portrait"),
+                "PII or media in an event: {}",
+                e["data"]
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn with_webhooks_every_scenario_ends_in_its_event() {
+    let app = spawn_app(AppOptions::default()).await;
+    run_scenarios(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn polling_only_every_scenario_ends_in_its_event() {
+    let app = spawn_app(AppOptions {
+        webhooks: false,
+        ..Default::default()
+    })
+    .await;
+    run_scenarios(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_request_enqueued_three_times_makes_one_session_and_one_decided_event() {
+    let app = spawn_app(AppOptions::default()).await;
+    let producer = app.producer().await;
+    for _ in 0..3 {
+        let mut req = request("u-same", "approve");
+        req.request_id = Some("req-same-1".into());
+        producer.start_kyc(req).await.expect("enqueue");
+    }
+
+    app.wait_events("kyc.session.decided", 1).await;
+    // All three deliveries have finished (none waits for the lock or holds a retry).
+    let queue = kyc_worker::queue::Queue::connect(&app.redis.url(), "kyc", Default::default())
+        .await
+        .expect("queue");
+    eventually("every start job finished", DEADLINE, || async {
+        let s = queue.stats("start").await.expect("stats");
+        (s.ready + s.in_flight + s.scheduled == 0).then_some(())
+    })
+    .await;
+
+    let events = app.events().await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "kyc.session.created")
+            .count(),
+        1
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "kyc.session.decided")
+            .count(),
+        1
+    );
+    assert_eq!(app.sandbox_stats().await["sessions_created"], 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_malformed_job_goes_to_the_dead_set_while_the_others_complete() {
+    let app = spawn_app(AppOptions::default()).await;
+    let mut c = app.redis.connection().await;
+    let _: String = c
+        .xadd(
+            "kyc:queue:start:ready",
+            "*",
+            &[(
+                "j",
+                r#"{"v":1,"id":"x","deadline_ms":99999999999999,"args":{"vendor_data":""}}"#,
+            )],
+        )
+        .await
+        .expect("xadd");
+    let _: String = c
+        .xadd("kyc:queue:start:ready", "*", &[("j", "not json at all")])
+        .await
+        .expect("xadd");
+    let producer = app.producer().await;
+    for i in 0..3 {
+        producer
+            .start_kyc(request(&format!("u-{i}"), "approve"))
+            .await
+            .expect("enqueue");
+    }
+
+    app.wait_events("kyc.session.decided", 3).await;
+    let queue = kyc_worker::queue::Queue::connect(&app.redis.url(), "kyc", Default::default())
+        .await
+        .expect("queue");
+    let dead = eventually("two dead jobs", DEADLINE, || async {
+        let d = queue.dead_list("start", 10).await.expect("dead");
+        (d.len() == 2).then_some(d)
+    })
+    .await;
+    assert!(
+        dead.iter()
+            .any(|d| d.reason.contains("vendor_data: is required")),
+        "{dead:?}"
+    );
+    assert!(
+        dead.iter().any(|d| d.reason.contains("not a job envelope")),
+        "{dead:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_key_pauses_the_fleet_without_losing_work_and_resumes() {
+    // Arrange
+    let app = spawn_app(AppOptions {
+        complete_after: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await;
+    app.sandbox_control(serde_json::json!({"action": "revoke_api_key"}))
+        .await;
+    let producer = app.producer().await;
+
+    // Act: work arrives while the key is revoked.
+    for i in 0..3 {
+        producer
+            .start_kyc(request(&format!("u-paused-{i}"), "approve"))
+            .await
+            .expect("enqueue");
+    }
+    let mut c = app.redis.connection().await;
+    let reason = eventually("the fleet pauses", DEADLINE, || {
+        let mut c = c.clone();
+        async move {
+            c.get::<_, Option<String>>("kyc:didit:paused")
+                .await
+                .ok()
+                .flatten()
+        }
+    })
+    .await;
+    assert_eq!(reason, "invalid_key");
+
+    // A webhook is still answered while paused (unknown session: 200, nothing enqueued).
+    let body = r#"{"session_id":"11111111-2222-3333-4444-555555555555","status":"Approved","webhook_type":"status.updated","timestamp":1}"#;
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let body = body.replace("\"timestamp\":1", &format!("\"timestamp\":{ts}"));
+    let sigs = kyc_worker::didit::webhook::sign("sandbox-webhook-secret", body.as_bytes(), ts)
+        .expect("sign");
+    let response = reqwest::Client::new()
+        .post(app.url("/webhooks/didit"))
+        .header("x-timestamp", ts.to_string())
+        .header("x-signature-v2", sigs.v2)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("webhook");
+    assert_eq!(response.status(), 200);
+
+    // Assert: nothing dead-lettered while paused; restoring the key resumes everything.
+    let queue = kyc_worker::queue::Queue::connect(&app.redis.url(), "kyc", Default::default())
+        .await
+        .expect("queue");
+    assert_eq!(queue.stats("start").await.expect("stats").dead, 0);
+    app.sandbox_control(serde_json::json!({"action": "restore_api_key"}))
+        .await;
+    app.wait_events("kyc.session.decided", 3).await;
+    let paused: Option<String> = c.get("kyc:didit:paused").await.expect("get");
+    assert_eq!(paused, None);
+    assert_eq!(queue.stats("start").await.expect("stats").dead, 0);
+    assert_eq!(queue.stats("poll").await.expect("stats").dead, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_process_killed_mid_flight_loses_and_doubles_nothing() {
+    // Arrange: the fleet runs as a child process, polling-only so it holds work in flight.
+    let app = spawn_app(AppOptions {
+        webhooks: false,
+        complete_after: Duration::from_millis(1500),
+        in_process: false,
+        ..Default::default()
+    })
+    .await;
+    let spawn_child = || {
+        let mut cmd = std::process::Command::new(kyc_worker_binary());
+        cmd.arg("run")
+            .env_clear()
+            .env("KYC_ENV", "none")
+            .envs(app.settings_env.iter());
+        cmd.env("KYC__HTTP__PORT", crate::helpers::free_port().to_string());
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd.spawn().expect("spawn kyc-worker run")
+    };
+    let mut child = spawn_child();
+    let producer = app.producer().await;
+    let n = 20;
+    for i in 0..n {
+        producer
+            .start_kyc(request(&format!("u-kill-{i}"), "approve"))
+            .await
+            .expect("enqueue");
+    }
+
+    // Act: SIGKILL once some sessions exist, then start a fresh process.
+    app.wait_events("kyc.session.created", 5).await;
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+    let mut second = spawn_child();
+
+    // Assert
+    let decided = app.wait_events("kyc.session.decided", n).await;
+    let per_request = by_request(&decided);
+    assert_eq!(per_request.len(), n, "every request decided");
+    assert!(
+        per_request.values().all(|es| es.len() == 1),
+        "a request got two decided events"
+    );
+    assert_eq!(
+        app.sandbox_stats().await["sessions_created"],
+        n as u64,
+        "one Didit session per request"
+    );
+    second.kill().expect("kill");
+    second.wait().expect("reap");
+}
