@@ -12,9 +12,10 @@ build:
 deps:
 	@scripts/install-deps.sh
 
-## demo: start the Didit sandbox on a free port and run verifications through it end to end
-demo: deps build
-	@scripts/demo.sh
+## demo: redis-server + sandbox + `kyc-worker run` on free ports, 20 verifications end to end
+demo: deps
+	$(CARGO) build --release --bins --examples
+	$(CARGO) run --release --example demo
 
 ## test: lint, then every test suite (unit and integration, real redis-server + sandbox)
 test: deps lint test-rust

@@ -363,7 +363,9 @@ impl RawSettings {
         tracing_subscriber::EnvFilter::try_new(&log.level)
             .map_err(|e| SettingsError::new("log.level", e.to_string()))?;
 
-        let redis_url = parse_url("redis.url", &self.redis.url)?;
+        // The value is not echoed: a Redis URL may carry a password.
+        let redis_url = Url::parse(self.redis.url.trim())
+            .map_err(|e| SettingsError::new("redis.url", format!("not a URL ({e})")))?;
         if !matches!(
             redis_url.scheme(),
             "redis" | "rediss" | "redis+unix" | "unix"
@@ -494,6 +496,12 @@ impl RawSettings {
                 "must be shorter than 10s (the Redis reply timeout)",
             ));
         }
+        if queue.reclaim_after < queue.fetch_block * 2 {
+            return Err(SettingsError::new(
+                "queue.reclaim_after",
+                "must be at least twice queue.fetch_block (a blocked read must not look like a dead worker)",
+            ));
+        }
         if queue.retry_max < queue.retry_min {
             return Err(SettingsError::new(
                 "queue.retry_max",
@@ -578,7 +586,7 @@ impl RawSettings {
             queue,
             log,
             redis: RedisSettings {
-                url: SecretString::from(self.redis.url),
+                url: SecretString::from(self.redis.url.trim().to_owned()),
                 prefix,
             },
             http,
@@ -695,9 +703,12 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         "d" => 86_400_000,
         _ => return Err(malformed()),
     };
+    // Ten years: longer is a typo, and would overflow time arithmetic downstream.
+    const MAX_MS: u64 = 3650 * 86_400_000;
     n.checked_mul(unit_ms)
+        .filter(|ms| *ms <= MAX_MS)
         .map(Duration::from_millis)
-        .ok_or_else(|| format!("duration \"{value}\" is too long"))
+        .ok_or_else(|| format!("duration \"{value}\" is longer than 3650d"))
 }
 
 /// Prints a duration back in the units [`parse_duration`] reads.
@@ -821,6 +832,12 @@ mod tests {
             ("KYC__LOG__FORMAT", "xml", "KYC__LOG__FORMAT", "pretty"),
             ("KYC__REDIS__URL", "http://x", "KYC__REDIS__URL", "redis://"),
             (
+                "KYC__QUEUE__JOB_DEADLINE",
+                "99999999d",
+                "KYC__QUEUE__JOB_DEADLINE",
+                "3650d",
+            ),
+            (
                 "KYC__DIDIT__WORKFLOW_ID",
                 "abc",
                 "KYC__DIDIT__WORKFLOW_ID",
@@ -865,6 +882,13 @@ mod tests {
         assert!(!printed.contains("hunter2"));
         assert!(!printed.contains("sandbox-webhook-secret"));
         assert!(printed.contains("[REDACTED]"));
+    }
+
+    #[test]
+    fn a_bad_redis_url_is_refused_without_echoing_its_password() {
+        let err = load(&[("KYC__REDIS__URL", "redis//:hunter2@host")]).expect_err("bad url");
+        assert_eq!(err.key, "KYC__REDIS__URL");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -102,12 +102,9 @@ enum DiditCommand {
         #[arg(long, default_value = "kyc-worker")]
         label: String,
     },
-    /// Create a Didit account (a code is e-mailed); the password comes from DIDIT_PASSWORD
-    Register {
-        email: String,
-        #[arg(long, env = "DIDIT_PASSWORD", hide_env_values = true)]
-        password: String,
-    },
+    /// Create a Didit account (a code is e-mailed). The password is read from the
+    /// DIDIT_PASSWORD environment variable, never from the command line (visible in `ps`).
+    Register { email: String },
     /// Confirm the e-mailed code; saves the API keys to a file, never to the terminal
     VerifyEmail {
         email: String,
@@ -378,7 +375,10 @@ pub async fn run(args: DiditArgs, settings: &Settings) -> Result<(), CliError> {
                 text
             })
         }
-        DiditCommand::Register { email, password } => {
+        DiditCommand::Register { email } => {
+            let password = std::env::var("DIDIT_PASSWORD").map_err(|_| {
+                CliError::Usage("set DIDIT_PASSWORD to the new account's password".into())
+            })?;
             let registered = client
                 .register(&email, &SecretString::from(password))
                 .await?;
@@ -635,6 +635,10 @@ fn save_keys(account: &VerifiedAccount, path: &std::path::Path) -> anyhow::Resul
     let mut file = options
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    // `mode` applies only to a new file: tighten an existing one too.
+    #[cfg(unix)]
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
     writeln!(file, "{}", lines.join("\n"))
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(lines.len())

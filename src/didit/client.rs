@@ -119,9 +119,19 @@ impl Endpoint {
     }
 
     /// Whether a 403 here means the key itself lacks access (an account problem) rather
-    /// than this one resource being unavailable.
+    /// than this one resource being unavailable. Didit's July 2026 spec answers 403 for a
+    /// missing or revoked key everywhere, so every call any valid key may make counts; a
+    /// 403 on a PDF (an unfinished session) or a status change (a permission) does not.
     pub(crate) fn forbidden_means_account(self) -> bool {
-        matches!(self, Endpoint::CreateSession | Endpoint::Decision)
+        matches!(
+            self,
+            Endpoint::CreateSession
+                | Endpoint::Decision
+                | Endpoint::ListSessions
+                | Endpoint::ListWorkflows
+                | Endpoint::GetWorkflow
+                | Endpoint::Balance
+        )
     }
 }
 

@@ -74,7 +74,7 @@ pub struct ExpectedDetails {
 }
 
 /// `201` of `POST /v3/session/` (also when Didit reused an unfinished session).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct CreatedSession {
     pub session_id: Uuid,
     pub session_number: Option<i64>,
@@ -93,7 +93,7 @@ pub struct CreatedSession {
 
 /// `GET /v3/session/{id}/decision/`: everything produced so far. Each feature array is
 /// `None` until that step ran at least once; items are in the order Didit ran them.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct Decision {
     pub session_id: Uuid,
     pub status: SessionStatus,
@@ -143,7 +143,7 @@ pub struct Decision {
 
 /// One item of a v3 feature array. The fields the fleet reads are typed; the rest (PII,
 /// presigned media URLs, feature-specific data) stays in `rest`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct FeatureItem {
     #[serde(default)]
     pub node_id: Option<String>,
@@ -182,6 +182,38 @@ pub struct Review {
     pub comment: Option<String>,
     #[serde(default)]
     pub created_at: Option<String>,
+}
+
+// Decisions and sessions carry personal data, presigned media URLs and the session token:
+// their `Debug` shows ids, statuses and scores only, so a stray `{:?}` in a log leaks nothing.
+impl std::fmt::Debug for CreatedSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedSession")
+            .field("session_id", &self.session_id)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decision")
+            .field("session_id", &self.session_id)
+            .field("status", &self.status)
+            .field("liveness_checks", &self.liveness_checks)
+            .field("face_matches", &self.face_matches)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for FeatureItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeatureItem")
+            .field("node_id", &self.node_id)
+            .field("status", &self.status)
+            .field("score", &self.score)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Paginated envelope of list endpoints.

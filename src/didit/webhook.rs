@@ -63,6 +63,8 @@ pub enum WebhookError {
     Malformed(String),
     #[error("no signature header matches any configured secret")]
     BadSignature,
+    #[error("the body's timestamp differs from X-Timestamp")]
+    TimestampMismatch,
 }
 
 impl WebhookError {
@@ -70,7 +72,9 @@ impl WebhookError {
     pub fn result_label(&self) -> &'static str {
         match self {
             WebhookError::MissingHeader(_) | WebhookError::BadSignature => "bad_signature",
-            WebhookError::BadTimestamp | WebhookError::Stale { .. } => "stale",
+            WebhookError::BadTimestamp
+            | WebhookError::Stale { .. }
+            | WebhookError::TimestampMismatch => "stale",
             WebhookError::Malformed(_) => "malformed",
         }
     }
@@ -138,6 +142,13 @@ impl WebhookVerifier {
             serde_json::from_slice(body).map_err(|e| WebhookError::Malformed(e.to_string()))?;
         if !payload.is_object() {
             return Err(WebhookError::Malformed("expected an object".to_owned()));
+        }
+        // X-Timestamp is not covered by V2 or the raw signature; the body's `timestamp` is.
+        // Requiring them equal stops an old signed body being replayed with a fresh header.
+        if let Some(signed) = payload.get("timestamp") {
+            if signed.as_i64() != Some(timestamp) {
+                return Err(WebhookError::TimestampMismatch);
+            }
         }
 
         let scheme = if let Some(sig) = headers.v2 {
@@ -375,6 +386,16 @@ mod tests {
             .verify(&headers(&ts, &sigs), ASCII_BODY.as_bytes(), NOW)
             .expect_err("old secret retired");
         assert_eq!(err, WebhookError::BadSignature);
+    }
+
+    #[test]
+    fn an_old_signed_body_with_a_fresh_header_is_refused() {
+        let sigs = sign(SECRET, ASCII_BODY.as_bytes(), NOW).expect("sign");
+        let later = (NOW + 3600).to_string();
+        let err = verifier(&[SECRET])
+            .verify(&headers(&later, &sigs), ASCII_BODY.as_bytes(), NOW + 3600)
+            .expect_err("replay");
+        assert_eq!(err, WebhookError::TimestampMismatch);
     }
 
     #[test]

@@ -110,6 +110,14 @@ impl Pipeline {
 
     /// Maps a Didit failure to the queue's language, pausing the fleet on account errors.
     pub async fn didit_failure(&self, error: DiditError) -> JobError {
+        if matches!(error.kind, crate::didit::DiditErrorKind::Decode(_)) {
+            // A body we cannot read is more likely a proxy than a permanent answer, but it
+            // is not Didit's throttling either: retry, counting attempts.
+            return JobError::Retry {
+                reason: error.to_string(),
+                after: None,
+            };
+        }
         match error.class() {
             ErrorClass::Retryable { retry_after } => JobError::Wait {
                 reason: error.to_string(),

@@ -4,9 +4,14 @@
 //! its own and hands decoded jobs to the worker through a small channel (so at most
 //! `queue.fetch_batch` jobs wait fetched-but-not-started). A job that cannot be decoded is
 //! dead-lettered there and never reaches the worker. A heartbeat keeps every entry this
-//! process holds fresh. Completion is an [`Acknowledge`] layer the backend installs itself,
-//! so every handler's result (including errors from panics and timeouts) ends in exactly one
-//! atomic Redis step: finish, reschedule or bury.
+//! process holds fresh, and gives back entries Redis delivered to us but we never received
+//! (a reply lost with a dropped connection). Completion is an [`Acknowledge`] layer the
+//! backend installs itself, so every handler's result (including errors from panics and
+//! timeouts) ends in exactly one atomic Redis step: finish, reschedule or bury.
+//!
+//! If the consumer group itself is lost (Redis restarted without persistence), it is
+//! recreated at the start of the stream: every entry still there is delivered again, the
+//! at-least-once choice.
 
 use std::{
     collections::HashSet,
@@ -37,6 +42,7 @@ use super::{
     keys::{QueueKeys, GROUP},
     now_ms, scripts, unix_ms, Queue,
 };
+use crate::settings::QueueSettings;
 
 /// What a handler reports when it finished without error.
 #[derive(Debug, Clone)]
@@ -44,7 +50,7 @@ pub enum Completion<A> {
     /// Done: the job leaves the queue.
     Done,
     /// Not yet: run the job again at `at` with `args`. Waiting is not failure, so attempts
-    /// are reset and the retry deadline starts again.
+    /// are reset and the retry deadline starts again from `at`.
     RunAgain { at: SystemTime, args: A },
 }
 
@@ -87,11 +93,7 @@ impl Delivery {
 
     /// Whether failing now with `error` would dead-letter the job (so the handler can tell
     /// the world first).
-    pub fn failure_is_final(
-        &self,
-        error: &JobError,
-        settings: &crate::settings::QueueSettings,
-    ) -> bool {
+    pub fn failure_is_final(&self, error: &JobError, settings: &QueueSettings) -> bool {
         matches!(decide_failure(self, error, settings), Finish::Bury { .. })
     }
 }
@@ -104,31 +106,24 @@ struct Shared {
 }
 
 impl Shared {
-    fn hold(&self, id: &str) {
-        self.held
-            .lock()
-            .expect("held-set lock is never poisoned")
-            .insert(id.to_owned());
+    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // Every critical section is a single insert/remove/clone: a panic cannot leave the
+        // set half-updated, so a poisoned lock still holds consistent data.
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    /// Records an entry as held; `false` when it already was (a redelivery after the group
+    /// was recreated must not run a job this process already runs).
+    fn hold(&self, id: &str) -> bool {
+        self.held().insert(id.to_owned())
     }
     fn release(&self, id: &str) -> bool {
-        self.held
-            .lock()
-            .expect("held-set lock is never poisoned")
-            .remove(id)
+        self.held().remove(id)
     }
     fn holds(&self, id: &str) -> bool {
-        self.held
-            .lock()
-            .expect("held-set lock is never poisoned")
-            .contains(id)
+        self.held().contains(id)
     }
     fn snapshot(&self) -> Vec<String> {
-        self.held
-            .lock()
-            .expect("held-set lock is never poisoned")
-            .iter()
-            .cloned()
-            .collect()
+        self.held().iter().cloned().collect()
     }
 }
 
@@ -154,6 +149,16 @@ impl<A: Job> std::fmt::Debug for RedisBackend<A> {
     }
 }
 
+impl<A: Job> Drop for RedisBackend<A> {
+    /// A backend dropped without a graceful close stops fetching and refreshing, so the
+    /// jobs it held are reclaimed by others after `queue.reclaim_after`.
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
 impl<A: Job> RedisBackend<A> {
     /// A backend reading `A::QUEUE` as `consumer` (unique per process start).
     pub fn new(queue: Queue, consumer: impl Into<String>) -> Self {
@@ -174,7 +179,7 @@ impl<A: Job> RedisBackend<A> {
 
     /// Starts the fetcher and heartbeat on the first poll (inside the worker's runtime).
     fn start(&mut self) {
-        if self.rx.is_some() {
+        if self.rx.is_some() || self.closing.is_some() {
             return;
         }
         let batch = self.queue.settings().fetch_batch.max(1);
@@ -235,12 +240,7 @@ async fn give_back(
 ) {
     let mut conn = queue.connection();
     if !ids.is_empty() {
-        let mut invocation = scripts::REQUEUE.key(&keys.ready);
-        invocation.arg(GROUP).arg(0).arg(consumer);
-        for id in &ids {
-            invocation.arg(id);
-        }
-        match invocation.invoke_async::<Vec<String>>(&mut conn).await {
+        match requeue(&mut conn, keys, consumer, &ids, false).await {
             Ok(moved) => {
                 tracing::info!(queue = %keys.ready, given_back = moved.len(), "returned unstarted jobs to the queue");
                 for id in &ids {
@@ -252,19 +252,32 @@ async fn give_back(
             }
         }
     }
-    let pending: redis::RedisResult<redis::streams::StreamPendingReply> =
-        conn.xpending(&keys.ready, GROUP).await;
-    let none_pending_for_us = match pending {
-        Ok(redis::streams::StreamPendingReply::Data(d)) => {
-            !d.consumers.iter().any(|c| c.name == consumer)
-        }
-        Ok(_) => true,
-        Err(_) => false,
-    };
-    if none_pending_for_us {
-        let _: redis::RedisResult<i64> =
-            conn.xgroup_delconsumer(&keys.ready, GROUP, consumer).await;
+    let removed: redis::RedisResult<i64> = scripts::FORGET_CONSUMER
+        .key(&keys.ready)
+        .arg(GROUP)
+        .arg(-1)
+        .arg(consumer)
+        .invoke_async(&mut conn)
+        .await;
+    if let Err(e) = removed {
+        tracing::debug!(error = %e, "could not leave the consumer group; maintenance will remove us");
     }
+}
+
+/// Gives entries this consumer holds back to the queue (see [`scripts::REQUEUE`]).
+pub(super) async fn requeue(
+    conn: &mut ConnectionManager,
+    keys: &QueueKeys,
+    consumer: &str,
+    ids: &[String],
+    abandoned: bool,
+) -> redis::RedisResult<Vec<String>> {
+    let mut invocation = scripts::REQUEUE.key(&keys.ready);
+    invocation.arg(GROUP).arg(u8::from(abandoned)).arg(consumer);
+    for id in ids {
+        invocation.arg(id);
+    }
+    invocation.invoke_async(conn).await
 }
 
 impl<A: Job> Backend for RedisBackend<A> {
@@ -337,6 +350,7 @@ impl<A: Job> BackendConfig for RedisBackend<A> {
         AcknowledgeLayer::new(Finisher {
             queue: self.queue.clone(),
             keys: self.keys.clone(),
+            consumer: self.consumer.clone(),
             shared: self.shared.clone(),
             _job: PhantomData,
         })
@@ -403,17 +417,19 @@ impl<A: Job> Fetcher<A> {
     }
 
     async fn deliver(&self, entry: redis::streams::StreamId) {
-        let field = |name: &str| -> Option<String> {
-            entry
-                .map
-                .get(name)
-                .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
-        };
+        let field = |name: &str| -> Option<String> { stream_field(&entry, name) };
+        if !self.shared.hold(&entry.id) {
+            return;
+        }
         let raw = field("j").unwrap_or_default();
         let abandoned: u32 = field("d").and_then(|d| d.parse().ok()).unwrap_or(0);
-        self.shared.hold(&entry.id);
+        let replayed = field("r").is_some();
         match decode::<A>(&raw) {
-            Ok((envelope, args)) => {
+            Ok((mut envelope, args)) => {
+                if replayed {
+                    envelope.attempt = 0;
+                    envelope.deadline_ms = deadline_from(now_ms(), self.queue.settings());
+                }
                 let delivery = Delivery {
                     entry_id: entry.id.clone(),
                     job_id: envelope.id.clone(),
@@ -430,22 +446,27 @@ impl<A: Job> Fetcher<A> {
             }
             Err((envelope, error)) => {
                 tracing::warn!(queue = A::QUEUE, entry = %entry.id, error = %error, "undecodable job dead-lettered");
-                let job_id = envelope.as_ref().map(|e| e.id.clone()).unwrap_or_default();
-                let attempts = envelope.as_ref().map(|e| e.attempt).unwrap_or(0);
-                bury(
-                    &self.queue,
-                    &self.keys,
-                    &raw,
-                    &error.to_string(),
-                    &job_id,
-                    attempts,
-                    Some(&entry.id),
-                )
-                .await;
+                let burial = Burial {
+                    payload: &raw,
+                    reason: &error.to_string(),
+                    job_id: envelope.as_ref().map(|e| e.id.as_str()).unwrap_or_default(),
+                    attempts: envelope.as_ref().map(|e| e.attempt).unwrap_or(0),
+                    entry_id: &entry.id,
+                    consumer: &self.consumer,
+                };
+                bury(&self.queue, &self.keys, &burial).await;
                 self.shared.release(&entry.id);
             }
         }
     }
+}
+
+/// A text field of a stream entry.
+pub(super) fn stream_field(entry: &redis::streams::StreamId, name: &str) -> Option<String> {
+    entry
+        .map
+        .get(name)
+        .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
 }
 
 pub(super) async fn ensure_group(
@@ -460,38 +481,78 @@ pub(super) async fn ensure_group(
     }
 }
 
-/// Keeps this consumer's entries fresh; forgets the ones another consumer took.
+/// Keeps this consumer's entries fresh, forgets the ones another consumer took, and gives
+/// back entries pending for us that we never received.
 async fn heartbeat(queue: Queue, keys: QueueKeys, consumer: String, shared: Arc<Shared>) {
     let every = queue.settings().reclaim_after / 3;
     let mut conn = queue.connection();
     loop {
         tokio::time::sleep(every).await;
         let ids = shared.snapshot();
-        if ids.is_empty() {
-            continue;
-        }
-        let mut invocation = scripts::REFRESH.key(&keys.ready);
-        invocation.arg(GROUP).arg(&consumer);
-        for id in &ids {
-            invocation.arg(id);
-        }
-        match invocation.invoke_async::<Vec<String>>(&mut conn).await {
-            Ok(lost) => {
-                for id in lost {
-                    if shared.release(&id) {
-                        tracing::warn!(queue = %keys.ready, entry = %id, "a job this process held was reclaimed by another consumer");
+        if !ids.is_empty() {
+            let mut invocation = scripts::REFRESH.key(&keys.ready);
+            invocation.arg(GROUP).arg(&consumer);
+            for id in &ids {
+                invocation.arg(id);
+            }
+            match invocation.invoke_async::<Vec<String>>(&mut conn).await {
+                Ok(lost) => {
+                    for id in lost {
+                        if shared.release(&id) {
+                            tracing::warn!(queue = %keys.ready, entry = %id, "a job this process held was reclaimed by another consumer");
+                        }
                     }
                 }
+                Err(e) => {
+                    tracing::warn!(error = %e, "refreshing held jobs failed; retrying next beat")
+                }
             }
-            Err(e) => tracing::warn!(error = %e, "refreshing held jobs failed; retrying next beat"),
+        }
+        if let Err(e) = recover_unreceived(&mut conn, &keys, &consumer, &shared, every).await {
+            tracing::debug!(error = %e, "checking for unreceived deliveries failed");
         }
     }
+}
+
+/// Entries Redis delivered to this consumer whose reply never arrived (a dropped
+/// connection) are pending for us but held by nobody: give them back now rather than wait
+/// for a reclaim that would count them as abandoned.
+async fn recover_unreceived(
+    conn: &mut ConnectionManager,
+    keys: &QueueKeys,
+    consumer: &str,
+    shared: &Shared,
+    idle: Duration,
+) -> redis::RedisResult<()> {
+    let pending: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+        .arg(&keys.ready)
+        .arg(GROUP)
+        .arg("IDLE")
+        .arg(idle.as_millis() as u64)
+        .arg("-")
+        .arg("+")
+        .arg(100)
+        .arg(consumer)
+        .query_async(conn)
+        .await?;
+    let unreceived: Vec<String> = pending
+        .ids
+        .into_iter()
+        .map(|p| p.id)
+        .filter(|id| !shared.holds(id))
+        .collect();
+    if !unreceived.is_empty() {
+        let moved = requeue(conn, keys, consumer, &unreceived, false).await?;
+        tracing::warn!(queue = %keys.ready, given_back = moved.len(), "returned deliveries this process never received");
+    }
+    Ok(())
 }
 
 /// Finishes each job by the handler's result. Installed by the backend as its middleware.
 pub struct Finisher<A> {
     queue: Queue,
     keys: QueueKeys,
+    consumer: String,
     shared: Arc<Shared>,
     _job: PhantomData<fn() -> A>,
 }
@@ -501,6 +562,7 @@ impl<A> Clone for Finisher<A> {
         Self {
             queue: self.queue.clone(),
             keys: self.keys.clone(),
+            consumer: self.consumer.clone(),
             shared: self.shared.clone(),
             _job: PhantomData,
         }
@@ -536,25 +598,32 @@ impl<A: Job> Acknowledge<Completion<A>> for Finisher<A> {
     }
 }
 
+/// The retry deadline of a job that becomes due at `from_ms`.
+fn deadline_from(from_ms: u64, settings: &QueueSettings) -> u64 {
+    from_ms.saturating_add(settings.job_deadline.as_millis() as u64)
+}
+
 fn decide<A: Job>(
     delivery: &Delivery,
     res: &Result<Completion<A>, BoxDynError>,
-    settings: &crate::settings::QueueSettings,
+    settings: &QueueSettings,
 ) -> Finish {
-    let now = now_ms();
     match res {
         Ok(Completion::Done) => Finish::Done,
         Ok(Completion::RunAgain { at, args }) => match serde_json::value::to_raw_value(args) {
-            Ok(raw) => Finish::Schedule {
-                at_ms: unix_ms(*at),
-                envelope: Envelope {
-                    v: A::VERSION,
-                    id: delivery.job_id.clone(),
-                    attempt: 0,
-                    deadline_ms: now + settings.job_deadline.as_millis() as u64,
-                    args: raw,
-                },
-            },
+            Ok(raw) => {
+                let at_ms = unix_ms(*at);
+                Finish::Schedule {
+                    at_ms,
+                    envelope: Envelope {
+                        v: A::VERSION,
+                        id: delivery.job_id.clone(),
+                        attempt: 0,
+                        deadline_ms: deadline_from(at_ms, settings),
+                        args: raw,
+                    },
+                }
+            }
             Err(e) => Finish::Bury {
                 reason: format!("cannot encode the next run: {e}"),
             },
@@ -573,11 +642,7 @@ fn decide<A: Job>(
     }
 }
 
-fn decide_failure(
-    delivery: &Delivery,
-    error: &JobError,
-    settings: &crate::settings::QueueSettings,
-) -> Finish {
+fn decide_failure(delivery: &Delivery, error: &JobError, settings: &QueueSettings) -> Finish {
     let (reason, after, attempt) = match error {
         JobError::Fatal(reason) => {
             return Finish::Bury {
@@ -594,7 +659,7 @@ fn decide_failure(
         }
         JobError::Wait { reason, after } => (reason, *after, delivery.attempt),
     };
-    let at_ms = now_ms() + after.as_millis() as u64;
+    let at_ms = now_ms().saturating_add(after.as_millis().min(u128::from(u64::MAX)) as u64);
     if attempt >= settings.max_attempts {
         Finish::Bury {
             reason: format!("retries exhausted after {attempt} attempts: {reason}"),
@@ -610,24 +675,28 @@ fn decide_failure(
     }
 }
 
-/// Exponential backoff for failed attempts: `retry_min · 2^(attempt-1)`, capped.
-fn retry_delay(attempt: u32, settings: &crate::settings::QueueSettings) -> Duration {
+/// Exponential backoff for failed attempts, `retry_min · 2^(attempt-1)` capped at
+/// `retry_max`, moved by up to ±20 % so jobs that failed together do not retry in lockstep.
+fn retry_delay(attempt: u32, settings: &QueueSettings) -> Duration {
+    use rand::Rng;
     let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
-    settings
+    let base = settings
         .retry_min
         .saturating_mul(factor)
-        .min(settings.retry_max)
+        .min(settings.retry_max);
+    base.mul_f64(rand::rng().random_range(0.8..1.2))
 }
 
 impl<A: Job> Finisher<A> {
-    /// Applies the finishing step, retrying Redis errors for a while. If Redis stays away
-    /// the entry is let go: it stays pending and is reclaimed later (at-least-once).
+    /// Applies the finishing step, retrying Redis errors for a while. Every step is
+    /// idempotent (it acts only on an entry still pending for us), so a retry after a lost
+    /// reply is safe. If Redis stays away the entry is let go: it stays pending and is
+    /// reclaimed later (at-least-once).
     async fn apply(&self, delivery: &Delivery, finish: Finish) {
         let mut backoff = Backoff::new();
         let give_up = tokio::time::Instant::now() + self.queue.settings().reclaim_after;
         loop {
-            let result = self.try_apply(delivery, &finish).await;
-            match result {
+            match self.try_apply(delivery, &finish).await {
                 Ok(()) => break,
                 Err(e) if tokio::time::Instant::now() < give_up => {
                     tracing::warn!(error = %e, queue = A::QUEUE, "finishing a job failed; retrying");
@@ -645,6 +714,8 @@ impl<A: Job> Finisher<A> {
     async fn try_apply(&self, delivery: &Delivery, finish: &Finish) -> redis::RedisResult<()> {
         let mut conn = self.queue.connection();
         match finish {
+            // Two commands, not a script: the cheapest finish. Should XDEL be lost after
+            // XACK, maintenance trims acknowledged entries (see `maintenance::trim_finished`).
             Finish::Done => {
                 redis::pipe()
                     .xack(&self.keys.ready, GROUP, &[&delivery.entry_id])
@@ -654,48 +725,58 @@ impl<A: Job> Finisher<A> {
                     .query_async(&mut conn)
                     .await
             }
-            Finish::Schedule { at_ms, envelope } => scripts::SCHEDULE
-                .key(&self.keys.delayed)
-                .key(&self.keys.payloads)
-                .key(&self.keys.ready)
-                .arg(&envelope.id)
-                .arg(*at_ms)
-                .arg(envelope.encode())
-                .arg(&delivery.entry_id)
-                .arg(GROUP)
-                .invoke_async::<i64>(&mut conn)
-                .await
-                .map(drop),
+            Finish::Schedule { at_ms, envelope } => {
+                let applied: i64 = scripts::RESCHEDULE
+                    .key(&self.keys.delayed)
+                    .key(&self.keys.payloads)
+                    .key(&self.keys.ready)
+                    .arg(&envelope.id)
+                    .arg(*at_ms)
+                    .arg(envelope.encode())
+                    .arg(&delivery.entry_id)
+                    .arg(GROUP)
+                    .arg(&self.consumer)
+                    .invoke_async(&mut conn)
+                    .await?;
+                if applied == 0 {
+                    tracing::warn!(queue = A::QUEUE, entry = %delivery.entry_id, "another consumer took this job meanwhile; it continues there");
+                }
+                Ok(())
+            }
             Finish::Bury { reason } => {
                 tracing::warn!(queue = A::QUEUE, job = %delivery.job_id, %reason, "job dead-lettered");
-                bury_once(
-                    &self.queue,
-                    &self.keys,
-                    &delivery.envelope.encode(),
+                let payload = delivery.envelope.encode();
+                let burial = Burial {
+                    payload: &payload,
                     reason,
-                    &delivery.job_id,
-                    delivery.attempt + 1,
-                    Some(&delivery.entry_id),
-                )
-                .await
+                    job_id: &delivery.job_id,
+                    attempts: delivery.attempt + 1,
+                    entry_id: &delivery.entry_id,
+                    consumer: &self.consumer,
+                };
+                bury_once(&self.queue, &self.keys, &burial).await
             }
         }
     }
 }
 
-/// Dead-letters a job, retrying Redis errors briefly; logs if it cannot.
-pub(super) async fn bury(
-    queue: &Queue,
-    keys: &QueueKeys,
-    payload: &str,
-    reason: &str,
-    job_id: &str,
-    attempts: u32,
-    entry: Option<&str>,
-) {
+/// One dead-lettering: the delivery and why it cannot run.
+pub(super) struct Burial<'a> {
+    /// The stored envelope, or undecodable text as it was.
+    pub payload: &'a str,
+    pub reason: &'a str,
+    pub job_id: &'a str,
+    pub attempts: u32,
+    pub entry_id: &'a str,
+    /// The consumer the entry is pending for.
+    pub consumer: &'a str,
+}
+
+/// Dead-letters a delivery, retrying Redis errors briefly (the script is idempotent).
+pub(super) async fn bury(queue: &Queue, keys: &QueueKeys, burial: &Burial<'_>) {
     let mut backoff = Backoff::new();
     for _ in 0..10 {
-        match bury_once(queue, keys, payload, reason, job_id, attempts, entry).await {
+        match bury_once(queue, keys, burial).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "dead-lettering failed; retrying");
@@ -705,31 +786,25 @@ pub(super) async fn bury(
     }
 }
 
-async fn bury_once(
-    queue: &Queue,
-    keys: &QueueKeys,
-    payload: &str,
-    reason: &str,
-    job_id: &str,
-    attempts: u32,
-    entry: Option<&str>,
-) -> redis::RedisResult<()> {
+async fn bury_once(queue: &Queue, keys: &QueueKeys, b: &Burial<'_>) -> redis::RedisResult<()> {
     let mut conn = queue.connection();
-    let mut invocation = scripts::BURY.key(&keys.dead);
-    invocation
+    scripts::BURY
+        .key(&keys.dead)
         .key(&keys.ready)
-        .arg(payload)
-        .arg(reason)
-        .arg(job_id)
-        .arg(attempts)
-        .arg(queue.settings().dead_max_len);
-    if let Some(entry) = entry {
-        invocation.arg(entry).arg(GROUP);
-    }
-    invocation.invoke_async::<i64>(&mut conn).await.map(drop)
+        .arg(b.payload)
+        .arg(b.reason)
+        .arg(b.job_id)
+        .arg(b.attempts)
+        .arg(queue.settings().dead_max_len)
+        .arg(b.entry_id)
+        .arg(GROUP)
+        .arg(b.consumer)
+        .invoke_async::<i64>(&mut conn)
+        .await
+        .map(drop)
 }
 
-/// Capped exponential backoff for Redis errors: 100 ms doubling to 5 s.
+/// Capped exponential backoff for Redis errors: 100 ms doubling to 5 s, ±20 %.
 pub(super) struct Backoff {
     next: Duration,
 }
@@ -744,7 +819,9 @@ impl Backoff {
         self.next = Duration::from_millis(100);
     }
     pub(super) async fn wait(&mut self) {
-        tokio::time::sleep(self.next).await;
+        use rand::Rng;
+        let pause = self.next.mul_f64(rand::rng().random_range(0.8..1.2));
+        tokio::time::sleep(pause).await;
         self.next = (self.next * 2).min(Duration::from_secs(5));
     }
 }

@@ -63,8 +63,10 @@ pub enum DecodeError {
 /// Decodes a stored job; the envelope is returned even when the arguments fail, so the
 /// dead-letter entry can name the job.
 pub fn decode<A: Job>(raw: &str) -> Result<(Envelope, A), (Option<Envelope>, DecodeError)> {
+    // serde quotes the values it fails on; a producer's payload may carry personal data.
+    let redacted = |e: serde_json::Error| crate::telemetry::redact_values(&e.to_string());
     let envelope: Envelope =
-        serde_json::from_str(raw).map_err(|e| (None, DecodeError::Envelope(e.to_string())))?;
+        serde_json::from_str(raw).map_err(|e| (None, DecodeError::Envelope(redacted(e))))?;
     if envelope.v != A::VERSION {
         let err = DecodeError::Version {
             queue: A::QUEUE,
@@ -78,7 +80,7 @@ pub fn decode<A: Job>(raw: &str) -> Result<(Envelope, A), (Option<Envelope>, Dec
         Err(e) => {
             let err = DecodeError::Args {
                 queue: A::QUEUE,
-                reason: e.to_string(),
+                reason: redacted(e),
             };
             Err((Some(envelope), err))
         }

@@ -8,9 +8,9 @@ use redis::{aio::ConnectionManager, AsyncCommands};
 use tokio::task::JoinHandle;
 
 use super::{
-    backend::{bury, ensure_group, Backoff},
+    backend::{bury, ensure_group, requeue, stream_field, Backoff, Burial},
     keys::{QueueKeys, GROUP},
-    now_ms, scripts, Queue,
+    scripts, Queue,
 };
 
 /// Due jobs promoted per script call: bounded so one call never holds Redis for long.
@@ -88,7 +88,6 @@ pub(super) async fn promote_due(
             .key(&keys.delayed)
             .key(&keys.payloads)
             .key(&keys.ready)
-            .arg(now_ms())
             .arg(PROMOTE_CHUNK)
             .invoke_async(conn)
             .await?;
@@ -127,42 +126,33 @@ async fn reclaim(
             Err(e) if e.code() == Some("NOGROUP") => return ensure_group(conn, keys).await,
             Err(e) => return Err(e),
         };
-        let mut requeue = Vec::new();
+        let mut abandoned_ids = Vec::new();
         for entry in reply.claimed {
-            let field = |name: &str| -> Option<String> {
-                entry
-                    .map
-                    .get(name)
-                    .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
-            };
-            let abandoned: u32 = field("d").and_then(|d| d.parse().ok()).unwrap_or(0) + 1;
+            let abandoned: u32 = stream_field(&entry, "d")
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(0)
+                + 1;
             if abandoned >= settings.max_deliveries {
-                let payload = field("j").unwrap_or_default();
+                let payload = stream_field(&entry, "j").unwrap_or_default();
                 let envelope = serde_json::from_str::<super::Envelope>(&payload).ok();
                 let reason =
                     format!("abandoned {abandoned} times: the process running it died each time");
                 tracing::warn!(queue = %keys.ready, entry = %entry.id, "poison job dead-lettered");
-                bury(
-                    queue,
-                    keys,
-                    &payload,
-                    &reason,
-                    envelope.as_ref().map(|e| e.id.as_str()).unwrap_or_default(),
-                    envelope.as_ref().map(|e| e.attempt).unwrap_or(0),
-                    Some(&entry.id),
-                )
-                .await;
+                let burial = Burial {
+                    payload: &payload,
+                    reason: &reason,
+                    job_id: envelope.as_ref().map(|e| e.id.as_str()).unwrap_or_default(),
+                    attempts: envelope.as_ref().map(|e| e.attempt).unwrap_or(0),
+                    entry_id: &entry.id,
+                    consumer,
+                };
+                bury(queue, keys, &burial).await;
             } else {
-                requeue.push(entry.id);
+                abandoned_ids.push(entry.id);
             }
         }
-        if !requeue.is_empty() {
-            let mut invocation = scripts::REQUEUE.key(&keys.ready);
-            invocation.arg(GROUP).arg(1).arg(consumer);
-            for id in &requeue {
-                invocation.arg(id);
-            }
-            let moved: Vec<String> = invocation.invoke_async(conn).await?;
+        if !abandoned_ids.is_empty() {
+            let moved = requeue(conn, keys, consumer, &abandoned_ids, true).await?;
             tracing::info!(queue = %keys.ready, reclaimed = moved.len(), "requeued jobs of a dead consumer");
         }
         cursor = reply.next_stream_id;
@@ -170,10 +160,12 @@ async fn reclaim(
             break;
         }
     }
-    remove_dead_consumers(conn, keys, consumer, settings.reclaim_after * 2).await
+    remove_dead_consumers(conn, keys, consumer, settings.reclaim_after * 2).await?;
+    trim_finished(conn, keys).await
 }
 
-/// Deletes consumers that hold nothing and have not read for a while (dead processes).
+/// Deletes consumers that hold nothing and have not read for a while (dead processes);
+/// each check-and-delete is one script, so a consumer reading meanwhile is never deleted.
 async fn remove_dead_consumers(
     conn: &mut ConnectionManager,
     keys: &QueueKeys,
@@ -184,9 +176,77 @@ async fn remove_dead_consumers(
         conn.xinfo_consumers(&keys.ready, GROUP).await?;
     for c in info.consumers {
         if c.name != me && c.pending == 0 && c.idle as u128 > idle.as_millis() {
-            let _: i64 = conn.xgroup_delconsumer(&keys.ready, GROUP, &c.name).await?;
-            tracing::info!(queue = %keys.ready, consumer = %c.name, "removed a dead consumer");
+            let removed: i64 = scripts::FORGET_CONSUMER
+                .key(&keys.ready)
+                .arg(GROUP)
+                .arg(idle.as_millis() as u64)
+                .arg(&c.name)
+                .invoke_async(conn)
+                .await?;
+            if removed == 1 {
+                tracing::info!(queue = %keys.ready, consumer = %c.name, "removed a dead consumer");
+            }
         }
     }
     Ok(())
+}
+
+/// Trims entries that are acknowledged but still in the stream (an `XDEL` lost after its
+/// `XACK`): everything before both the oldest pending entry and the group's read position
+/// has been delivered and acknowledged.
+async fn trim_finished(conn: &mut ConnectionManager, keys: &QueueKeys) -> redis::RedisResult<()> {
+    let groups: redis::streams::StreamInfoGroupsReply = conn.xinfo_groups(&keys.ready).await?;
+    let Some(group) = groups.groups.into_iter().find(|g| g.name == GROUP) else {
+        return Ok(());
+    };
+    let pending: redis::streams::StreamPendingReply = conn.xpending(&keys.ready, GROUP).await?;
+    let oldest_pending = match &pending {
+        redis::streams::StreamPendingReply::Data(d) => Some(d.start_id.clone()),
+        _ => None,
+    };
+    // Keep the oldest pending entry and everything not yet delivered.
+    let after_read = next_id(&group.last_delivered_id);
+    let limit = match oldest_pending {
+        Some(p) if stream_id_lt(&p, &after_read) => p,
+        _ => after_read,
+    };
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(&keys.ready)
+        .arg("MINID")
+        .arg(limit)
+        .query_async(conn)
+        .await?;
+    Ok(())
+}
+
+fn parse_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+fn stream_id_lt(a: &str, b: &str) -> bool {
+    parse_id(a) < parse_id(b)
+}
+
+/// The smallest id after `id` (MINID keeps entries >= it).
+fn next_id(id: &str) -> String {
+    let (ms, seq) = parse_id(id);
+    match seq.checked_add(1) {
+        Some(seq) => format!("{ms}-{seq}"),
+        None => format!("{}-0", ms.saturating_add(1)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_compare_numerically() {
+        assert!(stream_id_lt("9-5", "10-0"));
+        assert!(stream_id_lt("10-1", "10-2"));
+        assert!(!stream_id_lt("10-2", "10-2"));
+        assert_eq!(next_id("10-2"), "10-3");
+        assert_eq!(next_id("0-0"), "0-1");
+    }
 }

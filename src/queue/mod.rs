@@ -48,8 +48,6 @@ pub enum QueueError {
     Redis(#[from] redis::RedisError),
     #[error("cannot encode job: {0}")]
     Encode(#[from] serde_json::Error),
-    #[error("no dead job with id {0}")]
-    NotFound(String),
 }
 
 /// Counts for one queue, cheap to sample (a handful of O(1) and O(log n) commands).
@@ -131,10 +129,6 @@ impl Queue {
         &self.settings
     }
 
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     pub(crate) fn connection(&self) -> ConnectionManager {
         self.conn.clone()
     }
@@ -182,40 +176,28 @@ impl Queue {
         args: &A,
         at: SystemTime,
     ) -> Result<(), QueueError> {
-        let envelope = Envelope::new(id.to_owned(), args, self.deadline_from_now())?;
-        let keys = self.keys(A::QUEUE);
-        let mut conn = self.conn.clone();
-        let _: i64 = scripts::SCHEDULE
-            .key(&keys.delayed)
-            .key(&keys.payloads)
-            .key(&keys.ready)
-            .arg(id)
-            .arg(unix_ms(at))
-            .arg(envelope.encode())
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(())
+        self.push_at_many::<A, &A>(&[(id.to_owned(), args, at)])
+            .await
     }
 
     /// Schedules many jobs in one round trip (each as [`Queue::push_at`]).
-    pub async fn push_at_many<A: Job>(
+    pub async fn push_at_many<A: Job, J: std::borrow::Borrow<A>>(
         &self,
-        jobs: &[(String, A, SystemTime)],
+        jobs: &[(String, J, SystemTime)],
     ) -> Result<(), QueueError> {
         let keys = self.keys(A::QUEUE);
-        let deadline = self.deadline_from_now();
         let mut pipe = redis::pipe();
         // A pipelined EVALSHA does not fall back to EVAL: load the script first.
         pipe.load_script(&scripts::SCHEDULE).ignore();
         for (id, args, at) in jobs {
-            let envelope = Envelope::new(id.clone(), args, deadline)?;
+            let due = unix_ms(*at);
+            let envelope = Envelope::new(id.clone(), args.borrow(), self.deadline_from(due))?;
             pipe.invoke_script(
                 scripts::SCHEDULE
                     .key(&keys.delayed)
                     .key(&keys.payloads)
-                    .key(&keys.ready)
                     .arg(id)
-                    .arg(unix_ms(*at))
+                    .arg(due)
                     .arg(envelope.encode()),
             )
             .ignore();
@@ -225,7 +207,8 @@ impl Queue {
         Ok(())
     }
 
-    /// Depths and lag of one queue.
+    /// Depths and lag of one queue. The counts come from separate reads, so under load
+    /// they are a moment's approximation (in flight never exceeds the stream's length).
     pub async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
         let keys = self.keys(queue);
         let now = now_ms();
@@ -250,7 +233,7 @@ impl Queue {
             .unwrap_or(0);
         Ok(QueueStats {
             ready,
-            in_flight,
+            in_flight: in_flight.min(len),
             scheduled,
             dead,
             lag_ms: ready_lag.max(delayed_lag),
@@ -287,45 +270,38 @@ impl Queue {
     }
 
     /// Puts one dead job back on the ready stream with its attempts reset; `false` when no
-    /// such dead entry exists.
+    /// such dead entry exists. Atomic: two operators replaying at once run it once.
     pub async fn dead_replay(&self, queue: &str, entry_id: &str) -> Result<bool, QueueError> {
         let keys = self.keys(queue);
         let mut conn = self.conn.clone();
-        let reply: redis::streams::StreamRangeReply =
-            conn.xrange_count(&keys.dead, entry_id, entry_id, 1).await?;
-        let Some(entry) = reply.ids.into_iter().next() else {
-            return Ok(false);
-        };
-        let dead = dead_job(entry);
-        let payload = match serde_json::from_str::<Envelope>(&dead.payload) {
-            Ok(mut envelope) => {
-                envelope.attempt = 0;
-                envelope.deadline_ms = self.deadline_from_now();
-                envelope.encode()
-            }
-            Err(_) => dead.payload,
-        };
-        let _: () = redis::pipe()
-            .atomic()
-            .xadd(&keys.ready, "*", &[("j", payload)])
-            .ignore()
-            .xdel(&keys.dead, &[entry_id])
-            .ignore()
-            .query_async(&mut conn)
+        let replayed: i64 = scripts::REPLAY
+            .key(&keys.dead)
+            .key(&keys.ready)
+            .arg(entry_id)
+            .invoke_async(&mut conn)
             .await?;
-        Ok(true)
+        Ok(replayed == 1)
     }
 
-    /// Replays every dead job of a queue; returns how many.
+    /// Replays every job dead when the call starts (not those that die again meanwhile);
+    /// returns how many.
     pub async fn dead_replay_all(&self, queue: &str) -> Result<usize, QueueError> {
+        let keys = self.keys(queue);
+        let mut conn = self.conn.clone();
+        let newest: redis::streams::StreamRangeReply =
+            conn.xrevrange_count(&keys.dead, "+", "-", 1).await?;
+        let Some(last) = newest.ids.first().map(|e| e.id.clone()) else {
+            return Ok(0);
+        };
         let mut replayed = 0;
         loop {
-            let batch = self.dead_list(queue, 500).await?;
-            if batch.is_empty() {
+            let batch: redis::streams::StreamRangeReply =
+                conn.xrange_count(&keys.dead, "-", &last, 500).await?;
+            if batch.ids.is_empty() {
                 return Ok(replayed);
             }
-            for dead in batch {
-                if self.dead_replay(queue, &dead.entry_id).await? {
+            for entry in batch.ids {
+                if self.dead_replay(queue, &entry.id).await? {
                     replayed += 1;
                 }
             }
@@ -346,7 +322,12 @@ impl Queue {
     }
 
     fn deadline_from_now(&self) -> u64 {
-        now_ms() + self.settings.job_deadline.as_millis() as u64
+        self.deadline_from(now_ms())
+    }
+
+    /// The retry deadline of a job that becomes due at `due_ms`.
+    fn deadline_from(&self, due_ms: u64) -> u64 {
+        due_ms.saturating_add(self.settings.job_deadline.as_millis() as u64)
     }
 }
 
@@ -358,37 +339,35 @@ async fn group_position(
     let groups: redis::streams::StreamInfoGroupsReply = match conn.xinfo_groups(&keys.ready).await {
         Ok(g) => g,
         // The stream vanished since XLEN (deleted by an operator): nothing in flight.
-        Err(e) if e.code() == Some("ERR") => return Ok((0, None)),
+        Err(e) if e.to_string().contains("no such key") => return Ok((0, None)),
         Err(e) => return Err(e.into()),
     };
     let Some(group) = groups.groups.into_iter().find(|g| g.name == keys::GROUP) else {
         let first: redis::streams::StreamRangeReply =
             conn.xrange_count(&keys.ready, "-", "+", 1).await?;
-        return Ok((0, first.ids.first().map(|e| entry_ms(&e.id))));
+        return Ok((0, first.ids.first().map(due_ms)));
     };
     let next: redis::streams::StreamRangeReply = conn
         .xrange_count(&keys.ready, format!("({}", group.last_delivered_id), "+", 1)
         .await?;
-    Ok((
-        group.pending as u64,
-        next.ids.first().map(|e| entry_ms(&e.id)),
-    ))
+    Ok((group.pending as u64, next.ids.first().map(due_ms)))
+}
+
+/// When a ready entry became due: its `t` field (set on promotion), else its id's time.
+fn due_ms(entry: &redis::streams::StreamId) -> u64 {
+    backend::stream_field(entry, "t")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| entry_ms(&entry.id))
 }
 
 fn dead_job(entry: redis::streams::StreamId) -> DeadJob {
-    let text = |field: &str| -> String {
-        entry
-            .map
-            .get(field)
-            .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
-            .unwrap_or_default()
-    };
+    let text = |field: &str| backend::stream_field(&entry, field).unwrap_or_default();
     DeadJob {
         job_id: text("id"),
         reason: text("reason"),
         attempts: text("attempts").parse().unwrap_or(0),
         payload: text("j"),
-        entry_id: entry.id,
+        entry_id: entry.id.clone(),
     }
 }
 

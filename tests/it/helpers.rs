@@ -34,6 +34,19 @@ where
     }
 }
 
+/// Logs of the code under test, shown only when `TEST_LOG` is set (zero2prod's habit).
+pub fn init_test_logs() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        if std::env::var("TEST_LOG").is_ok() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
 /// A free TCP port on the loopback interface.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -70,6 +83,7 @@ impl TestRedis {
     }
 
     async fn spawn(&mut self) {
+        init_test_logs();
         let child = Command::new(redis_server_binary())
             .arg("--port")
             .arg(self.port.to_string())

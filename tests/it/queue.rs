@@ -39,6 +39,10 @@ pub enum Action {
         times: u32,
     },
     Panic,
+    /// Sleeps, then asks to run again in an hour with `Ok`.
+    SleepThenLater {
+        ms: u64,
+    },
 }
 
 impl Job for TestJob {
@@ -107,6 +111,16 @@ async fn handle(
         }),
         Action::Again { .. } => Ok(Completion::Done),
         Action::Panic => panic!("handler panicked on purpose"),
+        Action::SleepThenLater { ms } => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(Completion::RunAgain {
+                at: SystemTime::now() + Duration::from_secs(3600),
+                args: TestJob {
+                    n: job.n,
+                    action: Action::Ok,
+                },
+            })
+        }
     };
     if matches!(result, Ok(Completion::Done)) {
         probe.record(job.n, "done").await;
@@ -946,4 +960,78 @@ async fn operators_see_depths_and_work_the_dead_set_from_the_cli() {
     let (code, _, stderr) = run(&["queue", "dead", "replay", "--queue", "test", "1-1"]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("no dead job 1-1"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_run_now_scheduled_while_the_job_runs_is_not_overwritten_by_its_later_run_again() {
+    // Arrange: the job is running and will ask to run again in an hour.
+    let redis = TestRedis::start().await;
+    let queue = producer(&redis, fast()).await;
+    let worker = TestWorker::start(&redis, fast(), "w1", 4).await;
+    queue
+        .push_with_id(
+            "slot-1",
+            &TestJob {
+                n: 1,
+                action: Action::SleepThenLater { ms: 500 },
+            },
+        )
+        .await
+        .expect("push");
+    eventually("the job started", DEADLINE, || async {
+        (counter(&redis, "probe:start:1").await == 1).then_some(())
+    })
+    .await;
+
+    // Act: meanwhile something (a webhook) asks for the same slot now.
+    queue
+        .push_at(
+            "slot-1",
+            &TestJob {
+                n: 1,
+                action: Action::Ok,
+            },
+            SystemTime::now(),
+        )
+        .await
+        .expect("push_at");
+
+    // Assert: the run asked for now happens now, not in an hour.
+    eventually("the job ran again", Duration::from_secs(5), || async {
+        (counter(&redis, "probe:start:1").await == 2).then_some(())
+    })
+    .await;
+    wait_done(&redis, 1).await;
+    assert_eq!(queue.stats("test").await.expect("stats").dead, 0);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_scheduled_far_ahead_gets_its_retry_deadline_from_its_due_time() {
+    let redis = TestRedis::start().await;
+    let queue = producer(&redis, fast()).await;
+    let due = SystemTime::now() + Duration::from_secs(48 * 3600);
+    queue
+        .push_at(
+            "far",
+            &TestJob {
+                n: 1,
+                action: Action::Ok,
+            },
+            due,
+        )
+        .await
+        .expect("push_at");
+
+    let mut c = redis.connection().await;
+    let raw: String = c
+        .hget("t:queue:test:payloads", "far")
+        .await
+        .expect("payload");
+    let envelope: serde_json::Value = serde_json::from_str(&raw).expect("json");
+    let due_ms = due.duration_since(UNIX_EPOCH).expect("clock").as_millis() as u64;
+    assert_eq!(
+        envelope["deadline_ms"].as_u64(),
+        Some(due_ms + 24 * 3600 * 1000)
+    );
 }
