@@ -803,3 +803,73 @@ impl Inner {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_session(vendor: &str) -> NewSession {
+        NewSession {
+            workflow_id: WORKFLOW_ID,
+            vendor_data: Some(vendor.to_owned()),
+            metadata: Value::Null,
+            callback: None,
+            language: None,
+            expected_details: Value::Null,
+            contact_details: Value::Null,
+            scenario: Scenario::Approve,
+        }
+    }
+
+    #[test]
+    fn the_due_index_holds_exactly_the_sessions_with_a_step_ahead() {
+        let (events, _receiver) = tokio::sync::mpsc::unbounded_channel();
+        let shared =
+            Shared::new(&SandboxConfig::for_tests(Duration::from_secs(60)), events).expect("state");
+        let mut inner = shared.lock();
+        let ids: Vec<Uuid> = (0..3)
+            .map(|n| inner.create_session(new_session(&format!("v{n}"))).0)
+            .collect();
+        assert_eq!(inner.due.len(), 3);
+        assert_eq!(
+            inner.create_session(new_session("v0")),
+            (ids[0], false),
+            "an unfinished session is found through the vendor index"
+        );
+
+        inner.advance_due();
+        assert_eq!(inner.due.len(), 3, "nothing was due yet");
+        inner.remove_session(ids[2]);
+        assert_eq!(inner.due.len(), 2);
+
+        inner
+            .advance_clock(Duration::from_secs(30))
+            .expect("a short jump");
+        assert!(ids[..2]
+            .iter()
+            .all(|id| inner.sessions[id].status == SessionStatus::InProgress));
+        assert_eq!(inner.due.len(), 2, "each now waits for its finish");
+
+        inner.set_complete_after(Duration::from_secs(1));
+        inner.advance_due();
+        assert!(ids[..2]
+            .iter()
+            .all(|id| inner.sessions[id].status == SessionStatus::Approved));
+        assert!(inner.due.is_empty(), "final sessions leave the index");
+        assert!(inner.sessions.values().all(|s| s.due_at.is_none()));
+    }
+
+    #[test]
+    fn the_clock_refuses_to_move_past_its_bound_and_keeps_its_offset() {
+        let (events, _receiver) = tokio::sync::mpsc::unbounded_channel();
+        let shared = Shared::new(&SandboxConfig::for_tests(Duration::ZERO), events).expect("state");
+        let mut inner = shared.lock();
+        inner
+            .advance_clock(Duration::from_secs(86_400))
+            .expect("a day");
+        assert!(inner.advance_clock(Duration::MAX).is_err());
+        assert!(inner.advance_clock(MAX_CLOCK_OFFSET).is_err());
+        assert_eq!(inner.clock_offset, Duration::from_secs(86_400));
+        assert!(inner.now() > OffsetDateTime::now_utc());
+    }
+}
