@@ -41,7 +41,7 @@ pub struct SandboxArgs {
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
     /// A rate limit as SCOPE=N/WINDOW (scopes get, write, create, pdf; window 500ms, 1s, 1m);
-    /// repeatable. Default: Didit's 600/300/600/50 per minute
+    /// repeatable, window at most one day. Default: Didit's 600/300/600/50 per minute
     #[arg(long = "limit")]
     limits: Vec<LimitSpec>,
     /// Smallest session_expiration_time a workflow may have, in seconds (Didit: 3600)

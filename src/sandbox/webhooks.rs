@@ -173,7 +173,8 @@ pub async fn dispatch(mut events: UnboundedReceiver<Event>, delivery: Delivery) 
                         Entry::Vacant(idle) => {
                             let key = idle.key().clone();
                             idle.insert(VecDeque::new());
-                            start(&mut in_flight, &mut keys, key, event.payload.clone(), &delivery);
+                            let payload = event.payload.clone();
+                            start(&mut in_flight, &mut keys, key, payload, &delivery);
                         }
                     }
                 }
@@ -194,6 +195,7 @@ pub async fn dispatch(mut events: UnboundedReceiver<Event>, delivery: Delivery) 
     }
 }
 
+/// Sends one delivery (with its retries) in the background, remembering whose it is.
 fn start(
     in_flight: &mut JoinSet<()>,
     keys: &mut HashMap<task::Id, QueueKey>,
