@@ -10,8 +10,8 @@ use url::Url;
 
 use super::CliError;
 use crate::sandbox::{
-    LimitSpec, Sandbox, SandboxConfig, DEFAULT_API_KEY, DEFAULT_PORT, DEFAULT_WEBHOOK_SECRET,
-    WORKFLOW_ID,
+    Contested, DeleteStatus, LimitSpec, SameStatus, Sandbox, SandboxConfig, WrongKeyStatus,
+    DEFAULT_API_KEY, DEFAULT_PORT, DEFAULT_WEBHOOK_SECRET, MAX_RETRY_SCALE, WORKFLOW_ID,
 };
 
 #[derive(Debug, Args)]
@@ -41,7 +41,7 @@ pub struct SandboxArgs {
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
     /// A rate limit as SCOPE=N/WINDOW (scopes get, write, create, pdf; window 500ms, 1s, 1m);
-    /// repeatable. Default: Didit's 600/300/600/50 per minute
+    /// repeatable, window at most one day. Default: Didit's 600/300/600/50 per minute
     #[arg(long = "limit")]
     limits: Vec<LimitSpec>,
     /// Smallest session_expiration_time a workflow may have, in seconds (Didit: 3600)
@@ -50,6 +50,15 @@ pub struct SandboxArgs {
     /// Multiplies Didit's webhook retry delays of 60 s and 240 s (e.g. 0.001)
     #[arg(long, default_value_t = 1.0)]
     webhook_retry_scale: f64,
+    /// Status for a wrong or revoked API key: 401 (documented) or 403 (seen from July 2026)
+    #[arg(long, default_value_t = WrongKeyStatus::default())]
+    wrong_key_status: WrongKeyStatus,
+    /// update-status to the current status: 200 no-op (newer docs) or 400 bare array (older)
+    #[arg(long, default_value_t = SameStatus::default())]
+    same_status: SameStatus,
+    /// Status of a successful delete: 204 empty (July 2026) or 200 JSON (August 2026)
+    #[arg(long, default_value_t = DeleteStatus::default())]
+    delete_status: DeleteStatus,
 }
 
 pub async fn run(args: SandboxArgs) -> Result<(), CliError> {
@@ -59,10 +68,10 @@ pub async fn run(args: SandboxArgs) -> Result<(), CliError> {
             args.error_rate
         )));
     }
-    if args.webhook_retry_scale < 0.0 || !args.webhook_retry_scale.is_finite() {
-        return Err(CliError::Usage(
-            "--webhook-retry-scale must be a positive number".into(),
-        ));
+    if !(0.0..=MAX_RETRY_SCALE).contains(&args.webhook_retry_scale) {
+        return Err(CliError::Usage(format!(
+            "--webhook-retry-scale must be between 0 and {MAX_RETRY_SCALE}"
+        )));
     }
     let config = SandboxConfig {
         host: args.host,
@@ -76,6 +85,11 @@ pub async fn run(args: SandboxArgs) -> Result<(), CliError> {
         limits: args.limits,
         min_expiration: Duration::from_secs(args.min_expiration_s),
         webhook_retry_scale: args.webhook_retry_scale,
+        contested: Contested {
+            wrong_key: args.wrong_key_status,
+            same_status: args.same_status,
+            delete: args.delete_status,
+        },
         ..SandboxConfig::default()
     };
     let api_key = config.api_key.clone();

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{
+    contested::{DeleteStatus, SameStatus, WrongKeyStatus},
     limits::{Limit, LimitSpec, RateScope},
     routes::{detail, json_response, ENDPOINT_NAMES},
     scenarios::{self, Scenario, Subject},
@@ -31,6 +32,9 @@ const ACTIONS: &[&str] = &[
     "set_scenario",
     "set_complete_after",
     "advance_clock",
+    "set_wrong_key_status",
+    "set_same_status",
+    "set_delete_status",
     "reset_stats",
 ];
 
@@ -82,13 +86,10 @@ fn apply(inner: &mut Inner, action: &str, r: &Value) -> Result<(), String> {
                         .as_str()
                         .ok_or("\"scope\" (get, write, create, pdf) or \"spec\" is required")?
                         .parse::<RateScope>()?,
-                    limit: Limit {
-                        max: u32::try_from(number(r, "limit")?)
-                            .map_err(|_| "\"limit\" is too large")?,
-                        window: Duration::from_millis(
-                            r["window_ms"].as_u64().unwrap_or(60_000).max(1),
-                        ),
-                    },
+                    limit: Limit::new(
+                        u32::try_from(number(r, "limit")?).map_err(|_| "\"limit\" is too large")?,
+                        Duration::from_millis(r["window_ms"].as_u64().unwrap_or(60_000)),
+                    )?,
                 },
             };
             inner.limiter.set(spec);
@@ -135,12 +136,15 @@ fn apply(inner: &mut Inner, action: &str, r: &Value) -> Result<(), String> {
             if let Some(session) = inner.sessions.get_mut(&id) {
                 session.scenario = scenario;
             }
+            inner.schedule(id);
         }
-        "set_complete_after" => inner.complete_after = Duration::from_millis(number(r, "ms")?),
-        "advance_clock" => {
-            inner.clock_offset += Duration::from_secs(number(r, "seconds")?);
-            inner.advance_all();
+        "set_complete_after" => inner.set_complete_after(Duration::from_millis(number(r, "ms")?)),
+        "advance_clock" => inner.advance_clock(Duration::from_secs(number(r, "seconds")?))?,
+        "set_wrong_key_status" => {
+            inner.contested.wrong_key = WrongKeyStatus::from_code(status(r)?)?;
         }
+        "set_same_status" => inner.contested.same_status = SameStatus::from_code(status(r)?)?,
+        "set_delete_status" => inner.contested.delete = DeleteStatus::from_code(status(r)?)?,
         "reset_stats" => {
             inner.stats.reset();
             inner.limiter.reset_peaks();
@@ -160,6 +164,14 @@ fn number(r: &Value, field: &str) -> Result<u64, String> {
     r[field]
         .as_u64()
         .ok_or_else(|| format!("\"{field}\" must be a whole number"))
+}
+
+/// The `"status"` of the `set_*_status` actions.
+fn status(r: &Value) -> Result<u16, String> {
+    r["status"]
+        .as_u64()
+        .and_then(|s| u16::try_from(s).ok())
+        .ok_or_else(|| "\"status\" must be an HTTP status such as 403".to_owned())
 }
 
 fn session_id(inner: &Inner, r: &Value) -> Result<Uuid, String> {

@@ -76,11 +76,33 @@ impl FromStr for RateScope {
     }
 }
 
+/// The longest window a limit may have. Didit's are a minute; a day is plenty for a test,
+/// and a bound keeps `Retry-After` and the reset time far from overflowing.
+pub const MAX_WINDOW: Duration = Duration::from_secs(86_400);
+
 /// One limit: at most `max` requests in any `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
     pub max: u32,
     pub window: Duration,
+}
+
+impl Limit {
+    /// A limit whose window is longer than zero (a zero window would admit everything) and
+    /// at most [`MAX_WINDOW`].
+    pub fn new(max: u32, window: Duration) -> Result<Self, String> {
+        if window.is_zero() {
+            return Err("the window must be longer than zero".to_owned());
+        }
+        if window > MAX_WINDOW {
+            return Err(format!(
+                "the window must be at most {} s (one day), got {} ms",
+                MAX_WINDOW.as_secs(),
+                window.as_millis()
+            ));
+        }
+        Ok(Self { max, window })
+    }
 }
 
 /// `SCOPE=N/WINDOW`, e.g. `get=60/1s`, `create=10/500ms`, `write=300/1m`.
@@ -105,31 +127,27 @@ impl FromStr for LimitSpec {
             .map_err(|_| format!("\"{max}\" is not a request count"))?;
         Ok(LimitSpec {
             scope: scope.parse()?,
-            limit: Limit {
-                max,
-                window: parse_window(window)?,
-            },
+            limit: Limit::new(max, parse_window(window)?)?,
         })
     }
 }
 
-/// `500ms`, `1s`, `2m`; a window of zero length would admit everything, so it is refused.
+/// `500ms`, `1s`, `2m`; [`Limit::new`] then checks the length.
 fn parse_window(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
     let n: u64 = number
         .parse()
         .map_err(|_| format!("\"{s}\" is not a window such as 500ms, 1s or 1m"))?;
-    let window = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" | "" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        _ => return Err(format!("unknown unit in \"{s}\" (ms, s or m)")),
-    };
-    if window.is_zero() {
-        return Err("the window must be longer than zero".to_owned());
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => n
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("\"{s}\" is too long a window")),
+        _ => Err(format!("unknown unit in \"{s}\" (ms, s or m)")),
     }
-    Ok(window)
 }
 
 /// Why a request was refused with 429.
@@ -245,7 +263,7 @@ impl Limiter {
                     scope: *scope,
                     limit: w.limit,
                     retry_after_s,
-                    reset_epoch_s: epoch + retry_after_s,
+                    reset_epoch_s: epoch.saturating_add(retry_after_s),
                 });
             }
         }
@@ -420,6 +438,9 @@ mod tests {
             "get=x/1s",
             "get=1/0s",
             "get=1/1h",
+            "get=1/999999999999999999m",
+            "get=1/2d",
+            "get=1/86401s",
         ] {
             assert!(bad.parse::<LimitSpec>().is_err(), "{bad} accepted");
         }

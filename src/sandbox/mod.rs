@@ -27,7 +27,9 @@
 //! - `limits`: sliding windows, fault injection and statistics.
 //! - `webhooks`: signed deliveries, in order per session, with Didit's retries.
 //! - `control`: the sandbox-only control actions.
+//! - `contested`: the answers Didit's sources disagree on, each selectable.
 
+mod contested;
 mod control;
 mod limits;
 mod routes;
@@ -46,6 +48,7 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use url::Url;
 use uuid::Uuid;
 
+pub use contested::{Contested, DeleteStatus, SameStatus, WrongKeyStatus};
 pub use limits::{LimitSpec, RateScope};
 pub use scenarios::Scenario;
 
@@ -64,6 +67,10 @@ pub const DEFAULT_PORT: u16 = 8089;
 
 /// The code programmatic registration "e-mails": the sandbox sends no mail, so it is fixed.
 pub const EMAIL_CODE: &str = "SBX123";
+
+/// The largest `webhook_retry_scale`: 1000 × 240 s is already days, and a bounded scale
+/// keeps the scaled delays far from `Duration`'s overflow.
+pub const MAX_RETRY_SCALE: f64 = 1000.0;
 
 /// Everything a sandbox can be told at start; most of it can change later through
 /// `POST /sandbox/control`.
@@ -92,6 +99,8 @@ pub struct SandboxConfig {
     pub webhook_timeout: Duration,
     /// Credit balance in USD at start.
     pub balance: f64,
+    /// The §15 answers Didit's sources disagree on.
+    pub contested: Contested,
 }
 
 impl Default for SandboxConfig {
@@ -110,6 +119,7 @@ impl Default for SandboxConfig {
             webhook_retry_scale: 1.0,
             webhook_timeout: Duration::from_secs(5),
             balance: 1000.0,
+            contested: Contested::default(),
         }
     }
 }
@@ -136,6 +146,12 @@ impl Sandbox {
             anyhow::bail!(
                 "error rate must be between 0 and 1, got {}",
                 config.error_rate
+            );
+        }
+        if !(0.0..=MAX_RETRY_SCALE).contains(&config.webhook_retry_scale) {
+            anyhow::bail!(
+                "webhook retry scale must be between 0 and {MAX_RETRY_SCALE}, got {}",
+                config.webhook_retry_scale
             );
         }
         let listener = TcpListener::bind(SocketAddr::new(config.host, config.port))

@@ -4,7 +4,8 @@
 //! contract: an unslashed path that would match with a slash answers 301 to it, a session id
 //! that is not a lowercase hyphenated UUID does not match any route (HTML 404, not JSON), and
 //! an unknown session answers 404 before credentials are checked. Then, in order: injected
-//! faults, the API key, the rate-limit scopes of the endpoint, the handler.
+//! faults, the API key, the rate-limit scopes of the endpoint, the handler. A handler that
+//! takes a session id runs only after `api` found that session under the same lock.
 
 use std::{sync::Arc, time::Instant};
 
@@ -19,6 +20,7 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::{
+    contested::WrongKeyStatus,
     control,
     limits::{RateLimited, RateScope},
     state::{Inner, Shared},
@@ -285,7 +287,13 @@ fn api(inner: &mut Inner, op: Op, request: &Request<'_>) -> Response {
                 )
             }
             Some(Ok(key)) if key == inner.api_key && !inner.key_revoked => {}
-            Some(_) => return detail(StatusCode::UNAUTHORIZED, "Invalid API Key."),
+            Some(_) => {
+                let status = match inner.contested.wrong_key {
+                    WrongKeyStatus::Unauthorized => StatusCode::UNAUTHORIZED,
+                    WrongKeyStatus::Forbidden => StatusCode::FORBIDDEN,
+                };
+                return detail(status, "Invalid API Key.");
+            }
         }
     }
     if let Err(limited) = inner.limiter.admit(op.scopes(), Instant::now()) {

@@ -6,9 +6,13 @@
 //! can advance through `/sandbox/control`), so expiry can be shown without waiting an hour.
 //! Status changes are pushed as webhook events while the lock is held, which keeps them in
 //! the order they happened.
+//!
+//! A benchmark holds 100,000 waiting sessions here, so nothing that runs per request or per
+//! tick walks all of them: the ticker pops due sessions from an index ordered by due time,
+//! and session reuse looks the vendor up in an index by (workflow, vendor_data).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -24,7 +28,7 @@ use super::{
     limits::{Faults, Limiter, Stats},
     scenarios::{self, Scenario, Subject},
     webhooks::{Event, Target, WebhookStats},
-    SandboxConfig, WORKFLOW_ID,
+    Contested, SandboxConfig, WORKFLOW_ID,
 };
 use crate::domain::SessionStatus;
 
@@ -36,6 +40,10 @@ pub const DEFAULT_EXPIRATION_S: u64 = 604_800;
 
 /// Didit's largest `session_expiration_time`: 4 weeks.
 pub const MAX_EXPIRATION_S: u64 = 2_419_200;
+
+/// The furthest `advance_clock` may move the sandbox clock in total: far enough for any
+/// expiry, and far from the year 9999 where time arithmetic and RFC 3339 formatting fail.
+pub const MAX_CLOCK_OFFSET: Duration = Duration::from_secs(100 * 366 * 86_400);
 
 /// The decision arrays of a KYC session, in Didit's order; each is `null` until produced.
 pub const SECTIONS: [&str; 12] = [
@@ -71,7 +79,10 @@ impl Shared {
             complete_after: config.complete_after,
             min_expiration: config.min_expiration,
             clock_offset: Duration::ZERO,
+            contested: config.contested,
             sessions: HashMap::new(),
+            due: BTreeSet::new(),
+            by_vendor: HashMap::new(),
             next_number: 1,
             workflows: vec![Workflow::new(
                 WORKFLOW_ID,
@@ -113,7 +124,7 @@ pub async fn drive_sessions(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        shared.lock().advance_all();
+        shared.lock().advance_due();
     }
 }
 
@@ -124,10 +135,17 @@ pub struct Inner {
     pub balance: f64,
     pub webhook_url: Option<Url>,
     pub webhook_secret: String,
-    pub complete_after: Duration,
+    /// Change it with [`Inner::set_complete_after`], which reschedules the waiting sessions.
+    complete_after: Duration,
     pub min_expiration: Duration,
-    pub clock_offset: Duration,
+    /// Only grows, up to [`MAX_CLOCK_OFFSET`]; see [`Inner::advance_clock`].
+    clock_offset: Duration,
+    pub contested: Contested,
     pub sessions: HashMap<Uuid, Session>,
+    /// (due time, session) of every session with a step ahead; mirrors `Session::due_at`.
+    due: BTreeSet<(OffsetDateTime, Uuid)>,
+    /// (workflow, vendor_data) → its sessions, for Didit's reuse of an unfinished one.
+    by_vendor: HashMap<(Uuid, String), Vec<Uuid>>,
     next_number: i64,
     pub workflows: Vec<Workflow>,
     pub destinations: Vec<Destination>,
@@ -166,6 +184,8 @@ pub struct Session {
     pub reviews: Vec<Value>,
     /// The nodes of the last resubmission, echoed as the webhook's `resubmit_info`.
     pub resubmitted_nodes: Vec<Value>,
+    /// When the next step is due, as entered in `Inner::due`.
+    due_at: Option<OffsetDateTime>,
 }
 
 /// The transitions the simulated user (or time) makes.
@@ -177,21 +197,11 @@ pub enum Step {
 }
 
 impl Session {
-    pub fn is_unfinished(&self) -> bool {
-        matches!(
-            self.status,
-            SessionStatus::NotStarted
-                | SessionStatus::InProgress
-                | SessionStatus::Resubmitted
-                | SessionStatus::AwaitingUser
-        )
-    }
-
     fn due_step(&self, now: OffsetDateTime, complete_after: Duration) -> Option<Step> {
         if !self.auto {
             return None;
         }
-        if self.is_unfinished() && now >= self.expires_at {
+        if self.status.is_reusable() && now >= self.expires_at {
             return Some(Step::Expire);
         }
         let elapsed = now - self.phase_start;
@@ -199,9 +209,7 @@ impl Session {
             SessionStatus::NotStarted | SessionStatus::Resubmitted
                 if elapsed >= complete_after / 2 =>
             {
-                let never_opens =
-                    self.status == SessionStatus::NotStarted && self.scenario == Scenario::Expire;
-                (!never_opens).then_some(Step::Open)
+                (!self.never_opens()).then_some(Step::Open)
             }
             SessionStatus::InProgress
                 if elapsed >= complete_after && self.scenario != Scenario::Abandon =>
@@ -210,6 +218,34 @@ impl Session {
             }
             _ => None,
         }
+    }
+
+    fn never_opens(&self) -> bool {
+        self.status == SessionStatus::NotStarted && self.scenario == Scenario::Expire
+    }
+
+    /// The earliest time at which `due_step` returns a step, if any: the same conditions,
+    /// solved for `now`. A time beyond what `OffsetDateTime` holds means never.
+    fn next_due(&self, complete_after: Duration) -> Option<OffsetDateTime> {
+        if !self.auto {
+            return None;
+        }
+        let after = |d: Duration| {
+            time::Duration::try_from(d)
+                .ok()
+                .and_then(|d| self.phase_start.checked_add(d))
+        };
+        let step = match self.status {
+            SessionStatus::NotStarted | SessionStatus::Resubmitted if !self.never_opens() => {
+                after(complete_after / 2)
+            }
+            SessionStatus::InProgress if self.scenario != Scenario::Abandon => {
+                after(complete_after)
+            }
+            _ => None,
+        };
+        let expiry = self.status.is_reusable().then_some(self.expires_at);
+        step.into_iter().chain(expiry).min()
     }
 
     pub fn row_json(&self) -> Value {
@@ -391,7 +427,70 @@ pub struct NewSession {
 
 impl Inner {
     pub fn now(&self) -> OffsetDateTime {
+        // `advance_clock` keeps the offset within MAX_CLOCK_OFFSET, a century short of the
+        // year 9999 where this addition would panic.
         OffsetDateTime::now_utc() + self.clock_offset
+    }
+
+    /// Moves the sandbox clock forward and takes every step that became due. Refuses a jump
+    /// that would take the total offset past [`MAX_CLOCK_OFFSET`].
+    pub fn advance_clock(&mut self, by: Duration) -> Result<(), String> {
+        self.clock_offset = self
+            .clock_offset
+            .checked_add(by)
+            .filter(|offset| *offset <= MAX_CLOCK_OFFSET)
+            .ok_or_else(|| {
+                format!(
+                    "the sandbox clock can move at most {} s ahead in total, {} s already used",
+                    MAX_CLOCK_OFFSET.as_secs(),
+                    self.clock_offset.as_secs()
+                )
+            })?;
+        self.advance_due();
+        Ok(())
+    }
+
+    /// Puts the session at its place in the due index (or takes it out when nothing is
+    /// ahead); to be called after anything that changes its status, phase or scenario.
+    pub fn schedule(&mut self, id: Uuid) {
+        let complete_after = self.complete_after;
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let next = session.next_due(complete_after);
+        if let Some(old) = std::mem::replace(&mut session.due_at, next) {
+            self.due.remove(&(old, id));
+        }
+        if let Some(at) = next {
+            self.due.insert((at, id));
+        }
+    }
+
+    /// Changes how long a flow takes; every waiting session moves to its new due time.
+    pub fn set_complete_after(&mut self, complete_after: Duration) {
+        self.complete_after = complete_after;
+        let waiting: Vec<Uuid> = self.due.iter().map(|(_, id)| *id).collect();
+        for id in waiting {
+            self.schedule(id);
+        }
+    }
+
+    /// Forgets a session (Didit's delete).
+    pub fn remove_session(&mut self, id: Uuid) -> Option<Session> {
+        let session = self.sessions.remove(&id)?;
+        if let Some(at) = session.due_at {
+            self.due.remove(&(at, id));
+        }
+        if let Some(vendor) = &session.vendor_data {
+            let key = (session.workflow_id, vendor.clone());
+            if let Some(ids) = self.by_vendor.get_mut(&key) {
+                ids.retain(|other| *other != id);
+                if ids.is_empty() {
+                    self.by_vendor.remove(&key);
+                }
+            }
+        }
+        Some(session)
     }
 
     pub fn workflow(&self, id: Uuid) -> Option<&Workflow> {
@@ -404,15 +503,15 @@ impl Inner {
     pub fn create_session(&mut self, new: NewSession) -> (Uuid, bool) {
         if let Some(vendor) = &new.vendor_data {
             let reusable = self
-                .sessions
-                .values_mut()
-                .filter(|s| {
-                    s.workflow_id == new.workflow_id
-                        && s.vendor_data.as_ref() == Some(vendor)
-                        && s.is_unfinished()
-                })
-                .max_by_key(|s| s.number);
-            if let Some(existing) = reusable {
+                .by_vendor
+                .get(&(new.workflow_id, vendor.clone()))
+                .into_iter()
+                .flatten()
+                .filter_map(|id| self.sessions.get(id))
+                .filter(|s| s.status.is_reusable())
+                .max_by_key(|s| s.number)
+                .map(|s| s.id);
+            if let Some(existing) = reusable.and_then(|id| self.sessions.get_mut(&id)) {
                 existing.metadata = new.metadata;
                 existing.callback = new.callback;
                 self.stats.sessions_reused += 1;
@@ -452,22 +551,38 @@ impl Inner {
             sections: Map::new(),
             reviews: Vec::new(),
             resubmitted_nodes: Vec::new(),
+            due_at: None,
         };
+        if let Some(vendor) = &session.vendor_data {
+            self.by_vendor
+                .entry((session.workflow_id, vendor.clone()))
+                .or_default()
+                .push(id);
+        }
         self.sessions.insert(id, session);
+        self.schedule(id);
         self.stats.sessions_created += 1;
         (id, true)
     }
 
-    pub fn advance_all(&mut self) {
+    /// Moves the sessions whose next step is due, and only those: O(due), not O(sessions).
+    pub fn advance_due(&mut self) {
         let now = self.now();
-        let due: Vec<Uuid> = self
-            .sessions
-            .values()
-            .filter(|s| s.due_step(now, self.complete_after).is_some())
-            .map(|s| s.id)
-            .collect();
+        let mut due = Vec::new();
+        while let Some(&(at, id)) = self.due.first() {
+            if at > now {
+                break;
+            }
+            self.due.pop_first();
+            if let Some(session) = self.sessions.get_mut(&id) {
+                session.due_at = None;
+            }
+            due.push(id);
+        }
         for id in due {
             self.advance(id);
+            // Steps reschedule the session; this also re-enters one that owed none.
+            self.schedule(id);
         }
     }
 
@@ -539,6 +654,7 @@ impl Inner {
             session.sections = sections;
             session.auto = auto;
         }
+        self.schedule(id);
         self.announce(id);
     }
 
@@ -576,6 +692,7 @@ impl Inner {
         if let Some(review) = review {
             session.reviews.push(review);
         }
+        self.schedule(id);
         self.announce(id);
     }
 
@@ -684,5 +801,75 @@ impl Inner {
             payload: Value::Object(payload),
             targets,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_session(vendor: &str) -> NewSession {
+        NewSession {
+            workflow_id: WORKFLOW_ID,
+            vendor_data: Some(vendor.to_owned()),
+            metadata: Value::Null,
+            callback: None,
+            language: None,
+            expected_details: Value::Null,
+            contact_details: Value::Null,
+            scenario: Scenario::Approve,
+        }
+    }
+
+    #[test]
+    fn the_due_index_holds_exactly_the_sessions_with_a_step_ahead() {
+        let (events, _receiver) = tokio::sync::mpsc::unbounded_channel();
+        let shared =
+            Shared::new(&SandboxConfig::for_tests(Duration::from_secs(60)), events).expect("state");
+        let mut inner = shared.lock();
+        let ids: Vec<Uuid> = (0..3)
+            .map(|n| inner.create_session(new_session(&format!("v{n}"))).0)
+            .collect();
+        assert_eq!(inner.due.len(), 3);
+        assert_eq!(
+            inner.create_session(new_session("v0")),
+            (ids[0], false),
+            "an unfinished session is found through the vendor index"
+        );
+
+        inner.advance_due();
+        assert_eq!(inner.due.len(), 3, "nothing was due yet");
+        inner.remove_session(ids[2]);
+        assert_eq!(inner.due.len(), 2);
+
+        inner
+            .advance_clock(Duration::from_secs(30))
+            .expect("a short jump");
+        assert!(ids[..2]
+            .iter()
+            .all(|id| inner.sessions[id].status == SessionStatus::InProgress));
+        assert_eq!(inner.due.len(), 2, "each now waits for its finish");
+
+        inner.set_complete_after(Duration::from_secs(1));
+        inner.advance_due();
+        assert!(ids[..2]
+            .iter()
+            .all(|id| inner.sessions[id].status == SessionStatus::Approved));
+        assert!(inner.due.is_empty(), "final sessions leave the index");
+        assert!(inner.sessions.values().all(|s| s.due_at.is_none()));
+    }
+
+    #[test]
+    fn the_clock_refuses_to_move_past_its_bound_and_keeps_its_offset() {
+        let (events, _receiver) = tokio::sync::mpsc::unbounded_channel();
+        let shared = Shared::new(&SandboxConfig::for_tests(Duration::ZERO), events).expect("state");
+        let mut inner = shared.lock();
+        inner
+            .advance_clock(Duration::from_secs(86_400))
+            .expect("a day");
+        assert!(inner.advance_clock(Duration::MAX).is_err());
+        assert!(inner.advance_clock(MAX_CLOCK_OFFSET).is_err());
+        assert_eq!(inner.clock_offset, Duration::from_secs(86_400));
+        assert!(inner.now() > OffsetDateTime::now_utc());
     }
 }

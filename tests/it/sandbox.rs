@@ -21,7 +21,10 @@ use kyc_worker::{
         AccountPause, DiditClient, ErrorClass,
     },
     domain::SessionStatus,
-    sandbox::{Sandbox, SandboxConfig, SandboxHandle, WORKFLOW_ID},
+    sandbox::{
+        Contested, DeleteStatus, SameStatus, Sandbox, SandboxConfig, SandboxHandle, WrongKeyStatus,
+        WORKFLOW_ID,
+    },
     settings::{Settings, Sources},
 };
 use secrecy::SecretString;
@@ -42,15 +45,20 @@ pub async fn start_with(config: SandboxConfig) -> SandboxHandle {
 
 /// Posts one control action and asserts it was accepted.
 pub async fn control(sandbox: &SandboxHandle, action: Value) {
+    let (status, body) = control_answer(sandbox, &action).await;
+    assert_eq!(status, 200, "control {action} refused: {body}");
+}
+
+/// Posts one control action; its status and JSON body.
+async fn control_answer(sandbox: &SandboxHandle, action: &Value) -> (u16, Value) {
     let response = reqwest::Client::new()
         .post(format!("{}sandbox/control", sandbox.base_url()))
-        .json(&action)
+        .json(action)
         .send()
         .await
         .expect("control answers");
-    let status = response.status();
-    let body: Value = response.json().await.expect("control answers JSON");
-    assert_eq!(status, 200, "control {action} refused: {body}");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("control answers JSON"))
 }
 
 pub async fn stats(sandbox: &SandboxHandle) -> Value {
@@ -905,4 +913,148 @@ async fn the_cli_sandbox_serves_didit_full_and_a_wrong_key_fails_cleanly() {
         lines[0].starts_with("error: ") && lines[0].contains("401"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn the_contested_answers_follow_the_configured_branch() {
+    let mut config = SandboxConfig::for_tests(Duration::from_millis(100));
+    config.contested = Contested {
+        wrong_key: WrongKeyStatus::Forbidden,
+        same_status: SameStatus::BadRequest,
+        delete: DeleteStatus::Ok,
+    };
+    let sandbox = start_with(config).await;
+    let raw = Raw::new(&sandbox, "sandbox");
+    let wrong = Raw::new(&sandbox, "wrong");
+    let client = client(&sandbox, "sandbox");
+
+    // §15.1, July 2026: a wrong key is refused with 403 and the 401 body.
+    let (status, body) = wrong.get("/v3/sessions/").await;
+    assert_eq!((status, body), (403, json!({"detail": "Invalid API Key."})));
+
+    // §15.6, older docs: the same status again is a 400 bare array, and changes nothing.
+    let id = client
+        .create_session(&session("contested", "approve"))
+        .await
+        .expect("create")
+        .session_id;
+    assert_eq!(
+        final_decision(&client, id).await.status,
+        SessionStatus::Approved
+    );
+    let (status, same) = raw
+        .patch(
+            &format!("/v3/session/{id}/update-status/"),
+            json!({"new_status": "Approved"}),
+        )
+        .await;
+    assert_eq!(
+        (status, same),
+        (
+            400,
+            json!(["The new status is the same as the current status."])
+        )
+    );
+    let d = client.decision(id).await.expect("decision");
+    assert_eq!(d.reviews.map_or(0, |r| r.len()), 0, "no review was added");
+
+    // §15.10, August 2026: delete answers 200 with a summary, which the client accepts.
+    let (status, deleted) = raw.delete(&format!("/v3/session/{id}/delete/")).await;
+    assert_eq!(status, 200);
+    assert_eq!(deleted["session_id"], json!(id));
+    assert_eq!(deleted["face_retention_outcome"], "none");
+    let (status, _) = raw.get(&format!("/v3/session/{id}/decision/")).await;
+    assert_eq!(status, 404);
+    let other = client
+        .create_session(&session("contested-2", "approve"))
+        .await
+        .expect("create")
+        .session_id;
+    client
+        .delete_session(other)
+        .await
+        .expect("the client takes a 200 delete as success");
+
+    // The control actions switch each choice back to the default.
+    for (action, status) in [
+        ("set_wrong_key_status", 401),
+        ("set_same_status", 200),
+        ("set_delete_status", 204),
+    ] {
+        control(&sandbox, json!({"action": action, "status": status})).await;
+    }
+    let (status, _) = wrong.get("/v3/sessions/").await;
+    assert_eq!(status, 401);
+    let id = client
+        .create_session(&session("defaults", "approve"))
+        .await
+        .expect("create")
+        .session_id;
+    final_decision(&client, id).await;
+    let (status, noop) = raw
+        .patch(
+            &format!("/v3/session/{id}/update-status/"),
+            json!({"new_status": "Approved"}),
+        )
+        .await;
+    assert_eq!((status, noop), (200, json!({"session_id": id})));
+    let (status, empty) = raw.delete(&format!("/v3/session/{id}/delete/")).await;
+    assert_eq!((status, empty), (204, Value::Null));
+    let (status, refused) = control_answer(
+        &sandbox,
+        &json!({"action": "set_wrong_key_status", "status": 402}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        refused["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("401 or 403")),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn control_values_that_would_overflow_are_refused_and_the_sandbox_keeps_running() {
+    let sandbox = start(Duration::from_millis(100)).await;
+    for action in [
+        json!({"action": "advance_clock", "seconds": u64::MAX}),
+        json!({"action": "advance_clock", "seconds": 200_u64 * 366 * 86_400}),
+        json!({"action": "set_limit", "spec": "get=1/999999999999999999m"}),
+        json!({"action": "set_limit", "spec": "get=1/999999999999999999s"}),
+        json!({"action": "set_limit", "scope": "get", "limit": 1, "window_ms": u64::MAX}),
+        json!({"action": "set_limit", "scope": "get", "limit": 1, "window_ms": 0}),
+    ] {
+        let (status, body) = control_answer(&sandbox, &action).await;
+        assert_eq!(status, 400, "{action} answered {body}");
+        assert!(
+            body["detail"].is_string(),
+            "{action}: DRF-style body {body}"
+        );
+    }
+    // The ticker and the clock still work: a session completes, and a long jump is fine.
+    control(
+        &sandbox,
+        json!({"action": "advance_clock", "seconds": 86_400}),
+    )
+    .await;
+    let client = client(&sandbox, "sandbox");
+    let id = client
+        .create_session(&session("after-refusals", "approve"))
+        .await
+        .expect("create")
+        .session_id;
+    assert_eq!(
+        final_decision(&client, id).await.status,
+        SessionStatus::Approved
+    );
+    let raw = Raw::new(&sandbox, "sandbox");
+    let (status, _) = raw
+        .get("/v3/sessions/?limit=18446744073709551615&offset=1")
+        .await;
+    assert_eq!(status, 200, "an overflowing page still answers");
+    let (status, _) = raw
+        .post("/v3/billing/top-up/", json!({"amount_in_dollars": "inf"}))
+        .await;
+    assert_eq!(status, 400);
 }

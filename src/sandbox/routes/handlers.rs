@@ -21,7 +21,7 @@ use crate::{
             rfc3339, Destination, Inner, NewSession, Workflow, DEFAULT_EXPIRATION_S,
             MAX_EXPIRATION_S,
         },
-        DEFAULT_API_KEY, EMAIL_CODE,
+        DeleteStatus, SameStatus, DEFAULT_API_KEY, EMAIL_CODE,
     },
 };
 
@@ -113,10 +113,7 @@ pub fn call(inner: &mut Inner, op: Op, request: &Request<'_>) -> Response {
         Op::UpdateStatus(id) => update_status(inner, id, request),
         Op::BlocklistAdd => blocklist_add(inner, request),
         Op::GeneratePdf(id) => Ok(generate_pdf(inner, id)),
-        Op::DeleteSession(id) => {
-            inner.sessions.remove(&id);
-            Ok(StatusCode::NO_CONTENT.into_response())
-        }
+        Op::DeleteSession(id) => Ok(delete_session(inner, id)),
         Op::CreateWorkflow => create_workflow(inner, request),
         Op::ListWorkflows => Ok(list_workflows(inner)),
         Op::GetWorkflow(id) => Ok(inner
@@ -278,7 +275,9 @@ fn create_session(inner: &mut Inner, request: &Request<'_>) -> Result<Response, 
         contact_details,
         scenario,
     });
-    let s = &inner.sessions[&id];
+    let Some(s) = inner.sessions.get(&id) else {
+        return Err(Box::new(not_found()));
+    };
     Ok(json_response(
         StatusCode::CREATED,
         json!({
@@ -366,7 +365,7 @@ fn list_sessions(inner: &Inner, request: &Request<'_>) -> Response {
         }
         url.to_string()
     };
-    let next = (offset + limit < count).then(|| link(offset + limit));
+    let next = (offset.saturating_add(limit) < count).then(|| link(offset.saturating_add(limit)));
     let previous = (offset > 0).then(|| link(offset.saturating_sub(limit)));
     json_response(
         StatusCode::OK,
@@ -387,17 +386,11 @@ fn section_of(feature: &str) -> Option<&'static str> {
 }
 
 fn update_status(inner: &mut Inner, id: Uuid, request: &Request<'_>) -> Result<Response, Refusal> {
-    let current = inner.sessions[&id].status.clone();
+    let Some(current) = inner.sessions.get(&id).map(|s| s.status.clone()) else {
+        return Err(Box::new(not_found()));
+    };
     // Didit checks the current status before it looks at the body.
-    if !matches!(
-        current,
-        SessionStatus::Approved
-            | SessionStatus::Declined
-            | SessionStatus::InReview
-            | SessionStatus::KycExpired
-            | SessionStatus::Abandoned
-            | SessionStatus::Resubmitted
-    ) {
+    if !current.accepts_status_update() {
         return Err(Box::new(detail(
             StatusCode::BAD_REQUEST,
             &format!(
@@ -504,7 +497,9 @@ fn update_status(inner: &mut Inner, id: Uuid, request: &Request<'_>) -> Result<R
         )));
     };
     if new_status == current {
-        if new_status == SessionStatus::Resubmitted {
+        if new_status == SessionStatus::Resubmitted
+            || inner.contested.same_status == SameStatus::BadRequest
+        {
             return Err(Box::new(json_response(
                 StatusCode::BAD_REQUEST,
                 json!(["The new status is the same as the current status."]),
@@ -514,7 +509,9 @@ fn update_status(inner: &mut Inner, id: Uuid, request: &Request<'_>) -> Result<R
         return Ok(json_response(StatusCode::OK, json!({"session_id": id})));
     }
     if new_status == SessionStatus::Resubmitted {
-        let session = &inner.sessions[&id];
+        let Some(session) = inner.sessions.get(&id) else {
+            return Err(Box::new(not_found()));
+        };
         let nodes = nodes.unwrap_or_else(|| {
             [
                 ("id_verifications", "OCR"),
@@ -618,17 +615,30 @@ fn blocklist_add(inner: &mut Inner, request: &Request<'_>) -> Result<Response, R
     ))
 }
 
+/// Didit's soft delete: later calls for the session answer 404.
+fn delete_session(inner: &mut Inner, id: Uuid) -> Response {
+    let Some(session) = inner.remove_session(id) else {
+        return not_found();
+    };
+    match inner.contested.delete {
+        DeleteStatus::NoContent => StatusCode::NO_CONTENT.into_response(),
+        DeleteStatus::Ok => json_response(
+            StatusCode::OK,
+            json!({
+                "session_id": id,
+                "session_number": session.number,
+                "face_retention_outcome": "none",
+                "biometric_template_uuid": null,
+            }),
+        ),
+    }
+}
+
 fn generate_pdf(inner: &Inner, id: Uuid) -> Response {
     let Some(session) = inner.sessions.get(&id) else {
         return not_found();
     };
-    if !matches!(
-        session.status,
-        SessionStatus::Approved
-            | SessionStatus::Declined
-            | SessionStatus::InReview
-            | SessionStatus::KycExpired
-    ) {
+    if !session.status.has_report() {
         return detail(
             StatusCode::FORBIDDEN,
             "You can only generate a PDF for sessions in review, declined, approved or kyc expired",
@@ -875,6 +885,7 @@ fn top_up(inner: &mut Inner, request: &Request<'_>) -> Result<Response, Refusal>
         Some(v) => v
             .as_f64()
             .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            .filter(|a: &f64| a.is_finite())
             .ok_or_else(|| bare("amount_in_dollars must be a number."))?,
     };
     if amount < 50.0 {
