@@ -314,16 +314,17 @@ impl Store {
         c.del(self.pause_key()).await
     }
 
-    /// Takes the per-request lock (30 s, released by [`Store::unlock_request`]); `false`
-    /// when another delivery of the same request holds it.
-    pub async fn lock_request(&self, id: &RequestId) -> redis::RedisResult<bool> {
+    /// Takes the per-request lock for `ttl` (released by [`Store::unlock_request`], or by
+    /// expiry when its holder died); `false` when another delivery of the same request
+    /// holds it.
+    pub async fn lock_request(&self, id: &RequestId, ttl: Duration) -> redis::RedisResult<bool> {
         let mut c = self.conn.clone();
         let set: Option<String> = redis::cmd("SET")
             .arg(format!("{}:lock", self.request_key(id)))
             .arg(1)
             .arg("NX")
             .arg("PX")
-            .arg(30_000)
+            .arg(ttl.as_millis().max(1) as u64)
             .query_async(&mut c)
             .await?;
         Ok(set.is_some())

@@ -52,7 +52,15 @@ pub async fn handle(job: StartKyc, delivery: Data<Delivery>, p: Data<Pipeline>) 
     if let Some(wait) = p.paused().await? {
         return Ok(later(wait));
     }
-    if !p.store.lock_request(&rid).await.map_err(redis_failure)? {
+    // Long enough for a few Didit calls; short enough that a dead holder does not stall
+    // the request for long.
+    let lock_ttl = p.settings.didit.request_timeout * 2;
+    if !p
+        .store
+        .lock_request(&rid, lock_ttl)
+        .await
+        .map_err(redis_failure)?
+    {
         return Ok(later(Duration::from_millis(500)));
     }
     let outcome = start(&p, &rid, &request, &delivery).await;

@@ -328,6 +328,7 @@ pub async fn spawn_app(options: AppOptions) -> TestApp {
         ("KYC__QUEUE__RECLAIM_AFTER", "3s".to_owned()),
         ("KYC__QUEUE__FETCH_BLOCK", "500ms".to_owned()),
         ("KYC__WORKER__SHUTDOWN_TIMEOUT", "5s".to_owned()),
+        ("KYC__DIDIT__REQUEST_TIMEOUT", "3s".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
