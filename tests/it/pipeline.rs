@@ -372,3 +372,50 @@ async fn a_worker_process_killed_mid_flight_loses_and_doubles_nothing() {
     second.kill().expect("kill");
     second.wait().expect("reap");
 }
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_0_and_nothing_is_lost() {
+    // Arrange: work in flight in a child process.
+    let app = spawn_app(AppOptions {
+        webhooks: false,
+        complete_after: Duration::from_millis(800),
+        in_process: false,
+        ..Default::default()
+    })
+    .await;
+    let spawn_child = || {
+        let mut cmd = std::process::Command::new(kyc_worker_binary());
+        cmd.arg("run").env_clear().env("KYC_ENV", "none").envs(app.settings_env.iter());
+        cmd.env("KYC__HTTP__PORT", crate::helpers::free_port().to_string());
+        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        cmd.spawn().expect("spawn kyc-worker run")
+    };
+    let mut child = spawn_child();
+    let producer = app.producer().await;
+    let n = 10;
+    for i in 0..n {
+        producer.start_kyc(request(&format!("u-term-{i}"), "approve")).await.expect("enqueue");
+    }
+    app.wait_events("kyc.session.created", 3).await;
+
+    // Act: SIGTERM, as Kubernetes sends it.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let exit = eventually("the process exits", DEADLINE, || {
+        let exited = child.try_wait().expect("try_wait");
+        async move { exited }
+    })
+    .await;
+
+    // Assert: a clean exit, and a new process finishes everything.
+    assert_eq!(exit.code(), Some(0), "exit status {exit:?}");
+    let mut next = spawn_child();
+    let decided = app.wait_events("kyc.session.decided", n).await;
+    assert_eq!(by_request(&decided).len(), n);
+    assert!(by_request(&decided).values().all(|es| es.len() == 1));
+    next.kill().expect("kill");
+    next.wait().expect("reap");
+}
