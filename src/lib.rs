@@ -18,6 +18,7 @@ pub mod http;
 pub mod jobs;
 pub mod producer;
 pub mod queue;
+pub mod ratelimit;
 pub mod sandbox;
 pub mod settings;
 pub mod startup;

@@ -33,6 +33,7 @@ pub struct Settings {
     pub queue: QueueSettings,
     pub poll: PollSettings,
     pub events: EventSettings,
+    pub ratelimit: RateLimitSettings,
     /// Named workflows a start request may ask for (`workflow = "premium"`).
     pub workflows: HashMap<String, uuid::Uuid>,
 }
@@ -50,6 +51,19 @@ pub struct PollSettings {
     pub review_horizon: Duration,
     /// How often work waiting on a paused account checks again.
     pub pause_recheck: Duration,
+}
+
+/// The fleet's share of Didit's per-key limits (see `ratelimit`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    pub window: Duration,
+    pub get: u32,
+    pub write: u32,
+    pub create: u32,
+    pub pdf: u32,
+    /// Share of each window that low-priority calls (safety-net polls) may use.
+    pub low_share: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,6 +273,7 @@ struct RawSettings {
     queue: RawQueue,
     poll: RawPoll,
     events: RawEvents,
+    ratelimit: RawRateLimit,
     #[serde(default)]
     workflows: HashMap<String, String>,
 }
@@ -276,6 +291,18 @@ struct RawPoll {
     review_interval: String,
     review_horizon: String,
     pause_recheck: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    enabled: String,
+    window: String,
+    get: String,
+    write: String,
+    create: String,
+    pdf: String,
+    low_share: String,
 }
 
 #[derive(Deserialize)]
@@ -571,6 +598,27 @@ impl RawSettings {
                 &self.events.record_retention,
             )?,
         };
+        let r = &self.ratelimit;
+        let ratelimit = RateLimitSettings {
+            enabled: parse_bool("ratelimit.enabled", &r.enabled)?,
+            window: parse_positive_duration("ratelimit.window", &r.window)?,
+            get: parse_count("ratelimit.get", &r.get)?,
+            write: parse_count("ratelimit.write", &r.write)?,
+            create: parse_count("ratelimit.create", &r.create)?,
+            pdf: parse_count("ratelimit.pdf", &r.pdf)?,
+            low_share: r
+                .low_share
+                .trim()
+                .parse()
+                .ok()
+                .filter(|s: &f64| *s > 0.0 && *s <= 1.0)
+                .ok_or_else(|| {
+                    SettingsError::new(
+                        "ratelimit.low_share",
+                        format!("expected a fraction in (0, 1], got \"{}\"", r.low_share),
+                    )
+                })?,
+        };
         let mut workflows = HashMap::new();
         for (name, id) in self.workflows {
             let key = format!("workflows.{name}");
@@ -582,6 +630,7 @@ impl RawSettings {
         Ok(Settings {
             poll,
             events,
+            ratelimit,
             workflows,
             queue,
             log,

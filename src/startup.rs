@@ -14,6 +14,7 @@ use crate::{
     http::{public_router, AppState},
     jobs::{run_workers, Pipeline},
     queue::Queue,
+    ratelimit::RateLimiter,
     settings::Settings,
     store::Store,
 };
@@ -41,9 +42,20 @@ impl Application {
         let conn = crate::queue::connect(settings.redis.url())
             .await
             .context("cannot connect to Redis")?;
-        let store = Store::new(conn, &settings.redis.prefix, settings.events.clone());
+        let store = Store::new(
+            conn.clone(),
+            &settings.redis.prefix,
+            settings.events.clone(),
+        );
+        let limiter = RateLimiter::new(conn, &settings.redis.prefix, settings.ratelimit.clone());
         let didit = DiditClient::new(&settings.didit)?;
-        let pipeline = Pipeline::new(didit, queue.clone(), store.clone(), settings.clone());
+        let pipeline = Pipeline::new(
+            didit,
+            queue.clone(),
+            store.clone(),
+            limiter,
+            settings.clone(),
+        );
         let state = AppState {
             store,
             queue,

@@ -95,6 +95,7 @@ pub async fn didit_webhook(
     let job = PollDecision {
         session_id,
         polls: 0,
+        urgent: true,
     };
     if let Err(e) = state
         .queue

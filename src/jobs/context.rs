@@ -10,11 +10,12 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::{
-    didit::{types::Decision, DiditClient, DiditError, ErrorClass},
+    didit::{types::Decision, DiditClient, DiditError, Endpoint, ErrorClass},
     domain::{
         AccountPause, Decider, EventType, OutcomeEvent, PollSchedule, RequestId, SessionStatus,
     },
     queue::{now_ms, JobError, Queue},
+    ratelimit::{Priority, RateLimiter},
     settings::Settings,
     store::Store,
 };
@@ -27,6 +28,7 @@ pub struct Pipeline {
     pub didit: DiditClient,
     pub queue: Queue,
     pub store: Store,
+    pub limiter: RateLimiter,
     pub settings: Arc<Settings>,
     /// Session expiration per workflow, read from Didit once per process.
     expirations: Arc<Mutex<HashMap<Uuid, Duration>>>,
@@ -42,11 +44,18 @@ impl std::fmt::Debug for Pipeline {
 const DEFAULT_EXPIRATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Pipeline {
-    pub fn new(didit: DiditClient, queue: Queue, store: Store, settings: Arc<Settings>) -> Self {
+    pub fn new(
+        didit: DiditClient,
+        queue: Queue,
+        store: Store,
+        limiter: RateLimiter,
+        settings: Arc<Settings>,
+    ) -> Self {
         Self {
             didit,
             queue,
             store,
+            limiter,
             settings,
             expirations: Arc::new(Mutex::new(HashMap::new())),
         }
@@ -61,25 +70,81 @@ impl Pipeline {
         }
     }
 
+    /// Makes one Didit call inside the fleet's rate limit. The outer error means "not now"
+    /// (no budget, or Redis unreachable): the job re-schedules without blocking a worker.
+    /// The inner result is Didit's answer; a 429 also pauses the call's scopes fleet-wide.
+    pub async fn call<T, F, Fut>(
+        &self,
+        endpoint: Endpoint,
+        priority: Priority,
+        call: F,
+    ) -> Result<Result<T, DiditError>, JobError>
+    where
+        F: FnOnce(DiditClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, DiditError>>,
+    {
+        if let Some(wait) = self
+            .limiter
+            .acquire(endpoint.scopes(), priority)
+            .await
+            .map_err(redis_failure)?
+        {
+            return Err(JobError::Wait {
+                reason: format!("Didit budget for {endpoint} used up"),
+                after: wait,
+            });
+        }
+        let result = call(self.didit.clone()).await;
+        if let Err(e) = &result {
+            if e.status() == Some(429) {
+                let wait = match e.class() {
+                    ErrorClass::Retryable {
+                        retry_after: Some(d),
+                    } => d,
+                    _ => Duration::from_secs(5),
+                };
+                tracing::warn!(endpoint = %endpoint, wait_ms = wait.as_millis() as u64, "Didit answered 429: pausing these calls fleet-wide");
+                if let Err(e) = self.limiter.pause(endpoint.scopes(), wait).await {
+                    tracing::warn!(error = %e, "could not record the rate-limit pause");
+                }
+            }
+        }
+        Ok(result)
+    }
+
     /// The workflow's session expiration; Didit's default when it cannot be read.
     pub async fn expiration(&self, workflow: Uuid) -> Duration {
-        if let Some(d) = self.expirations.lock().expect("cache lock").get(&workflow) {
+        if let Some(d) = self
+            .expirations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&workflow)
+        {
             return *d;
         }
-        match self.didit.get_workflow(workflow).await {
-            Ok(w) => {
+        let read = self
+            .call(Endpoint::GetWorkflow, Priority::High, |d| async move {
+                d.get_workflow(workflow).await
+            })
+            .await;
+        match read {
+            Ok(Ok(w)) => {
                 let d = w
                     .session_expiration_time
                     .map(Duration::from_secs)
                     .unwrap_or(DEFAULT_EXPIRATION);
                 self.expirations
                     .lock()
-                    .expect("cache lock")
+                    .unwrap_or_else(|e| e.into_inner())
                     .insert(workflow, d);
                 d
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "workflow expiration unknown; using Didit's default");
+                DEFAULT_EXPIRATION
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "workflow expiration not read now; using Didit's default");
                 DEFAULT_EXPIRATION
             }
         }
@@ -95,7 +160,11 @@ impl Pipeline {
         self.queue
             .push_at(
                 &PollDecision::slot(session_id),
-                &PollDecision { session_id, polls },
+                &PollDecision {
+                    session_id,
+                    polls,
+                    urgent: false,
+                },
                 SystemTime::now() + after,
             )
             .await

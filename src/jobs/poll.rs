@@ -18,9 +18,10 @@ use super::{
     Pipeline,
 };
 use crate::{
-    didit::ErrorClass,
+    didit::{Endpoint, ErrorClass},
     domain::{Decider, EventType, FailureReason, OutcomeEvent, SessionStatus},
     queue::{now_ms, Completion, Delivery, Job, JobError},
+    ratelimit::Priority,
 };
 
 /// Job: read the decision of one session.
@@ -29,6 +30,9 @@ pub struct PollDecision {
     pub session_id: Uuid,
     /// Polls so far that found the session unfinished (drives the interval).
     pub polls: u32,
+    /// Asked for by a webhook or a person: goes before safety-net polls for Didit budget.
+    #[serde(default)]
+    pub urgent: bool,
 }
 
 impl Job for PollDecision {
@@ -51,6 +55,7 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
         args: PollDecision {
             session_id: job.session_id,
             polls,
+            urgent: false,
         },
     };
     if let Some(wait) = p.paused().await? {
@@ -61,7 +66,17 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
         tracing::info!(session = %sid, "no record of this session any more; not following it");
         return Ok(Completion::Done);
     };
-    let decision = match p.didit.decision(sid).await {
+    let priority = if job.urgent {
+        Priority::High
+    } else {
+        Priority::Low
+    };
+    let read = p
+        .call(Endpoint::Decision, priority, |d| async move {
+            d.decision(sid).await
+        })
+        .await?;
+    let decision = match read {
         Ok(d) => d,
         Err(e) if e.class() == ErrorClass::Request => {
             // Deleted at Didit, or never ours: nothing will ever be decided.

@@ -17,10 +17,11 @@ use super::{context::redis_failure, Pipeline};
 use crate::{
     didit::{
         types::{CreateSessionRequest, SessionQuery},
-        ErrorClass,
+        Endpoint, ErrorClass,
     },
     domain::{Decider, EventType, FailureReason, OutcomeEvent, RequestId, StartRequest},
     queue::{Completion, Delivery, Job, JobError},
+    ratelimit::Priority,
 };
 
 /// The metadata key that carries our request id through Didit.
@@ -106,11 +107,13 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
                 .record_intent(rid, &vendor_data, workflow_id)
                 .await
                 .map_err(redis_failure)?;
-            match p
-                .didit
-                .create_session(&create_request(rid, req, workflow_id))
-                .await
-            {
+            let request = create_request(rid, req, workflow_id);
+            let created = p
+                .call(Endpoint::CreateSession, Priority::High, |d| async move {
+                    d.create_session(&request).await
+                })
+                .await?;
+            match created {
                 Ok(created) => (created.session_id, created.url),
                 Err(e) => return create_failed(p, rid, &vendor_data, e, delivery).await,
             }
@@ -165,13 +168,24 @@ async fn find_session(
         limit: Some(20),
         ..Default::default()
     };
-    let page = match p.didit.list_sessions(&query).await {
+    let listed = p
+        .call(Endpoint::ListSessions, Priority::High, |d| async move {
+            d.list_sessions(&query).await
+        })
+        .await?;
+    let page = match listed {
         Ok(page) => page,
         Err(e) => return Err(p.didit_failure(e).await),
     };
     // List rows carry no metadata: read each candidate's decision for our request id.
     for row in page.results {
-        let decision = match p.didit.decision(row.session_id).await {
+        let sid = row.session_id;
+        let read = p
+            .call(Endpoint::Decision, Priority::High, |d| async move {
+                d.decision(sid).await
+            })
+            .await?;
+        let decision = match read {
             Ok(d) => d,
             Err(e) => return Err(p.didit_failure(e).await),
         };

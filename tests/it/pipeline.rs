@@ -385,16 +385,23 @@ async fn sigterm_drains_and_exits_0_and_nothing_is_lost() {
     .await;
     let spawn_child = || {
         let mut cmd = std::process::Command::new(kyc_worker_binary());
-        cmd.arg("run").env_clear().env("KYC_ENV", "none").envs(app.settings_env.iter());
+        cmd.arg("run")
+            .env_clear()
+            .env("KYC_ENV", "none")
+            .envs(app.settings_env.iter());
         cmd.env("KYC__HTTP__PORT", crate::helpers::free_port().to_string());
-        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         cmd.spawn().expect("spawn kyc-worker run")
     };
     let mut child = spawn_child();
     let producer = app.producer().await;
     let n = 10;
     for i in 0..n {
-        producer.start_kyc(request(&format!("u-term-{i}"), "approve")).await.expect("enqueue");
+        producer
+            .start_kyc(request(&format!("u-term-{i}"), "approve"))
+            .await
+            .expect("enqueue");
     }
     app.wait_events("kyc.session.created", 3).await;
 
