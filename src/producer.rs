@@ -17,6 +17,7 @@ use crate::{
     jobs::StartKyc,
     queue::{Queue, QueueError},
     settings::Settings,
+    store::Store,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -25,11 +26,14 @@ pub enum ProducerError {
     Invalid(#[from] RequestError),
     #[error("cannot enqueue: {0}")]
     Queue(#[from] QueueError),
+    #[error("cannot record the request: {0}")]
+    Record(#[from] redis::RedisError),
 }
 
 #[derive(Clone, Debug)]
 pub struct Producer {
     queue: Queue,
+    store: Store,
 }
 
 impl Producer {
@@ -40,17 +44,22 @@ impl Producer {
             settings.queue.clone(),
         )
         .await?;
-        Ok(Self { queue })
+        let conn = crate::queue::connect(settings.redis.url()).await?;
+        let store = Store::new(conn, &settings.redis.prefix, settings.events.clone());
+        Ok(Self { queue, store })
     }
 
-    pub fn from_queue(queue: Queue) -> Self {
-        Self { queue }
+    pub fn new(queue: Queue, store: Store) -> Self {
+        Self { queue, store }
     }
 
     /// Queues a verification; returns its request id (generated when the request has none).
     /// Enqueuing the same request id again never creates a second Didit session.
     pub async fn start_kyc(&self, request: StartRequest) -> Result<RequestId, ProducerError> {
         let (id, request) = request.validate()?;
+        self.store
+            .record_enqueued(&id, request.vendor_data.trim())
+            .await?;
         self.queue.push(&StartKyc { request }).await?;
         Ok(id)
     }

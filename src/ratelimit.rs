@@ -18,7 +18,7 @@ use redis::{aio::ConnectionManager, Script};
 use crate::{didit::Scope, settings::RateLimitSettings};
 
 /// Checks and takes one slot in each scope. KEYS: per scope the window set, then its pause
-/// key. ARGV: window ms, member, then per scope its limit.
+/// key. ARGV: window ms (Didit's window plus our margin), member, then per scope its limit.
 /// Returns 0 when admitted, else the ms to wait.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -127,8 +127,10 @@ impl RateLimiter {
                 .key(self.window_key(*scope))
                 .key(self.pause_key(*scope));
         }
+        // A call admitted now may reach Didit a little later than one admitted after it; a
+        // slot held for window + margin keeps every window as Didit counts it within budget.
         invocation
-            .arg(self.settings.window.as_millis() as u64)
+            .arg((self.settings.window + self.settings.margin).as_millis() as u64)
             .arg(uuid::Uuid::new_v4().to_string());
         for scope in &scopes {
             invocation.arg(self.limit(*scope, priority));

@@ -51,6 +51,9 @@ pub struct PollSettings {
     pub review_horizon: Duration,
     /// How often work waiting on a paused account checks again.
     pub pause_recheck: Duration,
+    /// How often open and In Review sessions are re-read whatever else happened (Didit
+    /// drops a webhook after three failed tries; reviews are decided days later).
+    pub sweep_interval: Duration,
 }
 
 /// The fleet's share of Didit's per-key limits (see `ratelimit`).
@@ -58,6 +61,8 @@ pub struct PollSettings {
 pub struct RateLimitSettings {
     pub enabled: bool,
     pub window: Duration,
+    /// Added to the window: the longest a call may take to reach Didit after admission.
+    pub margin: Duration,
     pub get: u32,
     pub write: u32,
     pub create: u32,
@@ -93,11 +98,13 @@ pub struct RedisSettings {
     pub prefix: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub host: String,
     pub port: u16,
     pub internal_port: Option<u16>,
+    /// Bearer token of `/v1/verifications`; `None` turns the HTTP intake off.
+    pub api_token: Option<SecretString>,
 }
 
 #[derive(Debug, Clone)]
@@ -291,6 +298,7 @@ struct RawPoll {
     review_interval: String,
     review_horizon: String,
     pause_recheck: String,
+    sweep_interval: String,
 }
 
 #[derive(Deserialize)]
@@ -298,6 +306,7 @@ struct RawPoll {
 struct RawRateLimit {
     enabled: String,
     window: String,
+    margin: String,
     get: String,
     write: String,
     create: String,
@@ -347,6 +356,7 @@ struct RawHttp {
     host: String,
     port: String,
     internal_port: Option<String>,
+    api_token: String,
 }
 
 #[derive(Deserialize)]
@@ -423,6 +433,16 @@ impl RawSettings {
             internal_port: match self.http.internal_port.as_deref().map(str::trim) {
                 None | Some("") => None,
                 Some(p) => Some(parse_port("http.internal_port", p)?),
+            },
+            api_token: match self.http.api_token.trim() {
+                "" => None,
+                token if token.len() < 16 => {
+                    return Err(SettingsError::new(
+                        "http.api_token",
+                        "must be at least 16 characters",
+                    ))
+                }
+                token => Some(SecretString::from(token.to_owned())),
             },
         };
 
@@ -590,6 +610,7 @@ impl RawSettings {
             review_interval: parse_positive_duration("poll.review_interval", &p.review_interval)?,
             review_horizon: parse_duration_setting("poll.review_horizon", &p.review_horizon)?,
             pause_recheck: parse_positive_duration("poll.pause_recheck", &p.pause_recheck)?,
+            sweep_interval: parse_positive_duration("poll.sweep_interval", &p.sweep_interval)?,
         };
         let events = EventSettings {
             retention: parse_positive_duration("events.retention", &self.events.retention)?,
@@ -602,6 +623,7 @@ impl RawSettings {
         let ratelimit = RateLimitSettings {
             enabled: parse_bool("ratelimit.enabled", &r.enabled)?,
             window: parse_positive_duration("ratelimit.window", &r.window)?,
+            margin: parse_duration_setting("ratelimit.margin", &r.margin)?,
             get: parse_count("ratelimit.get", &r.get)?,
             write: parse_count("ratelimit.write", &r.write)?,
             create: parse_count("ratelimit.create", &r.create)?,
@@ -799,6 +821,7 @@ mod tests {
         assert!(s.didit.is_sandbox());
         assert_eq!(s.redis.prefix, "kyc");
         assert_eq!(s.http.internal_port, None);
+        assert!(s.http.api_token.is_none());
         assert_eq!(s.didit.webhook_tolerance, Duration::from_secs(300));
         assert_eq!(s.worker.concurrency, 64);
     }

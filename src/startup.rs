@@ -13,6 +13,7 @@ use crate::{
     didit::{webhook::WebhookVerifier, DiditClient},
     http::{public_router, AppState},
     jobs::{run_workers, Pipeline},
+    producer::Producer,
     queue::Queue,
     ratelimit::RateLimiter,
     settings::Settings,
@@ -57,12 +58,14 @@ impl Application {
             settings.clone(),
         );
         let state = AppState {
+            producer: Producer::new(queue.clone(), store.clone()),
             store,
             queue,
             verifier: Arc::new(WebhookVerifier::new(
                 settings.didit.webhook_secrets(),
                 settings.didit.webhook_tolerance,
             )),
+            api_token: settings.http.api_token.clone(),
             workers_alive: Arc::new(AtomicBool::new(true)),
         };
         let address = format!("{}:{}", settings.http.host, settings.http.port);

@@ -25,7 +25,8 @@ use crate::{
 
 /// Publishes an event unless this (request, session, type, status) was published before.
 /// KEYS: marker, request record, events. ARGV: event_id, type, session_id, request_id,
-/// vendor_data, status, decided_by, data, marker ttl s, trim minid ms, track status (0/1).
+/// vendor_data, status, decided_by, data, marker ttl s, trim minid ms, track status (0/1),
+/// now ms.
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -35,7 +36,7 @@ end
 local previous = ''
 if ARGV[11] == '1' then
   previous = redis.call('HGET', KEYS[2], 'last_status') or ''
-  redis.call('HSET', KEYS[2], 'last_status', ARGV[6])
+  redis.call('HSET', KEYS[2], 'last_status', ARGV[6], 'decided_by', ARGV[7], 'updated_at_ms', ARGV[12])
   redis.call('EXPIRE', KEYS[2], ARGV[9])
 end
 redis.call('XADD', KEYS[3], 'MINID', '~', ARGV[10], '*',
@@ -56,7 +57,10 @@ pub struct RequestRecord {
     pub session_id: Option<Uuid>,
     pub url: Option<String>,
     pub last_status: Option<String>,
+    pub decided_by: Option<String>,
+    pub enqueued_at_ms: Option<u64>,
     pub created_at_ms: Option<u64>,
+    pub updated_at_ms: Option<u64>,
     /// The intent was recorded: a session may exist at Didit without being recorded here.
     pub intent: bool,
 }
@@ -141,9 +145,83 @@ impl Store {
             session_id: map.get("session_id").and_then(|s| s.parse().ok()),
             url: map.get("url").cloned(),
             last_status: map.get("last_status").cloned().filter(|s| !s.is_empty()),
+            decided_by: map.get("decided_by").cloned(),
+            enqueued_at_ms: map.get("enqueued_at_ms").and_then(|s| s.parse().ok()),
             created_at_ms: map.get("created_at_ms").and_then(|s| s.parse().ok()),
+            updated_at_ms: map.get("updated_at_ms").and_then(|s| s.parse().ok()),
             intent: map.contains_key("intent_at_ms"),
         }))
+    }
+
+    /// Records that a request was accepted, so its status can be read before a worker
+    /// takes it. Never overwrites what a worker recorded.
+    pub async fn record_enqueued(
+        &self,
+        id: &RequestId,
+        vendor_data: &str,
+    ) -> redis::RedisResult<()> {
+        let key = self.request_key(id);
+        let mut c = self.conn.clone();
+        redis::pipe()
+            .hset_nx(&key, "request_id", id.as_str())
+            .ignore()
+            .hset_nx(&key, "vendor_data", vendor_data)
+            .ignore()
+            .hset_nx(&key, "enqueued_at_ms", now_ms())
+            .ignore()
+            .expire(&key, self.ttl())
+            .ignore()
+            .query_async(&mut c)
+            .await
+    }
+
+    fn open_sessions_key(&self) -> String {
+        format!("{}:sessions:open", self.prefix)
+    }
+
+    /// Stops sweeping a session (it reached a status nothing follows).
+    pub async fn close_session(&self, id: Uuid) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        c.zrem(self.open_sessions_key(), id.to_string()).await
+    }
+
+    /// Open sessions not looked at for `every` (oldest first, at most `limit`); each is
+    /// marked as looked at now. The score of an open session is when it was last swept
+    /// (or created).
+    pub async fn sessions_to_sweep(
+        &self,
+        limit: usize,
+        every: Duration,
+    ) -> redis::RedisResult<Vec<Uuid>> {
+        let mut c = self.conn.clone();
+        let now = now_ms();
+        let before = now.saturating_sub(every.as_millis() as u64);
+        let due: Vec<String> = c
+            .zrangebyscore_limit(self.open_sessions_key(), "-inf", before, 0, limit as isize)
+            .await?;
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &due {
+            pipe.zadd(self.open_sessions_key(), id, now).ignore();
+        }
+        let _: () = pipe.query_async(&mut c).await?;
+        Ok(due.iter().filter_map(|id| id.parse().ok()).collect())
+    }
+
+    /// Takes the fleet-wide sweep turn for `every`; `false` when another process has it.
+    pub async fn take_sweep_turn(&self, every: Duration) -> redis::RedisResult<bool> {
+        let mut c = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!("{}:sweep:turn", self.prefix))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(every.as_millis().max(1) as u64)
+            .query_async(&mut c)
+            .await?;
+        Ok(set.is_some())
     }
 
     /// Records that a session is about to be created for this request.
@@ -209,6 +287,8 @@ impl Store {
             .hset_nx(&skey, "created_at_ms", now)
             .ignore()
             .hset_nx(&skey, "deadline_ms", deadline_ms)
+            .ignore()
+            .zadd(self.open_sessions_key(), session_id.to_string(), now_ms())
             .ignore()
             .expire(&skey, self.ttl())
             .ignore()
@@ -291,6 +371,7 @@ impl Store {
             .arg(self.ttl())
             .arg(minid)
             .arg(if tracks_status { "1" } else { "0" })
+            .arg(now_ms())
             .invoke_async(&mut c)
             .await?;
         Ok(published == 1)

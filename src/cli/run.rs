@@ -140,6 +140,6 @@ async fn enqueue_csv(producer: &Producer, path: &std::path::Path) -> Result<(), 
 fn producer_error(e: ProducerError) -> CliError {
     match e {
         ProducerError::Invalid(e) => CliError::Usage(format!("invalid start request: {e}")),
-        ProducerError::Queue(e) => CliError::Failed(anyhow::anyhow!("cannot enqueue: {e}")),
+        other => CliError::Failed(anyhow::anyhow!("{other}")),
     }
 }

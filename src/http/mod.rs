@@ -1,8 +1,9 @@
-//! The HTTP surface: Didit's webhooks in, health for the orchestrator.
+//! The HTTP surface: Didit's webhooks in, verification requests in, status and health out.
 //!
 //! Handlers here only verify, parse and enqueue; they never call Didit, so a Didit outage or
 //! an account pause never stops webhooks from being accepted.
 
+mod intake;
 mod webhook;
 
 use std::sync::{
@@ -12,14 +13,17 @@ use std::sync::{
 
 use axum::{extract::State, http::StatusCode, routing::get, routing::post, Router};
 
-use crate::{didit::webhook::WebhookVerifier, queue::Queue, store::Store};
+use crate::{didit::webhook::WebhookVerifier, producer::Producer, queue::Queue, store::Store};
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
     pub queue: Queue,
+    pub producer: Producer,
     pub verifier: Arc<WebhookVerifier>,
+    /// Bearer token of the HTTP intake; `None`: the intake is off.
+    pub api_token: Option<secrecy::SecretString>,
     /// Cleared when the workers have died, so liveness fails and the pod is restarted.
     pub workers_alive: Arc<AtomicBool>,
 }
@@ -35,6 +39,9 @@ pub fn public_router(state: AppState) -> Router {
             post(webhook::didit_webhook)
                 .layer(axum::extract::DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT)),
         )
+        .route("/v1/verifications", post(intake::start))
+        .route("/v1/verifications/{request_id}", get(intake::status))
+        .route("/v1/openapi.json", get(intake::openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)

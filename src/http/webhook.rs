@@ -20,7 +20,9 @@ use crate::{
         SignatureHeaders, HEADER_SIGNATURE, HEADER_SIGNATURE_SIMPLE, HEADER_SIGNATURE_V2,
         HEADER_TIMESTAMP,
     },
+    domain::{RequestId, SessionStatus},
     jobs::PollDecision,
+    jobs::REQUEST_ID_METADATA,
 };
 
 /// How long a delivery id is remembered for deduplication (Didit retries within ~5 min).
@@ -67,30 +69,42 @@ pub async fn didit_webhook(
         return (StatusCode::BAD_REQUEST, "no session_id");
     };
     let status = text("status");
+    let status_kind = SessionStatus::parse(&status);
+    // Only a result (or a resubmission, which restarts the session's clock) needs the
+    // decision now; progress like "In Progress" is left to the schedule, so a session costs
+    // one decision read.
+    if !status_kind.is_final() && status_kind != SessionStatus::Resubmitted {
+        tracing::debug!(result = "accepted", session = %session_id, status = %status, "progress webhook noted");
+        return (StatusCode::OK, "noted");
+    }
     let event_id = text("event_id");
-    let dedupe_key = if event_id.is_empty() {
-        format!("{session_id}:{status}:{}", verified.timestamp)
-    } else {
-        format!("event:{event_id}")
-    };
-    match state.store.first_delivery(&dedupe_key, DEDUPE_TTL).await {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::info!(result = "duplicate", session = %session_id, "webhook already seen");
-            return (StatusCode::OK, "duplicate");
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot record the webhook; asking Didit to retry");
-            return (StatusCode::SERVICE_UNAVAILABLE, "retry");
+    // Didit may or may not reuse event_id on a retry: dedupe on both it and the change itself.
+    let change_key = format!("{session_id}:{status}:{}", verified.timestamp);
+    let event_key = (!event_id.is_empty()).then(|| format!("event:{event_id}"));
+    for key in event_key.iter().chain(std::iter::once(&change_key)) {
+        match state.store.first_delivery(key, DEDUPE_TTL).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(result = "duplicate", session = %session_id, "webhook already seen");
+                return (StatusCode::OK, "duplicate");
+            }
+            Err(e) => {
+                return retry_later(&state, &[event_key.as_deref(), Some(&change_key)], e).await
+            }
         }
     }
+    let forget = [event_key.as_deref(), Some(change_key.as_str())];
     match state.store.session(session_id).await {
         Ok(Some(_)) => {}
-        Ok(None) => {
-            tracing::info!(result = "unknown_session", session = %session_id, "webhook for a session we do not follow");
-            return (StatusCode::OK, "unknown session");
-        }
-        Err(e) => return retry_later(&state, &dedupe_key, e).await,
+        Ok(None) => match adopt(&state, session_id, payload).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(result = "unknown_session", session = %session_id, "webhook for a session we do not follow");
+                return (StatusCode::OK, "unknown session");
+            }
+            Err(e) => return retry_later(&state, &forget, e).await,
+        },
+        Err(e) => return retry_later(&state, &forget, e).await,
     }
     let job = PollDecision {
         session_id,
@@ -102,19 +116,51 @@ pub async fn didit_webhook(
         .push_at(&PollDecision::slot(session_id), &job, SystemTime::now())
         .await
     {
-        return retry_later(&state, &dedupe_key, e).await;
+        return retry_later(&state, &forget, e).await;
     }
     tracing::info!(result = "accepted", session = %session_id, status = %status, scheme = verified.scheme.as_str(), "webhook accepted");
     (StatusCode::OK, "accepted")
 }
 
+/// A session we have no record of (records expired, or created by another system) whose
+/// signed payload names one of our requests in its metadata: record the link so the
+/// decision still yields that request's event. Returns whether it was ours.
+async fn adopt(
+    state: &AppState,
+    session_id: Uuid,
+    payload: &serde_json::Value,
+) -> redis::RedisResult<bool> {
+    let request = payload
+        .get("metadata")
+        .and_then(|m| m.get(REQUEST_ID_METADATA))
+        .and_then(|r| r.as_str())
+        .and_then(|r| RequestId::parse(r).ok());
+    let Some(request) = request else {
+        return Ok(false);
+    };
+    let vendor_data = payload
+        .get("vendor_data")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    // The session's real deadline is unknown here; the poll's own reads decide its fate.
+    let deadline = crate::queue::now_ms() + Duration::from_secs(30 * 24 * 3600).as_millis() as u64;
+    state
+        .store
+        .record_session(&request, vendor_data, session_id, "", deadline)
+        .await?;
+    tracing::info!(result = "adopted", session = %session_id, "webhook for a session without a record names one of our requests");
+    Ok(true)
+}
+
 /// Forgets the delivery and answers 503, so Didit's retry is processed.
 async fn retry_later(
     state: &AppState,
-    dedupe_key: &str,
+    dedupe_keys: &[Option<&str>],
     error: impl std::fmt::Display,
 ) -> (StatusCode, &'static str) {
     tracing::error!(error = %error, "cannot process a webhook now; asking Didit to retry");
-    let _ = state.store.forget_delivery(dedupe_key).await;
+    for key in dedupe_keys.iter().flatten() {
+        let _ = state.store.forget_delivery(key).await;
+    }
     (StatusCode::SERVICE_UNAVAILABLE, "retry")
 }

@@ -9,8 +9,10 @@
 //! fail the request with an event.
 
 mod context;
+mod intake;
 mod poll;
 mod start;
+mod sweep;
 
 use std::time::Duration;
 
@@ -18,7 +20,7 @@ use apalis::prelude::*;
 
 pub use context::Pipeline;
 pub use poll::PollDecision;
-pub use start::StartKyc;
+pub use start::{StartKyc, REQUEST_ID_METADATA};
 
 use crate::queue::{Maintenance, RedisBackend};
 
@@ -38,6 +40,14 @@ pub async fn run_workers(
 ) -> anyhow::Result<()> {
     let maintenance = Maintenance::spawn(pipeline.queue.clone(), QUEUES.to_vec(), consumer.clone());
     let probe = tokio::spawn(context::pause_probe(pipeline.clone()));
+    let sweeper = tokio::spawn(sweep::sweep(pipeline.clone()));
+    let intake = tokio::spawn(intake::read_intake(
+        crate::producer::Producer::new(pipeline.queue.clone(), pipeline.store.clone()),
+        pipeline.settings.redis.url().to_owned(),
+        pipeline.settings.redis.prefix.clone(),
+        format!("{consumer}-intake"),
+        pipeline.settings.queue.reclaim_after,
+    ));
     let start_pipeline = pipeline.clone();
     let start_consumer = format!("{consumer}-start");
     let poll_consumer = format!("{consumer}-poll");
@@ -72,6 +82,8 @@ pub async fn run_workers(
         })
         .await;
     probe.abort();
+    sweeper.abort();
+    intake.abort();
     maintenance.stop();
     result.map_err(|e| anyhow::anyhow!("workers stopped: {e}"))
 }

@@ -135,6 +135,7 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
             // A person at Didit decides later; keep reading slowly so that decision has its event.
             return Ok(again(p.settings.poll.review_interval, job.polls + 1));
         }
+        p.store.close_session(sid).await.map_err(redis_failure)?;
         return Ok(Completion::Done);
     }
     let mut deadline = session.deadline_ms;
@@ -169,6 +170,7 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
             );
             p.store.publish(&event).await.map_err(redis_failure)?;
         }
+        p.store.close_session(sid).await.map_err(redis_failure)?;
         return Ok(Completion::Done);
     }
     p.store

@@ -154,6 +154,9 @@ pub fn kyc_worker_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kyc-worker"))
 }
 
+/// The HTTP intake's bearer token in tests.
+pub const TEST_API_TOKEN: &str = "test-api-token-0123456789";
+
 /// How a test wants its fleet process.
 #[derive(Debug, Clone)]
 pub struct AppOptions {
@@ -165,6 +168,10 @@ pub struct AppOptions {
     pub env: Vec<(String, String)>,
     /// Run the fleet in this process (else the test runs `kyc-worker run` children).
     pub in_process: bool,
+    /// The sandbox loses every webhook (the app still expects them).
+    pub drop_webhooks: bool,
+    /// Sandbox rate limits, e.g. `get=5/1s`.
+    pub sandbox_limits: Vec<&'static str>,
 }
 
 impl Default for AppOptions {
@@ -174,6 +181,8 @@ impl Default for AppOptions {
             complete_after: Duration::from_millis(300),
             env: Vec::new(),
             in_process: true,
+            drop_webhooks: false,
+            sandbox_limits: Vec::new(),
         }
     }
 }
@@ -297,7 +306,12 @@ pub async fn spawn_app(options: AppOptions) -> TestApp {
     let port = free_port();
     let mut sandbox_config = kyc_worker::sandbox::SandboxConfig::for_tests(options.complete_after);
     sandbox_config.min_expiration = Duration::from_secs(1);
-    if options.webhooks {
+    sandbox_config.limits = options
+        .sandbox_limits
+        .iter()
+        .map(|l| l.parse().expect("limit spec"))
+        .collect();
+    if options.webhooks && !options.drop_webhooks {
         sandbox_config.webhook_url = Some(
             format!("http://127.0.0.1:{port}/webhooks/didit")
                 .parse()
@@ -329,6 +343,7 @@ pub async fn spawn_app(options: AppOptions) -> TestApp {
         ("KYC__QUEUE__FETCH_BLOCK", "500ms".to_owned()),
         ("KYC__WORKER__SHUTDOWN_TIMEOUT", "5s".to_owned()),
         ("KYC__DIDIT__REQUEST_TIMEOUT", "3s".to_owned()),
+        ("KYC__HTTP__API_TOKEN", TEST_API_TOKEN.to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -1,0 +1,162 @@
+//! The intake stream: producers in any language start verifications with
+//! `XADD <prefix>:intake * vendor_data u-1 request_id r-1 …` (fields as the start request;
+//! JSON-valued fields — `contact_details`, `expected_details`, `metadata` — as JSON strings).
+//!
+//! Entries are read through a consumer group, so several processes share the stream and a
+//! dead reader's entries are reclaimed. A valid entry becomes a StartKyc job; an invalid one
+//! is acknowledged and recorded on `<prefix>:intake:rejected` with its reason. An entry
+//! without a request id gets one derived from its stream id, so a re-read after a crash
+//! (between enqueue and acknowledgement) cannot start a second verification.
+
+use std::time::Duration;
+
+use redis::{aio::ConnectionManager, streams::StreamId, AsyncCommands};
+use serde_json::{Map, Value};
+
+use crate::{
+    domain::StartRequest,
+    producer::{Producer, ProducerError},
+};
+
+const GROUP: &str = "workers";
+/// Rejected entries kept for inspection.
+const REJECTED_MAX_LEN: usize = 10_000;
+const JSON_FIELDS: [&str; 3] = ["contact_details", "expected_details", "metadata"];
+
+/// Reads the intake stream until the task is aborted.
+pub async fn read_intake(
+    producer: Producer,
+    url: String,
+    prefix: String,
+    consumer: String,
+    reclaim_after: Duration,
+) {
+    let stream = format!("{prefix}:intake");
+    let rejected = format!("{prefix}:intake:rejected");
+    let mut conn: Option<ConnectionManager> = None;
+    let mut last_reclaim = tokio::time::Instant::now();
+    loop {
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match crate::queue::connect(&url).await {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "intake: cannot connect to redis; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        let mut entries = Vec::new();
+        if last_reclaim.elapsed() >= reclaim_after {
+            last_reclaim = tokio::time::Instant::now();
+            let claimed: redis::RedisResult<redis::streams::StreamAutoClaimReply> =
+                redis::cmd("XAUTOCLAIM")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .arg(&consumer)
+                    .arg(reclaim_after.as_millis() as u64)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(100)
+                    .query_async(c)
+                    .await;
+            if let Ok(reply) = claimed {
+                entries.extend(reply.claimed);
+            }
+        }
+        let options = redis::streams::StreamReadOptions::default()
+            .group(GROUP, &consumer)
+            .count(100)
+            .block(1000);
+        let read: redis::RedisResult<redis::streams::StreamReadReply> =
+            c.xread_options(&[&stream], &[">"], &options).await;
+        match read {
+            Ok(reply) => entries.extend(reply.keys.into_iter().flat_map(|k| k.ids)),
+            Err(e) if e.code() == Some("NOGROUP") => {
+                let _: redis::RedisResult<()> = c.xgroup_create_mkstream(&stream, GROUP, "0").await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "intake: reading failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        }
+        for entry in entries {
+            if let Err(e) = take(&producer, c, &stream, &rejected, entry).await {
+                // Left pending: reclaimed and retried after `reclaim_after`.
+                tracing::warn!(error = %e, "intake: could not take an entry; it will be retried");
+            }
+        }
+    }
+}
+
+async fn take(
+    producer: &Producer,
+    c: &mut ConnectionManager,
+    stream: &str,
+    rejected: &str,
+    entry: StreamId,
+) -> Result<(), ProducerError> {
+    match parse_entry(&entry) {
+        Ok(request) => match producer.start_kyc(request).await {
+            Ok(_) => {}
+            Err(ProducerError::Invalid(e)) => {
+                reject(c, rejected, &entry.id, &e.to_string()).await?
+            }
+            Err(other) => return Err(other),
+        },
+        Err(reason) => reject(c, rejected, &entry.id, &reason).await?,
+    }
+    redis::pipe()
+        .xack(stream, GROUP, &[&entry.id])
+        .ignore()
+        .xdel(stream, &[&entry.id])
+        .ignore()
+        .query_async::<()>(c)
+        .await?;
+    Ok(())
+}
+
+async fn reject(
+    c: &mut ConnectionManager,
+    rejected: &str,
+    entry_id: &str,
+    reason: &str,
+) -> redis::RedisResult<()> {
+    tracing::info!(source = "intake_stream", reason = %reason, entry = %entry_id, "intake entry rejected");
+    redis::cmd("XADD")
+        .arg(rejected)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(REJECTED_MAX_LEN)
+        .arg("*")
+        .arg("entry_id")
+        .arg(entry_id)
+        .arg("reason")
+        .arg(reason)
+        .query_async::<String>(c)
+        .await
+        .map(drop)
+}
+
+/// Turns an entry's fields into a start request (not yet validated).
+fn parse_entry(entry: &StreamId) -> Result<StartRequest, String> {
+    let mut object = Map::new();
+    for (name, value) in &entry.map {
+        let text: String =
+            redis::from_redis_value_ref(value).map_err(|_| format!("field {name} is not text"))?;
+        let value = if JSON_FIELDS.contains(&name.as_str()) {
+            serde_json::from_str(&text).map_err(|_| format!("field {name} is not JSON"))?
+        } else {
+            Value::from(text)
+        };
+        object.insert(name.clone(), value);
+    }
+    object
+        .entry("request_id")
+        .or_insert_with(|| Value::from(format!("intake-{}", entry.id)));
+    serde_json::from_value(Value::Object(object))
+        .map_err(|e| crate::telemetry::redact_values(&e.to_string()))
+}
