@@ -71,6 +71,12 @@ fn sandbox_decision(scenario: Scenario) -> Decision {
     serde_json::from_value(value).expect("sandbox decision")
 }
 
+/// A case: its name, the decision, the deciding rule, its action, the comment.
+type Case = (&'static str, Decision, Option<&'static str>, Option<Action>, &'static str);
+
+/// `(name, action lines)` of each rule of a file.
+type Actions<'a> = &'a [(&'a str, &'a str)];
+
 fn decided_by(e: &Evaluation) -> Option<&str> {
     e.outcome.decided_by_rule.as_deref()
 }
@@ -78,7 +84,7 @@ fn decided_by(e: &Evaluation) -> Option<&str> {
 #[test]
 fn each_default_rule_decides_its_case() {
     let pack = default_pack();
-    let cases: Vec<(&str, Decision, Option<&str>, Option<Action>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "clean approval stands",
             decision("Approved", json!({})),
@@ -234,7 +240,7 @@ fn the_strongest_action_wins_and_every_match_is_recorded() {
 
 #[test]
 fn precedence_is_blocklist_decline_review_resubmit_approve_and_first_among_equals() {
-    let file = |actions: &[(&str, &str)]| {
+    let file = |actions: Actions| {
         let mut text = String::from("version = \"t\"\n");
         for (name, action) in actions {
             text.push_str(&format!(
@@ -249,7 +255,7 @@ fn precedence_is_blocklist_decline_review_resubmit_approve_and_first_among_equal
     let resubmit = "action = \"resubmit\"\nnodes = [\"feature_ocr:OCR\"]";
     let blocklist = "action = \"blocklist\"\nblocklist = { face = true }";
     let none = "action = \"none\"";
-    let cases: &[(&[(&str, &str)], Option<&str>)] = &[
+    let cases: &[(Actions, Option<&str>)] = &[
         (&[("a", approve), ("b", resubmit)], Some("b")),
         (&[("a", resubmit), ("b", review)], Some("b")),
         (&[("a", decline), ("b", review)], Some("a")),
