@@ -72,7 +72,13 @@ fn sandbox_decision(scenario: Scenario) -> Decision {
 }
 
 /// A case: its name, the decision, the deciding rule, its action, the comment.
-type Case = (&'static str, Decision, Option<&'static str>, Option<Action>, &'static str);
+type Case = (
+    &'static str,
+    Decision,
+    Option<&'static str>,
+    Option<Action>,
+    &'static str,
+);
 
 /// `(name, action lines)` of each rule of a file.
 type Actions<'a> = &'a [(&'a str, &'a str)];
