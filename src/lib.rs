@@ -8,6 +8,7 @@
 //! - [`domain`]: statuses and other types that do no I/O.
 //! - [`didit`]: the only code that speaks HTTP to Didit, and webhook signatures.
 //! - [`queue`]: durable jobs in Redis under apalis workers.
+//! - [`rules`]: the operator's auto-decision rules (CEL) over Didit's decisions.
 //! - [`sandbox`]: a local emulator of the Didit endpoints the fleet uses.
 //! - [`cli`]: the `kyc-worker` command line.
 
@@ -19,6 +20,7 @@ pub mod jobs;
 pub mod producer;
 pub mod queue;
 pub mod ratelimit;
+pub mod rules;
 pub mod sandbox;
 pub mod settings;
 pub mod startup;

@@ -36,6 +36,27 @@ pub struct Settings {
     pub ratelimit: RateLimitSettings,
     /// Named workflows a start request may ask for (`workflow = "premium"`).
     pub workflows: HashMap<String, uuid::Uuid>,
+    pub rules: RulesSettings,
+}
+
+/// The auto-decision rules (see [`crate::rules`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RulesSettings {
+    pub source: RulesSource,
+    /// Evaluate and publish what the rules decided, but never change the status at Didit.
+    pub dry_run: bool,
+    /// Resubmissions a rule may ask for per session; past it a `resubmit` goes to review.
+    pub max_resubmits: u32,
+}
+
+/// Where the rule set comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RulesSource {
+    /// `file` unset: the default pack compiled into the binary.
+    Embedded,
+    /// `file = ""`: no rules, Didit's status always stands.
+    Disabled,
+    File(std::path::PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -283,6 +304,15 @@ struct RawSettings {
     ratelimit: RawRateLimit,
     #[serde(default)]
     workflows: HashMap<String, String>,
+    rules: RawRules,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRules {
+    file: Option<String>,
+    dry_run: String,
+    max_resubmits: String,
 }
 
 #[derive(Deserialize)]
@@ -649,11 +679,30 @@ impl RawSettings {
             workflows.insert(name, id);
         }
 
+        let rules = RulesSettings {
+            source: match self.rules.file.as_deref().map(str::trim) {
+                None => RulesSource::Embedded,
+                Some("") => RulesSource::Disabled,
+                Some(path) => RulesSource::File(path.into()),
+            },
+            dry_run: parse_bool("rules.dry_run", &self.rules.dry_run)?,
+            max_resubmits: self.rules.max_resubmits.trim().parse().map_err(|_| {
+                SettingsError::new(
+                    "rules.max_resubmits",
+                    format!(
+                        "expected a whole number, got \"{}\"",
+                        self.rules.max_resubmits
+                    ),
+                )
+            })?,
+        };
+
         Ok(Settings {
             poll,
             events,
             ratelimit,
             workflows,
+            rules,
             queue,
             log,
             redis: RedisSettings {
@@ -824,6 +873,19 @@ mod tests {
         assert!(s.http.api_token.is_none());
         assert_eq!(s.didit.webhook_tolerance, Duration::from_secs(300));
         assert_eq!(s.worker.concurrency, 64);
+        assert_eq!(s.rules.source, RulesSource::Embedded);
+        assert!(!s.rules.dry_run);
+        assert_eq!(s.rules.max_resubmits, 1);
+    }
+
+    #[test]
+    fn the_rules_file_can_be_named_or_switched_off() {
+        let s = load(&[("KYC__RULES__FILE", "ops/rules.toml")]).expect("valid");
+        assert_eq!(s.rules.source, RulesSource::File("ops/rules.toml".into()));
+        let s = load(&[("KYC__RULES__FILE", "")]).expect("valid");
+        assert_eq!(s.rules.source, RulesSource::Disabled);
+        let err = load(&[("KYC__RULES__MAX_RESUBMITS", "-1")]).expect_err("negative");
+        assert_eq!(err.key, "KYC__RULES__MAX_RESUBMITS");
     }
 
     #[test]

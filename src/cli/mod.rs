@@ -1,12 +1,13 @@
 //! The `kyc-worker` command line: parses arguments, loads settings, runs one command.
 //!
 //! Exit codes are part of the interface: 0 success, 1 a command that failed (Didit refused,
-//! unreachable host), 2 bad usage or an invalid setting (before anything touched Redis or
-//! Didit).
+//! unreachable host), 2 bad usage, an invalid setting or an invalid rules file (before anything
+//! touched Redis or Didit).
 
 mod bench;
 mod didit;
 mod queue;
+mod rules;
 mod run;
 mod sandbox;
 
@@ -44,6 +45,8 @@ pub enum Command {
     Queue(queue::QueueArgs),
     /// Benchmarks (`bench queue` measures the job queue alone)
     Bench(bench::BenchArgs),
+    /// Auto-decision rules: check a rules file, explain a decision rule by rule
+    Rules(rules::RulesArgs),
 }
 
 /// Why a command stopped: decides the exit code.
@@ -54,13 +57,15 @@ pub enum CliError {
     #[error("{0}")]
     Usage(String),
     #[error(transparent)]
+    Rules(#[from] crate::rules::RuleError),
+    #[error(transparent)]
     Failed(#[from] anyhow::Error),
 }
 
 impl CliError {
     fn exit_code(&self) -> ExitCode {
         match self {
-            CliError::Settings(_) | CliError::Usage(_) => ExitCode::from(2),
+            CliError::Settings(_) | CliError::Usage(_) | CliError::Rules(_) => ExitCode::from(2),
             CliError::Failed(_) => ExitCode::from(1),
         }
     }
@@ -115,6 +120,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             queue::run(args, &settings).await
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::Rules(args) => rules::run(args),
     }
 }
 

@@ -33,7 +33,7 @@ mod contested;
 mod control;
 mod limits;
 mod routes;
-mod scenarios;
+pub(crate) mod scenarios;
 mod state;
 mod webhooks;
 

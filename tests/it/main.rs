@@ -7,5 +7,6 @@ mod helpers;
 mod pipeline;
 mod queue;
 mod redis_harness;
+mod rules;
 mod sandbox;
 mod sandbox_schema;
