@@ -17,6 +17,7 @@ pub mod didit;
 pub mod domain;
 pub mod http;
 pub mod jobs;
+pub mod metrics;
 pub mod producer;
 pub mod queue;
 pub mod ratelimit;

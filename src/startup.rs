@@ -4,6 +4,7 @@
 use std::{
     future::Future,
     sync::{atomic::AtomicBool, Arc},
+    time::Duration,
 };
 
 use anyhow::Context;
@@ -11,8 +12,10 @@ use tokio::net::TcpListener;
 
 use crate::{
     didit::{webhook::WebhookVerifier, DiditClient},
-    http::{public_router, AppState},
-    jobs::{run_workers, Pipeline},
+    domain::AccountPause,
+    http::{internal_router, public_router, AppState},
+    jobs::{run_workers, Pipeline, QUEUES},
+    metrics::Metrics,
     producer::Producer,
     queue::Queue,
     ratelimit::RateLimiter,
@@ -23,6 +26,8 @@ use crate::{
 /// A built, not yet running, fleet process.
 pub struct Application {
     listener: TcpListener,
+    /// The internal listener for `/metrics`, when `http.internal_port` is set.
+    internal: Option<TcpListener>,
     port: u16,
     pipeline: Pipeline,
     state: AppState,
@@ -30,16 +35,18 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects to Redis and binds the HTTP port (0 picks a free one).
+    /// Connects to Redis and binds the HTTP ports (0 picks a free one).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
+        let metrics = Metrics::new(&QUEUES);
         let queue = Queue::connect(
             settings.redis.url(),
             &settings.redis.prefix,
             settings.queue.clone(),
         )
         .await
-        .context("cannot connect to Redis")?;
+        .context("cannot connect to Redis")?
+        .with_metrics(metrics.clone());
         let conn = crate::queue::connect(settings.redis.url())
             .await
             .context("cannot connect to Redis")?;
@@ -49,12 +56,13 @@ impl Application {
             settings.events.clone(),
         );
         let limiter = RateLimiter::new(conn, &settings.redis.prefix, settings.ratelimit.clone());
-        let didit = DiditClient::new(&settings.didit)?;
+        let didit = DiditClient::new(&settings.didit)?.with_metrics(metrics.clone());
         let pipeline = Pipeline::new(
             didit,
             queue.clone(),
             store.clone(),
             limiter,
+            metrics.clone(),
             settings.clone(),
         );
         let state = AppState {
@@ -67,14 +75,17 @@ impl Application {
             )),
             api_token: settings.http.api_token.clone(),
             workers_alive: Arc::new(AtomicBool::new(true)),
+            metrics,
         };
-        let address = format!("{}:{}", settings.http.host, settings.http.port);
-        let listener = TcpListener::bind(&address)
-            .await
-            .with_context(|| format!("cannot listen on {address}"))?;
+        let listener = bind(&settings.http.host, settings.http.port).await?;
+        let internal = match settings.http.internal_port {
+            Some(port) => Some(bind(&settings.http.host, port).await?),
+            None => None,
+        };
         let port = listener.local_addr()?.port();
         Ok(Self {
             listener,
+            internal,
             port,
             pipeline,
             state,
@@ -99,15 +110,24 @@ impl Application {
         let settings = self.pipeline.settings.clone();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let alive = self.state.workers_alive.clone();
-        let router = public_router(self.state);
-        let mut http_stop = stop_rx.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(self.listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = http_stop.wait_for(|stop| *stop).await;
-                })
-                .await
-        });
+        let (public, internal) = match self.internal {
+            Some(_) => (
+                public_router(self.state.clone()),
+                Some(internal_router(self.state.clone())),
+            ),
+            None => (
+                public_router(self.state.clone()).merge(internal_router(self.state.clone())),
+                None,
+            ),
+        };
+        let server = tokio::spawn(serve(self.listener, public, stop_rx.clone()));
+        let internal_server = match (self.internal, internal) {
+            (Some(listener), Some(router)) => {
+                Some(tokio::spawn(serve(listener, router, stop_rx.clone())))
+            }
+            _ => None,
+        };
+        let sampler = tokio::spawn(sample(self.pipeline.clone()));
         tracing::info!(port = self.port, consumer = %self.consumer, "kyc-worker running");
         let mut worker_stop = stop_rx.clone();
         let workers = run_workers(
@@ -126,11 +146,90 @@ impl Application {
         });
         let result = workers.await;
         alive.store(false, std::sync::atomic::Ordering::SeqCst);
+        sampler.abort();
         server
             .await
             .context("HTTP server task")?
             .context("HTTP server")?;
+        if let Some(internal) = internal_server {
+            internal
+                .await
+                .context("internal HTTP server task")?
+                .context("internal HTTP server")?;
+        }
         result
+    }
+}
+
+async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
+    let address = format!("{host}:{port}");
+    TcpListener::bind(&address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))
+}
+
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        })
+        .await
+}
+
+/// Samples what cannot be counted as it happens: queue depths and lag, the account pause,
+/// the outcome stream's consumer lag (every 15 s), and the Didit balance (every 5 min).
+async fn sample(pipeline: Pipeline) {
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    let mut ticks: u64 = 0;
+    loop {
+        tick.tick().await;
+        let m = &pipeline.metrics;
+        for queue in QUEUES {
+            if let Ok(stats) = pipeline.queue.stats(queue).await {
+                m.queue_depth
+                    .with_label_values(&[queue, "ready"])
+                    .set(stats.ready as f64);
+                m.queue_depth
+                    .with_label_values(&[queue, "in_flight"])
+                    .set(stats.in_flight as f64);
+                m.queue_depth
+                    .with_label_values(&[queue, "scheduled"])
+                    .set(stats.scheduled as f64);
+                m.queue_depth
+                    .with_label_values(&[queue, "dead"])
+                    .set(stats.dead as f64);
+                m.queue_lag
+                    .with_label_values(&[queue])
+                    .set(stats.lag_ms as f64 / 1000.0);
+            }
+        }
+        if let Ok(pause) = pipeline.store.pause().await {
+            for reason in AccountPause::ALL {
+                let on = pause == Some(reason);
+                m.didit_paused
+                    .with_label_values(&[reason.as_str()])
+                    .set(if on { 1.0 } else { 0.0 });
+            }
+        }
+        if let Ok(groups) = pipeline.store.event_consumer_lag().await {
+            for (group, lag) in groups {
+                m.events_consumer_lag
+                    .with_label_values(&[&group])
+                    .set(lag as f64);
+            }
+        }
+        if ticks % 20 == 0 {
+            if let Ok(balance) = pipeline.didit.balance().await {
+                if let Ok(value) = balance.balance.trim().parse::<f64>() {
+                    m.didit_balance.set(value);
+                }
+            }
+        }
+        ticks += 1;
     }
 }
 

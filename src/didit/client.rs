@@ -162,6 +162,7 @@ pub struct DiditClient {
     api_key: SecretString,
     request_timeout: Duration,
     pdf_timeout: Duration,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl fmt::Debug for DiditClient {
@@ -196,7 +197,14 @@ impl DiditClient {
             api_key: settings.api_key.clone(),
             request_timeout: settings.request_timeout,
             pdf_timeout: settings.pdf_timeout,
+            metrics: None,
         })
+    }
+
+    /// Counts every call in `kyc_didit_requests_total` and its latency.
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn base_url(&self) -> &Url {
@@ -462,6 +470,36 @@ impl DiditClient {
         body: Body<'_, B>,
         timeout: Duration,
     ) -> Result<Vec<u8>, DiditError> {
+        let started = std::time::Instant::now();
+        let result = self.exchange(endpoint, method, url, body, timeout).await;
+        if let Some(metrics) = &self.metrics {
+            let status = match &result {
+                Ok(_) => Some(200),
+                Err(e) => e.status(),
+            };
+            metrics
+                .didit_requests
+                .with_label_values(&[
+                    endpoint.as_str(),
+                    crate::metrics::Metrics::status_class(status),
+                ])
+                .inc();
+            metrics
+                .didit_duration
+                .with_label_values(&[endpoint.as_str()])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    async fn exchange<B: Serialize>(
+        &self,
+        endpoint: Endpoint,
+        method: Method,
+        url: Url,
+        body: Body<'_, B>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, DiditError> {
         let mut request = self
             .http
             .request(method, url)
@@ -495,9 +533,13 @@ impl DiditClient {
     }
 }
 
+/// Parses a 2xx body. The error keeps serde's explanation but not the values it quotes
+/// (a decision carries names and document numbers).
 fn decode<T: DeserializeOwned>(endpoint: Endpoint, bytes: &[u8]) -> Result<T, DiditError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| DiditError::new(endpoint, DiditErrorKind::Decode(e.to_string())))
+    serde_json::from_slice(bytes).map_err(|e| {
+        let reason = crate::telemetry::redact_values(&e.to_string());
+        DiditError::new(endpoint, DiditErrorKind::Decode(reason))
+    })
 }
 
 fn retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {

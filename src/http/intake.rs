@@ -71,6 +71,11 @@ pub async fn start(
                 reason = "malformed",
                 "intake request rejected"
             );
+            state
+                .metrics
+                .intake_rejected
+                .with_label_values(&["http", "malformed"])
+                .inc();
             return error(StatusCode::BAD_REQUEST, &message, None);
         }
     };
@@ -95,6 +100,11 @@ pub async fn start(
                 field = e.field,
                 "intake request rejected"
             );
+            state
+                .metrics
+                .intake_rejected
+                .with_label_values(&["http", "invalid"])
+                .inc();
             return error(StatusCode::BAD_REQUEST, &e.to_string(), Some(e.field));
         }
         Err(e) => {

@@ -26,6 +26,7 @@ pub struct AppState {
     pub api_token: Option<secrecy::SecretString>,
     /// Cleared when the workers have died, so liveness fails and the pod is restarted.
     pub workers_alive: Arc<AtomicBool>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Largest webhook body accepted (Didit's decisions are tens of KiB).
@@ -45,6 +46,26 @@ pub fn public_router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
+}
+
+/// The internal routes: `/metrics` (on `http.internal_port` when set, else merged into the
+/// public port).
+pub fn internal_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn metrics(
+    State(state): State<AppState>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
 }
 
 /// Liveness: the workers are running.

@@ -33,6 +33,18 @@ pub async fn didit_webhook(
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, &'static str) {
+    let (status, result) = receive(&state, &headers, &body).await;
+    state.metrics.webhooks.with_label_values(&[result]).inc();
+    (status, result)
+}
+
+/// Handles one delivery; the second value is the `kyc_webhooks_total{result}` label, also
+/// the response body.
+async fn receive(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> (StatusCode, &'static str) {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let signature = SignatureHeaders {
         timestamp: header(HEADER_TIMESTAMP),
@@ -44,7 +56,7 @@ pub async fn didit_webhook(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let verified = match state.verifier.verify(&signature, &body, now) {
+    let verified = match state.verifier.verify(&signature, body, now) {
         Ok(v) => v,
         Err(e) => {
             tracing::warn!(result = e.result_label(), error = %e, "webhook refused");
@@ -53,7 +65,7 @@ pub async fn didit_webhook(
             } else {
                 StatusCode::UNAUTHORIZED
             };
-            return (status, "refused");
+            return (status, e.result_label());
         }
     };
     let payload = &verified.payload;
@@ -66,7 +78,7 @@ pub async fn didit_webhook(
     };
     let Ok(session_id) = Uuid::parse_str(&text("session_id")) else {
         tracing::warn!(result = "malformed", "webhook without a session id");
-        return (StatusCode::BAD_REQUEST, "no session_id");
+        return (StatusCode::BAD_REQUEST, "malformed");
     };
     let status = text("status");
     let status_kind = SessionStatus::parse(&status);
@@ -75,7 +87,7 @@ pub async fn didit_webhook(
     // one decision read.
     if !status_kind.is_final() && status_kind != SessionStatus::Resubmitted {
         tracing::debug!(result = "accepted", session = %session_id, status = %status, "progress webhook noted");
-        return (StatusCode::OK, "noted");
+        return (StatusCode::OK, "accepted");
     }
     let event_id = text("event_id");
     // Didit may or may not reuse event_id on a retry: dedupe on both it and the change itself.
@@ -89,22 +101,22 @@ pub async fn didit_webhook(
                 return (StatusCode::OK, "duplicate");
             }
             Err(e) => {
-                return retry_later(&state, &[event_key.as_deref(), Some(&change_key)], e).await
+                return retry_later(state, &[event_key.as_deref(), Some(&change_key)], e).await
             }
         }
     }
     let forget = [event_key.as_deref(), Some(change_key.as_str())];
     match state.store.session(session_id).await {
         Ok(Some(_)) => {}
-        Ok(None) => match adopt(&state, session_id, payload).await {
+        Ok(None) => match adopt(state, session_id, payload).await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::info!(result = "unknown_session", session = %session_id, "webhook for a session we do not follow");
-                return (StatusCode::OK, "unknown session");
+                return (StatusCode::OK, "unknown_session");
             }
-            Err(e) => return retry_later(&state, &forget, e).await,
+            Err(e) => return retry_later(state, &forget, e).await,
         },
-        Err(e) => return retry_later(&state, &forget, e).await,
+        Err(e) => return retry_later(state, &forget, e).await,
     }
     let job = PollDecision {
         session_id,
@@ -116,7 +128,7 @@ pub async fn didit_webhook(
         .push_at(&PollDecision::slot(session_id), &job, SystemTime::now())
         .await
     {
-        return retry_later(&state, &forget, e).await;
+        return retry_later(state, &forget, e).await;
     }
     tracing::info!(result = "accepted", session = %session_id, status = %status, scheme = verified.scheme.as_str(), "webhook accepted");
     (StatusCode::OK, "accepted")
@@ -162,5 +174,5 @@ async fn retry_later(
     for key in dedupe_keys.iter().flatten() {
         let _ = state.store.forget_delivery(key).await;
     }
-    (StatusCode::SERVICE_UNAVAILABLE, "retry")
+    (StatusCode::SERVICE_UNAVAILABLE, "error")
 }

@@ -14,6 +14,7 @@ use crate::{
     domain::{
         AccountPause, Decider, EventType, OutcomeEvent, PollSchedule, RequestId, SessionStatus,
     },
+    metrics::Metrics,
     queue::{now_ms, JobError, Queue},
     ratelimit::{Priority, RateLimiter},
     settings::Settings,
@@ -29,6 +30,7 @@ pub struct Pipeline {
     pub queue: Queue,
     pub store: Store,
     pub limiter: RateLimiter,
+    pub metrics: Arc<Metrics>,
     pub settings: Arc<Settings>,
     /// Session expiration per workflow, read from Didit once per process.
     expirations: Arc<Mutex<HashMap<Uuid, Duration>>>,
@@ -49,6 +51,7 @@ impl Pipeline {
         queue: Queue,
         store: Store,
         limiter: RateLimiter,
+        metrics: Arc<Metrics>,
         settings: Arc<Settings>,
     ) -> Self {
         Self {
@@ -56,6 +59,7 @@ impl Pipeline {
             queue,
             store,
             limiter,
+            metrics,
             settings,
             expirations: Arc::new(Mutex::new(HashMap::new())),
         }
@@ -89,6 +93,12 @@ impl Pipeline {
             .await
             .map_err(redis_failure)?
         {
+            for scope in endpoint.scopes() {
+                self.metrics
+                    .rate_limit_deferred
+                    .with_label_values(&[scope.as_str()])
+                    .inc();
+            }
             return Err(JobError::Wait {
                 reason: format!("Didit budget for {endpoint} used up"),
                 after: wait,
@@ -97,6 +107,12 @@ impl Pipeline {
         let result = call(self.didit.clone()).await;
         if let Err(e) = &result {
             if e.status() == Some(429) {
+                for scope in endpoint.scopes() {
+                    self.metrics
+                        .didit_rate_limited
+                        .with_label_values(&[scope.as_str()])
+                        .inc();
+                }
                 let wait = match e.class() {
                     ErrorClass::Retryable {
                         retry_after: Some(d),
@@ -150,7 +166,7 @@ impl Pipeline {
         }
     }
 
-    /// Schedules the session's next poll in its one slot.
+    /// Schedules the session's next poll in its one slot, unless an earlier one is there.
     pub async fn schedule_poll(
         &self,
         session_id: Uuid,
@@ -158,7 +174,7 @@ impl Pipeline {
         after: Duration,
     ) -> Result<(), JobError> {
         self.queue
-            .push_at(
+            .push_no_later(
                 &PollDecision::slot(session_id),
                 &PollDecision {
                     session_id,
@@ -233,9 +249,7 @@ impl Pipeline {
                 decider,
                 data.clone(),
             );
-            if self.store.publish(&event).await.map_err(redis_failure)? {
-                tracing::info!(event = event.kind, status = %status, session = %session_id, "event published");
-            }
+            self.publish(&event).await?;
         }
         self.store
             .set_session_status(session_id, status)
@@ -261,11 +275,27 @@ impl Pipeline {
             &Decider::Fleet,
             json!({"reason": reason.as_str(), "detail": detail}),
         );
-        self.store
-            .publish(&event)
-            .await
-            .map_err(redis_failure)
-            .map(drop)
+        self.publish(&event).await.map(drop)
+    }
+
+    /// Publishes an event once per (request, session, type, status) and counts it;
+    /// `true` when it was new.
+    pub async fn publish(&self, event: &OutcomeEvent) -> Result<bool, JobError> {
+        let new = self.store.publish(event).await.map_err(redis_failure)?;
+        if new {
+            self.metrics
+                .events_published
+                .with_label_values(&[event.kind])
+                .inc();
+            if event.kind == EventType::Decided.as_str() {
+                self.metrics
+                    .decisions
+                    .with_label_values(&[&event.status, Metrics::decider_kind(&event.decided_by)])
+                    .inc();
+            }
+            tracing::info!(event = event.kind, status = %event.status, session = ?event.session_id, "event published");
+        }
+        Ok(new)
     }
 
     /// Unix ms when a session created now gives up: expiration + grace.

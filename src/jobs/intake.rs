@@ -26,6 +26,7 @@ const JSON_FIELDS: [&str; 3] = ["contact_details", "expected_details", "metadata
 /// Reads the intake stream until the task is aborted.
 pub async fn read_intake(
     producer: Producer,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     url: String,
     prefix: String,
     consumer: String,
@@ -84,7 +85,7 @@ pub async fn read_intake(
             }
         }
         for entry in entries {
-            if let Err(e) = take(&producer, c, &stream, &rejected, entry).await {
+            if let Err(e) = take(&producer, &metrics, c, &stream, &rejected, entry).await {
                 // Left pending: reclaimed and retried after `reclaim_after`.
                 tracing::warn!(error = %e, "intake: could not take an entry; it will be retried");
             }
@@ -94,20 +95,26 @@ pub async fn read_intake(
 
 async fn take(
     producer: &Producer,
+    metrics: &crate::metrics::Metrics,
     c: &mut ConnectionManager,
     stream: &str,
     rejected: &str,
     entry: StreamId,
 ) -> Result<(), ProducerError> {
-    match parse_entry(&entry) {
+    let refusal = match parse_entry(&entry) {
         Ok(request) => match producer.start_kyc(request).await {
-            Ok(_) => {}
-            Err(ProducerError::Invalid(e)) => {
-                reject(c, rejected, &entry.id, &e.to_string()).await?
-            }
+            Ok(_) => None,
+            Err(ProducerError::Invalid(e)) => Some(("invalid", e.to_string())),
             Err(other) => return Err(other),
         },
-        Err(reason) => reject(c, rejected, &entry.id, &reason).await?,
+        Err(reason) => Some(("malformed", reason)),
+    };
+    if let Some((kind, reason)) = refusal {
+        metrics
+            .intake_rejected
+            .with_label_values(&["intake_stream", kind])
+            .inc();
+        reject(c, rejected, &entry.id, &reason).await?;
     }
     redis::pipe()
         .xack(stream, GROUP, &[&entry.id])

@@ -43,6 +43,7 @@ pub async fn run_workers(
     let sweeper = tokio::spawn(sweep::sweep(pipeline.clone()));
     let intake = tokio::spawn(intake::read_intake(
         crate::producer::Producer::new(pipeline.queue.clone(), pipeline.store.clone()),
+        pipeline.metrics.clone(),
         pipeline.settings.redis.url().to_owned(),
         pipeline.settings.redis.prefix.clone(),
         format!("{consumer}-intake"),

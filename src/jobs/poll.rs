@@ -123,9 +123,21 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
             return Err(error);
         }
     };
+    let fetches = p.store.count_fetch(sid).await.map_err(redis_failure)?;
     let status = decision.status.clone();
     let now = now_ms();
     if EventType::for_status(&status).is_some() {
+        let first_result = session
+            .status
+            .as_ref()
+            .is_none_or(|s| EventType::for_status(s).is_none());
+        if first_result {
+            let elapsed_ms = now.saturating_sub(session.created_at_ms);
+            p.metrics
+                .time_to_decision
+                .observe(elapsed_ms as f64 / 1000.0);
+            p.metrics.decision_fetches.observe(fetches as f64);
+        }
         let mut data = decision_summary(&decision);
         data["url"] = json!(decision.session_url);
         p.publish_status(sid, &session.requests, &status, &Decider::Didit, data)
@@ -168,7 +180,7 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
                 &Decider::Fleet,
                 json!({"reason": "deadline", "last_status": status.as_str()}),
             );
-            p.store.publish(&event).await.map_err(redis_failure)?;
+            p.publish(&event).await?;
         }
         p.store.close_session(sid).await.map_err(redis_failure)?;
         return Ok(Completion::Done);

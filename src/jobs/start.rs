@@ -19,7 +19,9 @@ use crate::{
         types::{CreateSessionRequest, SessionQuery},
         Endpoint, ErrorClass,
     },
-    domain::{Decider, EventType, FailureReason, OutcomeEvent, RequestId, StartRequest},
+    domain::{
+        Decider, EventType, FailureReason, OutcomeEvent, RequestId, SessionStatus, StartRequest,
+    },
     queue::{Completion, Delivery, Job, JobError},
     ratelimit::Priority,
 };
@@ -92,7 +94,7 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
     {
         // Created before (a duplicate request, or a crash after recording): make sure the
         // link was announced and the session is followed, nothing more.
-        announce(p, rid, &vendor_data, sid, &url, false).await?;
+        announce(p, rid, &vendor_data, sid, &url).await?;
         return Ok(Completion::Done);
     }
     let found = if record.is_some_and(|r| r.intent) {
@@ -114,7 +116,10 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
                 })
                 .await?;
             match created {
-                Ok(created) => (created.session_id, created.url),
+                Ok(created) => {
+                    p.metrics.sessions_created.inc();
+                    (created.session_id, created.url)
+                }
                 Err(e) => return create_failed(p, rid, &vendor_data, e, delivery).await,
             }
         }
@@ -124,7 +129,7 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
         .record_session(rid, &vendor_data, sid, &url, deadline)
         .await
         .map_err(redis_failure)?;
-    announce(p, rid, &vendor_data, sid, &url, true).await?;
+    announce(p, rid, &vendor_data, sid, &url).await?;
     Ok(Completion::Done)
 }
 
@@ -204,15 +209,29 @@ async fn find_session(
     Ok(None)
 }
 
-/// Publishes `kyc.session.created` and schedules the first poll.
+/// Makes sure the session is followed, then publishes `kyc.session.created`.
+///
+/// Both steps are idempotent (the poll has one slot, the event one marker) and run on every
+/// delivery, in this order, so a crash between them on an earlier run leaves nothing
+/// undone. A session that already reached a result nothing follows is left alone.
 async fn announce(
     p: &Pipeline,
     rid: &RequestId,
     vendor_data: &str,
     sid: Uuid,
     url: &str,
-    first: bool,
 ) -> Result<(), JobError> {
+    let settled = p
+        .store
+        .session(sid)
+        .await
+        .map_err(redis_failure)?
+        .and_then(|s| s.status)
+        .is_some_and(|s| s.is_final() && s != SessionStatus::InReview);
+    if !settled {
+        let delay = p.schedule().interval(0, sid.as_u128());
+        p.schedule_poll(sid, 0, delay).await?;
+    }
     let event = OutcomeEvent::new(
         EventType::Created,
         rid.clone(),
@@ -222,12 +241,7 @@ async fn announce(
         &Decider::Didit,
         json!({"url": url}),
     );
-    let new = p.store.publish(&event).await.map_err(redis_failure)?;
-    if new || first {
-        let delay = p.schedule().interval(0, sid.as_u128());
-        p.schedule_poll(sid, 0, delay).await?;
-    }
-    Ok(())
+    p.publish(&event).await.map(drop)
 }
 
 /// A failed create: a request-level refusal ends the request with `kyc.session.failed`;

@@ -83,6 +83,7 @@ pub struct Delivery {
     /// How many times a dead process abandoned this job before.
     pub abandoned: u32,
     envelope: Arc<Envelope>,
+    received: std::time::Instant,
 }
 
 impl Delivery {
@@ -436,6 +437,7 @@ impl<A: Job> Fetcher<A> {
                     attempt: envelope.attempt,
                     abandoned,
                     envelope: Arc::new(envelope),
+                    received: std::time::Instant::now(),
                 };
                 let mut task = Task::new(args);
                 task.inject_data(delivery);
@@ -572,8 +574,25 @@ impl<A> Clone for Finisher<A> {
 /// The step that ends one delivery.
 enum Finish {
     Done,
-    Schedule { at_ms: u64, envelope: Envelope },
-    Bury { reason: String },
+    /// `outcome` is the `kyc_jobs_total` label: run_again, retried or waited.
+    Schedule {
+        at_ms: u64,
+        envelope: Envelope,
+        outcome: &'static str,
+    },
+    Bury {
+        reason: String,
+    },
+}
+
+impl Finish {
+    fn outcome(&self) -> &'static str {
+        match self {
+            Finish::Done => "done",
+            Finish::Schedule { outcome, .. } => outcome,
+            Finish::Bury { .. } => "dead",
+        }
+    }
 }
 
 impl<A: Job> Acknowledge<Completion<A>> for Finisher<A> {
@@ -622,6 +641,7 @@ fn decide<A: Job>(
                         deadline_ms: deadline_from(at_ms, settings),
                         args: raw,
                     },
+                    outcome: "run_again",
                 }
             }
             Err(e) => Finish::Bury {
@@ -643,7 +663,7 @@ fn decide<A: Job>(
 }
 
 fn decide_failure(delivery: &Delivery, error: &JobError, settings: &QueueSettings) -> Finish {
-    let (reason, after, attempt) = match error {
+    let (reason, after, attempt, outcome) = match error {
         JobError::Fatal(reason) => {
             return Finish::Bury {
                 reason: reason.clone(),
@@ -651,13 +671,10 @@ fn decide_failure(delivery: &Delivery, error: &JobError, settings: &QueueSetting
         }
         JobError::Retry { reason, after } => {
             let attempt = delivery.attempt + 1;
-            (
-                reason,
-                after.unwrap_or_else(|| retry_delay(attempt, settings)),
-                attempt,
-            )
+            let after = after.unwrap_or_else(|| retry_delay(attempt, settings));
+            (reason, after, attempt, "retried")
         }
-        JobError::Wait { reason, after } => (reason, *after, delivery.attempt),
+        JobError::Wait { reason, after } => (reason, *after, delivery.attempt, "waited"),
     };
     let at_ms = now_ms().saturating_add(after.as_millis().min(u128::from(u64::MAX)) as u64);
     if attempt >= settings.max_attempts {
@@ -671,7 +688,11 @@ fn decide_failure(delivery: &Delivery, error: &JobError, settings: &QueueSetting
     } else {
         let mut envelope = (*delivery.envelope).clone();
         envelope.attempt = attempt;
-        Finish::Schedule { at_ms, envelope }
+        Finish::Schedule {
+            at_ms,
+            envelope,
+            outcome,
+        }
     }
 }
 
@@ -697,7 +718,17 @@ impl<A: Job> Finisher<A> {
         let give_up = tokio::time::Instant::now() + self.queue.settings().reclaim_after;
         loop {
             match self.try_apply(delivery, &finish).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    if let Some(m) = self.queue.metrics() {
+                        m.jobs
+                            .with_label_values(&[A::QUEUE, finish.outcome()])
+                            .inc();
+                        m.job_duration
+                            .with_label_values(&[A::QUEUE])
+                            .observe(delivery.received.elapsed().as_secs_f64());
+                    }
+                    break;
+                }
                 Err(e) if tokio::time::Instant::now() < give_up => {
                     tracing::warn!(error = %e, queue = A::QUEUE, "finishing a job failed; retrying");
                     backoff.wait().await;
@@ -725,7 +756,9 @@ impl<A: Job> Finisher<A> {
                     .query_async(&mut conn)
                     .await
             }
-            Finish::Schedule { at_ms, envelope } => {
+            Finish::Schedule {
+                at_ms, envelope, ..
+            } => {
                 let applied: i64 = scripts::RESCHEDULE
                     .key(&self.keys.delayed)
                     .key(&self.keys.payloads)

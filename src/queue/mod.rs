@@ -92,6 +92,7 @@ pub struct Queue {
     url: secrecy::SecretString,
     prefix: String,
     settings: QueueSettings,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -114,7 +115,18 @@ impl Queue {
             url: secrecy::SecretString::from(url.to_owned()),
             prefix: prefix.to_owned(),
             settings,
+            metrics: None,
         })
+    }
+
+    /// Counts finished deliveries in `kyc_jobs_total` and their duration.
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    pub(crate) fn metrics(&self) -> Option<&crate::metrics::Metrics> {
+        self.metrics.as_deref()
     }
 
     pub(crate) fn redis_url(&self) -> &str {
@@ -176,7 +188,18 @@ impl Queue {
         args: &A,
         at: SystemTime,
     ) -> Result<(), QueueError> {
-        self.push_at_many::<A, &A>(&[(id.to_owned(), args, at)])
+        self.schedule_many::<A, &A>(&[(id.to_owned(), args, at)], false)
+            .await
+    }
+
+    /// Like [`Queue::push_at`], but never moves a job already in the slot to a later time.
+    pub async fn push_no_later<A: Job>(
+        &self,
+        id: &str,
+        args: &A,
+        at: SystemTime,
+    ) -> Result<(), QueueError> {
+        self.schedule_many::<A, &A>(&[(id.to_owned(), args, at)], true)
             .await
     }
 
@@ -184,6 +207,14 @@ impl Queue {
     pub async fn push_at_many<A: Job, J: std::borrow::Borrow<A>>(
         &self,
         jobs: &[(String, J, SystemTime)],
+    ) -> Result<(), QueueError> {
+        self.schedule_many(jobs, false).await
+    }
+
+    async fn schedule_many<A: Job, J: std::borrow::Borrow<A>>(
+        &self,
+        jobs: &[(String, J, SystemTime)],
+        earlier_only: bool,
     ) -> Result<(), QueueError> {
         let keys = self.keys(A::QUEUE);
         let mut pipe = redis::pipe();
@@ -198,7 +229,8 @@ impl Queue {
                     .key(&keys.payloads)
                     .arg(id)
                     .arg(due)
-                    .arg(envelope.encode()),
+                    .arg(envelope.encode())
+                    .arg(u8::from(earlier_only)),
             )
             .ignore();
         }

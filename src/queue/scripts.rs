@@ -39,11 +39,18 @@ return #due / 2
     )
 });
 
-/// Schedules a job for a later time. The job id is its slot: scheduling it again moves it.
-/// KEYS: delayed, payloads. ARGV: job id, due_ms, envelope.
+/// Schedules a job for a later time. The job id is its slot: scheduling it again moves it,
+/// or, with ARGV[4] = 1, moves it only earlier (an earlier run already there wins).
+/// KEYS: delayed, payloads. ARGV: job id, due_ms, envelope, earlier_only.
 pub static SCHEDULE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+if ARGV[4] == '1' then
+  local current = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  if current and tonumber(current) <= tonumber(ARGV[2]) then
+    return 0
+  end
+end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 return 1

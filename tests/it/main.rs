@@ -4,6 +4,7 @@
 mod cli;
 mod edges;
 mod helpers;
+mod observability;
 mod pipeline;
 mod queue;
 mod redis_harness;

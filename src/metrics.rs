@@ -1,0 +1,339 @@
+//! Prometheus metrics: one registry, one `/metrics`, names from DESIGN.md.
+//!
+//! Labels are by queue, endpoint, status, rule — never by worker name, session id,
+//! vendor_data or anything personal. Every label value known in advance is initialised at
+//! start, so a series exists (at 0) before its first event and alerts on `rate()` work from
+//! the first scrape.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
+};
+
+use crate::{
+    didit::{Endpoint, Scope},
+    domain::{AccountPause, EventType, SessionStatus},
+};
+
+/// Outcomes of one job delivery (`kyc_jobs_total{outcome}`).
+pub const JOB_OUTCOMES: [&str; 5] = ["done", "run_again", "retried", "waited", "dead"];
+/// Results of one webhook delivery (`kyc_webhooks_total{result}`).
+pub const WEBHOOK_RESULTS: [&str; 7] = [
+    "accepted",
+    "bad_signature",
+    "stale",
+    "duplicate",
+    "malformed",
+    "unknown_session",
+    "error",
+];
+const QUEUE_STATES: [&str; 4] = ["ready", "scheduled", "in_flight", "dead"];
+const STATUS_CLASSES: [&str; 5] = ["2xx", "4xx", "5xx", "429", "error"];
+const DECIDERS: [&str; 4] = ["didit", "rule", "operator", "kyc-worker"];
+
+/// Every metric the fleet exports.
+pub struct Metrics {
+    registry: Registry,
+    pub jobs: IntCounterVec,
+    pub job_duration: HistogramVec,
+    pub queue_depth: GaugeVec,
+    pub queue_lag: GaugeVec,
+    pub didit_requests: IntCounterVec,
+    pub didit_duration: HistogramVec,
+    pub didit_rate_limited: IntCounterVec,
+    pub rate_limit_deferred: IntCounterVec,
+    pub didit_paused: GaugeVec,
+    pub didit_balance: Gauge,
+    pub webhooks: IntCounterVec,
+    pub intake_rejected: IntCounterVec,
+    pub sessions_created: IntCounter,
+    pub decisions: IntCounterVec,
+    pub rule_matches: IntCounterVec,
+    pub time_to_decision: Histogram,
+    pub decision_fetches: Histogram,
+    pub events_published: IntCounterVec,
+    pub events_consumer_lag: GaugeVec,
+    pub up: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .expect("metric names and labels are valid constants");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("each metric is registered once");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels)
+        .expect("metric names and labels are valid constants");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("each metric is registered once");
+    g
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("metric names and labels are valid constants");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("each metric is registered once");
+    h
+}
+
+impl Metrics {
+    /// Builds and registers every metric, with known label sets initialised.
+    pub fn new(queues: &[&str]) -> Arc<Self> {
+        let registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        {
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            // The collector only fails to register twice; this registry is new.
+            let _ = registry.register(Box::new(process));
+        }
+        let r = &registry;
+        let m = Metrics {
+            jobs: counter(
+                r,
+                "kyc_jobs_total",
+                "Job deliveries finished, by queue and outcome.",
+                &["queue", "outcome"],
+            ),
+            job_duration: histogram(
+                r,
+                "kyc_job_duration_seconds",
+                "Time from a job's delivery to its finish.",
+                &["queue"],
+                prometheus::exponential_buckets(0.005, 2.0, 14).expect("valid buckets"),
+            ),
+            queue_depth: gauge(
+                r,
+                "kyc_queue_depth",
+                "Jobs per queue and state.",
+                &["queue", "state"],
+            ),
+            queue_lag: gauge(
+                r,
+                "kyc_queue_lag_seconds",
+                "Age of the oldest due job not yet started.",
+                &["queue"],
+            ),
+            didit_requests: counter(
+                r,
+                "kyc_didit_requests_total",
+                "Didit HTTP calls, by endpoint and status class.",
+                &["endpoint", "status_class"],
+            ),
+            didit_duration: histogram(
+                r,
+                "kyc_didit_request_duration_seconds",
+                "Didit HTTP call latency.",
+                &["endpoint"],
+                prometheus::exponential_buckets(0.01, 2.0, 12).expect("valid buckets"),
+            ),
+            didit_rate_limited: counter(
+                r,
+                "kyc_didit_rate_limited_total",
+                "429 answers from Didit, by bucket.",
+                &["bucket"],
+            ),
+            rate_limit_deferred: counter(
+                r,
+                "kyc_rate_limit_deferred_total",
+                "Didit calls the fleet's limiter deferred for lack of budget, by bucket.",
+                &["bucket"],
+            ),
+            didit_paused: gauge(
+                r,
+                "kyc_didit_paused",
+                "1 while Didit calls are paused fleet-wide, by reason.",
+                &["reason"],
+            ),
+            didit_balance: {
+                let g = Gauge::new(
+                    "kyc_didit_balance",
+                    "Didit credit balance in USD (sampled).",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("each metric is registered once");
+                g
+            },
+            webhooks: counter(
+                r,
+                "kyc_webhooks_total",
+                "Didit webhook deliveries, by result.",
+                &["result"],
+            ),
+            intake_rejected: counter(
+                r,
+                "kyc_intake_rejected_total",
+                "Start requests refused, by source and reason.",
+                &["source", "reason"],
+            ),
+            sessions_created: {
+                let c = IntCounter::new("kyc_sessions_created_total", "Didit sessions created.")
+                    .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("each metric is registered once");
+                c
+            },
+            decisions: counter(
+                r,
+                "kyc_decisions_total",
+                "Decisions published, by status and decider.",
+                &["status", "decider"],
+            ),
+            rule_matches: counter(
+                r,
+                "kyc_rule_matches_total",
+                "Rule matches, by rule and action.",
+                &["rule", "action"],
+            ),
+            time_to_decision: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "kyc_time_to_decision_seconds",
+                        "From session creation to its first decision.",
+                    )
+                    .buckets(prometheus::exponential_buckets(1.0, 2.0, 20).expect("valid buckets")),
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("each metric is registered once");
+                h
+            },
+            decision_fetches: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "kyc_decision_fetches_per_session",
+                        "Decision reads a session took until its decision.",
+                    )
+                    .buckets(vec![0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0]),
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("each metric is registered once");
+                h
+            },
+            events_published: counter(
+                r,
+                "kyc_events_published_total",
+                "Outcome events published, by type.",
+                &["type"],
+            ),
+            events_consumer_lag: gauge(
+                r,
+                "kyc_events_consumer_lag",
+                "Events not yet read by each consumer group of the outcome stream.",
+                &["group"],
+            ),
+            up: {
+                let g = IntGauge::new("kyc_worker_up", "1 while this process runs.")
+                    .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("each metric is registered once");
+                g
+            },
+            registry,
+        };
+        m.initialise(queues);
+        Arc::new(m)
+    }
+
+    fn initialise(&self, queues: &[&str]) {
+        for q in queues {
+            for outcome in JOB_OUTCOMES {
+                self.jobs.with_label_values(&[q, outcome]);
+            }
+            self.job_duration.with_label_values(&[q]);
+            for state in QUEUE_STATES {
+                self.queue_depth.with_label_values(&[q, state]);
+            }
+            self.queue_lag.with_label_values(&[q]);
+        }
+        for endpoint in Endpoint::ALL {
+            for class in STATUS_CLASSES {
+                self.didit_requests
+                    .with_label_values(&[endpoint.as_str(), class]);
+            }
+            self.didit_duration.with_label_values(&[endpoint.as_str()]);
+        }
+        for scope in [Scope::Get, Scope::Write, Scope::Create, Scope::Pdf] {
+            self.didit_rate_limited.with_label_values(&[scope.as_str()]);
+            self.rate_limit_deferred
+                .with_label_values(&[scope.as_str()]);
+        }
+        for pause in AccountPause::ALL {
+            self.didit_paused.with_label_values(&[pause.as_str()]);
+        }
+        for result in WEBHOOK_RESULTS {
+            self.webhooks.with_label_values(&[result]);
+        }
+        for source in ["http", "intake_stream"] {
+            for reason in ["invalid", "malformed"] {
+                self.intake_rejected.with_label_values(&[source, reason]);
+            }
+        }
+        for status in SessionStatus::ALL
+            .iter()
+            .filter(|s| EventType::for_status(s).is_some())
+        {
+            for decider in DECIDERS {
+                self.decisions
+                    .with_label_values(&[status.as_str(), decider]);
+            }
+        }
+        for kind in EventType::ALL {
+            self.events_published.with_label_values(&[kind.as_str()]);
+        }
+        self.up.set(1);
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buffer) {
+            tracing::warn!(error = %e, "could not encode metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+
+    /// `status_class` label of a Didit answer.
+    pub fn status_class(status: Option<u16>) -> &'static str {
+        match status {
+            Some(429) => "429",
+            Some(200..=299) => "2xx",
+            Some(500..=599) => "5xx",
+            Some(_) => "4xx",
+            None => "error",
+        }
+    }
+
+    /// The decider kind of a `decided_by` label (`rule:x` → `rule`).
+    pub fn decider_kind(decided_by: &str) -> &str {
+        decided_by.split(':').next().unwrap_or(decided_by)
+    }
+}
