@@ -53,5 +53,5 @@ down:
 	$(COMPOSE) down
 
 ## check-deploy: static checks of deploy/ (promtool, YAML, metric names vs a real scrape)
-check-deploy:
+check-deploy: deps
 	@scripts/check-deploy.sh
