@@ -185,7 +185,7 @@ live_scrape() {
   command -v redis-server >/dev/null 2>&1 || { echo "redis-server missing: scripts/install-deps.sh"; return 1; }
   tmp=$(mktemp -d)
   local redis_port http_port internal_port
-  read -r redis_port http_port internal_port < <(free_ports 3)
+  read -r redis_port http_port internal_port < <(free_ports 3) || return 1
 
   redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
     --dir "$tmp" >"$tmp/redis.log" 2>&1 &
@@ -226,14 +226,16 @@ live_scrape() {
       { echo "enqueue failed"; tail -n 20 "$tmp/enqueue.log"; return 1; }
   done
 
-  local metrics_url="http://127.0.0.1:$internal_port/metrics" published=0
+  local metrics_url="http://127.0.0.1:$internal_port/metrics" published=0 served=no
   while :; do
     if http_get "$metrics_url" >"$tmp/metrics.txt"; then
+      served=yes
       published=$(counter_sum kyc_events_published_total <"$tmp/metrics.txt")
       if awk -v p="$published" 'BEGIN { exit !(p >= 1) }'; then break; fi
     fi
     if [ $SECONDS -ge $deadline ]; then
-      echo "no kyc_events_published_total >= 1 on $metrics_url within ${TIMEOUT}s (published: $published)"
+      echo "no kyc_events_published_total >= 1 on $metrics_url within ${TIMEOUT}s" \
+        "(published: $published; GET /metrics answered 200: $served)"
       tail -n 20 "$tmp/worker.log"
       return 1
     fi
