@@ -150,6 +150,9 @@ cleanup() {
   if [ -n "$tmp" ]; then rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
+# Turn INT/TERM into a normal exit so the EXIT trap stops what we started.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # Prints N distinct free TCP ports on 127.0.0.1 (held open together so they differ).
 free_ports() {
