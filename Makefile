@@ -39,3 +39,19 @@ fmt:
 
 clean:
 	$(CARGO) clean
+
+## up / down: the local fleet in Docker (Redis, 3 workers, sandbox, Prometheus, Grafana);
+## see deploy/README.md
+COMPOSE ?= docker compose -f deploy/docker-compose.yml
+
+.PHONY: up down check-deploy
+
+up:
+	$(COMPOSE) up -d --build
+
+down:
+	$(COMPOSE) down
+
+## check-deploy: static checks of deploy/ (promtool, YAML, metric names vs a real scrape)
+check-deploy: deps
+	@scripts/check-deploy.sh
