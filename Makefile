@@ -17,8 +17,9 @@ demo: deps
 	$(CARGO) build --release --bins --examples
 	$(CARGO) run --release --example demo
 
-## test: lint, then every test suite (unit and integration, real redis-server + sandbox)
-test: deps lint test-rust
+## test: lint, every test suite (unit and integration, real redis-server + sandbox), and the
+## static and live checks of deploy/
+test: deps lint test-rust check-deploy
 
 test-rust:
 	$(CARGO) test --all-targets

@@ -13,12 +13,13 @@
 # Environment:
 #   KYC_CHECK_DEPLOY_SCRAPE=path   compare against this scrape instead of a live run
 #   KYC_CHECK_DEPLOY_TIMEOUT=60    seconds the live run may take to publish an event
-#   KYC_BIN=path                   the kyc-worker binary (default target/release/kyc-worker)
+#   KYC_BIN=path                   the kyc-worker binary (default: target/debug/kyc-worker, rebuilt
+#                                  by cargo when sources changed; `make test` has just built it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT=target/check-deploy
-BIN=${KYC_BIN:-target/release/kyc-worker}
+BIN=${KYC_BIN:-target/debug/kyc-worker}
 TIMEOUT=${KYC_CHECK_DEPLOY_TIMEOUT:-60}
 HELPER=scripts/check_deploy.py
 
@@ -181,9 +182,9 @@ counter_sum() {
 # verifications and saves /metrics once an outcome event was published.
 live_scrape() {
   local scrape=$1
-  if [ ! -x "$BIN" ]; then
-    echo "building $BIN (cargo build --release)"
-    cargo build --release --quiet --bin kyc-worker || return 1
+  if [ -z "${KYC_BIN:-}" ]; then
+    # Up to date with the sources (a no-op right after `cargo test`).
+    cargo build --quiet --bin kyc-worker || return 1
   fi
   command -v redis-server >/dev/null 2>&1 || { echo "redis-server missing: scripts/install-deps.sh"; return 1; }
   tmp=$(mktemp -d)
@@ -223,6 +224,8 @@ live_scrape() {
   done
 
   local scenario n=0
+  # A consumer of the outcome stream, as a real deployment has one: its lag is a metric.
+  redis-cli -p "$redis_port" XGROUP CREATE kyc:events check-deploy '$' MKSTREAM >/dev/null || return 1
   for scenario in approve decline_document_expired review_face_match_borderline; do
     n=$((n + 1))
     "$BIN" enqueue --vendor-data "check-deploy-$n" --sandbox-scenario "$scenario" >/dev/null 2>>"$tmp/enqueue.log" ||
@@ -234,7 +237,10 @@ live_scrape() {
     if http_get "$metrics_url" >"$tmp/metrics.txt"; then
       served=yes
       published=$(counter_sum kyc_events_published_total <"$tmp/metrics.txt")
-      if awk -v p="$published" 'BEGIN { exit !(p >= 1) }'; then break; fi
+      # Sampled gauges (consumer lag) appear within one sampling period (5 s).
+      if awk -v p="$published" 'BEGIN { exit !(p >= 1) }' && grep -q '^kyc_events_consumer_lag{' "$tmp/metrics.txt"; then
+        break
+      fi
     fi
     if [ $SECONDS -ge $deadline ]; then
       echo "no kyc_events_published_total >= 1 on $metrics_url within ${TIMEOUT}s" \

@@ -19,6 +19,7 @@ use crate::{
     producer::Producer,
     queue::Queue,
     ratelimit::RateLimiter,
+    rules::RuleSet,
     settings::Settings,
     store::Store,
 };
@@ -36,7 +37,7 @@ pub struct Application {
 
 impl Application {
     /// Connects to Redis and binds the HTTP ports (0 picks a free one).
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+    pub async fn build(settings: Settings, rules: RuleSet) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
         let metrics = Metrics::new(&QUEUES);
         let queue = Queue::connect(
@@ -63,6 +64,7 @@ impl Application {
             store.clone(),
             limiter,
             metrics.clone(),
+            Arc::new(rules),
             settings.clone(),
         );
         let state = AppState {
@@ -181,9 +183,10 @@ async fn serve(
 }
 
 /// Samples what cannot be counted as it happens: queue depths and lag, the account pause,
-/// the outcome stream's consumer lag (every 15 s), and the Didit balance (every 5 min).
+/// the outcome stream's consumer lag (every 5 s, a handful of cheap reads), and the Didit
+/// balance (every 5 min).
 async fn sample(pipeline: Pipeline) {
-    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
@@ -222,7 +225,7 @@ async fn sample(pipeline: Pipeline) {
                     .set(lag as f64);
             }
         }
-        if ticks % 20 == 0 {
+        if ticks % 60 == 0 {
             if let Ok(balance) = pipeline.didit.balance().await {
                 if let Ok(value) = balance.balance.trim().parse::<f64>() {
                     m.didit_balance.set(value);

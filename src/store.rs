@@ -73,6 +73,13 @@ pub struct SessionRecord {
     /// Unix ms after which an unfinished session is given up.
     pub deadline_ms: u64,
     pub created_at_ms: u64,
+    /// The status a rule set at Didit (its echo must not run the rules again) and the rule.
+    pub rule_status: Option<SessionStatus>,
+    pub rule_name: Option<String>,
+    /// Didit's status when a rule held the session for review; a newer change releases it.
+    pub hold_status: Option<SessionStatus>,
+    /// Resubmissions rules asked for.
+    pub resubmits: u32,
 }
 
 #[derive(Clone)]
@@ -317,11 +324,60 @@ impl Store {
                 .get("deadline_ms")
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(u64::MAX),
+            rule_status: map.get("rule_status").map(|s| SessionStatus::parse(s)),
+            rule_name: map.get("rule_name").cloned(),
+            hold_status: map.get("hold_status").map(|s| SessionStatus::parse(s)),
+            resubmits: map
+                .get("resubmits")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
             created_at_ms: map
                 .get("created_at_ms")
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0),
         }))
+    }
+
+    /// Records that a rule set `status` at Didit, so the echo is recognised.
+    pub async fn set_rule_status(
+        &self,
+        id: Uuid,
+        status: &SessionStatus,
+        rule: &str,
+    ) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        c.hset_multiple(
+            self.session_key(id),
+            &[("rule_status", status.as_str()), ("rule_name", rule)],
+        )
+        .await
+    }
+
+    /// Holds a session for review by a rule while Didit's status stays `status`.
+    pub async fn set_hold(
+        &self,
+        id: Uuid,
+        status: &SessionStatus,
+        rule: &str,
+    ) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        c.hset_multiple(
+            self.session_key(id),
+            &[("hold_status", status.as_str()), ("rule_name", rule)],
+        )
+        .await
+    }
+
+    /// Releases a rule's hold (Didit moved on).
+    pub async fn clear_hold(&self, id: Uuid) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        c.hdel(self.session_key(id), "hold_status").await
+    }
+
+    /// Counts a resubmission a rule asked for; returns the count.
+    pub async fn count_resubmit(&self, id: Uuid) -> redis::RedisResult<u32> {
+        let mut c = self.conn.clone();
+        c.hincr(self.session_key(id), "resubmits", 1).await
     }
 
     /// Counts one decision read of a session; returns the reads so far.

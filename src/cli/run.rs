@@ -12,13 +12,17 @@ use crate::{
     didit::types::ContactDetails,
     domain::StartRequest,
     producer::{Producer, ProducerError},
+    rules::RuleSet,
     settings::Settings,
     startup::{shutdown_signal, Application},
 };
 
 /// Runs the fleet process until SIGTERM or ctrl-c, then drains and exits 0.
 pub async fn run(settings: Settings) -> Result<(), CliError> {
-    let app = Application::build(settings).await?;
+    // An invalid rules file stops the process before anything runs (exit 2, naming the rule).
+    let rules = RuleSet::from_settings(&settings.rules)
+        .map_err(|e| CliError::Usage(format!("invalid rules: {e}")))?;
+    let app = Application::build(settings, rules).await?;
     app.run_until(shutdown_signal()).await?;
     Ok(())
 }

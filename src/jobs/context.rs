@@ -17,6 +17,7 @@ use crate::{
     metrics::Metrics,
     queue::{now_ms, JobError, Queue},
     ratelimit::{Priority, RateLimiter},
+    rules::RuleSet,
     settings::Settings,
     store::Store,
 };
@@ -31,6 +32,7 @@ pub struct Pipeline {
     pub store: Store,
     pub limiter: RateLimiter,
     pub metrics: Arc<Metrics>,
+    pub rules: Arc<RuleSet>,
     pub settings: Arc<Settings>,
     /// Session expiration per workflow, read from Didit once per process.
     expirations: Arc<Mutex<HashMap<Uuid, Duration>>>,
@@ -52,9 +54,16 @@ impl Pipeline {
         store: Store,
         limiter: RateLimiter,
         metrics: Arc<Metrics>,
+        rules: Arc<RuleSet>,
         settings: Arc<Settings>,
     ) -> Self {
+        for rule in rules.rules.iter().chain(rules.workflows.values().flatten()) {
+            metrics
+                .rule_matches
+                .with_label_values(&[&rule.name, rule.action.name()]);
+        }
         Self {
+            rules,
             didit,
             queue,
             store,

@@ -9,6 +9,7 @@
 //! fail the request with an event.
 
 mod context;
+mod decide;
 mod intake;
 mod poll;
 mod start;

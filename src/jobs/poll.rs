@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::{
     context::{decision_summary, redis_failure},
+    decide::{decide, After},
     Pipeline,
 };
 use crate::{
@@ -140,15 +141,23 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
         }
         let mut data = decision_summary(&decision);
         data["url"] = json!(decision.session_url);
-        p.publish_status(sid, &session.requests, &status, &Decider::Didit, data)
-            .await?;
-        let horizon = session.created_at_ms + p.settings.poll.review_horizon.as_millis() as u64;
-        if status == SessionStatus::InReview && now < horizon {
-            // A person at Didit decides later; keep reading slowly so that decision has its event.
-            return Ok(again(p.settings.poll.review_interval, job.polls + 1));
+        match decide(&p, sid, &session, &decision, data).await? {
+            After::Settled => {
+                p.store.close_session(sid).await.map_err(redis_failure)?;
+                return Ok(Completion::Done);
+            }
+            After::Follow => return Ok(again(p.schedule().interval(0, sid.as_u128()), 1)),
+            After::Watch => {
+                let horizon =
+                    session.created_at_ms + p.settings.poll.review_horizon.as_millis() as u64;
+                if now < horizon {
+                    // A person decides later; keep reading slowly so that decision has its event.
+                    return Ok(again(p.settings.poll.review_interval, job.polls + 1));
+                }
+                p.store.close_session(sid).await.map_err(redis_failure)?;
+                return Ok(Completion::Done);
+            }
         }
-        p.store.close_session(sid).await.map_err(redis_failure)?;
-        return Ok(Completion::Done);
     }
     let mut deadline = session.deadline_ms;
     if status == SessionStatus::Resubmitted

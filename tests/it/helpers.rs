@@ -172,6 +172,8 @@ pub struct AppOptions {
     pub drop_webhooks: bool,
     /// Sandbox rate limits, e.g. `get=5/1s`.
     pub sandbox_limits: Vec<&'static str>,
+    /// Apply the default rule pack (off by default, so outcomes are Didit's).
+    pub rules: bool,
 }
 
 impl Default for AppOptions {
@@ -183,6 +185,7 @@ impl Default for AppOptions {
             in_process: true,
             drop_webhooks: false,
             sandbox_limits: Vec::new(),
+            rules: false,
         }
     }
 }
@@ -348,6 +351,9 @@ pub async fn spawn_app(options: AppOptions) -> TestApp {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    if !options.rules {
+        env.insert("KYC__RULES__FILE".to_owned(), String::new());
+    }
     env.extend(options.env.iter().cloned());
     let mut app = TestApp {
         redis,
@@ -360,7 +366,9 @@ pub async fn spawn_app(options: AppOptions) -> TestApp {
     if !options.in_process {
         return app;
     }
-    let application = kyc_worker::startup::Application::build(app.settings())
+    let settings = app.settings();
+    let rules = kyc_worker::rules::RuleSet::from_settings(&settings.rules).expect("rules");
+    let application = kyc_worker::startup::Application::build(settings, rules)
         .await
         .expect("app builds");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -190,3 +190,94 @@ fn explain_refuses_a_broken_rules_file_or_decision_with_exit_code_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--decision"));
 }
+
+/// End to end with the sandbox: the default pack overturns Didit where it should.
+mod pipeline {
+    use kyc_worker::{didit::DiditClient, domain::StartRequest};
+
+    use crate::helpers::{spawn_app, AppOptions};
+
+    async fn run(
+        scenario: &str,
+    ) -> (
+        crate::helpers::TestApp,
+        std::collections::HashMap<String, String>,
+    ) {
+        let app = spawn_app(AppOptions {
+            rules: true,
+            ..Default::default()
+        })
+        .await;
+        let producer = app.producer().await;
+        producer
+            .start_kyc(StartRequest {
+                vendor_data: format!("u-{scenario}"),
+                sandbox_scenario: Some(scenario.into()),
+                ..Default::default()
+            })
+            .await
+            .expect("enqueue");
+        let decided = app.wait_events("kyc.session.decided", 1).await;
+        (app, decided[0].clone())
+    }
+
+    #[tokio::test]
+    async fn a_review_with_strong_scores_ends_approved_by_a_rule_with_its_comment_at_didit() {
+        let (app, event) = run("review_high_scores_warning").await;
+        assert_eq!(event["status"], "Approved", "{event:?}");
+        assert_eq!(event["decided_by"], "rule:strong_biometrics_approve");
+        let data: serde_json::Value = serde_json::from_str(&event["data"]).expect("data");
+        assert!(data["rules"]["version"].is_string(), "{data}");
+        assert!(
+            data["rules"]["matched"]
+                .as_array()
+                .is_some_and(|m| !m.is_empty()),
+            "{data}"
+        );
+
+        // Didit holds the rule's status and comment; the echo did not produce a second event.
+        let client = DiditClient::new(&app.settings().didit).expect("client");
+        let decision = client
+            .decision(event["session_id"].parse().expect("uuid"))
+            .await
+            .expect("decision");
+        assert_eq!(decision.status, kyc_worker::domain::SessionStatus::Approved);
+        let review = decision
+            .reviews
+            .iter()
+            .flatten()
+            .last()
+            .expect("a review entry");
+        assert!(
+            review
+                .comment
+                .as_deref()
+                .is_some_and(|c| c.starts_with("rule:strong_biometrics_approve")),
+            "{review:?}"
+        );
+        let queue = kyc_worker::queue::Queue::connect(&app.redis.url(), "kyc", Default::default())
+            .await
+            .expect("queue");
+        crate::helpers::eventually("the echo was read", crate::helpers::DEADLINE, || async {
+            let s = queue.stats("poll").await.expect("stats");
+            (s.ready + s.in_flight + s.scheduled == 0).then_some(())
+        })
+        .await;
+        let decided = app
+            .events()
+            .await
+            .into_iter()
+            .filter(|e| e["type"] == "kyc.session.decided")
+            .count();
+        assert_eq!(decided, 1);
+        app.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_underage_person_approved_by_didit_is_declined_by_the_under_18_rule() {
+        let (app, event) = run("approve_underage").await;
+        assert_eq!(event["status"], "Declined", "{event:?}");
+        assert_eq!(event["decided_by"], "rule:under_18");
+        app.stop().await;
+    }
+}
