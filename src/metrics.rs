@@ -292,7 +292,7 @@ impl Metrics {
             self.webhooks.with_label_values(&[result]);
         }
         for source in ["http", "intake_stream"] {
-            for reason in ["invalid", "malformed"] {
+            for reason in ["invalid", "malformed", "backpressure"] {
                 self.intake_rejected.with_label_values(&[source, reason]);
             }
         }

@@ -162,6 +162,8 @@ pub struct QueueSettings {
     pub fetch_block: Duration,
     pub promote_interval: Duration,
     pub dead_max_len: u64,
+    /// Start requests waiting (ready + scheduled) past which producers are told to back off.
+    pub backpressure_limit: u64,
 }
 
 impl Default for QueueSettings {
@@ -178,6 +180,7 @@ impl Default for QueueSettings {
             fetch_block: Duration::from_secs(1),
             promote_interval: Duration::from_millis(200),
             dead_max_len: 100_000,
+            backpressure_limit: 100_000,
         }
     }
 }
@@ -364,6 +367,7 @@ struct RawQueue {
     fetch_block: String,
     promote_interval: String,
     dead_max_len: String,
+    backpressure_limit: String,
 }
 
 #[derive(Deserialize)]
@@ -566,6 +570,7 @@ impl RawSettings {
                 &q.promote_interval,
             )?,
             dead_max_len: parse_count("queue.dead_max_len", &q.dead_max_len)?,
+            backpressure_limit: parse_count("queue.backpressure_limit", &q.backpressure_limit)?,
         };
         if queue.fetch_block >= Duration::from_secs(10) {
             return Err(SettingsError::new(

@@ -63,6 +63,8 @@ pub struct RequestRecord {
     pub updated_at_ms: Option<u64>,
     /// The intent was recorded: a session may exist at Didit without being recorded here.
     pub intent: bool,
+    /// An operator cancelled the request: nothing follows it any more.
+    pub cancelled: bool,
 }
 
 /// What the fleet knows of one Didit session.
@@ -157,6 +159,7 @@ impl Store {
             created_at_ms: map.get("created_at_ms").and_then(|s| s.parse().ok()),
             updated_at_ms: map.get("updated_at_ms").and_then(|s| s.parse().ok()),
             intent: map.contains_key("intent_at_ms"),
+            cancelled: map.contains_key("cancelled_at_ms"),
         }))
     }
 
@@ -229,6 +232,19 @@ impl Store {
             .query_async(&mut c)
             .await?;
         Ok(set.is_some())
+    }
+
+    /// Marks a request cancelled; `false` when it was already.
+    pub async fn cancel_request(&self, id: &RequestId) -> redis::RedisResult<bool> {
+        let mut c = self.conn.clone();
+        c.hset_nx(self.request_key(id), "cancelled_at_ms", now_ms())
+            .await
+    }
+
+    /// How long a webhook delivery id is remembered: Didit retries within minutes, and no
+    /// key outlives the record retention.
+    pub fn dedupe_ttl(&self) -> Duration {
+        Duration::from_secs(24 * 3600).min(self.settings.record_retention)
     }
 
     /// Records that a session is about to be created for this request.

@@ -41,6 +41,11 @@ pub enum Command {
     Sandbox(Box<sandbox::SandboxArgs>),
     /// Call the Didit API directly: workflows, sessions, decisions, reviews, billing
     Didit(Box<didit::DiditArgs>),
+    /// Stop following a verification (no more polls; emits kyc.session.failed, reason cancelled)
+    Cancel {
+        /// The request id given (or printed) at enqueue
+        request_id: String,
+    },
     /// Queue depths and the dead set (list, replay, purge)
     Queue(queue::QueueArgs),
     /// Benchmarks (`bench queue` measures the job queue alone)
@@ -113,6 +118,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let settings = Settings::load()?;
             init_logs(&settings)?;
             run::enqueue(*args, &settings).await
+        }
+        Command::Cancel { request_id } => {
+            let settings = Settings::load()?;
+            init_logs(&settings)?;
+            run::cancel(&request_id, &settings).await
         }
         Command::Queue(args) => {
             let settings = Settings::load()?;

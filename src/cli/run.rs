@@ -147,3 +147,26 @@ fn producer_error(e: ProducerError) -> CliError {
         other => CliError::Failed(anyhow::anyhow!("{other}")),
     }
 }
+
+/// `kyc-worker cancel REQUEST_ID`.
+pub async fn cancel(request_id: &str, settings: &Settings) -> Result<(), CliError> {
+    let id =
+        crate::domain::RequestId::parse(request_id).map_err(|e| CliError::Usage(e.to_string()))?;
+    let queue = crate::queue::Queue::connect(
+        settings.redis.url(),
+        &settings.redis.prefix,
+        settings.queue.clone(),
+    )
+    .await
+    .context("cannot connect to Redis")?;
+    let conn = crate::queue::connect(settings.redis.url())
+        .await
+        .context("cannot connect to Redis")?;
+    let store = crate::store::Store::new(conn, &settings.redis.prefix, settings.events.clone());
+    match crate::jobs::cancel(&queue, &store, &id).await {
+        Ok(true) => println!("cancelled {id}"),
+        Ok(false) => println!("{id} was already cancelled"),
+        Err(e) => return Err(CliError::Failed(e.into())),
+    }
+    Ok(())
+}

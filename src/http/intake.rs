@@ -5,6 +5,7 @@
 use axum::{
     extract::{Path, State},
     http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
     Json,
 };
 use secrecy::ExposeSecret;
@@ -51,12 +52,27 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Reply> {
     }
 }
 
+/// `POST /v1/verifications`. A 429 (backpressure) carries `Retry-After`.
 pub async fn start(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Reply {
-    if let Err(reply) = authorized(&state, &headers) {
+) -> Response {
+    let (status, reply) = accept(&state, &headers, body).await;
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let retry_after = crate::producer::BACKPRESSURE_RETRY.as_secs().to_string();
+        return (
+            status,
+            [(axum::http::header::RETRY_AFTER, retry_after)],
+            reply,
+        )
+            .into_response();
+    }
+    (status, reply).into_response()
+}
+
+async fn accept(state: &AppState, headers: &HeaderMap, body: axum::body::Bytes) -> Reply {
+    if let Err(reply) = authorized(state, headers) {
         return reply;
     }
     let mut request: StartRequest = match serde_json::from_slice(&body) {
@@ -106,6 +122,18 @@ pub async fn start(
                 .with_label_values(&["http", "invalid"])
                 .inc();
             return error(StatusCode::BAD_REQUEST, &e.to_string(), Some(e.field));
+        }
+        Err(ProducerError::Backpressure { .. }) => {
+            state
+                .metrics
+                .intake_rejected
+                .with_label_values(&["http", "backpressure"])
+                .inc();
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "the fleet is behind; retry later",
+                None,
+            );
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot enqueue an HTTP intake request");

@@ -25,9 +25,6 @@ use crate::{
     jobs::REQUEST_ID_METADATA,
 };
 
-/// How long a delivery id is remembered for deduplication (Didit retries within ~5 min).
-const DEDUPE_TTL: Duration = Duration::from_secs(24 * 3600);
-
 pub async fn didit_webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -94,7 +91,11 @@ async fn receive(
     let change_key = format!("{session_id}:{status}:{}", verified.timestamp);
     let event_key = (!event_id.is_empty()).then(|| format!("event:{event_id}"));
     for key in event_key.iter().chain(std::iter::once(&change_key)) {
-        match state.store.first_delivery(key, DEDUPE_TTL).await {
+        match state
+            .store
+            .first_delivery(key, state.store.dedupe_ttl())
+            .await
+        {
             Ok(true) => {}
             Ok(false) => {
                 tracing::info!(result = "duplicate", session = %session_id, "webhook already seen");

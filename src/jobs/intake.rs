@@ -48,6 +48,17 @@ pub async fn read_intake(
                 }
             },
         };
+        // Backpressure: while too much work waits, leave the stream unread (producers see
+        // it grow) instead of turning it into more queued work.
+        if let Err(ProducerError::Backpressure {
+            retry_after,
+            waiting,
+        }) = producer.check_capacity().await
+        {
+            tracing::warn!(waiting, "intake stream paused: the fleet is behind");
+            tokio::time::sleep(retry_after).await;
+            continue;
+        }
         let mut entries = Vec::new();
         if last_reclaim.elapsed() >= reclaim_after {
             last_reclaim = tokio::time::Instant::now();

@@ -31,6 +31,68 @@ pub const QUEUES: [&str; 2] = [
     <PollDecision as crate::queue::Job>::QUEUE,
 ];
 
+/// Why a request could not be cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("no request {0}")]
+    Unknown(String),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+}
+
+/// Stops following a verification: no more polls, and `kyc.session.failed` with
+/// `data.reason` = `cancelled`. Returns `false` when it was cancelled before. Needs no Didit
+/// call: the session at Didit is left as it is.
+pub async fn cancel(
+    queue: &crate::queue::Queue,
+    store: &crate::store::Store,
+    request: &crate::domain::RequestId,
+) -> Result<bool, CancelError> {
+    use crate::domain::{Decider, EventType, FailureReason, OutcomeEvent};
+    let record = store
+        .request(request)
+        .await?
+        .ok_or_else(|| CancelError::Unknown(request.to_string()))?;
+    if !store.cancel_request(request).await? {
+        return Ok(false);
+    }
+    let event = OutcomeEvent::new(
+        EventType::Failed,
+        request.clone(),
+        record.session_id,
+        record.vendor_data.clone(),
+        "failed",
+        &Decider::Fleet,
+        serde_json::json!({"reason": FailureReason::Cancelled.as_str()}),
+    );
+    store.publish(&event).await?;
+    if let Some(sid) = record.session_id {
+        let session = store.session(sid).await?;
+        let mut others_active = false;
+        for rid in session
+            .iter()
+            .flat_map(|s| s.requests.iter())
+            .filter(|r| *r != request)
+        {
+            if store.request(rid).await?.is_some_and(|r| !r.cancelled) {
+                others_active = true;
+            }
+        }
+        if !others_active {
+            queue
+                .unschedule(
+                    <PollDecision as crate::queue::Job>::QUEUE,
+                    &PollDecision::slot(sid),
+                )
+                .await?;
+            store.close_session(sid).await?;
+        }
+    }
+    Ok(true)
+}
+
 /// Runs the pipeline's workers until `shutdown` resolves, then drains for at most `drain`.
 pub async fn run_workers(
     pipeline: Pipeline,

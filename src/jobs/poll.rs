@@ -63,10 +63,28 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
         return Ok(again(wait, job.polls));
     }
     let sid = job.session_id;
-    let Some(session) = p.store.session(sid).await.map_err(redis_failure)? else {
+    let Some(mut session) = p.store.session(sid).await.map_err(redis_failure)? else {
         tracing::info!(session = %sid, "no record of this session any more; not following it");
         return Ok(Completion::Done);
     };
+    // Cancelled requests are not followed any more; a session serving none is left alone.
+    let mut active = Vec::with_capacity(session.requests.len());
+    for rid in session.requests.drain(..) {
+        let cancelled = p
+            .store
+            .request(&rid)
+            .await
+            .map_err(redis_failure)?
+            .is_some_and(|r| r.cancelled);
+        if !cancelled {
+            active.push(rid);
+        }
+    }
+    session.requests = active;
+    if session.requests.is_empty() {
+        p.store.close_session(sid).await.map_err(redis_failure)?;
+        return Ok(Completion::Done);
+    }
     let priority = if job.urgent {
         Priority::High
     } else {

@@ -88,6 +88,10 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
         return Ok(Completion::Done);
     };
     let record = p.store.request(rid).await.map_err(redis_failure)?;
+    if record.as_ref().is_some_and(|r| r.cancelled) {
+        tracing::info!("request cancelled before its session was created");
+        return Ok(Completion::Done);
+    }
     if let Some((sid, url)) = record
         .as_ref()
         .and_then(|r| Some((r.session_id?, r.url.clone()?)))

@@ -239,6 +239,19 @@ impl Queue {
         Ok(())
     }
 
+    /// Removes a scheduled job from its slot; `true` when one was there.
+    pub async fn unschedule(&self, queue: &str, id: &str) -> Result<bool, QueueError> {
+        let keys = self.keys(queue);
+        let mut conn = self.conn.clone();
+        let (removed, _): (i64, i64) = redis::pipe()
+            .atomic()
+            .zrem(&keys.delayed, id)
+            .hdel(&keys.payloads, id)
+            .query_async(&mut conn)
+            .await?;
+        Ok(removed == 1)
+    }
+
     /// Depths and lag of one queue. The counts come from separate reads, so under load
     /// they are a moment's approximation (in flight never exceeds the stream's length).
     pub async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {

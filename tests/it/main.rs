@@ -2,6 +2,7 @@
 //! sandbox over real HTTP, the `kyc-worker` binary as a child process where it matters.
 
 mod cli;
+mod compliance;
 mod edges;
 mod helpers;
 mod observability;

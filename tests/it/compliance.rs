@@ -1,0 +1,242 @@
+//! Operations a KYC operator answers for: cancelling, bounded retention, backpressure.
+
+use std::time::Duration;
+
+use kyc_worker::{domain::StartRequest, producer::ProducerError};
+use redis::AsyncCommands;
+use serde_json::json;
+
+use crate::helpers::{
+    eventually, kyc_worker_binary, spawn_app, AppOptions, DEADLINE, TEST_API_TOKEN,
+};
+
+fn request(vendor_data: &str, scenario: &str) -> StartRequest {
+    StartRequest {
+        vendor_data: vendor_data.into(),
+        sandbox_scenario: Some(scenario.into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_cancelled_verification_is_no_longer_followed_and_says_so() {
+    // Arrange: polling-only, a session that would stay open (the user never finishes).
+    let app = spawn_app(AppOptions {
+        webhooks: false,
+        ..Default::default()
+    })
+    .await;
+    let producer = app.producer().await;
+    let id = producer
+        .start_kyc(request("u-cancel", "abandon"))
+        .await
+        .expect("enqueue");
+    app.wait_events("kyc.session.created", 1).await;
+
+    // Act
+    let out = std::process::Command::new(kyc_worker_binary())
+        .args(["cancel", id.as_str()])
+        .env_clear()
+        .env("KYC_ENV", "none")
+        .envs(app.settings_env.iter())
+        .output()
+        .expect("kyc-worker cancel");
+
+    // Assert
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let failed = app.wait_events("kyc.session.failed", 1).await;
+    let data: serde_json::Value = serde_json::from_str(&failed[0]["data"]).expect("data");
+    assert_eq!(data["reason"], "cancelled");
+    let reads = |stats: &serde_json::Value| stats["requests"]["decision"].as_u64().unwrap_or(0);
+    let queue = kyc_worker::queue::Queue::connect(&app.redis.url(), "kyc", Default::default())
+        .await
+        .expect("queue");
+    eventually("no poll left for the session", DEADLINE, || async {
+        let s = queue.stats("poll").await.expect("stats");
+        (s.ready + s.in_flight + s.scheduled == 0).then_some(())
+    })
+    .await;
+    let after_cancel = reads(&app.sandbox_stats().await);
+    let again = std::process::Command::new(kyc_worker_binary())
+        .args(["cancel", id.as_str()])
+        .env_clear()
+        .env("KYC_ENV", "none")
+        .envs(app.settings_env.iter())
+        .output()
+        .expect("kyc-worker cancel");
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already cancelled"));
+    assert_eq!(
+        reads(&app.sandbox_stats().await),
+        after_cancel,
+        "the session is not read any more"
+    );
+    assert_eq!(
+        app.events()
+            .await
+            .iter()
+            .filter(|e| e["type"] == "kyc.session.failed")
+            .count(),
+        1
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_key_the_fleet_writes_expires_and_redis_returns_to_its_baseline() {
+    // Arrange: retention scaled down to seconds.
+    let app = spawn_app(AppOptions {
+        env: vec![
+            ("KYC__EVENTS__RECORD_RETENTION".into(), "2s".into()),
+            ("KYC__EVENTS__RETENTION".into(), "1s".into()),
+            ("KYC__RATELIMIT__WINDOW".into(), "1s".into()),
+            ("KYC__RATELIMIT__MARGIN".into(), "0s".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let producer = app.producer().await;
+    let mut c = app.redis.connection().await;
+    producer
+        .start_kyc(request("u-warmup", "approve"))
+        .await
+        .expect("enqueue");
+    app.wait_events("kyc.session.decided", 1).await;
+    let baseline: Vec<String> = eventually("the warm-up's records expire", DEADLINE, || {
+        let mut c = c.clone();
+        async move {
+            let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut c).await.ok()?;
+            (!keys
+                .iter()
+                .any(|k| k.contains(":request:") || k.contains(":published:")))
+            .then_some(keys)
+        }
+    })
+    .await;
+
+    // Act
+    for i in 0..5 {
+        producer
+            .start_kyc(request(&format!("u-ret-{i}"), "approve"))
+            .await
+            .expect("enqueue");
+    }
+    app.wait_events("kyc.session.decided", 6).await;
+    let during: u64 = redis::cmd("DBSIZE")
+        .query_async(&mut c)
+        .await
+        .expect("dbsize");
+    assert!(during > baseline.len() as u64);
+
+    // Assert: back to the same keys once retention has passed.
+    let mut expected = baseline.clone();
+    expected.sort();
+    eventually(
+        "Redis back at its baseline keys",
+        Duration::from_secs(30),
+        || {
+            let mut c = c.clone();
+            let expected = expected.clone();
+            async move {
+                let mut keys: Vec<String> =
+                    redis::cmd("KEYS").arg("*").query_async(&mut c).await.ok()?;
+                keys.sort();
+                (keys == expected).then_some(())
+            }
+        },
+    )
+    .await;
+    let ttl_less: Vec<String> = {
+        let mut out = Vec::new();
+        for key in &expected {
+            let ttl: i64 = c.ttl(key).await.expect("ttl");
+            if ttl == -1 {
+                out.push(key.clone());
+            }
+        }
+        out
+    };
+    // What stays without a TTL is bounded by construction: empty queue streams and their
+    // groups, the event stream (trimmed by age), the open-sessions index (entries removed
+    // when a session settles).
+    for key in ttl_less {
+        assert!(
+            key.ends_with(":ready")
+                || key.ends_with(":events")
+                || key.ends_with(":sessions:open")
+                || key.ends_with(":intake"),
+            "{key} has no lifetime"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn producers_are_told_to_back_off_when_too_much_work_waits() {
+    // Arrange: a tiny backpressure limit and a worker that is not running (in_process: false).
+    let app = spawn_app(AppOptions {
+        in_process: false,
+        env: vec![("KYC__QUEUE__BACKPRESSURE_LIMIT".into(), "3".into())],
+        ..Default::default()
+    })
+    .await;
+    let producer = app.producer().await;
+    for i in 0..3 {
+        producer
+            .start_kyc(request(&format!("u-bp-{i}"), "approve"))
+            .await
+            .expect("enqueue");
+    }
+
+    // Act + Assert: the Rust producer gets a typed error…
+    let err = eventually("the producer sees the backlog", DEADLINE, || async {
+        match producer.start_kyc(request("u-bp-x", "approve")).await {
+            Err(e @ ProducerError::Backpressure { .. }) => Some(e),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(
+        matches!(err, ProducerError::Backpressure { waiting: 3.., .. }),
+        "{err}"
+    );
+
+    // …and the HTTP intake a 429 with Retry-After, from a process of the fleet.
+    let port = crate::helpers::free_port();
+    let mut child = std::process::Command::new(kyc_worker_binary())
+        .arg("run")
+        .env_clear()
+        .env("KYC_ENV", "none")
+        .envs(app.settings_env.iter())
+        .env("KYC__HTTP__PORT", port.to_string())
+        // Workers that cannot reach Didit keep the backlog in place.
+        .env(
+            "KYC__DIDIT__BASE_URL",
+            format!("http://127.0.0.1:{}", crate::helpers::free_port()),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let url = format!("http://127.0.0.1:{port}/v1/verifications");
+    let response = eventually("a 429 from the HTTP intake", DEADLINE, || {
+        let url = url.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(TEST_API_TOKEN)
+                .json(&json!({"vendor_data": "u-bp-http"}))
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 429).then_some(r)
+        }
+    })
+    .await;
+    assert!(response.headers().get("retry-after").is_some());
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+}
