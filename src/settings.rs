@@ -20,6 +20,9 @@ pub const ENVIRONMENT_VAR: &str = "KYC_ENV";
 
 /// The key the sandbox accepts by default; refused for a real Didit base URL.
 pub const SANDBOX_API_KEY: &str = "sandbox";
+/// The subject-hash salt of the embedded defaults; refused for a real Didit base URL.
+pub const SANDBOX_SUBJECT_SALT: &str = "sandbox-subject-salt-not-secret";
+
 /// The webhook secret the sandbox signs with by default; refused for a real Didit base URL.
 pub const SANDBOX_WEBHOOK_SECRET: &str = "sandbox-webhook-secret";
 
@@ -92,10 +95,12 @@ pub struct RateLimitSettings {
     pub low_share: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct EventSettings {
     /// Events older than this are trimmed from the stream.
     pub retention: Duration,
+    /// Salt of the subject hash (`kyc.subject.erased` carries the hash, never the value).
+    pub subject_salt: SecretString,
     /// How long the fleet remembers what it published, and which request a session serves.
     pub record_retention: Duration,
 }
@@ -351,6 +356,7 @@ struct RawRateLimit {
 #[serde(deny_unknown_fields)]
 struct RawEvents {
     retention: String,
+    subject_salt: String,
     record_retention: String,
 }
 
@@ -649,6 +655,16 @@ impl RawSettings {
         };
         let events = EventSettings {
             retention: parse_positive_duration("events.retention", &self.events.retention)?,
+            subject_salt: {
+                let salt = self.events.subject_salt.trim();
+                if salt.len() < 16 || (!sandbox && salt == SANDBOX_SUBJECT_SALT) {
+                    return Err(SettingsError::new(
+                        "events.subject_salt",
+                        "set a random value of at least 16 characters (it keeps erased subjects' hashes unguessable)",
+                    ));
+                }
+                SecretString::from(salt.to_owned())
+            },
             record_retention: parse_positive_duration(
                 "events.record_retention",
                 &self.events.record_retention,
@@ -1001,10 +1017,18 @@ mod tests {
         ])
         .expect_err("secret");
         assert_eq!(err.key, "KYC__DIDIT__WEBHOOK_SECRET");
+        let err = load(&[
+            ("KYC__DIDIT__BASE_URL", "https://verification.didit.me"),
+            ("KYC__DIDIT__API_KEY", "live-key"),
+            ("KYC__DIDIT__WEBHOOK_SECRET", "whsec"),
+        ])
+        .expect_err("salt");
+        assert_eq!(err.key, "KYC__EVENTS__SUBJECT_SALT");
         load(&[
             ("KYC__DIDIT__BASE_URL", "https://verification.didit.me"),
             ("KYC__DIDIT__API_KEY", "live-key"),
             ("KYC__DIDIT__WEBHOOK_SECRET", "whsec"),
+            ("KYC__EVENTS__SUBJECT_SALT", "a-random-salt-of-some-length"),
         ])
         .expect("valid");
     }

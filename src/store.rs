@@ -137,6 +137,17 @@ impl Store {
         format!("{}:didit:paused", self.prefix)
     }
 
+    /// The salted hash of a vendor_data: the only form of it that appears in a key name
+    /// or in `kyc.subject.erased`.
+    pub fn subject_hash(&self, vendor_data: &str) -> String {
+        use secrecy::ExposeSecret;
+        digest(&[self.settings.subject_salt.expose_secret(), vendor_data])
+    }
+
+    fn subject_key(&self, vendor_data: &str) -> String {
+        format!("{}:subject:{}", self.prefix, self.subject_hash(vendor_data))
+    }
+
     fn ttl(&self) -> i64 {
         self.settings.record_retention.as_secs() as i64
     }
@@ -180,6 +191,10 @@ impl Store {
             .hset_nx(&key, "enqueued_at_ms", now_ms())
             .ignore()
             .expire(&key, self.ttl())
+            .ignore()
+            .sadd(self.subject_key(vendor_data), id.as_str())
+            .ignore()
+            .expire(self.subject_key(vendor_data), self.ttl())
             .ignore()
             .query_async(&mut c)
             .await
@@ -234,6 +249,104 @@ impl Store {
         Ok(set.is_some())
     }
 
+    /// Request ids recorded for a person (by vendor_data), and their sessions.
+    pub async fn subject(
+        &self,
+        vendor_data: &str,
+    ) -> redis::RedisResult<(Vec<RequestId>, Vec<Uuid>)> {
+        let mut c = self.conn.clone();
+        let ids: Vec<String> = c.smembers(self.subject_key(vendor_data)).await?;
+        let requests: Vec<RequestId> = ids
+            .iter()
+            .filter_map(|r| RequestId::parse(r).ok())
+            .collect();
+        let mut sessions = Vec::new();
+        for r in &requests {
+            if let Some(sid) = self.request(r).await?.and_then(|r| r.session_id) {
+                sessions.push(sid);
+            }
+        }
+        Ok((requests, sessions))
+    }
+
+    /// Deletes every local record of these requests and sessions and the person's index.
+    pub async fn forget(
+        &self,
+        vendor_data: &str,
+        requests: &[RequestId],
+        sessions: &[Uuid],
+    ) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for r in requests {
+            pipe.del(self.request_key(r)).ignore();
+            pipe.del(format!("{}:lock", self.request_key(r))).ignore();
+        }
+        for s in sessions {
+            pipe.del(self.session_key(*s)).ignore();
+            pipe.del(self.session_requests_key(*s)).ignore();
+            pipe.zrem(self.open_sessions_key(), s.to_string()).ignore();
+        }
+        pipe.del(self.subject_key(vendor_data)).ignore();
+        let mut c = self.conn.clone();
+        pipe.query_async(&mut c).await
+    }
+
+    /// Removes outcome events that name this person (their `vendor_data`); returns how many.
+    pub async fn forget_events(&self, vendor_data: &str) -> redis::RedisResult<usize> {
+        let mut c = self.conn.clone();
+        let mut removed = 0;
+        let mut start = "-".to_owned();
+        loop {
+            let page: redis::streams::StreamRangeReply =
+                c.xrange_count(self.events_key(), &start, "+", 1000).await?;
+            let Some(last) = page.ids.last().map(|e| e.id.clone()) else {
+                break;
+            };
+            let ids: Vec<String> = page
+                .ids
+                .iter()
+                .filter(|e| {
+                    e.map
+                        .get("vendor_data")
+                        .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+                        .is_some_and(|v| v == vendor_data)
+                })
+                .map(|e| e.id.clone())
+                .collect();
+            if !ids.is_empty() {
+                let n: usize = c.xdel(self.events_key(), &ids).await?;
+                removed += n;
+            }
+            if page.ids.len() < 1000 {
+                break;
+            }
+            start = format!("({last}");
+        }
+        Ok(removed)
+    }
+
+    /// Removes unread intake-stream entries that name this person; returns how many.
+    pub async fn forget_intake(&self, vendor_data: &str) -> redis::RedisResult<usize> {
+        let key = format!("{}:intake", self.prefix);
+        let mut c = self.conn.clone();
+        let all: redis::streams::StreamRangeReply = c.xrange_all(&key).await?;
+        let ids: Vec<String> = all
+            .ids
+            .iter()
+            .filter(|e| {
+                e.map
+                    .get("vendor_data")
+                    .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+                    .is_some_and(|v| v == vendor_data)
+            })
+            .map(|e| e.id.clone())
+            .collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        c.xdel(&key, &ids).await
+    }
+
     /// Marks a request cancelled; `false` when it was already.
     pub async fn cancel_request(&self, id: &RequestId) -> redis::RedisResult<bool> {
         let mut c = self.conn.clone();
@@ -269,6 +382,10 @@ impl Store {
             )
             .ignore()
             .expire(&key, self.ttl())
+            .ignore()
+            .sadd(self.subject_key(vendor_data), id.as_str())
+            .ignore()
+            .expire(self.subject_key(vendor_data), self.ttl())
             .ignore()
             .query_async(&mut c)
             .await
@@ -310,6 +427,10 @@ impl Store {
             .hset_nx(&skey, "created_at_ms", now)
             .ignore()
             .hset_nx(&skey, "deadline_ms", deadline_ms)
+            .ignore()
+            .sadd(self.subject_key(vendor_data), id.as_str())
+            .ignore()
+            .expire(self.subject_key(vendor_data), self.ttl())
             .ignore()
             .zadd(self.open_sessions_key(), session_id.to_string(), now_ms())
             .ignore()

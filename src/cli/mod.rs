@@ -46,6 +46,13 @@ pub enum Command {
         /// The request id given (or printed) at enqueue
         request_id: String,
     },
+    /// Erase a person: their sessions at Didit, local records, waiting work and events
+    /// (queues a job the fleet runs; emits kyc.subject.erased with a salted hash)
+    Erase {
+        /// The person's vendor_data
+        #[arg(long)]
+        vendor_data: String,
+    },
     /// Queue depths and the dead set (list, replay, purge)
     Queue(queue::QueueArgs),
     /// Benchmarks (`bench queue` measures the job queue alone)
@@ -123,6 +130,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let settings = Settings::load()?;
             init_logs(&settings)?;
             run::cancel(&request_id, &settings).await
+        }
+        Command::Erase { vendor_data } => {
+            let settings = Settings::load()?;
+            init_logs(&settings)?;
+            run::erase(&vendor_data, &settings).await
         }
         Command::Queue(args) => {
             let settings = Settings::load()?;

@@ -170,3 +170,25 @@ pub async fn cancel(request_id: &str, settings: &Settings) -> Result<(), CliErro
     }
     Ok(())
 }
+
+/// `kyc-worker erase --vendor-data ID`: queues the erasure; the fleet carries it out.
+pub async fn erase(vendor_data: &str, settings: &Settings) -> Result<(), CliError> {
+    if vendor_data.trim().is_empty() {
+        return Err(CliError::Usage("--vendor-data must not be empty".into()));
+    }
+    let queue = crate::queue::Queue::connect(
+        settings.redis.url(),
+        &settings.redis.prefix,
+        settings.queue.clone(),
+    )
+    .await
+    .context("cannot connect to Redis")?;
+    queue
+        .push(&crate::jobs::EraseSubject {
+            vendor_data: vendor_data.trim().to_owned(),
+        })
+        .await
+        .context("cannot queue the erasure")?;
+    println!("erasure queued; kyc.subject.erased follows on the event stream once done");
+    Ok(())
+}

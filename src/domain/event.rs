@@ -18,6 +18,8 @@ pub enum EventType {
     Decided,
     Expired,
     Failed,
+    /// A person was erased; carries a salted hash of their vendor_data, never the value.
+    Erased,
 }
 
 impl EventType {
@@ -34,6 +36,7 @@ impl EventType {
             EventType::Decided => "kyc.session.decided",
             EventType::Expired => "kyc.session.expired",
             EventType::Failed => "kyc.session.failed",
+            EventType::Erased => "kyc.subject.erased",
         }
     }
 

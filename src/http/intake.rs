@@ -207,3 +207,40 @@ pub async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static
         OPENAPI,
     )
 }
+
+/// `POST /v1/subjects/erase` `{"vendor_data": "…"}`: queues an erasure (202).
+pub async fn erase(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Reply {
+    if let Err(reply) = authorized(&state, &headers) {
+        return reply;
+    }
+    let Some(vendor_data) = body
+        .get("vendor_data")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "vendor_data is required",
+            Some("vendor_data"),
+        );
+    };
+    let job = crate::jobs::EraseSubject {
+        vendor_data: vendor_data.to_owned(),
+    };
+    match state.queue.push(&job).await {
+        Ok(_) => (StatusCode::ACCEPTED, Json(json!({"queued": true}))),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot queue an erasure");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot queue now; retry",
+                None,
+            )
+        }
+    }
+}

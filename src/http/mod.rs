@@ -42,6 +42,7 @@ pub fn public_router(state: AppState) -> Router {
         )
         .route("/v1/verifications", post(intake::start))
         .route("/v1/verifications/{request_id}", get(intake::status))
+        .route("/v1/subjects/erase", post(intake::erase))
         .route("/v1/openapi.json", get(intake::openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -10,6 +10,7 @@
 
 mod context;
 mod decide;
+mod erase;
 mod intake;
 mod poll;
 mod start;
@@ -20,15 +21,17 @@ use std::time::Duration;
 use apalis::prelude::*;
 
 pub use context::Pipeline;
+pub use erase::EraseSubject;
 pub use poll::PollDecision;
 pub use start::{StartKyc, REQUEST_ID_METADATA};
 
 use crate::queue::{Maintenance, RedisBackend};
 
 /// Every queue this pipeline uses, for maintenance and stats.
-pub const QUEUES: [&str; 2] = [
+pub const QUEUES: [&str; 3] = [
     <StartKyc as crate::queue::Job>::QUEUE,
     <PollDecision as crate::queue::Job>::QUEUE,
+    <EraseSubject as crate::queue::Job>::QUEUE,
 ];
 
 /// Why a request could not be cancelled.
@@ -115,6 +118,8 @@ pub async fn run_workers(
     let start_pipeline = pipeline.clone();
     let start_consumer = format!("{consumer}-start");
     let poll_consumer = format!("{consumer}-poll");
+    let erase_consumer = format!("{consumer}-erase");
+    let erase_pipeline = pipeline.clone();
     let result = Monitor::new()
         .register(move |_run| {
             WorkerBuilder::new(start_consumer.as_str())
@@ -137,6 +142,18 @@ pub async fn run_workers(
                 .catch_panic()
                 .data(pipeline.clone())
                 .build(poll::handle)
+        })
+        .register(move |_run| {
+            // Erasures are rare and heavy (scans): one at a time.
+            WorkerBuilder::new(erase_consumer.as_str())
+                .backend(RedisBackend::<EraseSubject>::new(
+                    erase_pipeline.queue.clone(),
+                    erase_consumer.clone(),
+                ))
+                .concurrency(1)
+                .catch_panic()
+                .data(erase_pipeline.clone())
+                .build(erase::handle)
         })
         .should_restart(|_ctx, _err| true)
         .shutdown_timeout(drain)

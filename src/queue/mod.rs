@@ -239,6 +239,67 @@ impl Queue {
         Ok(())
     }
 
+    /// Deletes jobs of a queue whose arguments match `names` (waiting, scheduled or dead;
+    /// a job already running finishes). For erasure: returns how many were removed.
+    pub async fn purge_jobs(
+        &self,
+        queue: &str,
+        names: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<usize, QueueError> {
+        let keys = self.keys(queue);
+        let mut conn = self.conn.clone();
+        let matches = |raw: &str| {
+            serde_json::from_str::<Envelope>(raw)
+                .ok()
+                .and_then(|e| serde_json::from_str::<serde_json::Value>(e.args.get()).ok())
+                .is_some_and(|args| names(&args))
+        };
+        let mut removed = 0;
+        let in_flight: Vec<String> = match conn
+            .xpending_count::<_, _, _, _, _, redis::streams::StreamPendingCountReply>(
+                &keys.ready,
+                keys::GROUP,
+                "-",
+                "+",
+                10_000,
+            )
+            .await
+        {
+            Ok(reply) => reply.ids.into_iter().map(|p| p.id).collect(),
+            Err(_) => Vec::new(),
+        };
+        for stream in [&keys.ready, &keys.dead] {
+            let all: redis::streams::StreamRangeReply = conn.xrange_all(stream).await?;
+            let ids: Vec<String> = all
+                .ids
+                .iter()
+                .filter(|e| !in_flight.contains(&e.id))
+                .filter(|e| backend::stream_field(e, "j").is_some_and(|j| matches(&j)))
+                .map(|e| e.id.clone())
+                .collect();
+            if !ids.is_empty() {
+                let n: usize = conn.xdel(stream, &ids).await?;
+                removed += n;
+            }
+        }
+        let payloads: std::collections::HashMap<String, String> =
+            conn.hgetall(&keys.payloads).await?;
+        for (id, raw) in payloads {
+            if matches(&raw) {
+                let _: () = redis::pipe()
+                    .atomic()
+                    .zrem(&keys.delayed, &id)
+                    .ignore()
+                    .hdel(&keys.payloads, &id)
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Removes a scheduled job from its slot; `true` when one was there.
     pub async fn unschedule(&self, queue: &str, id: &str) -> Result<bool, QueueError> {
         let keys = self.keys(queue);

@@ -240,3 +240,136 @@ async fn producers_are_told_to_back_off_when_too_much_work_waits() {
     child.kill().expect("kill");
     child.wait().expect("reap");
 }
+
+/// Every string stored in Redis (key names and values), for "no trace left" checks.
+async fn everything_in_redis(c: &mut redis::aio::MultiplexedConnection) -> String {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(c)
+        .await
+        .expect("keys");
+    let mut all = String::new();
+    for key in keys {
+        all.push_str(&key);
+        all.push('\n');
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(c)
+            .await
+            .expect("type");
+        let value: redis::Value = match kind.as_str() {
+            "string" => redis::cmd("GET")
+                .arg(&key)
+                .query_async(c)
+                .await
+                .expect("get"),
+            "hash" => redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async(c)
+                .await
+                .expect("hgetall"),
+            "set" => redis::cmd("SMEMBERS")
+                .arg(&key)
+                .query_async(c)
+                .await
+                .expect("smembers"),
+            "zset" => redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(c)
+                .await
+                .expect("zrange"),
+            "list" => redis::cmd("LRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(c)
+                .await
+                .expect("lrange"),
+            "stream" => redis::cmd("XRANGE")
+                .arg(&key)
+                .arg("-")
+                .arg("+")
+                .query_async(c)
+                .await
+                .expect("xrange"),
+            _ => redis::Value::Nil,
+        };
+        all.push_str(&format!("{value:?}\n"));
+    }
+    all
+}
+
+#[tokio::test]
+async fn erasure_deletes_the_person_at_didit_and_leaves_no_trace_here() {
+    // Arrange: two verifications of the person, one of someone else.
+    let app = spawn_app(AppOptions::default()).await;
+    let producer = app.producer().await;
+    let person = "erase-me-7f3a9c";
+    producer
+        .start_kyc(request(person, "approve"))
+        .await
+        .expect("enqueue");
+    producer
+        .start_kyc(request(person, "review_face_match_borderline"))
+        .await
+        .expect("enqueue");
+    producer
+        .start_kyc(request("keep-me", "approve"))
+        .await
+        .expect("enqueue");
+    let decided = app.wait_events("kyc.session.decided", 3).await;
+    // Didit may reuse one unfinished session for both requests of the same person.
+    let mut their_sessions: Vec<String> = decided
+        .iter()
+        .filter(|e| e["vendor_data"] == person)
+        .map(|e| e["session_id"].clone())
+        .collect();
+    their_sessions.sort();
+    their_sessions.dedup();
+
+    // Act
+    let out = std::process::Command::new(kyc_worker_binary())
+        .args(["erase", "--vendor-data", person])
+        .env_clear()
+        .env("KYC_ENV", "none")
+        .envs(app.settings_env.iter())
+        .output()
+        .expect("kyc-worker erase");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let erased = app.wait_events("kyc.subject.erased", 1).await;
+
+    // Assert: deleted at Didit…
+    let client = kyc_worker::didit::DiditClient::new(&app.settings().didit).expect("client");
+    for sid in &their_sessions {
+        let err = client
+            .decision(sid.parse().expect("uuid"))
+            .await
+            .expect_err("deleted");
+        assert_eq!(err.status(), Some(404), "{err}");
+    }
+    // …the event carries a hash, not the value…
+    assert_eq!(erased[0]["vendor_data"], "");
+    let data: serde_json::Value = serde_json::from_str(&erased[0]["data"]).expect("data");
+    assert_eq!(data["sessions_deleted_at_didit"], their_sessions.len());
+    assert!(data["subject_hash"].as_str().is_some_and(|h| h.len() == 32));
+    // …no trace of the person in Redis, and the other person untouched.
+    let mut c = app.redis.connection().await;
+    let stored = everything_in_redis(&mut c).await;
+    assert!(!stored.contains(person), "the person is still in Redis");
+    assert!(stored.contains("keep-me"));
+    assert_eq!(
+        app.events()
+            .await
+            .iter()
+            .filter(|e| e["vendor_data"] == "keep-me")
+            .count(),
+        2
+    );
+    app.stop().await;
+}
