@@ -280,6 +280,7 @@ impl Store {
         for r in requests {
             pipe.del(self.request_key(r)).ignore();
             pipe.del(format!("{}:lock", self.request_key(r))).ignore();
+            pipe.del(self.audit_key(r)).ignore();
         }
         for s in sessions {
             pipe.del(self.session_key(*s)).ignore();
@@ -345,6 +346,44 @@ impl Store {
             return Ok(0);
         }
         c.xdel(&key, &ids).await
+    }
+
+    fn audit_key(&self, id: &RequestId) -> String {
+        format!("{}:audit:{}", self.prefix, digest(&[id.as_str()]))
+    }
+
+    /// Appends one step to the PII-free audit trail of each request (kept as long as the
+    /// records, at most the last 500 steps). `fields` must carry no personal data.
+    pub async fn audit(
+        &self,
+        requests: &[RequestId],
+        step: &str,
+        fields: serde_json::Value,
+    ) -> redis::RedisResult<()> {
+        let mut entry = serde_json::json!({"at_ms": now_ms(), "step": step});
+        if let (Some(e), serde_json::Value::Object(f)) = (entry.as_object_mut(), fields) {
+            e.extend(f);
+        }
+        let line = entry.to_string();
+        let mut pipe = redis::pipe();
+        for id in requests {
+            let key = self.audit_key(id);
+            pipe.rpush(&key, &line).ignore();
+            pipe.ltrim(&key, -500, -1).ignore();
+            pipe.expire(&key, self.ttl()).ignore();
+        }
+        let mut c = self.conn.clone();
+        pipe.query_async(&mut c).await
+    }
+
+    /// The audit trail of a request, oldest first.
+    pub async fn audit_trail(&self, id: &RequestId) -> redis::RedisResult<Vec<serde_json::Value>> {
+        let mut c = self.conn.clone();
+        let lines: Vec<String> = c.lrange(self.audit_key(id), 0, -1).await?;
+        Ok(lines
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
     }
 
     /// Marks a request cancelled; `false` when it was already.

@@ -10,6 +10,7 @@ mod queue;
 mod rules;
 mod run;
 mod sandbox;
+mod session;
 
 use std::process::ExitCode;
 
@@ -53,6 +54,8 @@ pub enum Command {
         #[arg(long)]
         vendor_data: String,
     },
+    /// A verification's audit trail (`session show REQUEST_ID|SESSION_ID`)
+    Session(session::SessionArgs),
     /// Queue depths and the dead set (list, replay, purge)
     Queue(queue::QueueArgs),
     /// Benchmarks (`bench queue` measures the job queue alone)
@@ -135,6 +138,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let settings = Settings::load()?;
             init_logs(&settings)?;
             run::erase(&vendor_data, &settings).await
+        }
+        Command::Session(args) => {
+            let settings = Settings::load()?;
+            init_logs(&settings)?;
+            session::run(args, &settings).await
         }
         Command::Queue(args) => {
             let settings = Settings::load()?;

@@ -108,7 +108,16 @@ async fn receive(
     }
     let forget = [event_key.as_deref(), Some(change_key.as_str())];
     match state.store.session(session_id).await {
-        Ok(Some(_)) => {}
+        Ok(Some(session)) => {
+            let step = serde_json::json!({"session_id": session_id, "status": status, "scheme": verified.scheme.as_str()});
+            if let Err(e) = state
+                .store
+                .audit(&session.requests, "webhook_received", step)
+                .await
+            {
+                return retry_later(state, &forget, e).await;
+            }
+        }
         Ok(None) => match adopt(state, session_id, payload).await {
             Ok(true) => {}
             Ok(false) => {

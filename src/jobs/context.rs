@@ -303,6 +303,15 @@ impl Pipeline {
                     .inc();
             }
             tracing::info!(event = event.kind, status = %event.status, session = ?event.session_id, "event published");
+            let step = json!({"type": event.kind, "status": event.status, "event_id": event.event_id, "decided_by": event.decided_by});
+            self.store
+                .audit(
+                    std::slice::from_ref(&event.request_id),
+                    "event_published",
+                    step,
+                )
+                .await
+                .map_err(redis_failure)?;
         }
         Ok(new)
     }

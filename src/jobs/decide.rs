@@ -65,6 +65,12 @@ pub async fn decide(
             .inc();
     }
     data["rules"] = rules_data(&evaluation, p.settings.rules.dry_run);
+    if !p.rules.rules.is_empty() || !p.rules.workflows.is_empty() {
+        p.store
+            .audit(&session.requests, "rules_evaluated", data["rules"].clone())
+            .await
+            .map_err(redis_failure)?;
+    }
     let (Some(action), Some(rule)) = (
         &evaluation.outcome.action,
         &evaluation.outcome.decided_by_rule,
@@ -182,6 +188,14 @@ async fn set_and_publish(
         .await
         .map_err(redis_failure)?;
     update_status(p, sid, &request).await?;
+    p.store
+        .audit(
+            &session.requests,
+            "didit_update_status",
+            json!({"session_id": sid, "new_status": target.as_str(), "rule": rule}),
+        )
+        .await
+        .map_err(redis_failure)?;
     p.publish_status(sid, &session.requests, target, decider, data)
         .await?;
     Ok(after_result(target))

@@ -61,6 +61,13 @@ pub async fn cancel(
     if !store.cancel_request(request).await? {
         return Ok(false);
     }
+    store
+        .audit(
+            std::slice::from_ref(request),
+            "cancelled",
+            serde_json::json!({}),
+        )
+        .await?;
     let event = OutcomeEvent::new(
         EventType::Failed,
         request.clone(),

@@ -143,6 +143,14 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
         }
     };
     let fetches = p.store.count_fetch(sid).await.map_err(redis_failure)?;
+    p.store
+        .audit(
+            &session.requests,
+            "decision_read",
+            json!({"session_id": sid, "status": decision.status.as_str(), "urgent": job.urgent}),
+        )
+        .await
+        .map_err(redis_failure)?;
     let status = decision.status.clone();
     let now = now_ms();
     if EventType::for_status(&status).is_some() {

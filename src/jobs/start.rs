@@ -133,6 +133,14 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
         .record_session(rid, &vendor_data, sid, &url, deadline)
         .await
         .map_err(redis_failure)?;
+    p.store
+        .audit(
+            std::slice::from_ref(rid),
+            "session_created",
+            json!({"session_id": sid, "workflow_id": workflow_id}),
+        )
+        .await
+        .map_err(redis_failure)?;
     announce(p, rid, &vendor_data, sid, &url).await?;
     Ok(Completion::Done)
 }

@@ -373,3 +373,67 @@ async fn erasure_deletes_the_person_at_didit_and_leaves_no_trace_here() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_audit_trail_shows_what_happened_and_why_without_personal_data() {
+    let app = spawn_app(AppOptions {
+        rules: true,
+        ..Default::default()
+    })
+    .await;
+    let producer = app.producer().await;
+    let id = producer
+        .start_kyc(StartRequest {
+            vendor_data: "audit-person-5521".into(),
+            sandbox_scenario: Some("approve_underage".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("enqueue");
+    let decided = app.wait_events("kyc.session.decided", 1).await;
+
+    let show = |target: &str| {
+        std::process::Command::new(kyc_worker_binary())
+            .args(["session", "show", target])
+            .env_clear()
+            .env("KYC_ENV", "none")
+            .envs(app.settings_env.iter())
+            .output()
+            .expect("kyc-worker session show")
+    };
+    let by_request = show(id.as_str());
+    assert!(
+        by_request.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_request.stderr)
+    );
+    let text = String::from_utf8_lossy(&by_request.stdout).into_owned();
+    for step in [
+        "enqueued",
+        "session_created",
+        "webhook_received",
+        "decision_read",
+        "rules_evaluated",
+        "didit_update_status",
+        "event_published",
+    ] {
+        assert!(text.contains(step), "{step} missing from:\n{text}");
+    }
+    assert!(
+        text.contains("under_18"),
+        "the rule and the values it read: {text}"
+    );
+    assert!(
+        !text.contains("audit-person-5521"),
+        "vendor_data in the audit trail"
+    );
+    let by_session = show(&decided[0]["session_id"]);
+    assert_eq!(
+        String::from_utf8_lossy(&by_session.stdout),
+        text,
+        "the same trail by session id"
+    );
+    let unknown = show("nope");
+    assert_eq!(unknown.status.code(), Some(1));
+    app.stop().await;
+}

@@ -1,0 +1,87 @@
+//! `kyc-worker session show REQUEST_ID|SESSION_ID`: what happened to a verification and why,
+//! from its PII-free audit trail.
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use uuid::Uuid;
+
+use super::CliError;
+use crate::{domain::RequestId, settings::Settings, store::Store};
+
+#[derive(Debug, Args)]
+pub struct SessionArgs {
+    #[command(subcommand)]
+    command: SessionCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionCommand {
+    /// Print the audit trail of a request (or of every request a Didit session serves)
+    Show {
+        /// A request id, or a Didit session id (UUID)
+        id: String,
+        /// One JSON object per line instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(args: SessionArgs, settings: &Settings) -> Result<(), CliError> {
+    let SessionCommand::Show { id, json } = args.command;
+    let conn = crate::queue::connect(settings.redis.url())
+        .await
+        .context("cannot connect to Redis")?;
+    let store = Store::new(conn, &settings.redis.prefix, settings.events.clone());
+    let session = match Uuid::parse_str(&id) {
+        Ok(sid) => store
+            .session(sid)
+            .await
+            .context("cannot read the session")?,
+        Err(_) => None,
+    };
+    let requests = match session {
+        Some(s) => s.requests,
+        None => vec![RequestId::parse(&id).map_err(|e| CliError::Usage(e.to_string()))?],
+    };
+    let mut found = false;
+    for request in &requests {
+        let trail = store
+            .audit_trail(request)
+            .await
+            .context("cannot read the audit trail")?;
+        if trail.is_empty() {
+            continue;
+        }
+        found = true;
+        if !json {
+            println!("request {request}");
+        }
+        for step in trail {
+            if json {
+                println!("{step}");
+                continue;
+            }
+            let at = step["at_ms"].as_u64().unwrap_or(0);
+            let when = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(at) * 1_000_000)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default();
+            let name = step["step"].as_str().unwrap_or("?").to_owned();
+            let mut rest = step.clone();
+            if let Some(map) = rest.as_object_mut() {
+                map.remove("at_ms");
+                map.remove("step");
+            }
+            println!("  {when}  {name:<20} {rest}");
+        }
+    }
+    if !found {
+        return Err(CliError::Failed(anyhow::anyhow!(
+            "no audit trail for {id} (unknown, or past its retention)"
+        )));
+    }
+    Ok(())
+}
