@@ -78,8 +78,12 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
     }
 }
 
-/// Readiness: Redis answers. An account pause is not unreadiness: webhooks must keep arriving.
+/// Readiness: Redis answers and the workers run. An account pause is not unreadiness:
+/// webhooks must keep arriving.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if !state.workers_alive.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "workers stopped");
+    }
     match state.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready"),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable"),
