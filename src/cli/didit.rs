@@ -558,18 +558,7 @@ fn describe_created(s: &CreatedSession) -> String {
 /// A PII-free summary: statuses, scores and warning codes, never names or document data.
 fn describe_decision(d: &Decision) -> String {
     let mut lines = vec![format!("session {}: {}", d.session_id, d.status)];
-    let sections = [
-        ("id_verification", &d.id_verifications),
-        ("nfc", &d.nfc_verifications),
-        ("liveness", &d.liveness_checks),
-        ("face_match", &d.face_matches),
-        ("phone", &d.phone_verifications),
-        ("email", &d.email_verifications),
-        ("poa", &d.poa_verifications),
-        ("aml", &d.aml_screenings),
-        ("ip_analysis", &d.ip_analyses),
-        ("database_validation", &d.database_validations),
-    ];
+    let sections = d.sections();
     for (name, items) in sections {
         for item in items.iter().flatten() {
             let score = item

@@ -184,6 +184,24 @@ pub struct Review {
     pub created_at: Option<String>,
 }
 
+impl Decision {
+    /// Every v3 feature array with the name the fleet uses for it, in Didit's order.
+    pub fn sections(&self) -> [(&'static str, &Option<Vec<FeatureItem>>); 10] {
+        [
+            ("id_verification", &self.id_verifications),
+            ("nfc", &self.nfc_verifications),
+            ("liveness", &self.liveness_checks),
+            ("face_match", &self.face_matches),
+            ("phone", &self.phone_verifications),
+            ("email", &self.email_verifications),
+            ("poa", &self.poa_verifications),
+            ("aml", &self.aml_screenings),
+            ("ip_analysis", &self.ip_analyses),
+            ("database_validation", &self.database_validations),
+        ]
+    }
+}
+
 // Decisions and sessions carry personal data, presigned media URLs and the session token:
 // their `Debug` shows ids, statuses and scores only, so a stray `{:?}` in a log leaks nothing.
 impl std::fmt::Debug for CreatedSession {

@@ -334,18 +334,7 @@ pub fn redis_failure(e: impl std::fmt::Display) -> JobError {
 /// The PII-free summary of a decision that events carry: statuses, scores, warning codes.
 /// Never names, dates of birth, document numbers or media URLs.
 pub fn decision_summary(d: &Decision) -> Value {
-    let sections = [
-        ("id_verification", &d.id_verifications),
-        ("nfc", &d.nfc_verifications),
-        ("liveness", &d.liveness_checks),
-        ("face_match", &d.face_matches),
-        ("phone", &d.phone_verifications),
-        ("email", &d.email_verifications),
-        ("poa", &d.poa_verifications),
-        ("aml", &d.aml_screenings),
-        ("ip_analysis", &d.ip_analyses),
-        ("database_validation", &d.database_validations),
-    ];
+    let sections = d.sections();
     let mut features = serde_json::Map::new();
     let mut scores = serde_json::Map::new();
     let mut warnings = Vec::new();

@@ -99,45 +99,28 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
         Ok(d) => d,
         Err(e) if e.class() == ErrorClass::Request => {
             // Deleted at Didit, or never ours: nothing will ever be decided.
-            for rid in &session.requests {
-                let vendor_data = p
-                    .store
-                    .request(rid)
-                    .await
-                    .map_err(redis_failure)?
-                    .map(|r| r.vendor_data)
-                    .unwrap_or_default();
-                p.publish_failed(
-                    rid,
-                    Some(sid),
-                    &vendor_data,
-                    FailureReason::BadRequest,
-                    &e.to_string(),
-                )
-                .await?;
-            }
+            fail_all(
+                &p,
+                sid,
+                &session.requests,
+                FailureReason::BadRequest,
+                &e.to_string(),
+            )
+            .await?;
+            p.store.close_session(sid).await.map_err(redis_failure)?;
             return Ok(Completion::Done);
         }
         Err(e) => {
             let error = p.didit_failure(e).await;
             if delivery.failure_is_final(&error, &p.settings.queue) {
-                for rid in &session.requests {
-                    let vendor_data = p
-                        .store
-                        .request(rid)
-                        .await
-                        .map_err(redis_failure)?
-                        .map(|r| r.vendor_data)
-                        .unwrap_or_default();
-                    p.publish_failed(
-                        rid,
-                        Some(sid),
-                        &vendor_data,
-                        FailureReason::RetriesExhausted,
-                        &error.to_string(),
-                    )
-                    .await?;
-                }
+                fail_all(
+                    &p,
+                    sid,
+                    &session.requests,
+                    FailureReason::RetriesExhausted,
+                    &error.to_string(),
+                )
+                .await?;
             }
             return Err(error);
         }
@@ -228,4 +211,26 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
         p.schedule().interval(job.polls, sid.as_u128()),
         job.polls + 1,
     ))
+}
+
+/// Publishes `kyc.session.failed` for every request a session serves.
+async fn fail_all(
+    p: &Pipeline,
+    sid: Uuid,
+    requests: &[crate::domain::RequestId],
+    reason: FailureReason,
+    detail: &str,
+) -> Result<(), JobError> {
+    for rid in requests {
+        let vendor_data = p
+            .store
+            .request(rid)
+            .await
+            .map_err(redis_failure)?
+            .map(|r| r.vendor_data)
+            .unwrap_or_default();
+        p.publish_failed(rid, Some(sid), &vendor_data, reason, detail)
+            .await?;
+    }
+    Ok(())
 }

@@ -6,9 +6,7 @@ use kyc_worker::{domain::StartRequest, producer::ProducerError};
 use redis::AsyncCommands;
 use serde_json::json;
 
-use crate::helpers::{
-    eventually, kyc_worker_binary, spawn_app, AppOptions, DEADLINE, TEST_API_TOKEN,
-};
+use crate::helpers::{eventually, spawn_app, AppOptions, DEADLINE, TEST_API_TOKEN};
 
 fn request(vendor_data: &str, scenario: &str) -> StartRequest {
     StartRequest {
@@ -34,13 +32,7 @@ async fn a_cancelled_verification_is_no_longer_followed_and_says_so() {
     app.wait_events("kyc.session.created", 1).await;
 
     // Act
-    let out = std::process::Command::new(kyc_worker_binary())
-        .args(["cancel", id.as_str()])
-        .env_clear()
-        .env("KYC_ENV", "none")
-        .envs(app.settings_env.iter())
-        .output()
-        .expect("kyc-worker cancel");
+    let out = app.cli(&["cancel", id.as_str()]);
 
     // Assert
     assert!(
@@ -61,13 +53,7 @@ async fn a_cancelled_verification_is_no_longer_followed_and_says_so() {
     })
     .await;
     let after_cancel = reads(&app.sandbox_stats().await);
-    let again = std::process::Command::new(kyc_worker_binary())
-        .args(["cancel", id.as_str()])
-        .env_clear()
-        .env("KYC_ENV", "none")
-        .envs(app.settings_env.iter())
-        .output()
-        .expect("kyc-worker cancel");
+    let again = app.cli(&["cancel", id.as_str()]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("already cancelled"));
     assert_eq!(
         reads(&app.sandbox_stats().await),
@@ -206,21 +192,14 @@ async fn producers_are_told_to_back_off_when_too_much_work_waits() {
 
     // …and the HTTP intake a 429 with Retry-After, from a process of the fleet.
     let port = crate::helpers::free_port();
-    let mut child = std::process::Command::new(kyc_worker_binary())
-        .arg("run")
-        .env_clear()
-        .env("KYC_ENV", "none")
-        .envs(app.settings_env.iter())
-        .env("KYC__HTTP__PORT", port.to_string())
-        // Workers that cannot reach Didit keep the backlog in place.
-        .env(
+    // Workers that cannot reach Didit keep the backlog in place.
+    let mut child = app.spawn_fleet_process(&[
+        ("KYC__HTTP__PORT", port.to_string()),
+        (
             "KYC__DIDIT__BASE_URL",
             format!("http://127.0.0.1:{}", crate::helpers::free_port()),
-        )
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
+        ),
+    ]);
     let url = format!("http://127.0.0.1:{port}/v1/verifications");
     let response = eventually("a 429 from the HTTP intake", DEADLINE, || {
         let url = url.clone();
@@ -330,13 +309,7 @@ async fn erasure_deletes_the_person_at_didit_and_leaves_no_trace_here() {
     their_sessions.dedup();
 
     // Act
-    let out = std::process::Command::new(kyc_worker_binary())
-        .args(["erase", "--vendor-data", person])
-        .env_clear()
-        .env("KYC_ENV", "none")
-        .envs(app.settings_env.iter())
-        .output()
-        .expect("kyc-worker erase");
+    let out = app.cli(&["erase", "--vendor-data", person]);
     assert!(
         out.status.success(),
         "{}",
@@ -392,15 +365,7 @@ async fn the_audit_trail_shows_what_happened_and_why_without_personal_data() {
         .expect("enqueue");
     let decided = app.wait_events("kyc.session.decided", 1).await;
 
-    let show = |target: &str| {
-        std::process::Command::new(kyc_worker_binary())
-            .args(["session", "show", target])
-            .env_clear()
-            .env("KYC_ENV", "none")
-            .envs(app.settings_env.iter())
-            .output()
-            .expect("kyc-worker session show")
-    };
+    let show = |target: &str| app.cli(&["session", "show", target]);
     let by_request = show(id.as_str());
     assert!(
         by_request.status.success(),

@@ -7,9 +7,7 @@ use kyc_worker::{didit::webhook::sign, domain::StartRequest};
 use redis::AsyncCommands;
 use serde_json::json;
 
-use crate::helpers::{
-    eventually, kyc_worker_binary, spawn_app, AppOptions, TestApp, DEADLINE, TEST_API_TOKEN,
-};
+use crate::helpers::{eventually, spawn_app, AppOptions, TestApp, DEADLINE, TEST_API_TOKEN};
 
 fn request(vendor_data: &str) -> StartRequest {
     StartRequest {
@@ -175,18 +173,7 @@ async fn two_processes_stay_inside_a_shared_get_budget_while_200_sessions_comple
         ..Default::default()
     })
     .await;
-    let spawn_child = || {
-        std::process::Command::new(kyc_worker_binary())
-            .arg("run")
-            .env_clear()
-            .env("KYC_ENV", "none")
-            .envs(app.settings_env.iter())
-            .env("KYC__HTTP__PORT", crate::helpers::free_port().to_string())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn kyc-worker run")
-    };
+    let spawn_child = || app.spawn_fleet_process(&[]);
     let mut a = spawn_child();
     let mut b = spawn_child();
     let producer = app.producer().await;

@@ -288,6 +288,33 @@ impl TestApp {
         assert!(status.is_success(), "sandbox control {body} → {status}");
     }
 
+    /// Runs the `kyc-worker` binary with this app's settings (e.g. an operator command).
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(kyc_worker_binary())
+            .args(args)
+            .env_clear()
+            .env("KYC_ENV", "none")
+            .envs(self.settings_env.iter())
+            .output()
+            .expect("run kyc-worker")
+    }
+
+    /// Starts a `kyc-worker run` child process of this app's fleet on its own HTTP port,
+    /// with extra settings.
+    pub fn spawn_fleet_process(&self, extra: &[(&str, String)]) -> Child {
+        Command::new(kyc_worker_binary())
+            .arg("run")
+            .env_clear()
+            .env("KYC_ENV", "none")
+            .envs(self.settings_env.iter())
+            .env("KYC__HTTP__PORT", free_port().to_string())
+            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn kyc-worker run")
+    }
+
     /// Stops the fleet process gracefully and checks it exited cleanly.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {

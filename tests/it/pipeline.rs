@@ -6,7 +6,7 @@ use std::{collections::HashMap, time::Duration};
 use kyc_worker::{didit::DiditClient, domain::StartRequest};
 use redis::AsyncCommands;
 
-use crate::helpers::{eventually, kyc_worker_binary, spawn_app, AppOptions, TestApp, DEADLINE};
+use crate::helpers::{eventually, spawn_app, AppOptions, TestApp, DEADLINE};
 
 fn request(vendor_data: &str, scenario: &str) -> StartRequest {
     StartRequest {
@@ -329,17 +329,7 @@ async fn a_worker_process_killed_mid_flight_loses_and_doubles_nothing() {
         ..Default::default()
     })
     .await;
-    let spawn_child = || {
-        let mut cmd = std::process::Command::new(kyc_worker_binary());
-        cmd.arg("run")
-            .env_clear()
-            .env("KYC_ENV", "none")
-            .envs(app.settings_env.iter());
-        cmd.env("KYC__HTTP__PORT", crate::helpers::free_port().to_string());
-        cmd.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        cmd.spawn().expect("spawn kyc-worker run")
-    };
+    let spawn_child = || app.spawn_fleet_process(&[]);
     let mut child = spawn_child();
     let producer = app.producer().await;
     let n = 20;
@@ -383,17 +373,7 @@ async fn sigterm_drains_and_exits_0_and_nothing_is_lost() {
         ..Default::default()
     })
     .await;
-    let spawn_child = || {
-        let mut cmd = std::process::Command::new(kyc_worker_binary());
-        cmd.arg("run")
-            .env_clear()
-            .env("KYC_ENV", "none")
-            .envs(app.settings_env.iter());
-        cmd.env("KYC__HTTP__PORT", crate::helpers::free_port().to_string());
-        cmd.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        cmd.spawn().expect("spawn kyc-worker run")
-    };
+    let spawn_child = || app.spawn_fleet_process(&[]);
     let mut child = spawn_child();
     let producer = app.producer().await;
     let n = 10;
