@@ -56,3 +56,11 @@ down:
 ## check-deploy: static checks of deploy/ (promtool, YAML, metric names vs a real scrape)
 check-deploy: deps
 	@scripts/check-deploy.sh
+
+## metrics-chart: docs/img/demo-metrics.png, drawn with gnuplot from a real /metrics scrape of
+## a 30 s demo run (redis-server + sandbox + `kyc-worker run`, 60 verifications)
+.PHONY: metrics-chart
+
+metrics-chart: deps
+	$(CARGO) build --release --bins --examples
+	@scripts/render-metrics-chart.sh
