@@ -406,3 +406,39 @@ async fn sigterm_drains_and_exits_0_and_nothing_is_lost() {
     next.kill().expect("kill");
     next.wait().expect("reap");
 }
+
+#[tokio::test]
+async fn enqueue_from_csv_starts_one_verification_per_row_and_names_a_bad_row() {
+    let app = spawn_app(AppOptions::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("people.csv");
+    std::fs::write(&good, "vendor_data,request_id,sandbox_scenario\nu-csv-1,csv-1,approve\nu-csv-2,csv-2,decline_liveness\n").expect("write");
+
+    let out = app.cli(&["enqueue", "--from-csv", good.to_str().expect("path")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("enqueued 2"));
+    let decided = app.wait_events("kyc.session.decided", 2).await;
+    let ids: std::collections::HashSet<String> =
+        decided.iter().map(|e| e["request_id"].clone()).collect();
+    assert_eq!(
+        ids,
+        ["csv-1".to_owned(), "csv-2".to_owned()]
+            .into_iter()
+            .collect()
+    );
+
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "vendor_data,request_id\nu-ok,csv-3\n,csv-4\n").expect("write");
+    let out = app.cli(&["enqueue", "--from-csv", bad.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 3"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    app.stop().await;
+}
