@@ -56,3 +56,10 @@ down:
 ## check-deploy: static checks of deploy/ (promtool, YAML, metric names vs a real scrape)
 check-deploy: deps
 	@scripts/check-deploy.sh
+
+## chaos: the chaos suite at full size (500 sessions per scenario, release build): workers
+## SIGKILLed and SIGTERMed under load, Redis restarted from its AOF, a faulty rate-limited Didit
+.PHONY: chaos
+
+chaos: deps
+	KYC_CHAOS_SESSIONS=500 $(CARGO) test --release --test it chaos -- --nocapture --test-threads 1
