@@ -6,7 +6,8 @@
 //!
 //! Size: `KYC_CHAOS_SESSIONS` sessions per scenario (default 40, so `make test` stays fast;
 //! `make chaos` runs 500 in release). Each scenario prints its counts with `eprintln!`
-//! (`--nocapture` shows them); worker logs go to the file whose path it prints first.
+//! (`--nocapture` shows them); worker logs go to the file whose path it prints first, kept
+//! only when the scenario fails.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -68,6 +69,15 @@ impl Load {
     }
 }
 
+impl Drop for Load {
+    /// The worker log is kept only when the scenario failed.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
 /// A `kyc-worker run` child process and the port of its HTTP server.
 struct Worker {
     child: Child,
@@ -105,6 +115,13 @@ impl Worker {
             .await
             .ok()?;
         Some(response.status().as_u16())
+    }
+}
+
+impl Drop for Worker {
+    /// A failed scenario leaves no process behind.
+    fn drop(&mut self) {
+        self.sigkill();
     }
 }
 
@@ -164,7 +181,7 @@ fn missing<'a>(load: &'a Load, events: &[Event]) -> Vec<&'a str> {
 
 /// Waits until every request has its decided event; a timeout names the requests still open.
 async fn wait_outcomes(app: &TestApp, load: &Load) -> Vec<Event> {
-    let deadline = Duration::from_secs(60) + Duration::from_millis(200) * load.n() as u32;
+    let deadline = Duration::from_secs(60) + Duration::from_millis(300) * load.n() as u32;
     let until = Instant::now() + deadline;
     loop {
         let events = app.events().await;
@@ -320,7 +337,7 @@ async fn chaos_workers_sigkilled_repeatedly_lose_and_double_nothing() {
     // Arrange: two polling workers; sessions take 2 s at the sandbox, so work is in flight.
     let app = spawn_app(polling_fleet()).await;
     let load = enqueue(&app, "sigkill").await;
-    let mut workers = vec![Worker::start(&app, &load), Worker::start(&app, &load)];
+    let mut workers = [Worker::start(&app, &load), Worker::start(&app, &load)];
     wait_created(&app, (load.n() / 8).max(2)).await;
 
     // Act: SIGKILL a worker every 1.5 s, alternating, restarting it each time, until every
@@ -345,9 +362,6 @@ async fn chaos_workers_sigkilled_repeatedly_lose_and_double_nothing() {
     assert_exactly_once(&load, &events);
     report(&app, &load, &events, &format!("sigkills={kills}")).await;
     assert_no_dead(&app, &load).await;
-    for w in &mut workers {
-        w.sigkill();
-    }
 }
 
 #[tokio::test]
@@ -370,7 +384,7 @@ async fn chaos_redis_restarted_from_aof_mid_run_loses_nothing_and_readiness_foll
     app.sandbox_control(serde_json::json!({"action": "set_latency", "ms": 300}))
         .await;
     let load = enqueue(&app, "redis").await;
-    let mut workers = vec![Worker::start(&app, &load), Worker::start(&app, &load)];
+    let workers = [Worker::start(&app, &load), Worker::start(&app, &load)];
     for w in &workers {
         eventually("the worker is ready", Duration::from_secs(20), || async {
             (w.ready_status().await == Some(200)).then_some(())
@@ -414,9 +428,6 @@ async fn chaos_redis_restarted_from_aof_mid_run_loses_nothing_and_readiness_foll
     )
     .await;
     assert_no_dead(&app, &load).await;
-    for w in &mut workers {
-        w.sigkill();
-    }
 }
 
 /// The fleet's budget per 1 s window in the faulty-Didit scenario; the sandbox allows more.
@@ -453,7 +464,8 @@ async fn chaos_faulty_slow_rate_limited_didit_completes_within_budget_without_a_
     app.sandbox_control(serde_json::json!({"action": "set_latency", "ms": 50}))
         .await;
     let load = enqueue(&app, "faults").await;
-    let mut workers = vec![
+    // Kept alive (and killed on drop) until the end of the scenario.
+    let _workers = [
         Worker::start_on(&app, &load, app.port),
         Worker::start(&app, &load),
     ];
@@ -486,9 +498,6 @@ async fn chaos_faulty_slow_rate_limited_didit_completes_within_budget_without_a_
         load.n()
     );
     assert_no_dead(&app, &load).await;
-    for w in &mut workers {
-        w.sigkill();
-    }
 }
 
 #[tokio::test]
@@ -501,7 +510,7 @@ async fn chaos_sigterm_under_load_drains_in_time_exits_0_and_loses_nothing() {
     .await;
     let shutdown_timeout = Duration::from_secs(5);
     let load = enqueue(&app, "sigterm").await;
-    let mut workers = vec![Worker::start(&app, &load), Worker::start(&app, &load)];
+    let mut workers = [Worker::start(&app, &load), Worker::start(&app, &load)];
     wait_created(&app, (load.n() / 4).max(2)).await;
 
     // Act: SIGTERM one worker under load, then start a replacement.
