@@ -64,3 +64,10 @@ check-deploy: deps
 metrics-chart: deps
 	$(CARGO) build --release --bins --examples
 	@scripts/render-metrics-chart.sh
+
+## chaos: the chaos suite at full size (500 sessions per scenario, release build): workers
+## SIGKILLed and SIGTERMed under load, Redis restarted from its AOF, a faulty rate-limited Didit
+.PHONY: chaos
+
+chaos: deps
+	KYC_CHAOS_SESSIONS=500 $(CARGO) test --release --test it chaos -- --nocapture --test-threads 1

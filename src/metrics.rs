@@ -20,12 +20,13 @@ use crate::{
 /// Outcomes of one job delivery (`kyc_jobs_total{outcome}`).
 pub const JOB_OUTCOMES: [&str; 5] = ["done", "run_again", "retried", "waited", "dead"];
 /// Results of one webhook delivery (`kyc_webhooks_total{result}`).
-pub const WEBHOOK_RESULTS: [&str; 7] = [
+pub const WEBHOOK_RESULTS: [&str; 8] = [
     "accepted",
     "bad_signature",
     "stale",
     "duplicate",
     "malformed",
+    "too_large",
     "unknown_session",
     "error",
 ];

@@ -75,7 +75,14 @@ async fn accept(state: &AppState, headers: &HeaderMap, body: axum::body::Bytes) 
     if let Err(reply) = authorized(state, headers) {
         return reply;
     }
-    let mut request: StartRequest = match serde_json::from_slice(&body) {
+    // An object only: serde would also fill the struct from a JSON array, by position.
+    let parsed = serde_json::from_slice::<Value>(&body).and_then(|v| match v {
+        Value::Object(_) => serde_json::from_value::<StartRequest>(v),
+        _ => Err(<serde_json::Error as serde::de::Error>::custom(
+            "expected a JSON object",
+        )),
+    });
+    let mut request = match parsed {
         Ok(r) => r,
         Err(e) => {
             let message = format!(
@@ -98,6 +105,17 @@ async fn accept(state: &AppState, headers: &HeaderMap, body: axum::body::Bytes) 
     if let Some(key) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
         match &request.request_id {
             Some(id) if id != key => {
+                tracing::info!(
+                    source = "http",
+                    reason = "invalid",
+                    field = "request_id",
+                    "intake request rejected"
+                );
+                state
+                    .metrics
+                    .intake_rejected
+                    .with_label_values(&["http", "invalid"])
+                    .inc();
                 return error(
                     StatusCode::BAD_REQUEST,
                     "Idempotency-Key differs from request_id",

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::{
     body::Bytes,
-    extract::State,
+    extract::{rejection::BytesRejection, State},
     http::{HeaderMap, StatusCode},
 };
 use uuid::Uuid;
@@ -28,9 +28,22 @@ use crate::{
 pub async fn didit_webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> (StatusCode, &'static str) {
-    let (status, result) = receive(&state, &headers, &body).await;
+    let (status, result) = match body {
+        Ok(body) => receive(&state, &headers, &body).await,
+        // Over the body limit (413) or unreadable: refused before any parsing, still counted.
+        Err(rejection) => {
+            let status = rejection.status();
+            let result = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "malformed"
+            };
+            tracing::warn!(result, error = %rejection, "webhook refused");
+            (status, result)
+        }
+    };
     state.metrics.webhooks.with_label_values(&[result]).inc();
     (status, result)
 }

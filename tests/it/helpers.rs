@@ -82,7 +82,8 @@ impl TestRedis {
         redis
     }
 
-    async fn spawn(&mut self) {
+    /// Starts the server on its port and data directory (after [`TestRedis::kill`]).
+    pub async fn spawn(&mut self) {
         init_test_logs();
         let child = Command::new(redis_server_binary())
             .arg("--port")
@@ -174,6 +175,10 @@ pub struct AppOptions {
     pub sandbox_limits: Vec<&'static str>,
     /// Apply the default rule pack (off by default, so outcomes are Didit's).
     pub rules: bool,
+    /// The sandbox's API key and the app's `KYC__DIDIT__API_KEY` (else the defaults).
+    pub api_key: Option<String>,
+    /// The sandbox's webhook secret and the app's `KYC__DIDIT__WEBHOOK_SECRET`.
+    pub webhook_secret: Option<String>,
 }
 
 impl Default for AppOptions {
@@ -186,6 +191,8 @@ impl Default for AppOptions {
             drop_webhooks: false,
             sandbox_limits: Vec::new(),
             rules: false,
+            api_key: None,
+            webhook_secret: None,
         }
     }
 }
@@ -300,19 +307,37 @@ impl TestApp {
     }
 
     /// Starts a `kyc-worker run` child process of this app's fleet on its own HTTP port,
-    /// with extra settings.
+    /// with extra settings; its output goes nowhere.
     pub fn spawn_fleet_process(&self, extra: &[(&str, String)]) -> Child {
-        Command::new(kyc_worker_binary())
-            .arg("run")
+        let mut env = vec![("KYC__HTTP__PORT", free_port().to_string())];
+        env.extend(extra.iter().cloned());
+        self.spawn_worker(&env, None)
+    }
+
+    /// Starts `kyc-worker run` as a child process with this app's settings, `env` on top
+    /// (e.g. its own `KYC__HTTP__PORT`); its stdout and stderr go to `log` (else nowhere).
+    pub fn spawn_worker(&self, env: &[(&str, String)], log: Option<&std::path::Path>) -> Child {
+        let mut cmd = Command::new(kyc_worker_binary());
+        cmd.arg("run")
             .env_clear()
             .env("KYC_ENV", "none")
             .envs(self.settings_env.iter())
-            .env("KYC__HTTP__PORT", free_port().to_string())
-            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn kyc-worker run")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        match log {
+            Some(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("worker log file");
+                let err = file.try_clone().expect("log file handle");
+                cmd.stdout(Stdio::from(file)).stderr(Stdio::from(err));
+            }
+            None => {
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        }
+        cmd.spawn().expect("spawn kyc-worker run")
     }
 
     /// Stops the fleet process gracefully and checks it exited cleanly.
@@ -341,6 +366,12 @@ pub async fn spawn_app(options: AppOptions) -> TestApp {
         .iter()
         .map(|l| l.parse().expect("limit spec"))
         .collect();
+    if let Some(key) = &options.api_key {
+        sandbox_config.api_key = key.clone();
+    }
+    if let Some(secret) = &options.webhook_secret {
+        sandbox_config.webhook_secret = secret.clone();
+    }
     if options.webhooks && !options.drop_webhooks {
         sandbox_config.webhook_url = Some(
             format!("http://127.0.0.1:{port}/webhooks/didit")
@@ -378,6 +409,12 @@ pub async fn spawn_app(options: AppOptions) -> TestApp {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    if let Some(key) = &options.api_key {
+        env.insert("KYC__DIDIT__API_KEY".to_owned(), key.clone());
+    }
+    if let Some(secret) = &options.webhook_secret {
+        env.insert("KYC__DIDIT__WEBHOOK_SECRET".to_owned(), secret.clone());
+    }
     if !options.rules {
         env.insert("KYC__RULES__FILE".to_owned(), String::new());
     }

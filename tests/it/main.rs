@@ -1,10 +1,12 @@
 //! The one integration-test binary: real `redis-server` processes on free ports, the Didit
 //! sandbox over real HTTP, the `kyc-worker` binary as a child process where it matters.
 
+mod chaos;
 mod cli;
 mod compliance;
 mod edges;
 mod helpers;
+mod hostile;
 mod observability;
 mod pipeline;
 mod queue;
@@ -12,3 +14,4 @@ mod redis_harness;
 mod rules;
 mod sandbox;
 mod sandbox_schema;
+mod secrets;

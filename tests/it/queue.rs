@@ -960,6 +960,58 @@ async fn operators_see_depths_and_work_the_dead_set_from_the_cli() {
     let (code, _, stderr) = run(&["queue", "dead", "replay", "--queue", "test", "1-1"]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("no dead job 1-1"), "{stderr}");
+
+    // Two more dead jobs: `replay --all` puts both back; `purge` removes only old ones.
+    for id in ["job-10", "job-11"] {
+        let _: String = c
+            .xadd(
+                "ops:queue:test:dead",
+                "*",
+                &[
+                    ("j", "{}"),
+                    ("reason", "bad input"),
+                    ("id", id),
+                    ("attempts", "1"),
+                ],
+            )
+            .await
+            .expect("xadd");
+    }
+    let (code, stdout, stderr) = run(&["queue", "dead", "replay", "--queue", "test", "--all"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("replayed 2"), "{stdout}");
+    assert_eq!(queue.stats("test").await.expect("stats").dead, 0);
+    let _: String = c
+        .xadd(
+            "ops:queue:test:dead",
+            "*",
+            &[
+                ("j", "{}"),
+                ("reason", "bad input"),
+                ("id", "job-12"),
+                ("attempts", "1"),
+            ],
+        )
+        .await
+        .expect("xadd");
+    let (code, stdout, _) = run(&["queue", "dead", "purge", "--older-than", "1h"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("purged 0"), "{stdout}");
+    assert_eq!(queue.stats("test").await.expect("stats").dead, 1);
+    let (code, stdout, _) = run(&[
+        "queue",
+        "dead",
+        "purge",
+        "--queue",
+        "test",
+        "--older-than",
+        "0s",
+    ]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("purged 1"), "{stdout}");
+    assert_eq!(queue.stats("test").await.expect("stats").dead, 0);
+    let (_, stdout, _) = run(&["queue", "dead", "list"]);
+    assert!(stdout.contains("the dead set is empty"), "{stdout}");
 }
 
 #[tokio::test]

@@ -1,0 +1,568 @@
+//! Chaos: the fleet as `kyc-worker run` child processes against a real `redis-server` and the
+//! sandbox over HTTP, while something breaks — a worker SIGKILLed again and again, Redis
+//! killed and restarted from its AOF, Didit answering 5xx slowly under a tight rate limit, a
+//! worker SIGTERMed under load. Each scenario checks that every request ends in exactly one
+//! outcome event per status and that Didit created exactly one session per request.
+//!
+//! Size: `KYC_CHAOS_SESSIONS` sessions per scenario (default 40, so `make test` stays fast;
+//! `make chaos` runs 500 in release). Each scenario prints its counts with `eprintln!`
+//! (`--nocapture` shows them); worker logs go to the file whose path it prints first, kept
+//! only when the scenario fails.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    process::Child,
+    time::{Duration, Instant},
+};
+
+use kyc_worker::domain::StartRequest;
+
+use crate::helpers::{eventually, free_port, spawn_app, AppOptions, TestApp, TestRedis};
+
+type Event = HashMap<String, String>;
+
+/// Sessions per scenario.
+fn sessions() -> usize {
+    std::env::var("KYC_CHAOS_SESSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(40)
+}
+
+/// Scenario → the status Didit reaches; requests cycle through them.
+const OUTCOMES: [(&str, &str); 3] = [
+    ("approve", "Approved"),
+    ("decline_document_expired", "Declined"),
+    ("review_face_match_borderline", "In Review"),
+];
+
+/// One request of a scenario and what it must end in.
+struct Expected {
+    vendor_data: String,
+    status: &'static str,
+}
+
+/// The requests of one scenario, by request_id.
+struct Load {
+    name: &'static str,
+    requests: BTreeMap<String, Expected>,
+    started: Instant,
+    log: PathBuf,
+}
+
+impl Load {
+    fn n(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Names a request for a failure message.
+    fn describe(&self, request_id: &str) -> String {
+        match self.requests.get(request_id) {
+            Some(e) => format!(
+                "request_id={request_id} vendor_data={} (expects {})",
+                e.vendor_data, e.status
+            ),
+            None => format!("request_id={request_id} (not one of this scenario's requests)"),
+        }
+    }
+}
+
+impl Drop for Load {
+    /// The worker log is kept only when the scenario failed.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+/// A `kyc-worker run` child process and the port of its HTTP server.
+struct Worker {
+    child: Child,
+    port: u16,
+}
+
+impl Worker {
+    fn start(app: &TestApp, load: &Load) -> Worker {
+        Self::start_on(app, load, free_port())
+    }
+
+    fn start_on(app: &TestApp, load: &Load, port: u16) -> Worker {
+        let child = app.spawn_worker(&[("KYC__HTTP__PORT", port.to_string())], Some(&load.log));
+        Worker { child, port }
+    }
+
+    fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn sigterm(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    async fn ready_status(&self) -> Option<u16> {
+        let response = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}/readyz", self.port))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        Some(response.status().as_u16())
+    }
+}
+
+impl Drop for Worker {
+    /// A failed scenario leaves no process behind.
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+/// Enqueues `sessions()` requests through the Rust producer.
+async fn enqueue(app: &TestApp, name: &'static str) -> Load {
+    let log = std::env::temp_dir().join(format!(
+        "kyc-chaos-{name}-{}-{}.log",
+        std::process::id(),
+        app.port
+    ));
+    eprintln!("[chaos {name}] worker logs: {}", log.display());
+    let producer = app.producer().await;
+    let mut requests = BTreeMap::new();
+    for i in 0..sessions() {
+        let (scenario, status) = OUTCOMES[i % OUTCOMES.len()];
+        let request_id = format!("{name}-req-{i:04}");
+        let vendor_data = format!("{name}-user-{i:04}");
+        producer
+            .start_kyc(StartRequest {
+                request_id: Some(request_id.clone()),
+                vendor_data: vendor_data.clone(),
+                sandbox_scenario: Some(scenario.into()),
+                ..Default::default()
+            })
+            .await
+            .expect("enqueue");
+        requests.insert(
+            request_id,
+            Expected {
+                vendor_data,
+                status,
+            },
+        );
+    }
+    Load {
+        name,
+        requests,
+        started: Instant::now(),
+        log,
+    }
+}
+
+/// Requests without their expected decided event yet.
+fn missing<'a>(load: &'a Load, events: &[Event]) -> Vec<&'a str> {
+    load.requests
+        .iter()
+        .filter(|(id, e)| {
+            !events.iter().any(|ev| {
+                ev["type"] == "kyc.session.decided"
+                    && ev["request_id"] == **id
+                    && ev["status"] == e.status
+            })
+        })
+        .map(|(id, _)| id.as_str())
+        .collect()
+}
+
+/// Waits until every request has its decided event; a timeout names the requests still open.
+async fn wait_outcomes(app: &TestApp, load: &Load) -> Vec<Event> {
+    let deadline = Duration::from_secs(60) + Duration::from_millis(300) * load.n() as u32;
+    let until = Instant::now() + deadline;
+    loop {
+        let events = app.events().await;
+        let open = missing(load, &events);
+        if open.is_empty() {
+            return events;
+        }
+        if Instant::now() > until {
+            let named: Vec<String> = open
+                .iter()
+                .take(10)
+                .map(|id| {
+                    let seen: Vec<String> = events
+                        .iter()
+                        .filter(|e| e["request_id"] == *id)
+                        .map(|e| format!("{}/{}", e["type"], e["status"]))
+                        .collect();
+                    format!("{} has {seen:?}", load.describe(id))
+                })
+                .collect();
+            panic!(
+                "[chaos {}] {} of {} requests undecided after {deadline:?} (worker logs: {}):\n{}",
+                load.name,
+                open.len(),
+                load.n(),
+                load.log.display(),
+                named.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Exactly one `created` and one `decided` (with the expected status) per request, nothing
+/// else, and no event for a request this scenario did not make.
+fn assert_exactly_once(load: &Load, events: &[Event]) {
+    let mut seen: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    for e in events {
+        let id = e["request_id"].as_str();
+        assert!(
+            load.requests.contains_key(id),
+            "[chaos {}] an event for an unknown request: {e:?}",
+            load.name
+        );
+        *seen
+            .entry((id, e["type"].as_str(), e["status"].as_str()))
+            .or_default() += 1;
+    }
+    for ((id, kind, status), count) in &seen {
+        assert_eq!(
+            *count,
+            1,
+            "[chaos {}] {} got {count} {kind} events with status {status:?}",
+            load.name,
+            load.describe(id)
+        );
+    }
+    for (id, expected) in &load.requests {
+        let kinds: Vec<(&str, &str)> = seen
+            .keys()
+            .filter(|(r, _, _)| r == id)
+            .map(|(_, k, s)| (*k, *s))
+            .collect();
+        let created = kinds
+            .iter()
+            .filter(|(k, _)| *k == "kyc.session.created")
+            .count();
+        let outcomes: Vec<&(&str, &str)> = kinds
+            .iter()
+            .filter(|(k, _)| *k != "kyc.session.created")
+            .collect();
+        assert!(
+            created == 1 && outcomes == [&("kyc.session.decided", expected.status)],
+            "[chaos {}] {} has events {kinds:?}",
+            load.name,
+            load.describe(id)
+        );
+    }
+}
+
+/// No job of the pipeline ended in the dead set.
+async fn assert_no_dead(app: &TestApp, load: &Load) {
+    let queue = kyc_worker::queue::Queue::connect(&app.redis.url(), "kyc", Default::default())
+        .await
+        .expect("queue");
+    for q in ["start", "poll"] {
+        let dead = queue.dead_list(q, 10).await.expect("dead list");
+        assert!(
+            dead.is_empty(),
+            "[chaos {}] dead jobs in {q}: {dead:?}",
+            load.name
+        );
+    }
+}
+
+/// Prints the scenario's counts and checks one Didit session per request.
+async fn report(app: &TestApp, load: &Load, events: &[Event], chaos: &str) -> serde_json::Value {
+    let stats = app.sandbox_stats().await;
+    let mut by_type: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in events {
+        *by_type.entry(e["type"].as_str()).or_default() += 1;
+    }
+    eprintln!(
+        "[chaos {}] sessions={} events={} {by_type:?} didit_requests={} sessions_created={} \
+         sessions_reused={} injected_errors={} {chaos} elapsed={:.1}s",
+        load.name,
+        load.n(),
+        events.len(),
+        stats["requests"],
+        stats["sessions_created"],
+        stats["sessions_reused"],
+        stats["injected_errors"],
+        load.started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        stats["sessions_created"].as_u64(),
+        Some(load.n() as u64),
+        "[chaos {}] Didit sessions created vs requests",
+        load.name
+    );
+    stats
+}
+
+/// Waits until at least `n` sessions exist, so the chaos hits work in flight.
+async fn wait_created(app: &TestApp, n: usize) {
+    eventually(
+        &format!("{n} sessions created"),
+        Duration::from_secs(60),
+        || async {
+            let created = app
+                .events()
+                .await
+                .iter()
+                .filter(|e| e["type"] == "kyc.session.created")
+                .count();
+            (created >= n).then_some(())
+        },
+    )
+    .await;
+}
+
+fn polling_fleet() -> AppOptions {
+    AppOptions {
+        webhooks: false,
+        in_process: false,
+        complete_after: Duration::from_millis(2000),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn chaos_workers_sigkilled_repeatedly_lose_and_double_nothing() {
+    // Arrange: two polling workers; sessions take 2 s at the sandbox, so work is in flight.
+    let app = spawn_app(polling_fleet()).await;
+    let load = enqueue(&app, "sigkill").await;
+    let mut workers = [Worker::start(&app, &load), Worker::start(&app, &load)];
+    wait_created(&app, (load.n() / 8).max(2)).await;
+
+    // Act: SIGKILL a worker every 1.5 s, alternating, restarting it each time, until every
+    // request is decided (at least 5 kills; more for bigger runs).
+    let min_kills = (load.n() / 50).max(5);
+    let mut kills = 0;
+    loop {
+        let done = missing(&load, &app.events().await).is_empty();
+        if kills >= min_kills && (done || kills >= min_kills * 3) {
+            break;
+        }
+        // Chaos pacing, not synchronisation: the fleet works for a while between kills.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let victim = kills % workers.len();
+        workers[victim].sigkill();
+        workers[victim] = Worker::start(&app, &load);
+        kills += 1;
+    }
+
+    // Assert
+    let events = wait_outcomes(&app, &load).await;
+    assert_exactly_once(&load, &events);
+    report(&app, &load, &events, &format!("sigkills={kills}")).await;
+    assert_no_dead(&app, &load).await;
+}
+
+#[tokio::test]
+async fn chaos_redis_restarted_from_aof_mid_run_loses_nothing_and_readiness_follows() {
+    // Arrange: Redis with AOF fsynced on every write; two workers.
+    let mut app = spawn_app(polling_fleet()).await;
+    app.redis = TestRedis::start_with(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--save",
+        "",
+    ])
+    .await;
+    app.settings_env
+        .insert("KYC__REDIS__URL".into(), app.redis.url());
+    // Slow Didit answers keep session creations in flight when Redis dies, so some jobs have
+    // created a session at Didit and cannot record it.
+    app.sandbox_control(serde_json::json!({"action": "set_latency", "ms": 300}))
+        .await;
+    let load = enqueue(&app, "redis").await;
+    let workers = [Worker::start(&app, &load), Worker::start(&app, &load)];
+    for w in &workers {
+        eventually("the worker is ready", Duration::from_secs(20), || async {
+            (w.ready_status().await == Some(200)).then_some(())
+        })
+        .await;
+    }
+    wait_created(&app, 1).await;
+
+    // Act: SIGKILL Redis; readiness turns red; Redis comes back on the same port and data.
+    app.redis.kill();
+    let down = Instant::now();
+    for w in &workers {
+        eventually(
+            "/readyz red while Redis is down",
+            Duration::from_secs(10),
+            || async { (w.ready_status().await == Some(503)).then_some(()) },
+        )
+        .await;
+    }
+    // Chaos pacing: Redis stays down for 2 s while the workers keep trying.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    app.redis.spawn().await;
+    let outage = down.elapsed();
+    for w in &workers {
+        eventually(
+            "/readyz green after Redis is back",
+            Duration::from_secs(20),
+            || async { (w.ready_status().await == Some(200)).then_some(()) },
+        )
+        .await;
+    }
+
+    // Assert: the workers reconnected by themselves and finished everything exactly once.
+    let events = wait_outcomes(&app, &load).await;
+    assert_exactly_once(&load, &events);
+    report(
+        &app,
+        &load,
+        &events,
+        &format!("redis_restarts=1 outage={:.1}s", outage.as_secs_f64()),
+    )
+    .await;
+    assert_no_dead(&app, &load).await;
+}
+
+/// The fleet's budget per 1 s window in the faulty-Didit scenario; the sandbox allows more.
+const FLEET_BUDGET: u64 = 25;
+const SANDBOX_LIMIT: u64 = 40;
+/// Decision reads allowed per session on average with 30 % 5xx: with webhooks a session
+/// needs one successful read (1 / 0.7 ≈ 1.43 tries on average) plus the hourly-like re-read
+/// of In Review sessions; more than this is a retry storm.
+const DECISION_READS_PER_SESSION: u64 = 3;
+
+#[tokio::test]
+async fn chaos_faulty_slow_rate_limited_didit_completes_within_budget_without_a_retry_storm() {
+    // Arrange: webhooks to worker A (on the app's port); a tight sandbox limit and a lower
+    // fleet budget; then 30 % 5xx and 50 ms latency on every Didit call.
+    let app = spawn_app(AppOptions {
+        webhooks: true,
+        in_process: false,
+        complete_after: Duration::from_millis(500),
+        sandbox_limits: vec!["get=40/1s", "create=40/1s", "write=40/1s"],
+        env: vec![
+            ("KYC__RATELIMIT__WINDOW".into(), "1s".into()),
+            ("KYC__RATELIMIT__MARGIN".into(), "500ms".into()),
+            ("KYC__RATELIMIT__GET".into(), FLEET_BUDGET.to_string()),
+            ("KYC__RATELIMIT__CREATE".into(), FLEET_BUDGET.to_string()),
+            ("KYC__RATELIMIT__WRITE".into(), FLEET_BUDGET.to_string()),
+            ("KYC__QUEUE__RETRY_MIN".into(), "200ms".into()),
+            ("KYC__QUEUE__RETRY_MAX".into(), "2s".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    app.sandbox_control(serde_json::json!({"action": "set_error_rate", "rate": 0.3}))
+        .await;
+    app.sandbox_control(serde_json::json!({"action": "set_latency", "ms": 50}))
+        .await;
+    let load = enqueue(&app, "faults").await;
+    // Kept alive (and killed on drop) until the end of the scenario.
+    let _workers = [
+        Worker::start_on(&app, &load, app.port),
+        Worker::start(&app, &load),
+    ];
+
+    // Act
+    let events = wait_outcomes(&app, &load).await;
+
+    // Assert
+    assert_exactly_once(&load, &events);
+    let stats = report(&app, &load, &events, "error_rate=0.3 latency=50ms").await;
+    for scope in ["get", "create"] {
+        let s = &stats["rate_limits"][scope];
+        assert_eq!(s["limit"].as_u64(), Some(SANDBOX_LIMIT), "{scope}: {s}");
+        let peak = s["peak_in_window"].as_u64().expect("peak");
+        eprintln!(
+            "[chaos faults] scope {scope}: peak_in_window={peak} (fleet budget {FLEET_BUDGET}, \
+             sandbox limit {SANDBOX_LIMIT}) rate_limited={}",
+            s["rate_limited"]
+        );
+        assert!(
+            peak <= FLEET_BUDGET,
+            "[chaos faults] the sandbox saw {peak} {scope} calls in one window (budget {FLEET_BUDGET})"
+        );
+    }
+    let reads = stats["requests"]["decision"].as_u64().unwrap_or(0);
+    let bound = DECISION_READS_PER_SESSION * load.n() as u64;
+    assert!(
+        reads <= bound,
+        "[chaos faults] {reads} decision reads for {} sessions (bound {bound}): a retry storm",
+        load.n()
+    );
+    assert_no_dead(&app, &load).await;
+}
+
+#[tokio::test]
+async fn chaos_sigterm_under_load_drains_in_time_exits_0_and_loses_nothing() {
+    // Arrange: two polling workers with work in flight (shutdown_timeout is 5 s in tests).
+    let app = spawn_app(AppOptions {
+        complete_after: Duration::from_millis(1500),
+        ..polling_fleet()
+    })
+    .await;
+    let shutdown_timeout = Duration::from_secs(5);
+    let load = enqueue(&app, "sigterm").await;
+    let mut workers = [Worker::start(&app, &load), Worker::start(&app, &load)];
+    wait_created(&app, (load.n() / 4).max(2)).await;
+
+    // Act: SIGTERM one worker under load, then start a replacement.
+    let mut terms = 0;
+    let started = Instant::now();
+    workers[0].sigterm();
+    let exit = eventually(
+        "the SIGTERMed worker exits",
+        shutdown_timeout + Duration::from_secs(5),
+        || {
+            let exited = workers[0].child.try_wait().expect("try_wait");
+            async move { exited }
+        },
+    )
+    .await;
+    let drained_in = started.elapsed();
+    terms += 1;
+    assert_eq!(exit.code(), Some(0), "[chaos sigterm] exit status {exit:?}");
+    assert!(
+        drained_in <= shutdown_timeout + Duration::from_secs(2),
+        "[chaos sigterm] drained in {drained_in:?} (timeout {shutdown_timeout:?})"
+    );
+    workers[0] = Worker::start(&app, &load);
+
+    // Assert: nothing lost, nothing doubled; then both stop cleanly too.
+    let events = wait_outcomes(&app, &load).await;
+    assert_exactly_once(&load, &events);
+    for w in &workers {
+        w.sigterm();
+    }
+    for w in &mut workers {
+        let exit = eventually(
+            "an idle worker exits on SIGTERM",
+            shutdown_timeout + Duration::from_secs(5),
+            || {
+                let exited = w.child.try_wait().expect("try_wait");
+                async move { exited }
+            },
+        )
+        .await;
+        terms += 1;
+        assert_eq!(exit.code(), Some(0), "[chaos sigterm] exit status {exit:?}");
+    }
+    report(
+        &app,
+        &load,
+        &events,
+        &format!(
+            "sigterms={terms} first_drain={:.1}s",
+            drained_in.as_secs_f64()
+        ),
+    )
+    .await;
+    assert_no_dead(&app, &load).await;
+}
