@@ -215,8 +215,13 @@ impl Pipeline {
         match error.class() {
             ErrorClass::Retryable { retry_after } => JobError::Wait {
                 reason: error.to_string(),
+                // Didit's own floor when it gave one; else about 5 s, spread so that jobs
+                // failing together (an outage) do not come back in lockstep.
                 after: retry_after
-                    .unwrap_or(Duration::from_secs(5))
+                    .unwrap_or_else(|| {
+                        use rand::Rng;
+                        Duration::from_secs(5).mul_f64(rand::rng().random_range(0.8..1.2))
+                    })
                     .max(Duration::from_millis(100)),
             },
             ErrorClass::Account(pause) => {
