@@ -388,9 +388,15 @@ impl Store {
 
     /// Marks a request cancelled; `false` when it was already.
     pub async fn cancel_request(&self, id: &RequestId) -> redis::RedisResult<bool> {
+        let key = self.request_key(id);
         let mut c = self.conn.clone();
-        c.hset_nx(self.request_key(id), "cancelled_at_ms", now_ms())
-            .await
+        let (set,): (bool,) = redis::pipe()
+            .hset_nx(&key, "cancelled_at_ms", now_ms())
+            .expire(&key, self.ttl())
+            .ignore()
+            .query_async(&mut c)
+            .await?;
+        Ok(set)
     }
 
     /// How long a webhook delivery id is remembered: Didit retries within minutes, and no
@@ -514,6 +520,33 @@ impl Store {
         }))
     }
 
+    /// Sets fields of a session record, keeping its lifetime bounded: a write after the
+    /// record expired must not leave a key without a TTL behind.
+    async fn update_session(&self, id: Uuid, fields: &[(&str, String)]) -> redis::RedisResult<()> {
+        let key = self.session_key(id);
+        let mut c = self.conn.clone();
+        redis::pipe()
+            .hset_multiple(&key, fields)
+            .ignore()
+            .expire(&key, self.ttl())
+            .ignore()
+            .query_async(&mut c)
+            .await
+    }
+
+    /// Adds 1 to a counter of a session record (bounded lifetime as above); returns it.
+    async fn count_in_session(&self, id: Uuid, field: &str) -> redis::RedisResult<u64> {
+        let key = self.session_key(id);
+        let mut c = self.conn.clone();
+        let (n,): (u64,) = redis::pipe()
+            .hincr(&key, field, 1)
+            .expire(&key, self.ttl())
+            .ignore()
+            .query_async(&mut c)
+            .await?;
+        Ok(n)
+    }
+
     /// Records that a rule set `status` at Didit, so the echo is recognised.
     pub async fn set_rule_status(
         &self,
@@ -521,10 +554,12 @@ impl Store {
         status: &SessionStatus,
         rule: &str,
     ) -> redis::RedisResult<()> {
-        let mut c = self.conn.clone();
-        c.hset_multiple(
-            self.session_key(id),
-            &[("rule_status", status.as_str()), ("rule_name", rule)],
+        self.update_session(
+            id,
+            &[
+                ("rule_status", status.as_str().to_owned()),
+                ("rule_name", rule.to_owned()),
+            ],
         )
         .await
     }
@@ -536,10 +571,12 @@ impl Store {
         status: &SessionStatus,
         rule: &str,
     ) -> redis::RedisResult<()> {
-        let mut c = self.conn.clone();
-        c.hset_multiple(
-            self.session_key(id),
-            &[("hold_status", status.as_str()), ("rule_name", rule)],
+        self.update_session(
+            id,
+            &[
+                ("hold_status", status.as_str().to_owned()),
+                ("rule_name", rule.to_owned()),
+            ],
         )
         .await
     }
@@ -552,14 +589,14 @@ impl Store {
 
     /// Counts a resubmission a rule asked for; returns the count.
     pub async fn count_resubmit(&self, id: Uuid) -> redis::RedisResult<u32> {
-        let mut c = self.conn.clone();
-        c.hincr(self.session_key(id), "resubmits", 1).await
+        self.count_in_session(id, "resubmits")
+            .await
+            .map(|n| n as u32)
     }
 
     /// Counts one decision read of a session; returns the reads so far.
     pub async fn count_fetch(&self, id: Uuid) -> redis::RedisResult<u64> {
-        let mut c = self.conn.clone();
-        c.hincr(self.session_key(id), "fetches", 1).await
+        self.count_in_session(id, "fetches").await
     }
 
     pub async fn set_session_status(
@@ -567,14 +604,12 @@ impl Store {
         id: Uuid,
         status: &SessionStatus,
     ) -> redis::RedisResult<()> {
-        let mut c = self.conn.clone();
-        c.hset(self.session_key(id), "status", status.as_str())
+        self.update_session(id, &[("status", status.as_str().to_owned())])
             .await
     }
 
     pub async fn set_session_deadline(&self, id: Uuid, deadline_ms: u64) -> redis::RedisResult<()> {
-        let mut c = self.conn.clone();
-        c.hset(self.session_key(id), "deadline_ms", deadline_ms)
+        self.update_session(id, &[("deadline_ms", deadline_ms.to_string())])
             .await
     }
 
