@@ -30,7 +30,9 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio::{sync::oneshot, task::JoinHandle};
 
-use super::server::{commands_since_reset, flush, used_memory, BenchRedis};
+use super::server::{
+    commands_since_reset, flush, process_cpu_seconds, redis_cpu_seconds, used_memory, BenchRedis,
+};
 use crate::{
     domain::StartRequest,
     producer::Producer,
@@ -105,6 +107,10 @@ pub struct LifecycleRun {
     pub didit_calls_per_session: f64,
     pub didit_calls_by_endpoint: BTreeMap<String, f64>,
     pub seconds: f64,
+    /// Cores redis-server kept busy during the run (CPU seconds / wall seconds).
+    pub redis_cores: f64,
+    /// Cores the bench process kept busy: the fleet, the sandbox and the load generator.
+    pub fleet_and_sandbox_cores: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -376,6 +382,8 @@ async fn run_one(
         .arg("RESETSTAT")
         .query_async::<()>(&mut admin)
         .await?;
+    let redis_cpu_before = redis_cpu_seconds(&mut admin).await?;
+    let cpu_before = process_cpu_seconds();
     let started = Instant::now();
     let tag = format!(
         "{}-{}-{}",
@@ -400,6 +408,10 @@ async fn run_one(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds()
+        .zip(cpu_before)
+        .map(|(after, before)| (after - before) / seconds);
+    let redis_cores = (redis_cpu_seconds(&mut admin).await? - redis_cpu_before) / seconds;
     let commands = commands_since_reset(&mut admin)
         .await?
         .saturating_sub(watch.reads) as f64;
@@ -444,6 +456,8 @@ async fn run_one(
         didit_calls_per_session: by_endpoint.values().sum(),
         didit_calls_by_endpoint: by_endpoint,
         seconds,
+        redis_cores,
+        fleet_and_sandbox_cores: cpu,
     })
 }
 

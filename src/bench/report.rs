@@ -271,14 +271,22 @@ pub fn markdown(r: &Report) -> String {
          of its ticker): with webhooks it is delivery, verification, the decision read and the \
          publish; without, it is mostly the wait for the next poll. \"net of idle\" subtracts \
          the fleet's Redis traffic with nothing to do (blocking fetches, promotion, leases), \
-         sampled just before, over the run's length.\n\n\
-         Scaling (webhooks on, Didit latency 0):\n\n\
-         | processes | sessions/s | start → decided p50 / p99 |\n|---:|---:|---:|\n",
+         sampled just before, over the run's length. `workflow_get` is each process's \
+         once-per-workflow expiration read, repeated by the jobs that start before the first \
+         answer is cached; it shrinks per session as runs grow.\n\n\
+         Scaling (webhooks on, Didit latency 0; cores busy = CPU seconds / wall seconds):\n\n\
+         | processes | sessions/s | start → decided p50 / p99 | cores busy: redis-server | cores busy: fleet + sandbox + load |\n|---:|---:|---:|---:|---:|\n",
     );
     for run in &l.scaling {
         md.push_str(&format!(
-            "| {} | {:.0} | {} / {} ms |\n",
-            run.processes, run.sessions_per_s, run.end_to_end_p50_ms, run.end_to_end_p99_ms
+            "| {} | {:.0} | {} / {} ms | {:.2} | {} |\n",
+            run.processes,
+            run.sessions_per_s,
+            run.end_to_end_p50_ms,
+            run.end_to_end_p99_ms,
+            run.redis_cores,
+            run.fleet_and_sandbox_cores
+                .map_or_else(|| "n/a".to_owned(), |c| format!("{c:.2}")),
         ));
     }
     md.push_str(&format!(

@@ -132,3 +132,28 @@ pub async fn redis_version(conn: &mut ConnectionManager) -> String {
         .trim()
         .to_owned()
 }
+
+/// CPU seconds (user + system) redis-server has used since it started.
+pub async fn redis_cpu_seconds(conn: &mut ConnectionManager) -> anyhow::Result<f64> {
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
+    let field = |name: &str| -> f64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    Ok(field("used_cpu_user:") + field("used_cpu_sys:"))
+}
+
+/// CPU seconds (user + system) this process has used, from `/proc/self/stat` (Linux, with
+/// the kernel's usual 100 ticks a second); `None` elsewhere.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces: state is
+    // the first, utime the 12th, stime the 13th.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
