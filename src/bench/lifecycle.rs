@@ -7,7 +7,9 @@
 //! fleet scales on one host, not how separate kernels' schedulers would share the cores.
 //!
 //! Every figure is a rate or a per-session cost taken in one run:
-//! - sessions/s end to end at sandbox latency 0 and 50 ms, webhooks on and off;
+//! - sessions/s end to end at sandbox latency 0 and 50 ms, webhooks on and off (decided
+//!   events per second from the first to the last, so one session's latency at either end
+//!   does not count);
 //! - Redis commands per session (`INFO commandstats` delta, with the fleet's idle background
 //!   traffic over the same time shown separately), Didit calls per session by endpoint (the
 //!   sandbox's request counts);
@@ -69,7 +71,7 @@ pub struct LifecycleOptions {
 impl LifecycleOptions {
     pub fn full(out_dir: PathBuf) -> Self {
         Self {
-            sessions: 2_000,
+            sessions: 5_000,
             waiting_sessions: 10_000,
             idle_sample: Duration::from_secs(2),
             out_dir,
@@ -79,7 +81,7 @@ impl LifecycleOptions {
 
     pub fn quick(out_dir: PathBuf) -> Self {
         Self {
-            sessions: 300,
+            sessions: 1_000,
             waiting_sessions: 1_000,
             idle_sample: Duration::from_millis(500),
             ..Self::full(out_dir)
@@ -93,7 +95,11 @@ pub struct LifecycleRun {
     pub sandbox_latency_ms: u64,
     pub processes: usize,
     pub sessions: usize,
+    /// Decided events per second between the run's first and last (the pipeline's rate,
+    /// without the latency of one session at either end).
     pub sessions_per_s: f64,
+    /// How fast the load generator's start requests went in.
+    pub start_requests_per_s: f64,
     /// Start request → decided event.
     pub end_to_end_p50_ms: u64,
     pub end_to_end_p99_ms: u64,
@@ -347,6 +353,17 @@ async fn produce(producer: &Producer, n: usize, tag: &str) -> anyhow::Result<Has
     Ok(all)
 }
 
+/// Events per second between the first and the last decided event.
+fn decided_rate(decided_ms: &HashMap<String, u64>) -> f64 {
+    let first = decided_ms.values().min().copied().unwrap_or(0);
+    let last = decided_ms.values().max().copied().unwrap_or(0);
+    if last > first {
+        (decided_ms.len() - 1) as f64 * 1000.0 / (last - first) as f64
+    } else {
+        0.0
+    }
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -392,6 +409,7 @@ async fn run_one(
         shape.processes
     );
     let pushed = produce(&producer, sessions, &tag).await?;
+    let push_seconds = started.elapsed().as_secs_f64();
     let mut watch = Watch::default();
     let deadline = started + RUN_LIMIT;
     loop {
@@ -446,7 +464,8 @@ async fn run_one(
         sandbox_latency_ms: shape.latency.as_millis() as u64,
         processes: shape.processes,
         sessions,
-        sessions_per_s: n / seconds,
+        sessions_per_s: decided_rate(&watch.decided_ms),
+        start_requests_per_s: n / push_seconds,
         end_to_end_p50_ms: percentile(&end_to_end, 0.5),
         end_to_end_p99_ms: percentile(&end_to_end, 0.99),
         final_to_decided_p50_ms: percentile(&final_to_decided, 0.5),
