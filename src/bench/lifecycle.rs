@@ -33,7 +33,8 @@ use serde::{Deserialize, Serialize};
 use tokio::{sync::oneshot, task::JoinHandle};
 
 use super::server::{
-    commands_since_reset, flush, process_cpu_seconds, redis_cpu_seconds, used_memory, BenchRedis,
+    command_calls_since_reset, commands_since_reset, flush, process_cpu_seconds, redis_cpu_seconds,
+    used_memory, BenchRedis,
 };
 use crate::{
     domain::StartRequest,
@@ -110,6 +111,8 @@ pub struct LifecycleRun {
     pub redis_commands_per_session: f64,
     /// Less the fleet's idle traffic (fetch blocks, promotion, leases) over the run's length.
     pub redis_commands_per_session_net: f64,
+    /// Every command during the run by name (scripts' inner commands included), per session.
+    pub redis_commands_by_name: BTreeMap<String, f64>,
     pub didit_calls_per_session: f64,
     pub didit_calls_by_endpoint: BTreeMap<String, f64>,
     pub seconds: f64,
@@ -430,9 +433,11 @@ async fn run_one(
         .zip(cpu_before)
         .map(|(after, before)| (after - before) / seconds);
     let redis_cores = (redis_cpu_seconds(&mut admin).await? - redis_cpu_before) / seconds;
-    let commands = commands_since_reset(&mut admin)
-        .await?
-        .saturating_sub(watch.reads) as f64;
+    let mut by_command = command_calls_since_reset(&mut admin).await?;
+    if let Some(xrange) = by_command.get_mut("xrange") {
+        *xrange = xrange.saturating_sub(watch.reads);
+    }
+    let commands = by_command.values().sum::<u64>() as f64;
     let calls_after = fleet.didit_calls().await?;
     fleet.stop().await;
 
@@ -472,6 +477,11 @@ async fn run_one(
         final_to_decided_p99_ms: percentile(&final_to_decided, 0.99),
         redis_commands_per_session: commands / n,
         redis_commands_per_session_net: (commands - idle_per_s * seconds).max(0.0) / n,
+        redis_commands_by_name: by_command
+            .into_iter()
+            .filter(|(_, calls)| *calls > 0)
+            .map(|(name, calls)| (name, calls as f64 / n))
+            .collect(),
         didit_calls_per_session: by_endpoint.values().sum(),
         didit_calls_by_endpoint: by_endpoint,
         seconds,

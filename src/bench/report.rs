@@ -116,7 +116,9 @@ pub fn budget() -> anyhow::Result<Budget> {
 /// `measured` against an upper bound, compared at the two decimals shown.
 fn at_most(name: &str, measured: f64, bound: f64, unit: &str) -> Target {
     let met = (measured * 100.0).round() <= bound * 100.0;
-    let margin = if met {
+    let margin = if met && (measured * 100.0).round() == bound * 100.0 {
+        "at the bound".to_owned()
+    } else if met {
         format!("{:.0}% under", (1.0 - measured / bound) * 100.0)
     } else {
         format!("{:.2}× the target", measured / bound)
@@ -290,6 +292,20 @@ pub fn markdown(r: &Report) -> String {
             run.redis_cores,
             run.fleet_and_sandbox_cores
                 .map_or_else(|| "n/a".to_owned(), |c| format!("{c:.2}")),
+        ));
+    }
+    if let Some(run) = webhook_run(l) {
+        let mut by_name: Vec<(&String, &f64)> = run.redis_commands_by_name.iter().collect();
+        by_name.sort_by(|a, b| b.1.total_cmp(a.1));
+        let top: Vec<String> = by_name
+            .iter()
+            .take(12)
+            .map(|(name, n)| format!("{name} {n:.1}"))
+            .collect();
+        md.push_str(&format!(
+            "\nRedis commands per session on the webhook path (latency 0) by command, scripts' \
+             inner calls included, largest first: {}.\n",
+            top.join(", ")
         ));
     }
     md.push_str(&format!(

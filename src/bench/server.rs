@@ -2,6 +2,7 @@
 //! command counts from `INFO commandstats`, `used_memory`, the server version.
 
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -86,11 +87,19 @@ pub async fn flush(conn: &mut ConnectionManager) -> anyhow::Result<()> {
 
 /// Calls of every command since the last RESETSTAT, minus our own measuring commands.
 pub async fn commands_since_reset(conn: &mut ConnectionManager) -> anyhow::Result<u64> {
+    Ok(command_calls_since_reset(conn).await?.values().sum())
+}
+
+/// Calls per command (scripted ones included) since the last RESETSTAT, minus our own
+/// measuring commands.
+pub async fn command_calls_since_reset(
+    conn: &mut ConnectionManager,
+) -> anyhow::Result<BTreeMap<String, u64>> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)
         .await?;
-    let mut total = 0;
+    let mut calls_by_name = BTreeMap::new();
     for line in info.lines() {
         let Some(rest) = line.strip_prefix("cmdstat_") else {
             continue;
@@ -107,9 +116,9 @@ pub async fn commands_since_reset(conn: &mut ConnectionManager) -> anyhow::Resul
             .find_map(|kv| kv.strip_prefix("calls="))
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
-        total += calls;
+        calls_by_name.insert(name.to_owned(), calls);
     }
-    Ok(total)
+    Ok(calls_by_name)
 }
 
 pub async fn used_memory(conn: &mut ConnectionManager) -> anyhow::Result<u64> {
