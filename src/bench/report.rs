@@ -356,3 +356,30 @@ pub fn markdown(r: &Report) -> String {
     }
     md
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_budget_is_bound_by_the_sweep_with_webhooks_and_the_cap_without() {
+        let b = budget().expect("the default settings load");
+        assert_eq!(b.low_priority_gets_per_min, 480.0);
+        let webhooks = &b.rows[0];
+        assert_eq!(webhooks.steady_interval_s, 600.0);
+        assert_eq!(webhooks.first_hour_reads, 6);
+        assert_eq!(webhooks.sessions_steady, 4_800);
+        let polling = &b.rows[1];
+        assert!(polling.steady_interval_s <= 60.0, "{polling:?}");
+        assert!(polling.first_hour_reads > 60, "{polling:?}");
+        assert!(polling.sessions_steady < 480, "{polling:?}");
+    }
+
+    #[test]
+    fn targets_are_compared_at_the_precision_shown() {
+        assert!(at_most("calls", 2.004, 2.0, "calls").met);
+        assert!(!at_most("calls", 2.006, 2.0, "calls").met);
+        assert!(at_least("ratio", 4.996, 5.0, "×").met);
+        assert!(!at_least("ratio", 4.9, 5.0, "×").met);
+    }
+}
