@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/release/kyc-worker
 
-.PHONY: all build deps demo test test-rust lint fmt bench bench-queue clean
+.PHONY: all build deps demo test test-rust lint fmt bench bench-quick bench-queue bench-lifecycle clean
 
 all: build
 
@@ -24,12 +24,22 @@ test: deps lint test-rust check-deploy
 test-rust:
 	$(CARGO) test --all-targets
 
-## bench: every benchmark, written to target/bench/
-bench: bench-queue
+## bench: every benchmark: the queue, then the fleet end to end, merged with the targets into
+## target/bench/report.json and report.md
+bench: deps build
+	$(BIN) bench all --out target/bench
+
+## bench-quick: the same with small sizes (under a minute on 2 CPUs), for CI
+bench-quick: deps build
+	$(BIN) bench all --quick --out target/bench
 
 ## bench-queue: the job queue alone vs apalis-redis 1.0.0 (target/bench/queue.json, .md)
 bench-queue: deps build
 	$(BIN) bench queue --out target/bench
+
+## bench-lifecycle: the fleet alone (report.json, .md; merges queue.json when present)
+bench-lifecycle: deps build
+	$(BIN) bench lifecycle --out target/bench
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -12,6 +12,7 @@
 //! - [`sandbox`]: a local emulator of the Didit endpoints the fleet uses.
 //! - [`cli`]: the `kyc-worker` command line.
 
+pub mod bench;
 pub mod cli;
 pub mod didit;
 pub mod domain;

@@ -5,52 +5,99 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::CliError;
-use crate::queue::bench::{self, QueueBenchOptions};
+use crate::{
+    bench::{
+        lifecycle::{self, LifecycleOptions},
+        report,
+    },
+    queue::bench::{self, QueueBenchOptions},
+};
 
+/// Without a subcommand: `bench all`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
     #[command(subcommand)]
-    command: BenchCommand,
+    command: Option<BenchCommand>,
+    #[command(flatten)]
+    options: BenchOptions,
+}
+
+#[derive(Debug, Clone, Args)]
+struct BenchOptions {
+    /// Smaller sizes for CI (queue about 20 s, lifecycle about 30 s)
+    #[arg(long)]
+    quick: bool,
+    /// Where the JSON and Markdown reports are written
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// The redis-server binary to start
+    #[arg(long, default_value = "redis-server")]
+    redis_server: String,
 }
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// The queue alone vs apalis-redis 1.0.0: throughput, Redis commands per job, delayed-job
-    /// lateness, Redis bytes per delayed job. Starts its own redis-server.
-    Queue {
-        /// Smaller sizes (about 20 s) for CI
-        #[arg(long)]
-        quick: bool,
-        /// Where queue.json and queue.md are written
-        #[arg(long, default_value = "target/bench")]
-        out: PathBuf,
-        /// The redis-server binary to start
-        #[arg(long, default_value = "redis-server")]
-        redis_server: String,
-    },
+    /// lateness, Redis bytes per delayed job (queue.json, queue.md). Starts its own
+    /// redis-server.
+    Queue(BenchOptions),
+    /// The fleet against the in-process sandbox: sessions/s, Redis commands and Didit calls
+    /// per session, webhook-to-event latency, Redis bytes per waiting session, 1/2/4
+    /// processes, the Didit budget and the targets (report.json, report.md, merging
+    /// queue.json when present). Starts its own redis-server.
+    Lifecycle(BenchOptions),
+    /// `queue` then `lifecycle`
+    All(BenchOptions),
+}
+
+async fn queue(options: &BenchOptions) -> Result<(), CliError> {
+    let mut queue_options = if options.quick {
+        QueueBenchOptions::quick(options.out.clone())
+    } else {
+        QueueBenchOptions::full(options.out.clone())
+    };
+    queue_options.redis_server = options.redis_server.clone();
+    let report = bench::run(&queue_options).await?;
+    println!("{}", bench::markdown(&report));
+    println!(
+        "written: {} and {}",
+        options.out.join("queue.json").display(),
+        options.out.join("queue.md").display()
+    );
+    Ok(())
+}
+
+async fn lifecycle(options: &BenchOptions) -> Result<(), CliError> {
+    let mut lifecycle_options = if options.quick {
+        LifecycleOptions::quick(options.out.clone())
+    } else {
+        LifecycleOptions::full(options.out.clone())
+    };
+    lifecycle_options.redis_server = options.redis_server.clone();
+    let measured = lifecycle::run(&lifecycle_options).await?;
+    let merged = report::build(&options.out, measured)?;
+    report::write(&options.out, &merged)?;
+    println!("{}", report::markdown(&merged));
+    println!(
+        "written: {} and {}",
+        options.out.join("report.json").display(),
+        options.out.join("report.md").display()
+    );
+    Ok(())
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     match args.command {
-        BenchCommand::Queue {
-            quick,
-            out,
-            redis_server,
-        } => {
-            let mut options = if quick {
-                QueueBenchOptions::quick(out.clone())
-            } else {
-                QueueBenchOptions::full(out.clone())
-            };
-            options.redis_server = redis_server;
-            let report = bench::run(&options).await?;
-            println!("{}", bench::markdown(&report));
-            println!(
-                "written: {} and {}",
-                out.join("queue.json").display(),
-                out.join("queue.md").display()
-            );
-            Ok(())
+        Some(BenchCommand::Queue(options)) => queue(&options).await,
+        Some(BenchCommand::Lifecycle(options)) => lifecycle(&options).await,
+        Some(BenchCommand::All(options)) => {
+            queue(&options).await?;
+            lifecycle(&options).await
+        }
+        None => {
+            queue(&args.options).await?;
+            lifecycle(&args.options).await
         }
     }
 }

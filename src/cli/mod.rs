@@ -58,7 +58,8 @@ pub enum Command {
     Session(session::SessionArgs),
     /// Queue depths and the dead set (list, replay, purge)
     Queue(queue::QueueArgs),
-    /// Benchmarks (`bench queue` measures the job queue alone)
+    /// Benchmarks: `bench queue` (the job queue alone), `bench lifecycle` (the fleet), `bench`
+    /// or `bench all` (both, into target/bench/report.md)
     Bench(bench::BenchArgs),
     /// Auto-decision rules: check a rules file, explain a decision rule by rule
     Rules(rules::RulesArgs),

@@ -9,7 +9,6 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -17,12 +16,12 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use apalis::prelude::*;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use super::{now_ms, Completion, Job, JobError, Maintenance, Queue, RedisBackend};
+use crate::bench::server::{commands_since_reset, flush, redis_version, used_memory, BenchRedis};
 use crate::settings::QueueSettings;
 
 /// What to run; the defaults are the sizes, `quick` shrinks them for CI.
@@ -150,104 +149,6 @@ async fn apalis_handler(
     tally.start();
     tally.finish(job.due_ms);
     Ok(())
-}
-
-/// A private redis-server for the run, killed on drop.
-struct BenchRedis {
-    child: Child,
-    url: String,
-    dir: PathBuf,
-}
-
-impl BenchRedis {
-    async fn start(binary: &str) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let dir =
-            std::env::temp_dir().join(format!("kyc-bench-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let child = Command::new(binary)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot start {binary} (install redis-server)"))?;
-        let url = format!("redis://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut c) = super::connect(&url).await {
-                if redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .is_ok()
-                {
-                    break;
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("redis-server did not start on port {port}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(Self { child, url, dir })
-    }
-}
-
-impl Drop for BenchRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn flush(conn: &mut ConnectionManager) -> anyhow::Result<()> {
-    redis::cmd("FLUSHALL").query_async::<()>(conn).await?;
-    redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async::<()>(conn)
-        .await?;
-    Ok(())
-}
-
-/// Calls of every command since the last RESETSTAT, minus our own measuring commands.
-async fn commands_since_reset(conn: &mut ConnectionManager) -> anyhow::Result<u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await?;
-    let mut total = 0;
-    for line in info.lines() {
-        let Some(rest) = line.strip_prefix("cmdstat_") else {
-            continue;
-        };
-        let (name, stats) = rest.split_once(':').unwrap_or((rest, ""));
-        if matches!(
-            name,
-            "info" | "config" | "flushall" | "ping" | "client|setinfo" | "hello" | "client|setname"
-        ) {
-            continue;
-        }
-        let calls = stats
-            .split(',')
-            .find_map(|kv| kv.strip_prefix("calls="))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-        total += calls;
-    }
-    Ok(total)
 }
 
 async fn wait_for(tally: &Tally, n: u64, limit: Duration) -> u64 {
@@ -410,31 +311,10 @@ async fn run_memory(url: &str, n: usize) -> anyhow::Result<f64> {
     Ok(after.saturating_sub(before) as f64 / n as f64)
 }
 
-async fn used_memory(conn: &mut ConnectionManager) -> anyhow::Result<u64> {
-    let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .context("INFO memory has no used_memory")
-}
-
-async fn redis_version(conn: &mut ConnectionManager) -> String {
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(conn)
-        .await
-        .unwrap_or_default();
-    info.lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))
-        .unwrap_or("unknown")
-        .trim()
-        .to_owned()
-}
-
 /// Runs every measurement and writes `queue.json` and `queue.md` into `out_dir`.
 pub async fn run(options: &QueueBenchOptions) -> anyhow::Result<QueueBenchReport> {
     let redis = BenchRedis::start(&options.redis_server).await?;
-    let url = redis.url.clone();
+    let url = redis.url().to_owned();
     let backlog = options.backlog;
 
     let (enqueue, c1, _, u1) = run_ours(&url, backlog, 1).await?;

@@ -1,0 +1,385 @@
+//! `target/bench/report.json` and `report.md`: the lifecycle run, the queue run when
+//! `queue.json` is present, the Didit budget computed from the default settings, and the
+//! issue's targets, each met or missed by how much.
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::lifecycle::{LifecycleReport, LifecycleRun};
+use crate::{
+    domain::PollSchedule,
+    queue::bench::QueueBenchReport,
+    settings::{Settings, Sources},
+};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BudgetRow {
+    pub mode: String,
+    /// Seconds between reads of one waiting session once the schedule has reached its cap
+    /// (the sweep moves a poll forward when its interval is shorter).
+    pub steady_interval_s: f64,
+    /// Reads of one session in its first hour of waiting.
+    pub first_hour_reads: u32,
+    /// Sessions the low-priority GET budget follows at the steady interval.
+    pub sessions_steady: u64,
+    /// …and if every session were in its first hour.
+    pub sessions_first_hour: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Budget {
+    /// GETs per minute safety-net polls may use: `ratelimit.get` × `ratelimit.low_share`.
+    pub low_priority_gets_per_min: f64,
+    pub sweep_interval_s: f64,
+    pub rows: Vec<BudgetRow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Target {
+    pub name: String,
+    pub target: String,
+    pub measured: String,
+    pub met: bool,
+    /// How far from the target, e.g. "35% under" or "2.1× over".
+    pub margin: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub lifecycle: LifecycleReport,
+    pub queue: Option<QueueBenchReport>,
+    pub budget: Budget,
+    pub targets: Vec<Target>,
+}
+
+/// Reads of one session: (seconds between reads in its 25th hour of waiting, reads in its
+/// first hour). The sweep reads every open session every `sweep` seconds by moving its
+/// pending poll to now; the schedule then continues from that read. Jitter is left out.
+fn schedule_reads(schedule: &PollSchedule, sweep: f64) -> (f64, u32) {
+    let schedule = PollSchedule {
+        jitter: 0.0,
+        ..*schedule
+    };
+    let (mut at, mut next_sweep, mut first_hour, mut late) = (0.0, sweep, 0, 0);
+    for n in 0.. {
+        let due = at + schedule.interval(n, 0).as_secs_f64();
+        at = if due > next_sweep {
+            next_sweep += sweep;
+            next_sweep - sweep
+        } else {
+            due
+        };
+        match at {
+            t if t <= 3600.0 => first_hour += 1,
+            t if t > 24.0 * 3600.0 && t <= 25.0 * 3600.0 => late += 1,
+            t if t > 25.0 * 3600.0 => break,
+            _ => {}
+        }
+    }
+    (3600.0 / f64::from(late.max(1)), first_hour)
+}
+
+pub fn budget() -> anyhow::Result<Budget> {
+    let defaults = Settings::load_from(&Sources {
+        config_dir: Some(std::env::temp_dir().join("kyc-worker-no-overlay")),
+        env: Some(Default::default()),
+    })?;
+    let low = defaults.ratelimit.get as f64 * defaults.ratelimit.low_share
+        / defaults.ratelimit.window.as_secs_f64()
+        * 60.0;
+    let sweep = defaults.poll.sweep_interval.as_secs_f64();
+    let rows = [
+        ("webhooks on", &defaults.poll.with_webhooks),
+        ("polling only", &defaults.poll.polling_only),
+    ]
+    .into_iter()
+    .map(|(mode, schedule)| {
+        let (steady, first_hour) = schedule_reads(schedule, sweep);
+        BudgetRow {
+            mode: mode.to_owned(),
+            steady_interval_s: steady,
+            first_hour_reads: first_hour,
+            sessions_steady: (low * steady / 60.0) as u64,
+            sessions_first_hour: (low * 60.0 / first_hour.max(1) as f64) as u64,
+        }
+    })
+    .collect();
+    Ok(Budget {
+        low_priority_gets_per_min: low,
+        sweep_interval_s: sweep,
+        rows,
+    })
+}
+
+/// `measured` against an upper bound, compared at the two decimals shown.
+fn at_most(name: &str, measured: f64, bound: f64, unit: &str) -> Target {
+    let met = (measured * 100.0).round() <= bound * 100.0;
+    let margin = if met && (measured * 100.0).round() == bound * 100.0 {
+        "at the bound".to_owned()
+    } else if met {
+        format!("{:.0}% under", (1.0 - measured / bound) * 100.0)
+    } else {
+        format!("{:.2}× the target", measured / bound)
+    };
+    Target {
+        name: name.to_owned(),
+        target: format!("≤ {bound} {unit}"),
+        measured: format!("{measured:.2} {unit}"),
+        met,
+        margin,
+    }
+}
+
+/// `measured` against a lower bound, compared at the two decimals shown.
+fn at_least(name: &str, measured: f64, bound: f64, unit: &str) -> Target {
+    let met = (measured * 100.0).round() >= bound * 100.0;
+    let margin = if met {
+        format!("{:.0}% over", (measured / bound - 1.0) * 100.0)
+    } else {
+        format!("{:.0}% short", (1.0 - measured / bound) * 100.0)
+    };
+    Target {
+        name: name.to_owned(),
+        target: format!("≥ {bound}{unit}"),
+        measured: format!("{measured:.2}{unit}"),
+        met,
+        margin,
+    }
+}
+
+/// The webhook path at sandbox latency 0, one process.
+fn webhook_run(lifecycle: &LifecycleReport) -> Option<&LifecycleRun> {
+    lifecycle
+        .runs
+        .iter()
+        .find(|r| r.webhooks && r.sandbox_latency_ms == 0 && r.processes == 1)
+}
+
+pub fn targets(lifecycle: &LifecycleReport, queue: Option<&QueueBenchReport>) -> Vec<Target> {
+    let mut targets = Vec::new();
+    if let Some(run) = webhook_run(lifecycle) {
+        targets.push(at_most(
+            "Redis commands per session, webhook path (net of idle traffic)",
+            run.redis_commands_per_session_net,
+            20.0,
+            "commands",
+        ));
+        targets.push(at_most(
+            "Didit calls per session, webhook path",
+            run.didit_calls_per_session,
+            2.0,
+            "calls",
+        ));
+    }
+    targets.push(at_most(
+        "Redis memory per waiting session",
+        lifecycle.redis_bytes_per_waiting_session,
+        1024.0,
+        "bytes",
+    ));
+    if let Some(q) = queue {
+        targets.push(at_least(
+            "queue consume vs apalis-redis, c=64",
+            q.consume_ratio_c64,
+            5.0,
+            "×",
+        ));
+        targets.push(at_most(
+            "Redis commands per no-op job",
+            q.ours.commands_per_job,
+            4.0,
+            "commands",
+        ));
+    }
+    targets
+}
+
+/// Builds the report, merging `queue.json` from `dir` when a queue run left one there.
+pub fn build(dir: &Path, lifecycle: LifecycleReport) -> anyhow::Result<Report> {
+    let queue_file = dir.join("queue.json");
+    let queue: Option<QueueBenchReport> = if queue_file.exists() {
+        let text = std::fs::read_to_string(&queue_file)
+            .with_context(|| format!("cannot read {}", queue_file.display()))?;
+        Some(
+            serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a queue report", queue_file.display()))?,
+        )
+    } else {
+        None
+    };
+    Ok(Report {
+        targets: targets(&lifecycle, queue.as_ref()),
+        budget: budget()?,
+        lifecycle,
+        queue,
+    })
+}
+
+pub fn write(dir: &Path, report: &Report) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(report)?,
+    )?;
+    std::fs::write(dir.join("report.md"), markdown(report))?;
+    Ok(())
+}
+
+fn endpoints(run: &LifecycleRun) -> String {
+    run.didit_calls_by_endpoint
+        .iter()
+        .map(|(endpoint, n)| format!("{endpoint} {n:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The report as Markdown for the README.
+pub fn markdown(r: &Report) -> String {
+    let l = &r.lifecycle;
+    let mut md = format!(
+        "## Fleet benchmark\n\n\
+         {cpus} CPUs; redis-server, the sandbox and the fleet on the same host; one fleet \
+         \"process\" is one `Application` in the bench process (same tokio runtime). The sandbox \
+         finishes each session 200 ms after creation; Didit's rate limits are lifted in the \
+         sandbox and the fleet (the budget below is computed from the defaults instead); no \
+         rules; polling-only runs poll after 100 ms growing to 300 ms (default 5 s to 60 s). \
+         {n} sessions per run, pushed as fast as 32 concurrent producers go (a burst); \
+         sessions/s counts decided events from the run's first to its last.\n\n\
+         | webhooks | Didit latency | sessions/s (start requests/s) | start → decided p50 / p99 | final status → decided p50 / p99 | Redis cmds/session (net of idle) | Didit calls/session |\n\
+         |---|---:|---:|---:|---:|---:|---|\n",
+        cpus = l.cpus,
+        n = l.runs.first().map_or(0, |r| r.sessions),
+    );
+    for run in &l.runs {
+        md.push_str(&format!(
+            "| {} | {} ms | {:.0} ({:.0}) | {} / {} ms | {} / {} ms | {:.1} ({:.1}) | {:.2}: {} |\n",
+            if run.webhooks { "on" } else { "off" },
+            run.sandbox_latency_ms,
+            run.sessions_per_s,
+            run.start_requests_per_s,
+            run.end_to_end_p50_ms,
+            run.end_to_end_p99_ms,
+            run.final_to_decided_p50_ms,
+            run.final_to_decided_p99_ms,
+            run.redis_commands_per_session,
+            run.redis_commands_per_session_net,
+            run.didit_calls_per_session,
+            endpoints(run),
+        ));
+    }
+    md.push_str(
+        "\n\"final status → decided\" is the decided event's stream-id time minus the created \
+         event's stream-id time plus 200 ms (when the sandbox makes the session final, ±10 ms \
+         of its ticker): with webhooks it is delivery, verification, the decision read and the \
+         publish; without, it is mostly the wait for the next poll. \"net of idle\" subtracts \
+         the fleet's Redis traffic with nothing to do (blocking fetches, promotion, leases), \
+         sampled just before, over the run's length. `workflow_get` is each process's \
+         once-per-workflow expiration read, repeated by the jobs that start before the first \
+         answer is cached; it shrinks per session as runs grow.\n\n\
+         Scaling (webhooks on, Didit latency 0; cores busy = CPU seconds / wall seconds):\n\n\
+         | processes | sessions/s (start requests/s) | start → decided p50 / p99 | cores busy: redis-server | cores busy: fleet + sandbox + load |\n|---:|---:|---:|---:|---:|\n",
+    );
+    for run in &l.scaling {
+        md.push_str(&format!(
+            "| {} | {:.0} ({:.0}) | {} / {} ms | {:.2} | {} |\n",
+            run.processes,
+            run.sessions_per_s,
+            run.start_requests_per_s,
+            run.end_to_end_p50_ms,
+            run.end_to_end_p99_ms,
+            run.redis_cores,
+            run.fleet_and_sandbox_cores
+                .map_or_else(|| "n/a".to_owned(), |c| format!("{c:.2}")),
+        ));
+    }
+    if let Some(run) = webhook_run(l) {
+        let mut by_name: Vec<(&String, &f64)> = run.redis_commands_by_name.iter().collect();
+        by_name.sort_by(|a, b| b.1.total_cmp(a.1));
+        let top: Vec<String> = by_name
+            .iter()
+            .take(12)
+            .map(|(name, n)| format!("{name} {n:.1}"))
+            .collect();
+        md.push_str(&format!(
+            "\nRedis commands per session on the webhook path (latency 0) by command, scripts' \
+             inner calls included, largest first: {}.\n",
+            top.join(", ")
+        ));
+    }
+    md.push_str(&format!(
+        "\nRedis memory per waiting session (webhooks on, {} created and waiting: request and \
+         session records, the poll job, the created event, the audit trail): {:.0} bytes, \
+         {:.2} GiB for 1,000,000.\n\n",
+        l.waiting_sessions,
+        l.redis_bytes_per_waiting_session,
+        l.redis_bytes_per_waiting_session * 1e6 / (1u64 << 30) as f64,
+    ));
+    let b = &r.budget;
+    md.push_str(&format!(
+        "Didit budget for waiting sessions (computed from config/default.toml, jitter left out): \
+         safety-net and schedule polls may use {:.0} GETs/min (`ratelimit.get` × `low_share`), \
+         and the reconciliation sweep reads every open session at least every {:.0} s.\n\n\
+         | mode | steady read interval | reads in the first hour | sessions followed, steady | sessions followed, all in their first hour |\n\
+         |---|---:|---:|---:|---:|\n",
+        b.low_priority_gets_per_min, b.sweep_interval_s,
+    ));
+    for row in &b.rows {
+        md.push_str(&format!(
+            "| {} | {:.0} s | {} | {} | {} |\n",
+            row.mode,
+            row.steady_interval_s,
+            row.first_hour_reads,
+            row.sessions_steady,
+            row.sessions_first_hour
+        ));
+    }
+    md.push_str(
+        "\nTargets:\n\n| target | bound | measured | met | margin |\n|---|---|---|---|---|\n",
+    );
+    for t in &r.targets {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            t.name,
+            t.target,
+            t.measured,
+            if t.met { "yes" } else { "**no**" },
+            t.margin
+        ));
+    }
+    if let Some(q) = &r.queue {
+        md.push('\n');
+        md.push_str(&crate::queue::bench::markdown(q));
+    } else {
+        md.push_str("\n(no queue.json: run `kyc-worker bench queue` first to include the queue)\n");
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_budget_is_bound_by_the_sweep_with_webhooks_and_the_cap_without() {
+        let b = budget().expect("the default settings load");
+        assert_eq!(b.low_priority_gets_per_min, 480.0);
+        let webhooks = &b.rows[0];
+        assert_eq!(webhooks.steady_interval_s, 600.0);
+        assert_eq!(webhooks.first_hour_reads, 6);
+        assert_eq!(webhooks.sessions_steady, 4_800);
+        let polling = &b.rows[1];
+        assert!(polling.steady_interval_s <= 60.0, "{polling:?}");
+        assert!(polling.first_hour_reads > 60, "{polling:?}");
+        assert!(polling.sessions_steady < 480, "{polling:?}");
+    }
+
+    #[test]
+    fn targets_are_compared_at_the_precision_shown() {
+        assert!(at_most("calls", 2.004, 2.0, "calls").met);
+        assert!(!at_most("calls", 2.006, 2.0, "calls").met);
+        assert!(at_least("ratio", 4.996, 5.0, "×").met);
+        assert!(!at_least("ratio", 4.9, 5.0, "×").met);
+    }
+}

@@ -1,0 +1,168 @@
+//! The private redis-server every benchmark starts, and the Redis readings they share:
+//! command counts from `INFO commandstats`, `used_memory`, the server version.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use redis::aio::ConnectionManager;
+
+/// A private redis-server for the run, killed on drop.
+pub struct BenchRedis {
+    child: Child,
+    url: String,
+    dir: PathBuf,
+}
+
+impl BenchRedis {
+    pub async fn start(binary: &str) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("kyc-bench-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let child = Command::new(binary)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {binary} (install redis-server)"))?;
+        let url = format!("redis://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = crate::queue::connect(&url).await {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("redis-server did not start on port {port}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Self { child, url, dir })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for BenchRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub async fn flush(conn: &mut ConnectionManager) -> anyhow::Result<()> {
+    redis::cmd("FLUSHALL").query_async::<()>(conn).await?;
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}
+
+/// Calls of every command since the last RESETSTAT, minus our own measuring commands.
+pub async fn commands_since_reset(conn: &mut ConnectionManager) -> anyhow::Result<u64> {
+    Ok(command_calls_since_reset(conn).await?.values().sum())
+}
+
+/// Calls per command (scripted ones included) since the last RESETSTAT, minus our own
+/// measuring commands.
+pub async fn command_calls_since_reset(
+    conn: &mut ConnectionManager,
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await?;
+    let mut calls_by_name = BTreeMap::new();
+    for line in info.lines() {
+        let Some(rest) = line.strip_prefix("cmdstat_") else {
+            continue;
+        };
+        let (name, stats) = rest.split_once(':').unwrap_or((rest, ""));
+        if matches!(
+            name,
+            "info" | "config" | "flushall" | "ping" | "client|setinfo" | "hello" | "client|setname"
+        ) {
+            continue;
+        }
+        let calls = stats
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("calls="))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        calls_by_name.insert(name.to_owned(), calls);
+    }
+    Ok(calls_by_name)
+}
+
+pub async fn used_memory(conn: &mut ConnectionManager) -> anyhow::Result<u64> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("INFO memory has no used_memory")
+}
+
+pub async fn redis_version(conn: &mut ConnectionManager) -> String {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("unknown")
+        .trim()
+        .to_owned()
+}
+
+/// CPU seconds (user + system) redis-server has used since it started.
+pub async fn redis_cpu_seconds(conn: &mut ConnectionManager) -> anyhow::Result<f64> {
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
+    let field = |name: &str| -> f64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    Ok(field("used_cpu_user:") + field("used_cpu_sys:"))
+}
+
+/// CPU seconds (user + system) this process has used, from `/proc/self/stat` (Linux, with
+/// the kernel's usual 100 ticks a second); `None` elsewhere.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces: state is
+    // the first, utime the 12th, stime the 13th.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
