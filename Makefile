@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/release/kyc-worker
 
-.PHONY: all build deps demo test test-rust lint fmt bench bench-quick bench-queue bench-lifecycle clean
+.PHONY: all build deps demo test test-rust lint fmt bench bench-quick bench-smoke bench-queue bench-lifecycle clean
 
 all: build
 
@@ -19,7 +19,7 @@ demo: deps
 
 ## test: lint, every test suite (unit and integration, real redis-server + sandbox), and the
 ## static and live checks of deploy/
-test: deps lint test-rust check-deploy
+test: deps lint test-rust check-deploy bench-smoke
 
 test-rust:
 	$(CARGO) test --all-targets
@@ -32,6 +32,12 @@ bench: deps build
 ## bench-quick: the same with small sizes (under a minute on 2 CPUs), for CI
 bench-quick: deps build
 	$(BIN) bench all --quick --out target/bench
+
+## bench-smoke: bench-quick on the debug build (numbers not meant to be read), run by
+## `make test` so the benchmarks never rot
+bench-smoke:
+	$(CARGO) build --bin kyc-worker
+	target/debug/kyc-worker bench all --quick --out target/bench-smoke
 
 ## bench-queue: the job queue alone vs apalis-redis 1.0.0 (target/bench/queue.json, .md)
 bench-queue: deps build
