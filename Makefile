@@ -19,7 +19,7 @@ demo: deps
 
 ## test: lint, every test suite (unit and integration, real redis-server + sandbox), and the
 ## static and live checks of deploy/
-test: deps lint test-rust check-deploy bench-smoke
+test: deps lint test-rust bench-smoke check-deploy
 
 test-rust:
 	$(CARGO) test --all-targets
