@@ -65,22 +65,25 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)
-        .expect("metric names and labels are valid constants");
+/// Registers a metric on the registry and returns it. Names and labels are constants of
+/// this module and each metric is registered once on a new registry, so neither step fails.
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("metric names, labels and buckets are valid constants");
     registry
-        .register(Box::new(c.clone()))
-        .expect("each metric is registered once");
-    c
+        .register(Box::new(metric.clone()))
+        .expect("each metric is registered once on a new registry");
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
-    let g = GaugeVec::new(Opts::new(name, help), labels)
-        .expect("metric names and labels are valid constants");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("each metric is registered once");
-    g
+    register(registry, GaugeVec::new(Opts::new(name, help), labels))
 }
 
 fn histogram(
@@ -90,12 +93,10 @@ fn histogram(
     labels: &[&str],
     buckets: Vec<f64>,
 ) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-        .expect("metric names and labels are valid constants");
-    registry
-        .register(Box::new(h.clone()))
-        .expect("each metric is registered once");
-    h
+    register(
+        registry,
+        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels),
+    )
 }
 
 impl Metrics {
@@ -121,7 +122,8 @@ impl Metrics {
                 "kyc_job_duration_seconds",
                 "Time from a job's delivery to its finish.",
                 &["queue"],
-                prometheus::exponential_buckets(0.005, 2.0, 14).expect("valid buckets"),
+                prometheus::exponential_buckets(0.005, 2.0, 14)
+                    .expect("constant bucket parameters are valid"),
             ),
             queue_depth: gauge(
                 r,
@@ -146,7 +148,8 @@ impl Metrics {
                 "kyc_didit_request_duration_seconds",
                 "Didit HTTP call latency.",
                 &["endpoint"],
-                prometheus::exponential_buckets(0.01, 2.0, 12).expect("valid buckets"),
+                prometheus::exponential_buckets(0.01, 2.0, 12)
+                    .expect("constant bucket parameters are valid"),
             ),
             didit_rate_limited: counter(
                 r,
@@ -166,17 +169,13 @@ impl Metrics {
                 "1 while Didit calls are paused fleet-wide, by reason.",
                 &["reason"],
             ),
-            didit_balance: {
-                let g = Gauge::new(
+            didit_balance: register(
+                r,
+                Gauge::new(
                     "kyc_didit_balance",
                     "Didit credit balance in USD (sampled).",
-                )
-                .expect("valid metric");
-                registry
-                    .register(Box::new(g.clone()))
-                    .expect("each metric is registered once");
-                g
-            },
+                ),
+            ),
             webhooks: counter(
                 r,
                 "kyc_webhooks_total",
@@ -189,14 +188,10 @@ impl Metrics {
                 "Start requests refused, by source and reason.",
                 &["source", "reason"],
             ),
-            sessions_created: {
-                let c = IntCounter::new("kyc_sessions_created_total", "Didit sessions created.")
-                    .expect("valid metric");
-                registry
-                    .register(Box::new(c.clone()))
-                    .expect("each metric is registered once");
-                c
-            },
+            sessions_created: register(
+                r,
+                IntCounter::new("kyc_sessions_created_total", "Didit sessions created."),
+            ),
             decisions: counter(
                 r,
                 "kyc_decisions_total",
@@ -209,34 +204,29 @@ impl Metrics {
                 "Rule matches, by rule and action.",
                 &["rule", "action"],
             ),
-            time_to_decision: {
-                let h = Histogram::with_opts(
+            time_to_decision: register(
+                r,
+                Histogram::with_opts(
                     HistogramOpts::new(
                         "kyc_time_to_decision_seconds",
                         "From session creation to its first decision.",
                     )
-                    .buckets(prometheus::exponential_buckets(1.0, 2.0, 20).expect("valid buckets")),
-                )
-                .expect("valid metric");
-                registry
-                    .register(Box::new(h.clone()))
-                    .expect("each metric is registered once");
-                h
-            },
-            decision_fetches: {
-                let h = Histogram::with_opts(
+                    .buckets(
+                        prometheus::exponential_buckets(1.0, 2.0, 20)
+                            .expect("constant bucket parameters are valid"),
+                    ),
+                ),
+            ),
+            decision_fetches: register(
+                r,
+                Histogram::with_opts(
                     HistogramOpts::new(
                         "kyc_decision_fetches_per_session",
                         "Decision reads a session took until its decision.",
                     )
                     .buckets(vec![0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0]),
-                )
-                .expect("valid metric");
-                registry
-                    .register(Box::new(h.clone()))
-                    .expect("each metric is registered once");
-                h
-            },
+                ),
+            ),
             events_published: counter(
                 r,
                 "kyc_events_published_total",
@@ -249,14 +239,10 @@ impl Metrics {
                 "Events not yet read by each consumer group of the outcome stream.",
                 &["group"],
             ),
-            up: {
-                let g = IntGauge::new("kyc_worker_up", "1 while this process runs.")
-                    .expect("valid metric");
-                registry
-                    .register(Box::new(g.clone()))
-                    .expect("each metric is registered once");
-                g
-            },
+            up: register(
+                r,
+                IntGauge::new("kyc_worker_up", "1 while this process runs."),
+            ),
             registry,
         };
         m.initialise(queues);

@@ -28,6 +28,16 @@ fn error(status: StatusCode, message: &str, field: Option<&str>) -> Reply {
     (status, Json(json!({"error": message, "field": field})))
 }
 
+/// Logs and counts a refused intake request (`kyc_intake_rejected_total{source="http"}`).
+fn rejected(state: &AppState, reason: &'static str, field: Option<&str>) {
+    tracing::info!(source = "http", reason, field, "intake request rejected");
+    state
+        .metrics
+        .intake_rejected
+        .with_label_values(&["http", reason])
+        .inc();
+}
+
 fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Reply> {
     let Some(token) = state.api_token.as_ref() else {
         return Err(error(
@@ -89,33 +99,14 @@ async fn accept(state: &AppState, headers: &HeaderMap, body: axum::body::Bytes) 
                 "not a start request: {}",
                 crate::telemetry::redact_values(&e.to_string())
             );
-            tracing::info!(
-                source = "http",
-                reason = "malformed",
-                "intake request rejected"
-            );
-            state
-                .metrics
-                .intake_rejected
-                .with_label_values(&["http", "malformed"])
-                .inc();
+            rejected(state, "malformed", None);
             return error(StatusCode::BAD_REQUEST, &message, None);
         }
     };
     if let Some(key) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
         match &request.request_id {
             Some(id) if id != key => {
-                tracing::info!(
-                    source = "http",
-                    reason = "invalid",
-                    field = "request_id",
-                    "intake request rejected"
-                );
-                state
-                    .metrics
-                    .intake_rejected
-                    .with_label_values(&["http", "invalid"])
-                    .inc();
+                rejected(state, "invalid", Some("request_id"));
                 return error(
                     StatusCode::BAD_REQUEST,
                     "Idempotency-Key differs from request_id",
@@ -128,17 +119,7 @@ async fn accept(state: &AppState, headers: &HeaderMap, body: axum::body::Bytes) 
     let id = match state.producer.start_kyc(request).await {
         Ok(id) => id,
         Err(ProducerError::Invalid(e)) => {
-            tracing::info!(
-                source = "http",
-                reason = "invalid",
-                field = e.field,
-                "intake request rejected"
-            );
-            state
-                .metrics
-                .intake_rejected
-                .with_label_values(&["http", "invalid"])
-                .inc();
+            rejected(state, "invalid", Some(e.field));
             return error(StatusCode::BAD_REQUEST, &e.to_string(), Some(e.field));
         }
         Err(ProducerError::Backpressure { .. }) => {

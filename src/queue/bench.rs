@@ -108,7 +108,7 @@ struct Tally {
 
 impl Tally {
     fn start(&self) {
-        let mut first = self.first_start.lock().expect("tally lock");
+        let mut first = self.first_start.lock().unwrap_or_else(|e| e.into_inner());
         first.get_or_insert_with(Instant::now);
     }
     fn finish(&self, due_ms: u64) {
@@ -118,12 +118,12 @@ impl Tally {
                 .expect("tally lock")
                 .push(now_ms().saturating_sub(due_ms));
         }
-        *self.last_done.lock().expect("tally lock") = Some(Instant::now());
+        *self.last_done.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         self.done.fetch_add(1, Ordering::SeqCst);
     }
     fn rate(&self) -> f64 {
-        let first = *self.first_start.lock().expect("tally lock");
-        let last = *self.last_done.lock().expect("tally lock");
+        let first = *self.first_start.lock().unwrap_or_else(|e| e.into_inner());
+        let last = *self.last_done.lock().unwrap_or_else(|e| e.into_inner());
         match (first, last) {
             (Some(a), Some(b)) if b > a => {
                 self.done.load(Ordering::SeqCst) as f64 / (b - a).as_secs_f64()
@@ -273,7 +273,11 @@ async fn run_lateness(url: &str, rate: u64, seconds: u64) -> anyhow::Result<(u64
     let _ = stop.send(());
     let _ = handle.await;
     maintenance.stop();
-    let mut lateness = tally.lateness_ms.lock().expect("tally lock").clone();
+    let mut lateness = tally
+        .lateness_ms
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     lateness.sort_unstable();
     Ok((percentile(&lateness, 0.50), percentile(&lateness, 0.99)))
 }

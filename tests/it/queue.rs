@@ -204,6 +204,16 @@ async fn counter(redis: &TestRedis, key: &str) -> u64 {
     v.unwrap_or(0)
 }
 
+/// Jobs `range` that simply succeed.
+fn ok_jobs(range: std::ops::Range<u64>) -> Vec<TestJob> {
+    range
+        .map(|n| TestJob {
+            n,
+            action: Action::Ok,
+        })
+        .collect()
+}
+
 fn fast() -> QueueSettings {
     QueueSettings {
         reclaim_after: Duration::from_secs(2),
@@ -340,17 +350,7 @@ async fn an_undecodable_job_is_dead_lettered_once_and_the_worker_keeps_going() {
             .await
             .expect("xadd");
     }
-    queue
-        .push_many(
-            &(0..10)
-                .map(|n| TestJob {
-                    n,
-                    action: Action::Ok,
-                })
-                .collect::<Vec<_>>(),
-        )
-        .await
-        .expect("push");
+    queue.push_many(&ok_jobs(0..10)).await.expect("push");
 
     // Act
     let worker = TestWorker::start(&redis, fast(), "w1", 4).await;
@@ -580,33 +580,13 @@ async fn workers_ride_out_a_redis_restart() {
     .await;
     let queue = producer(&redis, fast()).await;
     let worker = TestWorker::start(&redis, fast(), "w1", 8).await;
-    queue
-        .push_many(
-            &(0..50)
-                .map(|n| TestJob {
-                    n,
-                    action: Action::Ok,
-                })
-                .collect::<Vec<_>>(),
-        )
-        .await
-        .expect("push");
+    queue.push_many(&ok_jobs(0..50)).await.expect("push");
     wait_done(&redis, 50).await;
 
     // Act: Redis dies and comes back on the same port.
     redis.restart().await;
     let pushed = eventually("producer reconnects", DEADLINE, || async {
-        queue
-            .push_many(
-                &(50..100)
-                    .map(|n| TestJob {
-                        n,
-                        action: Action::Ok,
-                    })
-                    .collect::<Vec<_>>(),
-            )
-            .await
-            .ok()
+        queue.push_many(&ok_jobs(50..100)).await.ok()
     })
     .await;
 
@@ -839,17 +819,7 @@ async fn workers_ride_out_a_redis_that_stops_answering_for_two_seconds() {
     .await;
     let queue = producer(&redis, fast()).await;
     let worker = TestWorker::start(&redis, fast(), "w1", 8).await;
-    queue
-        .push_many(
-            &(0..20)
-                .map(|n| TestJob {
-                    n,
-                    action: Action::Ok,
-                })
-                .collect::<Vec<_>>(),
-        )
-        .await
-        .expect("push");
+    queue.push_many(&ok_jobs(0..20)).await.expect("push");
     wait_done(&redis, 20).await;
 
     // Redis blocks every client for 2 s (a slow fork, a huge script): longer than the 500 ms
@@ -863,17 +833,7 @@ async fn workers_ride_out_a_redis_that_stops_answering_for_two_seconds() {
         .query_async(&mut c)
         .await
         .expect("debug sleep");
-    queue
-        .push_many(
-            &(20..40)
-                .map(|n| TestJob {
-                    n,
-                    action: Action::Ok,
-                })
-                .collect::<Vec<_>>(),
-        )
-        .await
-        .expect("push");
+    queue.push_many(&ok_jobs(20..40)).await.expect("push");
 
     wait_done(&redis, 40).await;
     assert!(worker.is_running());
