@@ -109,9 +109,6 @@ impl Producer {
             .record_enqueued(&id, request.vendor_data.trim())
             .await?;
         self.queue.push(&StartKyc { request }).await?;
-        self.store
-            .audit(std::slice::from_ref(&id), "enqueued", serde_json::json!({}))
-            .await?;
         Ok(id)
     }
 }

@@ -40,7 +40,7 @@ pub async fn run(args: SessionArgs, settings: &Settings) -> Result<(), CliError>
         Err(_) => None,
     };
     let requests = match session {
-        Some(s) => s.requests,
+        Some(s) => s.requests.into_iter().chain(s.cancelled).collect(),
         None => vec![RequestId::parse(&id).map_err(|e| CliError::Usage(e.to_string()))?],
     };
     let mut found = false;

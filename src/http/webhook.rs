@@ -148,7 +148,7 @@ async fn receive(
     };
     if let Err(e) = state
         .queue
-        .push_at(&PollDecision::slot(session_id), &job, SystemTime::now())
+        .run_now(&PollDecision::slot(session_id), &job)
         .await
     {
         return retry_later(state, &forget, e).await;
@@ -179,9 +179,20 @@ async fn adopt(
         .unwrap_or_default();
     // The session's real deadline is unknown here; the poll's own reads decide its fate.
     let deadline = crate::queue::now_ms() + Duration::from_secs(30 * 24 * 3600).as_millis() as u64;
+    let session = crate::store::NewSession {
+        id: session_id,
+        url: "",
+        deadline_ms: deadline,
+    };
     state
         .store
-        .record_session(&request, vendor_data, session_id, "", deadline)
+        .record_session(
+            &request,
+            vendor_data,
+            session,
+            false,
+            serde_json::json!({"session_id": session_id, "adopted": true}),
+        )
         .await?;
     tracing::info!(result = "adopted", session = %session_id, "webhook for a session without a record names one of our requests");
     Ok(true)

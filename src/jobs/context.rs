@@ -3,7 +3,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use serde_json::{json, Value};
@@ -19,7 +19,7 @@ use crate::{
     ratelimit::{Priority, RateLimiter},
     rules::RuleSet,
     settings::Settings,
-    store::Store,
+    store::{SessionRecord, Store},
 };
 
 use super::PollDecision;
@@ -36,7 +36,15 @@ pub struct Pipeline {
     pub settings: Arc<Settings>,
     /// Session expiration per workflow, read from Didit once per process.
     expirations: Arc<Mutex<HashMap<Uuid, Duration>>>,
+    /// The fleet-wide pause as last read, and when: read at most once per
+    /// [`PAUSE_FRESH`] instead of once per job.
+    pause_seen: Arc<Mutex<Option<(Instant, bool)>>>,
 }
+
+/// How long a read of the fleet-wide pause is trusted. A job that starts inside this window
+/// after another process paused the fleet makes at most one call Didit refuses for the
+/// same reason, which pauses this process too; nothing is lost.
+const PAUSE_FRESH: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -71,6 +79,7 @@ impl Pipeline {
             metrics,
             settings,
             expirations: Arc::new(Mutex::new(HashMap::new())),
+            pause_seen: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -198,8 +207,20 @@ impl Pipeline {
 
     /// Returns the wait to apply when Didit calls are paused fleet-wide.
     pub async fn paused(&self) -> Result<Option<Duration>, JobError> {
-        let pause = self.store.pause().await.map_err(redis_failure)?;
-        Ok(pause.map(|_| self.settings.poll.pause_recheck))
+        let seen = *self.pause_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let paused = match seen {
+            Some((at, paused)) if at.elapsed() < PAUSE_FRESH => paused,
+            _ => {
+                let paused = self.store.pause().await.map_err(redis_failure)?.is_some();
+                self.saw_pause(paused);
+                paused
+            }
+        };
+        Ok(paused.then_some(self.settings.poll.pause_recheck))
+    }
+
+    fn saw_pause(&self, paused: bool) {
+        *self.pause_seen.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), paused));
     }
 
     /// Maps a Didit failure to the queue's language, pausing the fleet on account errors.
@@ -225,6 +246,7 @@ impl Pipeline {
                     .max(Duration::from_millis(100)),
             },
             ErrorClass::Account(pause) => {
+                self.saw_pause(true);
                 if let Ok(true) = self.store.set_pause(pause).await {
                     tracing::error!(reason = pause.as_str(), error = %error, "Didit calls paused for the whole fleet");
                 }
@@ -241,7 +263,7 @@ impl Pipeline {
     pub async fn publish_status(
         &self,
         session_id: Uuid,
-        requests: &[RequestId],
+        session: &SessionRecord,
         status: &SessionStatus,
         decider: &Decider,
         data: Value,
@@ -249,11 +271,8 @@ impl Pipeline {
         let Some(kind) = EventType::for_status(status) else {
             return Ok(());
         };
-        for request in requests {
-            let vendor_data = match self.store.request(request).await.map_err(redis_failure)? {
-                Some(r) => r.vendor_data,
-                None => String::new(),
-            };
+        for request in &session.requests {
+            let vendor_data = self.vendor_data(session, request).await?;
             let event = OutcomeEvent::new(
                 kind,
                 request.clone(),
@@ -265,10 +284,26 @@ impl Pipeline {
             );
             self.publish(&event).await?;
         }
-        self.store
-            .set_session_status(session_id, status)
+        Ok(())
+    }
+
+    /// The person a session's request verifies: from the session record, else (a record
+    /// written before it carried it) from the request's.
+    pub async fn vendor_data(
+        &self,
+        session: &SessionRecord,
+        request: &RequestId,
+    ) -> Result<String, JobError> {
+        if let Some(v) = &session.vendor_data {
+            return Ok(v.clone());
+        }
+        Ok(self
+            .store
+            .request(request)
             .await
-            .map_err(redis_failure)
+            .map_err(redis_failure)?
+            .map(|r| r.vendor_data)
+            .unwrap_or_default())
     }
 
     /// Publishes `kyc.session.failed` for a request.
@@ -308,15 +343,6 @@ impl Pipeline {
                     .inc();
             }
             tracing::info!(event = event.kind, status = %event.status, session = ?event.session_id, "event published");
-            let step = json!({"type": event.kind, "status": event.status, "event_id": event.event_id, "decided_by": event.decided_by});
-            self.store
-                .audit(
-                    std::slice::from_ref(&event.request_id),
-                    "event_published",
-                    step,
-                )
-                .await
-                .map_err(redis_failure)?;
         }
         Ok(new)
     }
@@ -381,6 +407,7 @@ pub async fn pause_probe(pipeline: Pipeline) {
             }
         };
         if cured && pipeline.store.resume().await.is_ok() {
+            pipeline.saw_pause(false);
             tracing::warn!(
                 reason = pause.as_str(),
                 "Didit calls resumed: the cause is gone"

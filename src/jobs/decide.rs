@@ -75,14 +75,14 @@ pub async fn decide(
         &evaluation.outcome.action,
         &evaluation.outcome.decided_by_rule,
     ) else {
-        p.publish_status(sid, &session.requests, &status, &Decider::Didit, data)
+        p.publish_status(sid, session, &status, &Decider::Didit, data)
             .await?;
         return Ok(after_result(&status));
     };
     let target = action.status().unwrap_or_else(|| status.clone());
     if p.settings.rules.dry_run || target == status || matches!(action, Action::None) {
         // Dry run, or the rule agrees with Didit: Didit's decision stands.
-        p.publish_status(sid, &session.requests, &status, &Decider::Didit, data)
+        p.publish_status(sid, session, &status, &Decider::Didit, data)
             .await?;
         return Ok(after_result(&status));
     }
@@ -98,14 +98,8 @@ pub async fn decide(
                 .set_hold(sid, &status, rule)
                 .await
                 .map_err(redis_failure)?;
-            p.publish_status(
-                sid,
-                &session.requests,
-                &SessionStatus::InReview,
-                &decider,
-                data,
-            )
-            .await?;
+            p.publish_status(sid, session, &SessionStatus::InReview, &decider, data)
+                .await?;
             Ok(After::Watch)
         }
         Action::Resubmit { nodes } => {
@@ -116,14 +110,8 @@ pub async fn decide(
                     .await
                     .map_err(redis_failure)?;
                 data["rules"]["resubmits_exhausted"] = json!(true);
-                p.publish_status(
-                    sid,
-                    &session.requests,
-                    &SessionStatus::InReview,
-                    &decider,
-                    data,
-                )
-                .await?;
+                p.publish_status(sid, session, &SessionStatus::InReview, &decider, data)
+                    .await?;
                 return Ok(After::Watch);
             }
             let request = UpdateStatusRequest {
@@ -196,7 +184,7 @@ async fn set_and_publish(
         )
         .await
         .map_err(redis_failure)?;
-    p.publish_status(sid, &session.requests, target, decider, data)
+    p.publish_status(sid, session, target, decider, data)
         .await?;
     Ok(after_result(target))
 }

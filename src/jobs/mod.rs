@@ -58,7 +58,7 @@ pub async fn cancel(
         .request(request)
         .await?
         .ok_or_else(|| CancelError::Unknown(request.to_string()))?;
-    if !store.cancel_request(request).await? {
+    if !store.cancel_request(request, record.session_id).await? {
         return Ok(false);
     }
     store
@@ -79,17 +79,10 @@ pub async fn cancel(
     );
     store.publish(&event).await?;
     if let Some(sid) = record.session_id {
-        let session = store.session(sid).await?;
-        let mut others_active = false;
-        for rid in session
-            .iter()
-            .flat_map(|s| s.requests.iter())
-            .filter(|r| *r != request)
-        {
-            if store.request(rid).await?.is_some_and(|r| !r.cancelled) {
-                others_active = true;
-            }
-        }
+        let others_active = store
+            .session(sid)
+            .await?
+            .is_some_and(|s| !s.requests.is_empty());
         if !others_active {
             queue
                 .unschedule(

@@ -23,6 +23,7 @@ use crate::{
     domain::{Decider, EventType, FailureReason, OutcomeEvent, SessionStatus},
     queue::{now_ms, Completion, Delivery, Job, JobError},
     ratelimit::Priority,
+    store::SessionRecord,
 };
 
 /// Job: read the decision of one session.
@@ -63,24 +64,11 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
         return Ok(again(wait, job.polls));
     }
     let sid = job.session_id;
-    let Some(mut session) = p.store.session(sid).await.map_err(redis_failure)? else {
+    let Some(session) = p.store.session(sid).await.map_err(redis_failure)? else {
         tracing::info!(session = %sid, "no record of this session any more; not following it");
         return Ok(Completion::Done);
     };
     // Cancelled requests are not followed any more; a session serving none is left alone.
-    let mut active = Vec::with_capacity(session.requests.len());
-    for rid in session.requests.drain(..) {
-        let cancelled = p
-            .store
-            .request(&rid)
-            .await
-            .map_err(redis_failure)?
-            .is_some_and(|r| r.cancelled);
-        if !cancelled {
-            active.push(rid);
-        }
-    }
-    session.requests = active;
     if session.requests.is_empty() {
         p.store.close_session(sid).await.map_err(redis_failure)?;
         return Ok(Completion::Done);
@@ -99,14 +87,7 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
         Ok(d) => d,
         Err(e) if e.class() == ErrorClass::Request => {
             // Deleted at Didit, or never ours: nothing will ever be decided.
-            fail_all(
-                &p,
-                sid,
-                &session.requests,
-                FailureReason::BadRequest,
-                &e.to_string(),
-            )
-            .await?;
+            fail_all(&p, sid, &session, FailureReason::BadRequest, &e.to_string()).await?;
             p.store.close_session(sid).await.map_err(redis_failure)?;
             return Ok(Completion::Done);
         }
@@ -116,7 +97,7 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
                 fail_all(
                     &p,
                     sid,
-                    &session.requests,
+                    &session,
                     FailureReason::RetriesExhausted,
                     &error.to_string(),
                 )
@@ -125,13 +106,12 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
             return Err(error);
         }
     };
-    let fetches = p.store.count_fetch(sid).await.map_err(redis_failure)?;
-    p.store
-        .audit(
-            &session.requests,
-            "decision_read",
-            json!({"session_id": sid, "status": decision.status.as_str(), "urgent": job.urgent}),
-        )
+    let change = (session.status.as_ref() != Some(&decision.status)).then(
+        || json!({"session_id": sid, "status": decision.status.as_str(), "urgent": job.urgent}),
+    );
+    let fetches = p
+        .store
+        .record_read(sid, &session.requests, &decision.status, change)
         .await
         .map_err(redis_failure)?;
     let status = decision.status.clone();
@@ -182,13 +162,7 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
     }
     if now > deadline {
         for rid in &session.requests {
-            let vendor_data = p
-                .store
-                .request(rid)
-                .await
-                .map_err(redis_failure)?
-                .map(|r| r.vendor_data)
-                .unwrap_or_default();
+            let vendor_data = p.vendor_data(&session, rid).await?;
             let event = OutcomeEvent::new(
                 EventType::Expired,
                 rid.clone(),
@@ -203,10 +177,6 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
         p.store.close_session(sid).await.map_err(redis_failure)?;
         return Ok(Completion::Done);
     }
-    p.store
-        .set_session_status(sid, &status)
-        .await
-        .map_err(redis_failure)?;
     Ok(again(
         p.schedule().interval(job.polls, sid.as_u128()),
         job.polls + 1,
@@ -217,18 +187,12 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
 async fn fail_all(
     p: &Pipeline,
     sid: Uuid,
-    requests: &[crate::domain::RequestId],
+    session: &SessionRecord,
     reason: FailureReason,
     detail: &str,
 ) -> Result<(), JobError> {
-    for rid in requests {
-        let vendor_data = p
-            .store
-            .request(rid)
-            .await
-            .map_err(redis_failure)?
-            .map(|r| r.vendor_data)
-            .unwrap_or_default();
+    for rid in &session.requests {
+        let vendor_data = p.vendor_data(session, rid).await?;
         p.publish_failed(rid, Some(sid), &vendor_data, reason, detail)
             .await?;
     }

@@ -24,6 +24,7 @@ use crate::{
     },
     queue::{Completion, Delivery, Job, JobError},
     ratelimit::Priority,
+    store::NewSession,
 };
 
 /// The metadata key that carries our request id through Didit.
@@ -98,10 +99,10 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
     {
         // Created before (a duplicate request, or a crash after recording): make sure the
         // link was announced and the session is followed, nothing more.
-        announce(p, rid, &vendor_data, sid, &url).await?;
+        announce(p, rid, &vendor_data, sid, &url, true).await?;
         return Ok(Completion::Done);
     }
-    let found = if record.is_some_and(|r| r.intent) {
+    let found = if record.as_ref().is_some_and(|r| r.intent) {
         find_session(p, rid, &vendor_data, workflow_id).await?
     } else {
         None
@@ -109,8 +110,11 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
     let (sid, url) = match found {
         Some(found) => found,
         None => {
+            let indexed = record
+                .as_ref()
+                .is_some_and(|r| r.vendor_data == vendor_data);
             p.store
-                .record_intent(rid, &vendor_data, workflow_id)
+                .record_intent(rid, &vendor_data, workflow_id, indexed)
                 .await
                 .map_err(redis_failure)?;
             let request = create_request(rid, req, workflow_id);
@@ -128,20 +132,19 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
             }
         }
     };
-    let deadline = p.deadline_for(workflow_id).await;
+    let session = NewSession {
+        id: sid,
+        url: &url,
+        deadline_ms: p.deadline_for(workflow_id).await,
+    };
+    // The intent (this run's or an earlier one's) wrote the request record and its index.
     p.store
-        .record_session(rid, &vendor_data, sid, &url, deadline)
+        .record_session(rid, &vendor_data, session, true, json!({"session_id": sid}))
         .await
         .map_err(redis_failure)?;
-    p.store
-        .audit(
-            std::slice::from_ref(rid),
-            "session_created",
-            json!({"session_id": sid, "workflow_id": workflow_id}),
-        )
-        .await
-        .map_err(redis_failure)?;
-    announce(p, rid, &vendor_data, sid, &url).await?;
+    // Didit answered with a new session or one it reuses because it is unfinished: either
+    // way it is followed.
+    announce(p, rid, &vendor_data, sid, &url, false).await?;
     Ok(Completion::Done)
 }
 
@@ -225,21 +228,23 @@ async fn find_session(
 ///
 /// Both steps are idempotent (the poll has one slot, the event one marker) and run on every
 /// delivery, in this order, so a crash between them on an earlier run leaves nothing
-/// undone. A session that already reached a result nothing follows is left alone.
+/// undone. With `may_be_settled`, a session our record shows at a result nothing follows
+/// is left alone.
 async fn announce(
     p: &Pipeline,
     rid: &RequestId,
     vendor_data: &str,
     sid: Uuid,
     url: &str,
+    may_be_settled: bool,
 ) -> Result<(), JobError> {
-    let settled = p
-        .store
-        .session(sid)
-        .await
-        .map_err(redis_failure)?
-        .and_then(|s| s.status)
-        .is_some_and(|s| s.is_final() && s != SessionStatus::InReview);
+    let settled = may_be_settled
+        && p.store
+            .session(sid)
+            .await
+            .map_err(redis_failure)?
+            .and_then(|s| s.status)
+            .is_some_and(|s| s.is_final() && s != SessionStatus::InReview);
     if !settled {
         let delay = p.schedule().interval(0, sid.as_u128());
         p.schedule_poll(sid, 0, delay).await?;

@@ -192,6 +192,25 @@ impl Queue {
             .await
     }
 
+    /// Runs the job in slot `id` now: a run scheduled there is replaced. A run of the slot
+    /// already under way is not stopped; when it finishes, its next run and this one's meet
+    /// in the slot again (the earlier wins), so the chain stays one.
+    pub async fn run_now<A: Job>(&self, id: &str, args: &A) -> Result<(), QueueError> {
+        let keys = self.keys(A::QUEUE);
+        let envelope = Envelope::new(id.to_owned(), args, self.deadline_from_now())?;
+        let mut conn = self.conn.clone();
+        let _: i64 = scripts::RUN_NOW
+            .key(&keys.delayed)
+            .key(&keys.payloads)
+            .key(&keys.ready)
+            .arg(id)
+            .arg(envelope.encode())
+            .arg(now_ms())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     /// Like [`Queue::push_at`], but never moves a job already in the slot to a later time.
     pub async fn push_no_later<A: Job>(
         &self,
@@ -218,8 +237,6 @@ impl Queue {
     ) -> Result<(), QueueError> {
         let keys = self.keys(A::QUEUE);
         let mut pipe = redis::pipe();
-        // A pipelined EVALSHA does not fall back to EVAL: load the script first.
-        pipe.load_script(&scripts::SCHEDULE).ignore();
         for (id, args, at) in jobs {
             let due = unix_ms(*at);
             let envelope = Envelope::new(id.clone(), args.borrow(), self.deadline_from(due))?;
@@ -235,7 +252,16 @@ impl Queue {
             .ignore();
         }
         let mut conn = self.conn.clone();
-        let _: () = pipe.query_async(&mut conn).await?;
+        match pipe.query_async::<()>(&mut conn).await {
+            // A pipelined EVALSHA does not fall back to EVAL: after a Redis restart (or on
+            // a new server) load the script once and send the batch again; SCHEDULE only
+            // sets, so a partly applied first attempt is harmless.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                let _: String = scripts::SCHEDULE.load_async(&mut conn).await?;
+                pipe.query_async::<()>(&mut conn).await?;
+            }
+            other => other?,
+        }
         Ok(())
     }
 

@@ -58,6 +58,21 @@ return 1
     )
 });
 
+/// Runs a slotted job now: takes the slot's scheduled run out of the delayed set and adds
+/// the job to the ready stream in one step, so the slot never holds two runs and a webhook
+/// does not wait for the next promotion.
+/// KEYS: delayed, payloads, ready. ARGV: job id, envelope, now ms.
+pub static RUN_NOW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('XADD', KEYS[3], '*', 'j', ARGV[2], 't', ARGV[3])
+return 1
+"#,
+    )
+});
+
 /// Finishes a delivery by scheduling the job's next run. If the slot already holds an
 /// earlier run (a webhook asked for "now" while this one ran), that one wins.
 /// KEYS: delayed, payloads, ready. ARGV: job id, due_ms, envelope, entry id, group, consumer.

@@ -5,7 +5,9 @@
 //!   creates a second session;
 //! - the session record: which requests a Didit session answers (Didit reuses an unfinished
 //!   session for the same vendor_data), its last status and its deadline;
-//! - published markers and the `<prefix>:events` stream, written together by one script;
+//! - the `<prefix>:events` stream and each request's "published" markers, written together
+//!   by one script;
+//! - each request's audit trail, written in the same round trip as the change it describes;
 //! - the fleet-wide pause of Didit calls.
 //!
 //! Request ids may be the caller's own identifiers, so key names carry a hash of them,
@@ -23,26 +25,36 @@ use crate::{
     settings::EventSettings,
 };
 
-/// Publishes an event unless this (request, session, type, status) was published before.
-/// KEYS: marker, request record, events. ARGV: event_id, type, session_id, request_id,
-/// vendor_data, status, decided_by, data, marker ttl s, trim minid ms, track status (0/1),
-/// now ms.
+/// Publishes an event unless this (request, session, type, status) was published before,
+/// with its audit step. The "published" marker is a field of the request record, so it
+/// lives and dies with the record.
+/// KEYS: request record, events, audit trail. ARGV: event_id, type, session_id, request_id,
+/// vendor_data, status, decided_by, data, record ttl s, trim minid ms, track status (0/1),
+/// now ms, marker field, audit line, audit max.
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[9]) then
+if redis.call('HSETNX', KEYS[1], ARGV[13], ARGV[1]) == 0 then
   return 0
 end
 local previous = ''
 if ARGV[11] == '1' then
-  previous = redis.call('HGET', KEYS[2], 'last_status') or ''
-  redis.call('HSET', KEYS[2], 'last_status', ARGV[6], 'decided_by', ARGV[7], 'updated_at_ms', ARGV[12])
-  redis.call('EXPIRE', KEYS[2], ARGV[9])
+  previous = redis.call('HGET', KEYS[1], 'last_status') or ''
+  redis.call('HSET', KEYS[1], 'last_status', ARGV[6], 'decided_by', ARGV[7], 'updated_at_ms', ARGV[12])
 end
-redis.call('XADD', KEYS[3], 'MINID', '~', ARGV[10], '*',
+redis.call('EXPIRE', KEYS[1], ARGV[9])
+redis.call('XADD', KEYS[2], 'MINID', '~', ARGV[10], '*',
   'event_id', ARGV[1], 'type', ARGV[2], 'session_id', ARGV[3], 'request_id', ARGV[4],
   'vendor_data', ARGV[5], 'status', ARGV[6], 'previous_status', previous,
   'decided_by', ARGV[7], 'data', ARGV[8])
+local steps = redis.call('RPUSH', KEYS[3], ARGV[14])
+local max = tonumber(ARGV[15])
+if steps > max then
+  redis.call('LTRIM', KEYS[3], -max, -1)
+end
+if steps == 1 or ARGV[11] == '1' then
+  redis.call('EXPIRE', KEYS[3], ARGV[9])
+end
 return 1
 "#,
     )
@@ -70,7 +82,13 @@ pub struct RequestRecord {
 /// What the fleet knows of one Didit session.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionRecord {
+    /// The requests it answers that are still followed (not cancelled).
     pub requests: Vec<RequestId>,
+    /// The requests it answered until they were cancelled.
+    pub cancelled: Vec<RequestId>,
+    /// The person it verifies (Didit reuses a session only for the same vendor_data).
+    pub vendor_data: Option<String>,
+    /// Didit's status at the last decision read.
     pub status: Option<SessionStatus>,
     /// Unix ms after which an unfinished session is given up.
     pub deadline_ms: u64,
@@ -97,6 +115,26 @@ impl std::fmt::Debug for Store {
             .field("prefix", &self.prefix)
             .finish()
     }
+}
+
+/// The longest audit trail kept per request (older steps are dropped first).
+const AUDIT_MAX: isize = 500;
+
+fn audit_line(step: &str, fields: serde_json::Value) -> String {
+    let mut entry = serde_json::json!({"at_ms": now_ms(), "step": step});
+    if let (Some(e), serde_json::Value::Object(f)) = (entry.as_object_mut(), fields) {
+        e.extend(f);
+    }
+    entry.to_string()
+}
+
+/// A session Didit created (or reused), as [`Store::record_session`] records it.
+#[derive(Debug, Clone, Copy)]
+pub struct NewSession<'a> {
+    pub id: Uuid,
+    pub url: &'a str,
+    /// Unix ms after which the session is given up unless Didit finished it.
+    pub deadline_ms: u64,
 }
 
 fn digest(parts: &[&str]) -> String {
@@ -129,10 +167,6 @@ impl Store {
         format!("{}:session:{id}", self.prefix)
     }
 
-    fn session_requests_key(&self, id: Uuid) -> String {
-        format!("{}:session:{id}:requests", self.prefix)
-    }
-
     fn pause_key(&self) -> String {
         format!("{}:didit:paused", self.prefix)
     }
@@ -144,6 +178,8 @@ impl Store {
         digest(&[self.settings.subject_salt.expose_secret(), vendor_data])
     }
 
+    /// The person's index: a hash whose fields are their request ids (a small hash is the
+    /// most compact container Redis has for a few short strings).
     fn subject_key(&self, vendor_data: &str) -> String {
         format!("{}:subject:{}", self.prefix, self.subject_hash(vendor_data))
     }
@@ -175,7 +211,9 @@ impl Store {
     }
 
     /// Records that a request was accepted, so its status can be read before a worker
-    /// takes it. Never overwrites what a worker recorded.
+    /// takes it, and its first audit step. Never overwrites what a worker recorded. Runs
+    /// before the job is queued: a failure after it leaves a record the caller's retry of
+    /// the same request id completes.
     pub async fn record_enqueued(
         &self,
         id: &RequestId,
@@ -183,8 +221,8 @@ impl Store {
     ) -> redis::RedisResult<()> {
         let key = self.request_key(id);
         let mut c = self.conn.clone();
-        redis::pipe()
-            .hset_nx(&key, "request_id", id.as_str())
+        let mut pipe = redis::pipe();
+        pipe.hset_nx(&key, "request_id", id.as_str())
             .ignore()
             .hset_nx(&key, "vendor_data", vendor_data)
             .ignore()
@@ -192,12 +230,12 @@ impl Store {
             .ignore()
             .expire(&key, self.ttl())
             .ignore()
-            .sadd(self.subject_key(vendor_data), id.as_str())
+            .hset(self.subject_key(vendor_data), id.as_str(), 1)
             .ignore()
             .expire(self.subject_key(vendor_data), self.ttl())
-            .ignore()
-            .query_async(&mut c)
-            .await
+            .ignore();
+        self.start_trail(&mut pipe, id, "enqueued", serde_json::json!({}));
+        pipe.query_async(&mut c).await
     }
 
     fn open_sessions_key(&self) -> String {
@@ -255,7 +293,7 @@ impl Store {
         vendor_data: &str,
     ) -> redis::RedisResult<(Vec<RequestId>, Vec<Uuid>)> {
         let mut c = self.conn.clone();
-        let ids: Vec<String> = c.smembers(self.subject_key(vendor_data)).await?;
+        let ids: Vec<String> = c.hkeys(self.subject_key(vendor_data)).await?;
         let requests: Vec<RequestId> = ids
             .iter()
             .filter_map(|r| RequestId::parse(r).ok())
@@ -284,7 +322,6 @@ impl Store {
         }
         for s in sessions {
             pipe.del(self.session_key(*s)).ignore();
-            pipe.del(self.session_requests_key(*s)).ignore();
             pipe.zrem(self.open_sessions_key(), s.to_string()).ignore();
         }
         pipe.del(self.subject_key(vendor_data)).ignore();
@@ -353,27 +390,78 @@ impl Store {
     }
 
     /// Appends one step to the PII-free audit trail of each request (kept as long as the
-    /// records, at most the last 500 steps). `fields` must carry no personal data.
+    /// records). `fields` must carry no personal data.
+    ///
+    /// Steps are written on changes (a new status, a webhook, an event), never per routine
+    /// poll, so a trail stays short; the publish script, which every outcome passes, keeps
+    /// it to the last [`AUDIT_MAX`] steps whatever happens.
     pub async fn audit(
         &self,
         requests: &[RequestId],
         step: &str,
         fields: serde_json::Value,
     ) -> redis::RedisResult<()> {
-        let mut entry = serde_json::json!({"at_ms": now_ms(), "step": step});
-        if let (Some(e), serde_json::Value::Object(f)) = (entry.as_object_mut(), fields) {
-            e.extend(f);
-        }
-        let line = entry.to_string();
         let mut pipe = redis::pipe();
-        for id in requests {
-            let key = self.audit_key(id);
-            pipe.rpush(&key, &line).ignore();
-            pipe.ltrim(&key, -500, -1).ignore();
-            pipe.expire(&key, self.ttl()).ignore();
-        }
+        self.audit_into(&mut pipe, requests, step, fields);
         let mut c = self.conn.clone();
         pipe.query_async(&mut c).await
+    }
+
+    /// Adds an audit step to a pipeline, so it travels with the write it describes.
+    ///
+    /// A trail is started (with its lifetime) where the request record is
+    /// ([`Store::start_trail`]); later steps only append to a trail that exists, so a
+    /// request whose records expired or were erased never gets one back.
+    fn audit_into(
+        &self,
+        pipe: &mut redis::Pipeline,
+        requests: &[RequestId],
+        step: &str,
+        fields: serde_json::Value,
+    ) {
+        let line = audit_line(step, fields);
+        for id in requests {
+            pipe.rpush_exists(self.audit_key(id), &line).ignore();
+        }
+    }
+
+    /// Starts (or appends to) a request's trail, giving it the records' lifetime.
+    fn start_trail(
+        &self,
+        pipe: &mut redis::Pipeline,
+        id: &RequestId,
+        step: &str,
+        fields: serde_json::Value,
+    ) {
+        let key = self.audit_key(id);
+        pipe.rpush(&key, audit_line(step, fields))
+            .ignore()
+            .expire(&key, self.ttl())
+            .ignore();
+    }
+
+    /// Records one decision read of a session: the status Didit gave, the read count and,
+    /// when it found a change, the step `decision_read`; returns the reads so far.
+    pub async fn record_read(
+        &self,
+        id: Uuid,
+        requests: &[RequestId],
+        status: &SessionStatus,
+        change: Option<serde_json::Value>,
+    ) -> redis::RedisResult<u64> {
+        let key = self.session_key(id);
+        let mut pipe = redis::pipe();
+        pipe.hincr(&key, "fetches", 1)
+            .hset(&key, "status", status.as_str())
+            .ignore()
+            .expire(&key, self.ttl())
+            .ignore();
+        if let Some(fields) = change {
+            self.audit_into(&mut pipe, requests, "decision_read", fields);
+        }
+        let mut c = self.conn.clone();
+        let (n,): (u64,) = pipe.query_async(&mut c).await?;
+        Ok(n)
     }
 
     /// The audit trail of a request, oldest first.
@@ -386,16 +474,27 @@ impl Store {
             .collect())
     }
 
-    /// Marks a request cancelled; `false` when it was already.
-    pub async fn cancel_request(&self, id: &RequestId) -> redis::RedisResult<bool> {
+    /// Marks a request cancelled, in its record and in its session's; `false` when it was
+    /// already.
+    pub async fn cancel_request(
+        &self,
+        id: &RequestId,
+        session: Option<Uuid>,
+    ) -> redis::RedisResult<bool> {
         let key = self.request_key(id);
         let mut c = self.conn.clone();
-        let (set,): (bool,) = redis::pipe()
-            .hset_nx(&key, "cancelled_at_ms", now_ms())
+        let mut pipe = redis::pipe();
+        pipe.hset_nx(&key, "cancelled_at_ms", now_ms())
             .expire(&key, self.ttl())
-            .ignore()
-            .query_async(&mut c)
-            .await?;
+            .ignore();
+        if let Some(sid) = session {
+            let skey = self.session_key(sid);
+            pipe.hset(&skey, format!("r:{}", id.as_str()), 0)
+                .ignore()
+                .expire(&skey, self.ttl())
+                .ignore();
+        }
+        let (set,): (bool,) = pipe.query_async(&mut c).await?;
         Ok(set)
     }
 
@@ -406,101 +505,132 @@ impl Store {
     }
 
     /// Records that a session is about to be created for this request.
+    ///
+    /// `indexed` says the record already exists for this vendor_data (the producer wrote
+    /// it, with its lifetime and the person's index): then only the new fields are written.
     pub async fn record_intent(
         &self,
         id: &RequestId,
         vendor_data: &str,
         workflow_id: Uuid,
+        indexed: bool,
     ) -> redis::RedisResult<()> {
         let key = self.request_key(id);
         let mut c = self.conn.clone();
-        redis::pipe()
-            .atomic()
-            .hset_multiple(
-                &key,
-                &[
-                    ("request_id", id.as_str().to_owned()),
-                    ("vendor_data", vendor_data.to_owned()),
-                    ("workflow_id", workflow_id.to_string()),
-                    ("intent_at_ms", now_ms().to_string()),
-                ],
-            )
-            .ignore()
-            .expire(&key, self.ttl())
-            .ignore()
-            .sadd(self.subject_key(vendor_data), id.as_str())
-            .ignore()
-            .expire(self.subject_key(vendor_data), self.ttl())
-            .ignore()
-            .query_async(&mut c)
-            .await
+        let mut pipe = redis::pipe();
+        pipe.hset_multiple(
+            &key,
+            &[
+                ("request_id", id.as_str().to_owned()),
+                ("vendor_data", vendor_data.to_owned()),
+                ("workflow_id", workflow_id.to_string()),
+                ("intent_at_ms", now_ms().to_string()),
+            ],
+        )
+        .ignore();
+        if !indexed {
+            pipe.expire(&key, self.ttl())
+                .ignore()
+                .hset(self.subject_key(vendor_data), id.as_str(), 1)
+                .ignore()
+                .expire(self.subject_key(vendor_data), self.ttl())
+                .ignore();
+            self.start_trail(&mut pipe, id, "intent", serde_json::json!({}));
+        }
+        pipe.query_async(&mut c).await
     }
 
-    /// Records the session Didit created (or reused) for this request, and the reverse map.
+    /// Records the session Didit created (or reused) for this request, and the reverse map
+    /// (the session record's `r:<request id>` fields), with the audit step `step`.
+    ///
+    /// `recorded` says the request record was written moments ago (the intent), with its
+    /// lifetime and the person's index: then neither is written again.
     pub async fn record_session(
         &self,
         id: &RequestId,
         vendor_data: &str,
-        session_id: Uuid,
-        url: &str,
-        deadline_ms: u64,
+        session: NewSession<'_>,
+        recorded: bool,
+        step: serde_json::Value,
     ) -> redis::RedisResult<()> {
         let key = self.request_key(id);
-        let skey = self.session_key(session_id);
-        let rkey = self.session_requests_key(session_id);
+        let skey = self.session_key(session.id);
         let now = now_ms().to_string();
+        let mut pipe = redis::pipe();
+        pipe.hset_multiple(
+            &key,
+            &[
+                ("request_id", id.as_str().to_owned()),
+                ("vendor_data", vendor_data.to_owned()),
+                ("session_id", session.id.to_string()),
+                ("url", session.url.to_owned()),
+                ("created_at_ms", now.clone()),
+            ],
+        )
+        .ignore();
+        if !recorded {
+            pipe.expire(&key, self.ttl())
+                .ignore()
+                .hset(self.subject_key(vendor_data), id.as_str(), 1)
+                .ignore()
+                .expire(self.subject_key(vendor_data), self.ttl())
+                .ignore();
+        }
+        // Didit reuses an unfinished session only for the same person: the first request's
+        // creation time and deadline stay.
+        pipe.hset_multiple(
+            &skey,
+            &[
+                (format!("r:{}", id.as_str()).as_str(), "1"),
+                ("vendor_data", vendor_data),
+            ],
+        )
+        .ignore()
+        .hset_nx(&skey, "created_at_ms", &now)
+        .ignore()
+        .hset_nx(&skey, "deadline_ms", session.deadline_ms)
+        .ignore()
+        .expire(&skey, self.ttl())
+        .ignore()
+        .zadd(self.open_sessions_key(), session.id.to_string(), &now)
+        .ignore();
+        if recorded {
+            self.audit_into(&mut pipe, std::slice::from_ref(id), "session_created", step);
+        } else {
+            self.start_trail(&mut pipe, id, "session_created", step);
+        }
         let mut c = self.conn.clone();
-        redis::pipe()
-            .atomic()
-            .hset_multiple(
-                &key,
-                &[
-                    ("request_id", id.as_str().to_owned()),
-                    ("vendor_data", vendor_data.to_owned()),
-                    ("session_id", session_id.to_string()),
-                    ("url", url.to_owned()),
-                    ("created_at_ms", now.clone()),
-                ],
-            )
-            .ignore()
-            .expire(&key, self.ttl())
-            .ignore()
-            .sadd(&rkey, id.as_str())
-            .ignore()
-            .expire(&rkey, self.ttl())
-            .ignore()
-            .hset_nx(&skey, "created_at_ms", now)
-            .ignore()
-            .hset_nx(&skey, "deadline_ms", deadline_ms)
-            .ignore()
-            .sadd(self.subject_key(vendor_data), id.as_str())
-            .ignore()
-            .expire(self.subject_key(vendor_data), self.ttl())
-            .ignore()
-            .zadd(self.open_sessions_key(), session_id.to_string(), now_ms())
-            .ignore()
-            .expire(&skey, self.ttl())
-            .ignore()
-            .query_async(&mut c)
-            .await
+        pipe.query_async(&mut c).await
     }
 
     pub async fn session(&self, id: Uuid) -> redis::RedisResult<Option<SessionRecord>> {
         let mut c = self.conn.clone();
-        let (map, requests): (std::collections::HashMap<String, String>, Vec<String>) =
-            redis::pipe()
-                .hgetall(self.session_key(id))
-                .smembers(self.session_requests_key(id))
-                .query_async(&mut c)
-                .await?;
-        if map.is_empty() && requests.is_empty() {
+        let map: std::collections::HashMap<String, String> =
+            c.hgetall(self.session_key(id)).await?;
+        if map.is_empty() {
             return Ok(None);
         }
+        // `r:<request id>` is 1 while the request is followed, 0 once it was cancelled.
+        let (mut requests, mut cancelled) = (Vec::new(), Vec::new());
+        for (field, value) in &map {
+            let Some(rid) = field
+                .strip_prefix("r:")
+                .and_then(|r| RequestId::parse(r).ok())
+            else {
+                continue;
+            };
+            if value == "0" {
+                cancelled.push(rid);
+            } else {
+                requests.push(rid);
+            }
+        }
+        requests.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        cancelled.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         Ok(Some(SessionRecord {
-            requests: requests
-                .iter()
-                .filter_map(|r| RequestId::parse(r).ok())
-                .collect(),
+            requests,
+            cancelled,
+            vendor_data: map.get("vendor_data").cloned(),
             status: map.get("status").map(|s| SessionStatus::parse(s)),
             deadline_ms: map
                 .get("deadline_ms")
@@ -594,31 +724,17 @@ impl Store {
             .map(|n| n as u32)
     }
 
-    /// Counts one decision read of a session; returns the reads so far.
-    pub async fn count_fetch(&self, id: Uuid) -> redis::RedisResult<u64> {
-        self.count_in_session(id, "fetches").await
-    }
-
-    pub async fn set_session_status(
-        &self,
-        id: Uuid,
-        status: &SessionStatus,
-    ) -> redis::RedisResult<()> {
-        self.update_session(id, &[("status", status.as_str().to_owned())])
-            .await
-    }
-
     pub async fn set_session_deadline(&self, id: Uuid, deadline_ms: u64) -> redis::RedisResult<()> {
         self.update_session(id, &[("deadline_ms", deadline_ms.to_string())])
             .await
     }
 
-    /// Publishes an event once per (request, session, type, status); `true` if it was new.
+    /// Publishes an event once per (request, session, type, status) and records the step in
+    /// the request's audit trail; `true` if it was new.
     pub async fn publish(&self, event: &OutcomeEvent) -> redis::RedisResult<bool> {
         let session = event.session_id.map(|s| s.to_string()).unwrap_or_default();
         let marker = format!(
-            "{}:published:{}",
-            self.prefix,
+            "p:{}",
             digest(&[
                 event.request_id.as_str(),
                 &session,
@@ -626,13 +742,18 @@ impl Store {
                 &event.status
             ])
         );
+        // The event id is derived from the other fields (UUIDv5), so it is not repeated.
+        let step = audit_line(
+            "event_published",
+            serde_json::json!({"type": event.kind, "status": event.status, "decided_by": event.decided_by}),
+        );
         let tracks_status = event.kind != crate::domain::EventType::Created.as_str();
         let minid = now_ms().saturating_sub(self.settings.retention.as_millis() as u64);
         let mut c = self.conn.clone();
         let published: i64 = PUBLISH
-            .key(marker)
             .key(self.request_key(&event.request_id))
             .key(self.events_key())
+            .key(self.audit_key(&event.request_id))
             .arg(event.event_id.to_string())
             .arg(event.kind)
             .arg(&session)
@@ -645,6 +766,9 @@ impl Store {
             .arg(minid)
             .arg(if tracks_status { "1" } else { "0" })
             .arg(now_ms())
+            .arg(marker)
+            .arg(step)
+            .arg(AUDIT_MAX)
             .invoke_async(&mut c)
             .await?;
         Ok(published == 1)

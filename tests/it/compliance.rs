@@ -97,7 +97,7 @@ async fn every_key_the_fleet_writes_expires_and_redis_returns_to_its_baseline() 
             let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut c).await.ok()?;
             (!keys
                 .iter()
-                .any(|k| k.contains(":request:") || k.contains(":published:")))
+                .any(|k| k.contains(":request:") || k.contains(":audit:")))
             .then_some(keys)
         }
     })
