@@ -117,10 +117,15 @@ impl TestRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// A connection for the test's own reads and seeding, with the fleet's patience (redis-rs
+    /// gives up on a reply after 500 ms by default: too short for a large seeding pipeline
+    /// on a busy CI host).
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(30)));
         redis::Client::open(self.url())
             .expect("redis url")
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .expect("connect to test redis")
     }
