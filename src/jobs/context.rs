@@ -249,6 +249,10 @@ impl Pipeline {
         let Some(kind) = EventType::for_status(status) else {
             return Ok(());
         };
+        self.store
+            .track_review(session_id, status, &decider.label(), &data)
+            .await
+            .map_err(redis_failure)?;
         for request in requests {
             let vendor_data = match self.store.request(request).await.map_err(redis_failure)? {
                 Some(r) => r.vendor_data,

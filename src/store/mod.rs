@@ -11,6 +11,8 @@
 //! Request ids may be the caller's own identifiers, so key names carry a hash of them,
 //! never the id itself; nothing here puts personal data in a key name.
 
+mod review;
+
 use std::{sync::LazyLock, time::Duration};
 
 use redis::{aio::ConnectionManager, AsyncCommands, Script};
@@ -22,6 +24,8 @@ use crate::{
     queue::now_ms,
     settings::EventSettings,
 };
+
+pub use review::ReviewItem;
 
 /// Publishes an event unless this (request, session, type, status) was published before.
 /// KEYS: marker, request record, events. ARGV: event_id, type, session_id, request_id,
@@ -286,6 +290,7 @@ impl Store {
             pipe.del(self.session_key(*s)).ignore();
             pipe.del(self.session_requests_key(*s)).ignore();
             pipe.zrem(self.open_sessions_key(), s.to_string()).ignore();
+            self.forget_review(&mut pipe, *s);
         }
         pipe.del(self.subject_key(vendor_data)).ignore();
         let mut c = self.conn.clone();
