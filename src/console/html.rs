@@ -28,6 +28,9 @@ pub fn esc(s: &str) -> String {
 
 /// A personal value as a read-only viewer sees it: the first two characters, then dots.
 pub fn mask(s: &str) -> String {
+    if s.is_empty() {
+        return String::new();
+    }
     let shown: String = s.chars().take(2).collect();
     let hidden = s.chars().count().saturating_sub(2).clamp(3, 8);
     format!("{shown}{}", "•".repeat(hidden))
@@ -191,6 +194,7 @@ mod tests {
     fn masking_keeps_two_characters_and_hides_the_length() {
         assert_eq!(mask("alice@example.com"), "al••••••••");
         assert_eq!(mask("a"), "a•••");
+        assert_eq!(mask(""), "");
         assert_eq!(pii(&viewer(true), "<b>"), "&lt;b&gt;");
     }
 

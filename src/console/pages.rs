@@ -136,7 +136,8 @@ pub async fn sessions(
     let q = search.q.as_deref().map(str::trim).unwrap_or("");
     let mut body = format!(
         "<h1>Sessions</h1><form method=\"get\" action=\"/console/sessions\" class=\"search\"><input type=\"search\" name=\"q\" id=\"q\" value=\"{}\" placeholder=\"request_id, session_id or vendor_data\" maxlength=\"256\" autofocus><button type=\"submit\" id=\"search\">Search</button></form>",
-        pii(&access, q)
+        // A read-only viewer's search is not echoed: the page may be shown or shared.
+        if access.admin { esc(q) } else { String::new() }
     );
     if q.is_empty() {
         return Ok(render("Sessions", &access, &body));

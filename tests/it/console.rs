@@ -438,9 +438,11 @@ impl Browser {
         .await;
     }
 
-    /// The element a CSS selector names, waiting for it to appear.
+    /// The element a CSS selector names, waiting for it to appear; on timeout the panic
+    /// shows the page the browser is on.
     async fn find(&self, css: &str) -> String {
-        eventually(&format!("element {css}"), DEADLINE, || async {
+        let until = tokio::time::Instant::now() + DEADLINE;
+        loop {
             let found = self
                 .call(
                     reqwest::Method::POST,
@@ -448,9 +450,20 @@ impl Browser {
                     Some(json!({"using": "css selector", "value": css})),
                 )
                 .await;
-            found[ELEMENT].as_str().map(str::to_owned)
-        })
-        .await
+            if let Some(id) = found[ELEMENT].as_str() {
+                return id.to_owned();
+            }
+            if tokio::time::Instant::now() > until {
+                let url = self
+                    .call(reqwest::Method::GET, &self.path("/url"), None)
+                    .await;
+                let source = self
+                    .call(reqwest::Method::GET, &self.path("/source"), None)
+                    .await;
+                panic!("no element {css} on {url} after {DEADLINE:?}:\n{source}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn click(&self, css: &str) {
