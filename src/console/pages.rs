@@ -62,10 +62,17 @@ pub async fn overview(
             q = esc(queue),
         );
     }
+    let window = if window < std::time::Duration::from_secs(59 * 60) {
+        format!(
+            "{} (since it started)",
+            html::age(window.as_millis() as u64)
+        )
+    } else {
+        "hour".to_owned()
+    };
     let _ = write!(
         body,
-        "</tbody></table><p class=\"hint\">* finished by this process over the last {} (counted from its own metrics; other processes count their own).</p>",
-        html::age(window.as_millis() as u64)
+        "</tbody></table><p class=\"hint\">* finished by this process over the last {window}, from its own metrics; every process counts its own.</p>"
     );
     let pause = state.store.pause().await?;
     let processes = state.store.processes_alive().await?;
