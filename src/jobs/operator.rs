@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{context::redis_failure, decide::update_status, Pipeline, PollDecision};
+use super::{context::redis_failure, decide::update_status, Pipeline};
 use crate::{
     didit::types::UpdateStatusRequest,
     domain::{Decider, SessionStatus},
@@ -132,13 +132,9 @@ pub async fn handle(
         return Ok(Completion::Done);
     }
     let data = json!({"operator": {"name": job.operator, "action": job.action.as_str()}});
+    // The review's next poll (or the echo's) reads the status just set, recognises it and
+    // stops following the session, as after a rule's update.
     p.publish_status(sid, &session.requests, &target, &decider, data)
         .await?;
-    // Nothing follows a person's final decision: stop the review's slow polls.
-    p.queue
-        .unschedule(<PollDecision as Job>::QUEUE, &PollDecision::slot(sid))
-        .await
-        .map_err(redis_failure)?;
-    p.store.close_session(sid).await.map_err(redis_failure)?;
     Ok(Completion::Done)
 }

@@ -663,10 +663,24 @@ async fn an_in_review_session_approved_from_the_page_becomes_approved() {
         (sandbox_status(&app, sid).await == "Approved").then_some(())
     })
     .await;
-    // The sandbox's webhook for our own update is the echo: it must not publish again.
-    eventually("the echo is processed", DEADLINE, || async {
+    // The sandbox's webhook for our own update is the echo: once its read is finished it
+    // must not have published again.
+    let settings = app.settings();
+    let store = kyc_worker::store::Store::new(
+        kyc_worker::queue::connect(settings.redis.url())
+            .await
+            .expect("redis"),
+        &settings.redis.prefix,
+        settings.events.clone(),
+    );
+    let id = kyc_worker::domain::RequestId::parse(&request).expect("request id");
+    eventually("the echo is read and finished", DEADLINE, || async {
+        let trail = store.audit_trail(&id).await.ok()?;
+        let echo_read = trail
+            .iter()
+            .any(|s| s["step"] == "decision_read" && s["status"] == "Approved");
         let stats = queue(&app).await.stats(PollDecision::QUEUE).await.ok()?;
-        (stats.ready == 0 && stats.in_flight == 0).then_some(())
+        (echo_read && stats.ready == 0 && stats.in_flight == 0).then_some(())
     })
     .await;
     assert_eq!(
