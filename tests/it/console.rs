@@ -754,3 +754,66 @@ async fn a_dead_job_replayed_from_the_page_completes() {
     browser.quit().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_session_a_rule_held_for_review_is_listed_and_an_operator_releases_it() {
+    // Arrange: a rule that holds every adult's approval for a person.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "version = \"console-test\"\n\n[[rules]]\nname = \"hold_adults\"\nwhen = \"age >= 18\"\naction = \"review\"\ncomment = \"a person looks at every adult\"\n",
+    )
+    .expect("write rules");
+    let app = spawn_app(AppOptions {
+        rules: true,
+        env: vec![
+            ("KYC__HTTP__ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
+            ("KYC__RULES__FILE".into(), rules.display().to_string()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let (request, sid) = decided(&app, "held-by-rule", "approve", "In Review").await;
+
+    // Act
+    let (_, listed) = get_page(&app, "/console/reviews", None).await;
+    let response = post_form(
+        &app,
+        &format!("/console/reviews/{sid}"),
+        Some(ADMIN_TOKEN),
+        &[("x-operator", "dora")],
+        &[("action", "approve")],
+    )
+    .await;
+
+    // Assert
+    assert!(listed.contains(&format!("id=\"review-{sid}\"")), "{listed}");
+    assert!(listed.contains("rule:hold_adults"), "{listed}");
+    assert_eq!(response.status().as_u16(), 303);
+    let approved = eventually("the operator's Approved event", DEADLINE, || async {
+        let found = decided_events(&app.events().await, &request, "Approved");
+        (!found.is_empty()).then_some(found)
+    })
+    .await;
+    assert_eq!(approved.len(), 1);
+    assert_eq!(approved[0]["decided_by"], "operator:dora");
+    assert_eq!(approved[0]["previous_status"], "In Review");
+    assert_eq!(sandbox_status(&app, sid).await, "Approved");
+    let (_, after) = get_page(&app, "/console/reviews", None).await;
+    assert!(!after.contains(&sid.to_string()), "{after}");
+    let again = post_form(
+        &app,
+        &format!("/console/reviews/{sid}"),
+        Some(ADMIN_TOKEN),
+        &[("x-operator", "dora")],
+        &[("action", "decline")],
+    )
+    .await;
+    assert_eq!(
+        again.status().as_u16(),
+        409,
+        "a decided session is not held any more"
+    );
+    app.stop().await;
+}
