@@ -817,3 +817,103 @@ async fn a_session_a_rule_held_for_review_is_listed_and_an_operator_releases_it(
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_read_only_viewer_sees_no_personal_data_and_the_login_cookie_holds_no_token() {
+    // Arrange: a review whose request carries personal details, and a dead start job with
+    // the same details in its payload (refused for its language).
+    let app = console_app().await;
+    let details = kyc_worker::didit::types::ExpectedDetails {
+        first_name: Some("Zebulon".into()),
+        last_name: Some("Quixotewright".into()),
+        identification_number: Some("ZX4455667".into()),
+        ..Default::default()
+    };
+    let request = app
+        .producer()
+        .await
+        .start_kyc(StartRequest {
+            vendor_data: "pii-person-1".into(),
+            sandbox_scenario: Some("review_aml_possible_match".into()),
+            expected_details: Some(details.clone()),
+            metadata: Some(json!({"customer_email": "zebulon.q@privacy.example"})),
+            ..Default::default()
+        })
+        .await
+        .expect("enqueue")
+        .to_string();
+    app.wait_events("kyc.session.decided", 1).await;
+    let q = queue(&app).await;
+    q.push(&kyc_worker::jobs::StartKyc {
+        request: StartRequest {
+            request_id: Some("dead-start-1".into()),
+            vendor_data: "pii-person-2".into(),
+            language: Some("not a language".into()),
+            expected_details: Some(details),
+            ..Default::default()
+        },
+    })
+    .await
+    .expect("push");
+    eventually("the invalid start job is dead", DEADLINE, || async {
+        let stats = q.stats("start").await.ok()?;
+        (stats.dead == 1).then_some(())
+    })
+    .await;
+
+    // Act
+    let mut pages = String::new();
+    for path in [
+        "/console/".to_owned(),
+        "/console/reviews".to_owned(),
+        "/console/dead".to_owned(),
+        format!("/console/sessions?q={request}"),
+        "/console/sessions?q=pii-person-1".to_owned(),
+        "/console/sessions?q=dead-start-1".to_owned(),
+    ] {
+        let (status, body) = get_page(&app, &path, None).await;
+        assert_eq!(status, 200, "{path}");
+        pages.push_str(&body);
+    }
+    let login = post_form(
+        &app,
+        "/console/login",
+        None,
+        &[],
+        &[("token", ADMIN_TOKEN), ("operator", "erin")],
+    )
+    .await;
+
+    // Assert
+    for needle in [
+        "pii-person",
+        "Zebulon",
+        "Quixotewright",
+        "ZX4455667",
+        "zebulon.q@privacy.example",
+        ADMIN_TOKEN,
+    ] {
+        assert!(!pages.contains(needle), "{needle} shown read-only");
+    }
+    assert!(pages.contains("pi•••"), "the masked vendor_data is shown");
+    let (_, admin_dead) = get_page(&app, "/console/dead", Some(ADMIN_TOKEN)).await;
+    assert!(admin_dead.contains("Zebulon"), "the admin sees the payload");
+    assert_eq!(login.status().as_u16(), 303);
+    let cookies: Vec<String> = login
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|c| c.to_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        cookies.iter().any(|c| c.starts_with("kyc_console=")
+            && c.contains("HttpOnly")
+            && c.contains("SameSite=Strict")),
+        "{cookies:?}"
+    );
+    assert!(
+        cookies.iter().all(|c| !c.contains(ADMIN_TOKEN)),
+        "{cookies:?}"
+    );
+    app.stop().await;
+}
