@@ -87,6 +87,14 @@ pub async fn handle(
     let Some(session) = p.store.session(sid).await.map_err(redis_failure)? else {
         return Err(JobError::Fatal(format!("no record of session {sid}")));
     };
+    if session.status != Some(SessionStatus::InReview) {
+        // Decided meanwhile (another operator, Didit's staff, a replay of an old action):
+        // a person's decision applies only to the review they saw.
+        let now = session.status.as_ref().map_or("unknown", |s| s.as_str());
+        return Err(JobError::Fatal(format!(
+            "session {sid} is no longer In Review (now {now})"
+        )));
+    }
     let target = job.action.status();
     let decider = Decider::Operator(job.operator.clone());
     let comment = match job.note.as_deref().map(str::trim) {

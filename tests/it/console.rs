@@ -815,6 +815,29 @@ async fn a_session_a_rule_held_for_review_is_listed_and_an_operator_releases_it(
         409,
         "a decided session is not held any more"
     );
+    // A stale action (queued before the decision, or replayed later) changes nothing.
+    let q = queue(&app).await;
+    q.push(&OperatorAction {
+        session_id: sid,
+        action: OperatorDecision::Decline,
+        operator: "late".into(),
+        note: None,
+    })
+    .await
+    .expect("push");
+    let dead = eventually("the stale action is dead", DEADLINE, || async {
+        let dead = q.dead_list(OperatorAction::QUEUE, 10).await.ok()?;
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    assert!(
+        dead[0]
+            .reason
+            .contains("no longer In Review (now Approved)"),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(sandbox_status(&app, sid).await, "Approved");
     app.stop().await;
 }
 
