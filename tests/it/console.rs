@@ -940,3 +940,40 @@ async fn a_read_only_viewer_sees_no_personal_data_and_the_login_cookie_holds_no_
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_console_is_served_on_the_internal_port_and_can_be_switched_off() {
+    // Arrange
+    let internal = free_port();
+    let split = spawn_app(AppOptions {
+        env: vec![("KYC__HTTP__INTERNAL_PORT".into(), internal.to_string())],
+        ..Default::default()
+    })
+    .await;
+    let off = spawn_app(AppOptions {
+        env: vec![("KYC__HTTP__CONSOLE".into(), "false".into())],
+        ..Default::default()
+    })
+    .await;
+
+    // Act
+    let on_internal = eventually("the internal port serves the console", DEADLINE, || async {
+        reqwest::get(format!("http://127.0.0.1:{internal}/console/"))
+            .await
+            .ok()
+    })
+    .await;
+    let (on_public, _) = get_page(&split, "/console/", None).await;
+    let (switched_off, _) = get_page(&off, "/console/", None).await;
+    let (metrics_when_off, _) = get_page(&off, "/metrics", None).await;
+
+    // Assert
+    assert_eq!(on_internal.status().as_u16(), 200);
+    let page = on_internal.text().await.expect("page");
+    assert!(page.contains("id=\"q-operator-dead\""), "{page}");
+    assert_eq!(on_public, 404);
+    assert_eq!(switched_off, 404);
+    assert_eq!(metrics_when_off, 200);
+    split.stop().await;
+    off.stop().await;
+}
