@@ -977,3 +977,84 @@ async fn the_console_is_served_on_the_internal_port_and_can_be_switched_off() {
     split.stop().await;
     off.stop().await;
 }
+
+#[tokio::test]
+async fn replay_all_and_purge_work_the_dead_set_and_are_logged() {
+    // Arrange: two actions for sessions nobody knows die at once.
+    let app = console_app().await;
+    let q = queue(&app).await;
+    for _ in 0..2 {
+        q.push(&OperatorAction {
+            session_id: Uuid::new_v4(),
+            action: OperatorDecision::Resubmit,
+            operator: "frank".into(),
+            note: None,
+        })
+        .await
+        .expect("push");
+    }
+    let dead = |n: u64| {
+        let q = q.clone();
+        async move {
+            eventually(&format!("{n} dead operator jobs"), DEADLINE, || async {
+                let stats = q.stats(OperatorAction::QUEUE).await.ok()?;
+                (stats.dead == n).then_some(())
+            })
+            .await
+        }
+    };
+    dead(2).await;
+
+    // Act
+    let replayed = post_form(
+        &app,
+        "/console/dead/operator/replay-all",
+        Some(ADMIN_TOKEN),
+        &[("x-operator", "frank")],
+        &[],
+    )
+    .await;
+    let location = replayed
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    // They die again (the sessions still do not exist), and are purged.
+    dead(2).await;
+    let purged = post_form(
+        &app,
+        "/console/dead/operator/purge",
+        Some(ADMIN_TOKEN),
+        &[("x-operator", "frank")],
+        &[("older_than_s", "0")],
+    )
+    .await;
+    let unknown = post_form(
+        &app,
+        "/console/dead/nope/purge",
+        Some(ADMIN_TOKEN),
+        &[("x-operator", "frank")],
+        &[],
+    )
+    .await;
+
+    // Assert
+    assert_eq!(replayed.status().as_u16(), 303);
+    assert!(location.contains("replayed+2+operator+jobs"), "{location}");
+    assert_eq!(purged.status().as_u16(), 303);
+    assert_eq!(unknown.status().as_u16(), 404);
+    assert_eq!(q.stats(OperatorAction::QUEUE).await.expect("stats").dead, 0);
+    let (_, overview) = get_page(&app, "/console/", None).await;
+    assert!(overview.contains("replay_all"), "{overview}");
+    assert!(overview.contains("operator (2 jobs)"), "{overview}");
+    let metrics = reqwest::get(app.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(metrics.contains("kyc_console_actions_total{action=\"replay_all\"} 1"));
+    assert!(metrics.contains("kyc_console_actions_total{action=\"purge\"} 1"));
+    app.stop().await;
+}
