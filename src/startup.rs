@@ -164,8 +164,14 @@ impl Application {
         let result = workers.await;
         alive.store(false, std::sync::atomic::Ordering::SeqCst);
         sampler.abort();
-        if let Err(e) = self.state.store.forget_process(self.process).await {
-            tracing::warn!(error = %e, "could not remove this process's heartbeat");
+        // Best effort and short: an unreachable Redis must not delay the exit (the key
+        // expires by itself).
+        let forget = self.state.store.forget_process(self.process);
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(1), forget).await,
+            Ok(Ok(()))
+        ) {
+            tracing::warn!("could not remove this process's heartbeat; it expires by itself");
         }
         server
             .await
