@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/release/kyc-worker
 
-.PHONY: all build deps demo test test-rust lint fmt bench bench-quick bench-smoke bench-queue bench-lifecycle clean
+.PHONY: all build deps demo test test-rust lint fmt console-screenshots bench bench-quick bench-smoke bench-queue bench-lifecycle clean
 
 all: build
 
@@ -46,6 +46,10 @@ bench-queue: deps build
 ## bench-lifecycle: the fleet alone (report.json, .md; merges queue.json when present)
 bench-lifecycle: deps build
 	$(BIN) bench lifecycle --out target/bench
+
+## console-screenshots: the console's browser tests, saving docs/img/console-*.png for the README
+console-screenshots: deps
+	KYC_CONSOLE_SCREENSHOTS=$(CURDIR)/docs/img $(CARGO) test --test it console::
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Installs what the tests and the demo need on a Debian/Ubuntu machine: redis-server, and
-# rustfmt/clippy for `make lint`. As root it installs with apt-get/rustup; otherwise it says
+# Installs what the tests and the demo need on a Debian/Ubuntu machine: redis-server,
+# chromium and chromium-driver (the console's browser tests), and rustfmt/clippy for
+# `make lint`. As root it installs with apt-get/rustup; otherwise it says
 # exactly what to install and fails.
 set -euo pipefail
 
 missing_apt=()
 command -v redis-server >/dev/null 2>&1 || missing_apt+=(redis-server)
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  missing_apt+=(chromium chromium-driver)
+fi
 for pkg in "$@"; do
   case "$pkg" in
     promtool) command -v promtool >/dev/null 2>&1 || missing_apt+=(prometheus) ;;
-    chromium) command -v chromium >/dev/null 2>&1 || missing_apt+=(chromium chromium-driver) ;;
+    chromium) ;; # always checked above
     *) echo "install-deps: unknown extra '$pkg'" >&2; exit 2 ;;
   esac
 done

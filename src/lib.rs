@@ -10,10 +10,12 @@
 //! - [`queue`]: durable jobs in Redis under apalis workers.
 //! - [`rules`]: the operator's auto-decision rules (CEL) over Didit's decisions.
 //! - [`sandbox`]: a local emulator of the Didit endpoints the fleet uses.
+//! - [`console`]: the operator console under `/console/`.
 //! - [`cli`]: the `kyc-worker` command line.
 
 pub mod bench;
 pub mod cli;
+pub mod console;
 pub mod didit;
 pub mod domain;
 pub mod http;

@@ -33,6 +33,17 @@ pub const WEBHOOK_RESULTS: [&str; 8] = [
 const QUEUE_STATES: [&str; 4] = ["ready", "scheduled", "in_flight", "dead"];
 const STATUS_CLASSES: [&str; 5] = ["2xx", "4xx", "5xx", "429", "error"];
 const DECIDERS: [&str; 4] = ["didit", "rule", "operator", "kyc-worker"];
+/// What an operator did in the console (`kyc_console_actions_total{action}`).
+pub const CONSOLE_ACTIONS: [&str; 8] = [
+    "login",
+    "login_refused",
+    "approve",
+    "decline",
+    "resubmit",
+    "replay",
+    "replay_all",
+    "purge",
+];
 
 /// Every metric the fleet exports.
 pub struct Metrics {
@@ -56,6 +67,7 @@ pub struct Metrics {
     pub decision_fetches: Histogram,
     pub events_published: IntCounterVec,
     pub events_consumer_lag: GaugeVec,
+    pub console_actions: IntCounterVec,
     pub up: IntGauge,
 }
 
@@ -239,6 +251,12 @@ impl Metrics {
                 "Events not yet read by each consumer group of the outcome stream.",
                 &["group"],
             ),
+            console_actions: counter(
+                r,
+                "kyc_console_actions_total",
+                "Operator console actions accepted, by action.",
+                &["action"],
+            ),
             up: register(
                 r,
                 IntGauge::new("kyc_worker_up", "1 while this process runs."),
@@ -294,6 +312,9 @@ impl Metrics {
         }
         for kind in EventType::ALL {
             self.events_published.with_label_values(&[kind.as_str()]);
+        }
+        for action in CONSOLE_ACTIONS {
+            self.console_actions.with_label_values(&[action]);
         }
         self.up.set(1);
     }

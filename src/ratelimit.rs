@@ -140,6 +140,25 @@ impl RateLimiter {
         Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
     }
 
+    /// Calls admitted in the current window and the window's limit, per bucket, for the
+    /// operator console (a ZCOUNT per bucket; Redis drops old instants on the next acquire).
+    pub async fn usage(&self) -> redis::RedisResult<Vec<(Scope, u64, u32)>> {
+        let since = crate::queue::now_ms()
+            .saturating_sub((self.settings.window + self.settings.margin).as_millis() as u64);
+        let scopes = [Scope::Get, Scope::Write, Scope::Create, Scope::Pdf];
+        let mut pipe = redis::pipe();
+        for scope in scopes {
+            pipe.zcount(self.window_key(scope), since, "+inf");
+        }
+        let mut conn = self.conn.clone();
+        let used: Vec<u64> = pipe.query_async(&mut conn).await?;
+        Ok(scopes
+            .into_iter()
+            .zip(used)
+            .map(|(scope, used)| (scope, used, self.limit(scope, Priority::High)))
+            .collect())
+    }
+
     /// Pauses the scopes of a call for the whole fleet (Didit answered 429).
     pub async fn pause(&self, scopes: &[Scope], for_how_long: Duration) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();

@@ -131,6 +131,10 @@ pub struct HttpSettings {
     pub internal_port: Option<u16>,
     /// Bearer token of `/v1/verifications`; `None` turns the HTTP intake off.
     pub api_token: Option<SecretString>,
+    /// Serve the operator console under `/console/`.
+    pub console: bool,
+    /// The console's admin token: actions and unmasked PII; `None`: the console is read-only.
+    pub admin_token: Option<SecretString>,
 }
 
 #[derive(Debug, Clone)]
@@ -397,6 +401,8 @@ struct RawHttp {
     port: String,
     internal_port: Option<String>,
     api_token: String,
+    console: String,
+    admin_token: String,
 }
 
 #[derive(Deserialize)]
@@ -479,6 +485,17 @@ impl RawSettings {
                 token if token.len() < 16 => {
                     return Err(SettingsError::new(
                         "http.api_token",
+                        "must be at least 16 characters",
+                    ))
+                }
+                token => Some(SecretString::from(token.to_owned())),
+            },
+            console: parse_bool("http.console", &self.http.console)?,
+            admin_token: match self.http.admin_token.trim() {
+                "" => None,
+                token if token.len() < 16 => {
+                    return Err(SettingsError::new(
+                        "http.admin_token",
                         "must be at least 16 characters",
                     ))
                 }
@@ -892,6 +909,8 @@ mod tests {
         assert_eq!(s.redis.prefix, "kyc");
         assert_eq!(s.http.internal_port, None);
         assert!(s.http.api_token.is_none());
+        assert!(s.http.console);
+        assert!(s.http.admin_token.is_none());
         assert_eq!(s.didit.webhook_tolerance, Duration::from_secs(300));
         assert_eq!(s.worker.concurrency, 64);
         assert_eq!(s.rules.source, RulesSource::Embedded);
@@ -998,6 +1017,13 @@ mod tests {
                 "KYC__DIDIT__WORKFLOW_ID",
                 "UUID",
             ),
+            (
+                "KYC__HTTP__ADMIN_TOKEN",
+                "short",
+                "KYC__HTTP__ADMIN_TOKEN",
+                "at least 16",
+            ),
+            ("KYC__HTTP__CONSOLE", "maybe", "KYC__HTTP__CONSOLE", "true"),
         ];
         for (var, value, key, reason) in cases {
             let err = load(&[(var, value)]).expect_err(var);
@@ -1038,9 +1064,11 @@ mod tests {
         let s = load(&[
             ("KYC__DIDIT__API_KEY", "very-secret-key-123"),
             ("KYC__REDIS__URL", "redis://:hunter2@127.0.0.1:6379"),
+            ("KYC__HTTP__ADMIN_TOKEN", "admin-token-never-printed"),
         ])
         .expect("valid");
         let printed = format!("{s:?}");
+        assert!(!printed.contains("admin-token-never-printed"));
         assert!(!printed.contains("very-secret-key-123"));
         assert!(!printed.contains("hunter2"));
         assert!(!printed.contains("sandbox-webhook-secret"));

@@ -11,6 +11,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::{
+    console::{ConsoleState, Throughput},
     didit::{webhook::WebhookVerifier, DiditClient},
     domain::AccountPause,
     http::{internal_router, public_router, AppState},
@@ -33,6 +34,8 @@ pub struct Application {
     pipeline: Pipeline,
     state: AppState,
     consumer: String,
+    /// This process's heartbeat id in Redis (random; never a host name).
+    process: uuid::Uuid,
 }
 
 impl Application {
@@ -57,6 +60,12 @@ impl Application {
             settings.events.clone(),
         );
         let limiter = RateLimiter::new(conn, &settings.redis.prefix, settings.ratelimit.clone());
+        let console = ConsoleState {
+            enabled: settings.http.console,
+            admin_token: settings.http.admin_token.clone(),
+            limiter: limiter.clone(),
+            throughput: Arc::new(Throughput::default()),
+        };
         let didit = DiditClient::new(&settings.didit)?.with_metrics(metrics.clone());
         let pipeline = Pipeline::new(
             didit,
@@ -78,6 +87,7 @@ impl Application {
             api_token: settings.http.api_token.clone(),
             workers_alive: Arc::new(AtomicBool::new(true)),
             metrics,
+            console,
         };
         let listener = bind(&settings.http.host, settings.http.port).await?;
         let internal = match settings.http.internal_port {
@@ -92,6 +102,7 @@ impl Application {
             pipeline,
             state,
             consumer: consumer_name(),
+            process: uuid::Uuid::new_v4(),
         })
     }
 
@@ -129,7 +140,11 @@ impl Application {
             }
             _ => None,
         };
-        let sampler = tokio::spawn(sample(self.pipeline.clone()));
+        let sampler = tokio::spawn(sample(
+            self.pipeline.clone(),
+            self.state.console.throughput.clone(),
+            self.process,
+        ));
         tracing::info!(port = self.port, consumer = %self.consumer, "kyc-worker running");
         let mut worker_stop = stop_rx.clone();
         let workers = run_workers(
@@ -149,6 +164,15 @@ impl Application {
         let result = workers.await;
         alive.store(false, std::sync::atomic::Ordering::SeqCst);
         sampler.abort();
+        // Best effort and short: an unreachable Redis must not delay the exit (the key
+        // expires by itself).
+        let forget = self.state.store.forget_process(self.process);
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(1), forget).await,
+            Ok(Ok(()))
+        ) {
+            tracing::warn!("could not remove this process's heartbeat; it expires by itself");
+        }
         server
             .await
             .context("HTTP server task")?
@@ -182,15 +206,24 @@ async fn serve(
         .await
 }
 
+/// How long a process's heartbeat outlives its last refresh (three sampler ticks).
+const HEARTBEAT_TTL: Duration = Duration::from_secs(15);
+
 /// Samples what cannot be counted as it happens: queue depths and lag, the account pause,
-/// the outcome stream's consumer lag (every 5 s, a handful of cheap reads), and the Didit
-/// balance (every 5 min).
-async fn sample(pipeline: Pipeline) {
+/// the outcome stream's consumer lag and this process's heartbeat (every 5 s, a handful of
+/// cheap reads), the console's throughput (every minute) and the Didit balance (every 5 min).
+async fn sample(pipeline: Pipeline, throughput: Arc<Throughput>, process: uuid::Uuid) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
         let m = &pipeline.metrics;
+        if let Err(e) = pipeline.store.heartbeat(process, HEARTBEAT_TTL).await {
+            tracing::debug!(error = %e, "heartbeat not written");
+        }
+        if ticks % 12 == 0 {
+            throughput.sample(m, &QUEUES);
+        }
         for queue in QUEUES {
             if let Ok(stats) = pipeline.queue.stats(queue).await {
                 m.queue_depth

@@ -27,6 +27,8 @@ pub struct AppState {
     /// Cleared when the workers have died, so liveness fails and the pod is restarted.
     pub workers_alive: Arc<AtomicBool>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The operator console's settings and readers.
+    pub console: crate::console::ConsoleState,
 }
 
 /// Largest webhook body accepted (Didit's decisions are tens of KiB).
@@ -49,12 +51,13 @@ pub fn public_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The internal routes: `/metrics` (on `http.internal_port` when set, else merged into the
-/// public port).
+/// The internal routes: `/metrics` and the operator console under `/console/` (on
+/// `http.internal_port` when set, else merged into the public port).
 pub fn internal_router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::console::router(state))
 }
 
 async fn metrics(

@@ -271,6 +271,10 @@ impl Pipeline {
         let Some(kind) = EventType::for_status(status) else {
             return Ok(());
         };
+        self.store
+            .track_review(session_id, session, status, &decider.label(), &data)
+            .await
+            .map_err(redis_failure)?;
         for request in &session.requests {
             let vendor_data = self.vendor_data(session, request).await?;
             let event = OutcomeEvent::new(

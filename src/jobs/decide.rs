@@ -190,7 +190,7 @@ async fn set_and_publish(
 }
 
 /// `update-status`, treating "already in that status" as done (never re-PATCH a status).
-async fn update_status(
+pub(super) async fn update_status(
     p: &Pipeline,
     sid: Uuid,
     request: &UpdateStatusRequest,

@@ -3,6 +3,8 @@
 //! - [`StartKyc`]: one Didit session per request, the user's link, the first poll.
 //! - [`PollDecision`]: reads a session's decision; "not yet" re-schedules on the poll
 //!   schedule (never an attempt), a final status publishes its event.
+//! - [`EraseSubject`]: a person's right to erasure, at Didit and here.
+//! - [`OperatorAction`]: a person's decision from the console, carried out at Didit.
 //!
 //! Handlers turn every Didit failure into the queue's language through [`Pipeline::didit_failure`]:
 //! 429/5xx wait without using attempts, account problems pause the fleet, request problems
@@ -12,6 +14,7 @@ mod context;
 mod decide;
 mod erase;
 mod intake;
+mod operator;
 mod poll;
 mod start;
 mod sweep;
@@ -22,16 +25,18 @@ use apalis::prelude::*;
 
 pub use context::Pipeline;
 pub use erase::EraseSubject;
+pub use operator::{OperatorAction, OperatorDecision};
 pub use poll::PollDecision;
 pub use start::{StartKyc, REQUEST_ID_METADATA};
 
 use crate::queue::{Maintenance, RedisBackend};
 
 /// Every queue this pipeline uses, for maintenance and stats.
-pub const QUEUES: [&str; 3] = [
+pub const QUEUES: [&str; 4] = [
     <StartKyc as crate::queue::Job>::QUEUE,
     <PollDecision as crate::queue::Job>::QUEUE,
     <EraseSubject as crate::queue::Job>::QUEUE,
+    <OperatorAction as crate::queue::Job>::QUEUE,
 ];
 
 /// Why a request could not be cancelled.
@@ -120,6 +125,8 @@ pub async fn run_workers(
     let poll_consumer = format!("{consumer}-poll");
     let erase_consumer = format!("{consumer}-erase");
     let erase_pipeline = pipeline.clone();
+    let operator_consumer = format!("{consumer}-operator");
+    let operator_pipeline = pipeline.clone();
     let result = Monitor::new()
         .register(move |_run| {
             WorkerBuilder::new(start_consumer.as_str())
@@ -154,6 +161,18 @@ pub async fn run_workers(
                 .catch_panic()
                 .data(erase_pipeline.clone())
                 .build(erase::handle)
+        })
+        .register(move |_run| {
+            // People click a few times a minute; a handful at once is plenty.
+            WorkerBuilder::new(operator_consumer.as_str())
+                .backend(RedisBackend::<OperatorAction>::new(
+                    operator_pipeline.queue.clone(),
+                    operator_consumer.clone(),
+                ))
+                .concurrency(4)
+                .catch_panic()
+                .data(operator_pipeline.clone())
+                .build(operator::handle)
         })
         .should_restart(|_ctx, _err| true)
         .shutdown_timeout(drain)

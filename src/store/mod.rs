@@ -13,6 +13,8 @@
 //! Request ids may be the caller's own identifiers, so key names carry a hash of them,
 //! never the id itself; nothing here puts personal data in a key name.
 
+mod review;
+
 use std::{sync::LazyLock, time::Duration};
 
 use redis::{aio::ConnectionManager, AsyncCommands, Script};
@@ -24,6 +26,8 @@ use crate::{
     queue::now_ms,
     settings::EventSettings,
 };
+
+pub use review::ReviewItem;
 
 /// Publishes an event unless this (request, session, type, status) was published before,
 /// with its audit step. The "published" marker is a field of the request record, so it
@@ -100,6 +104,8 @@ pub struct SessionRecord {
     pub hold_status: Option<SessionStatus>,
     /// Resubmissions rules asked for.
     pub resubmits: u32,
+    /// Listed in the review queue (the console's); see [`Store::track_review`].
+    pub listed_for_review: bool,
 }
 
 #[derive(Clone)]
@@ -323,6 +329,7 @@ impl Store {
         for s in sessions {
             pipe.del(self.session_key(*s)).ignore();
             pipe.zrem(self.open_sessions_key(), s.to_string()).ignore();
+            self.forget_review(&mut pipe, *s);
         }
         pipe.del(self.subject_key(vendor_data)).ignore();
         let mut c = self.conn.clone();
@@ -647,6 +654,7 @@ impl Store {
                 .get("created_at_ms")
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0),
+            listed_for_review: map.contains_key(review::LISTED_FIELD),
         }))
     }
 

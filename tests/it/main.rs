@@ -4,6 +4,7 @@
 mod chaos;
 mod cli;
 mod compliance;
+mod console;
 mod edges;
 mod helpers;
 mod hostile;

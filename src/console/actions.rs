@@ -1,0 +1,276 @@
+//! The console's actions: verify the token and the origin, enqueue or act on the dead set,
+//! audit, count, and redirect back to the page (POST/redirect/GET).
+
+use std::time::Duration;
+
+use axum::{
+    extract::{Path, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Redirect, Response},
+    Form,
+};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{
+    html, html_headers, pages::login_form, same_origin, token_cookie_value, valid_operator, Access,
+    ConsoleError, OPERATOR_COOKIE, TOKEN_COOKIE,
+};
+use crate::{
+    http::AppState,
+    jobs::{OperatorAction, OperatorDecision, QUEUES},
+};
+
+/// Checks that the caller may act: the admin token, and a same-origin request.
+fn admin(state: &AppState, headers: &HeaderMap) -> Result<Access, ConsoleError> {
+    let access = Access::of(&state.console, headers);
+    if !access.admin {
+        return Err(ConsoleError::Unauthorized);
+    }
+    same_origin(headers, &access)?;
+    Ok(access)
+}
+
+fn back(path: &str, notice: &str) -> Redirect {
+    let query: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("notice", notice)
+        .finish();
+    Redirect::to(&format!("{path}?{query}"))
+}
+
+fn dead_queue(queue: &str) -> Result<&'static str, ConsoleError> {
+    QUEUES
+        .iter()
+        .copied()
+        .find(|q| *q == queue)
+        .ok_or_else(|| ConsoleError::NotFound("no such queue".into()))
+}
+
+/// Records an action in the shared console log and counts it.
+async fn record(
+    state: &AppState,
+    action: &str,
+    operator: &str,
+    target: &str,
+) -> Result<(), ConsoleError> {
+    state
+        .store
+        .console_log(json!({"action": action, "operator": operator, "target": target}))
+        .await?;
+    state
+        .metrics
+        .console_actions
+        .with_label_values(&[action])
+        .inc();
+    tracing::info!(action, operator, target, "console action");
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReviewForm {
+    action: String,
+    #[serde(default)]
+    operator: Option<String>,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// Approve / decline / resubmit a session held In Review: enqueues an [`OperatorAction`].
+pub async fn review(
+    State(state): State<AppState>,
+    Path(session_id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<ReviewForm>,
+) -> Result<Redirect, ConsoleError> {
+    let access = admin(&state, &headers)?;
+    let sid: Uuid = session_id
+        .parse()
+        .map_err(|_| ConsoleError::BadRequest("not a session id".into()))?;
+    let action = OperatorDecision::parse(&form.action).ok_or_else(|| {
+        ConsoleError::BadRequest("action must be approve, decline or resubmit".into())
+    })?;
+    let operator = form
+        .operator
+        .filter(|o| !o.trim().is_empty())
+        .map(|o| o.trim().to_owned())
+        .or(access.operator)
+        .ok_or_else(|| ConsoleError::BadRequest("name the operator (X-Operator)".into()))?;
+    if !valid_operator(&operator) {
+        return Err(ConsoleError::BadRequest(
+            "operator: 1-64 characters of letters, digits, '.', '_', '@', '-'".into(),
+        ));
+    }
+    let note = form
+        .note
+        .map(|n| n.trim().chars().take(200).collect::<String>())
+        .filter(|n| !n.is_empty());
+    let Some(held) = state.store.review(sid).await? else {
+        return Err(ConsoleError::Conflict(
+            "this session is not held for review (any more)".into(),
+        ));
+    };
+    let job = state
+        .queue
+        .push(&OperatorAction {
+            session_id: sid,
+            action,
+            operator: operator.clone(),
+            note,
+        })
+        .await?;
+    state
+        .store
+        .audit(
+            &held.requests,
+            "console_action",
+            json!({"action": action.as_str(), "operator": operator, "session_id": sid, "job_id": job}),
+        )
+        .await?;
+    record(&state, action.as_str(), &operator, &sid.to_string()).await?;
+    Ok(back(
+        "/console/reviews",
+        &format!("{} of session {sid} queued", action.as_str()),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReplayForm {
+    entry_id: String,
+}
+
+/// Puts one dead job back on its queue.
+pub async fn replay(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<ReplayForm>,
+) -> Result<Redirect, ConsoleError> {
+    let access = admin(&state, &headers)?;
+    let queue = dead_queue(&queue)?;
+    let entry = form.entry_id.trim();
+    let valid = !entry.is_empty()
+        && entry.len() <= 40
+        && entry.chars().all(|c| c.is_ascii_digit() || c == '-');
+    if !valid {
+        return Err(ConsoleError::BadRequest("not a dead entry id".into()));
+    }
+    if !state.queue.dead_replay(queue, entry).await? {
+        return Err(ConsoleError::NotFound(
+            "no such dead job (replayed or purged meanwhile)".into(),
+        ));
+    }
+    let operator = access.operator.unwrap_or_default();
+    record(&state, "replay", &operator, &format!("{queue}/{entry}")).await?;
+    Ok(back("/console/dead", &format!("replayed 1 {queue} job")))
+}
+
+/// Replays every job dead in a queue now.
+pub async fn replay_all(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+) -> Result<Redirect, ConsoleError> {
+    let access = admin(&state, &headers)?;
+    let queue = dead_queue(&queue)?;
+    let n = state.queue.dead_replay_all(queue).await?;
+    let operator = access.operator.unwrap_or_default();
+    record(
+        &state,
+        "replay_all",
+        &operator,
+        &format!("{queue} ({n} jobs)"),
+    )
+    .await?;
+    Ok(back("/console/dead", &format!("replayed {n} {queue} jobs")))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PurgeForm {
+    #[serde(default)]
+    older_than_s: u64,
+}
+
+/// Deletes a queue's dead jobs older than the chosen age (all by default).
+pub async fn purge(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<PurgeForm>,
+) -> Result<Redirect, ConsoleError> {
+    let access = admin(&state, &headers)?;
+    let queue = dead_queue(&queue)?;
+    let n = state
+        .queue
+        .dead_purge(queue, Duration::from_secs(form.older_than_s))
+        .await?;
+    let operator = access.operator.unwrap_or_default();
+    record(&state, "purge", &operator, &format!("{queue} ({n} jobs)")).await?;
+    Ok(back("/console/dead", &format!("purged {n} {queue} jobs")))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    token: String,
+    operator: String,
+}
+
+/// Checks the admin token and sets the login cookies (HttpOnly, SameSite=Strict).
+pub async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Result<Response, ConsoleError> {
+    let access = Access::of(&state.console, &headers);
+    same_origin(&headers, &access)?;
+    let Some(token) = &state.console.admin_token else {
+        return Err(ConsoleError::Forbidden(
+            "no admin token is configured: the console is read-only",
+        ));
+    };
+    let operator = form.operator.trim();
+    let matches = bool::from(subtle::ConstantTimeEq::ct_eq(
+        form.token.trim().as_bytes(),
+        secrecy::ExposeSecret::expose_secret(token).as_bytes(),
+    ));
+    if !matches || !valid_operator(operator) {
+        let reason = if matches {
+            "Your name: 1-64 characters of letters, digits, '.', '_', '@', '-'."
+        } else {
+            "Wrong token."
+        };
+        let operator_shown = if valid_operator(operator) {
+            operator
+        } else {
+            ""
+        };
+        record(&state, "login_refused", operator_shown, "console").await?;
+        let body = html::page("Log in", Some(&access), &login_form(&state, Some(reason)));
+        return Ok((StatusCode::UNAUTHORIZED, html_headers(), body).into_response());
+    }
+    record(&state, "login", operator, "console").await?;
+    let attributes = "Path=/console; HttpOnly; SameSite=Strict";
+    let mut response = Redirect::to("/console/").into_response();
+    for cookie in [
+        format!("{TOKEN_COOKIE}={}; {attributes}", token_cookie_value(token)),
+        format!("{OPERATOR_COOKIE}={operator}; {attributes}"),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    Ok(response)
+}
+
+/// Clears the login cookies.
+pub async fn logout() -> Response {
+    let mut response = Redirect::to("/console/").into_response();
+    for name in [TOKEN_COOKIE, OPERATOR_COOKIE] {
+        if let Ok(value) = HeaderValue::from_str(&format!(
+            "{name}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0"
+        )) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    response
+}
