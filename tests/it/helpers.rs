@@ -121,8 +121,8 @@ impl TestRedis {
     /// gives up on a reply after 500 ms by default: too short for a large seeding pipeline
     /// on a busy CI host).
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(30)));
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
         redis::Client::open(self.url())
             .expect("redis url")
             .get_multiplexed_async_connection_with_config(&config)
