@@ -167,7 +167,7 @@ pub async fn sessions(
         };
         let _ = write!(
             body,
-            "<section class=\"request\"><h2>request <code>{}</code></h2><dl class=\"facts\"><dt>vendor_data</dt><dd class=\"vendor-data\">{}</dd><dt>session</dt><dd class=\"session-id\">{}</dd><dt>last status</dt><dd class=\"last-status\">{}</dd><dt>decided by</dt><dd>{}</dd><dt>session status</dt><dd>{}</dd>{}</dl>",
+            "<section class=\"request\"><h2>request <code>{}</code></h2><dl class=\"facts\"><dt>vendor_data</dt><dd class=\"vendor-data\">{}</dd><dt>session</dt><dd class=\"session-id\">{}</dd><dt>last status</dt><dd class=\"last-status\">{}</dd><dt>decided by</dt><dd>{}</dd><dt>status at Didit</dt><dd>{}</dd>{}</dl>",
             esc(id.as_str()),
             pii(&access, &record.vendor_data),
             record

@@ -136,7 +136,7 @@ impl Store {
         let Some(session) = self.session(id).await? else {
             return Ok(None);
         };
-        if session.status != Some(SessionStatus::InReview) {
+        if !session.listed_for_review {
             return Ok(None);
         }
         let mut c = self.conn.clone();

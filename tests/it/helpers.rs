@@ -118,11 +118,12 @@ impl TestRedis {
     }
 
     /// A connection for the test's own reads and seeding, with the fleet's patience (redis-rs
-    /// gives up on a reply after 500 ms by default: too short for a large seeding pipeline
-    /// on a busy CI host).
+    /// gives up on a connect after 1 s and a reply after 500 ms by default: too short on a
+    /// busy CI host, e.g. for a large seeding pipeline).
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        let config =
-            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(10)))
+            .set_response_timeout(Some(Duration::from_secs(30)));
         redis::Client::open(self.url())
             .expect("redis url")
             .get_multiplexed_async_connection_with_config(&config)
