@@ -12,13 +12,14 @@
 use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
-    process::Child,
     time::{Duration, Instant},
 };
 
 use kyc_worker::domain::StartRequest;
 
-use crate::helpers::{eventually, free_port, spawn_app, AppOptions, TestApp, TestRedis};
+use crate::helpers::{
+    eventually, free_port, spawn_app, AppOptions, ChildGuard, TestApp, TestRedis,
+};
 
 type Event = HashMap<String, String>;
 
@@ -80,7 +81,7 @@ impl Drop for Load {
 
 /// A `kyc-worker run` child process and the port of its HTTP server.
 struct Worker {
-    child: Child,
+    child: ChildGuard,
     port: u16,
 }
 

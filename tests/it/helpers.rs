@@ -314,7 +314,7 @@ impl TestApp {
 
     /// Starts a `kyc-worker run` child process of this app's fleet on its own HTTP port,
     /// with extra settings; its output goes nowhere.
-    pub fn spawn_fleet_process(&self, extra: &[(&str, String)]) -> Child {
+    pub fn spawn_fleet_process(&self, extra: &[(&str, String)]) -> ChildGuard {
         let mut env = vec![("KYC__HTTP__PORT", free_port().to_string())];
         env.extend(extra.iter().cloned());
         self.spawn_worker(&env, None)
@@ -322,7 +322,11 @@ impl TestApp {
 
     /// Starts `kyc-worker run` as a child process with this app's settings, `env` on top
     /// (e.g. its own `KYC__HTTP__PORT`); its stdout and stderr go to `log` (else nowhere).
-    pub fn spawn_worker(&self, env: &[(&str, String)], log: Option<&std::path::Path>) -> Child {
+    pub fn spawn_worker(
+        &self,
+        env: &[(&str, String)],
+        log: Option<&std::path::Path>,
+    ) -> ChildGuard {
         let mut cmd = Command::new(kyc_worker_binary());
         cmd.arg("run")
             .env_clear()
@@ -343,7 +347,7 @@ impl TestApp {
                 cmd.stdout(Stdio::null()).stderr(Stdio::null());
             }
         }
-        cmd.spawn().expect("spawn kyc-worker run")
+        ChildGuard(cmd.spawn().expect("spawn kyc-worker run"))
     }
 
     /// Stops the fleet process gracefully and checks it exited cleanly.
@@ -458,4 +462,28 @@ pub async fn spawn_app(options: AppOptions) -> TestApp {
     })
     .await;
     app
+}
+
+/// A child process killed when dropped, so a failing test leaves no fleet process behind.
+#[derive(Debug)]
+pub struct ChildGuard(pub Child);
+
+impl std::ops::Deref for ChildGuard {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc, Mutex,
@@ -31,7 +31,7 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{eventually, free_port, kyc_worker_binary, DEADLINE};
+use crate::helpers::{eventually, free_port, kyc_worker_binary, ChildGuard, DEADLINE};
 
 // ---- shared with sandbox_schema.rs ----
 
@@ -820,16 +820,6 @@ async fn account_and_request_errors_are_classified_over_real_http() {
     let s = stats(&sandbox).await;
     assert_eq!(s["injected_errors"], 1);
     assert_eq!(s["sessions_created"], 2);
-}
-
-/// Kills the child process when the test ends, however it ends.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test]
