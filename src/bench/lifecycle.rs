@@ -43,7 +43,7 @@ use super::{
     processes::{connections_to, WorkerProcess},
     profile::{ProfileSummary, Profiler},
     server::{
-        command_calls_since_reset, commands_since_reset, flush, process_cpu_seconds,
+        command_calls_since_reset, commands_since_reset, flush, load_average, process_cpu_seconds,
         redis_cpu_seconds, used_memory, BenchRedis,
     },
 };
@@ -150,6 +150,8 @@ pub struct LifecycleRun {
     pub bench_process_cores: Option<f64>,
     /// Cores the child `kyc-worker run` processes kept busy together (`None` in-process).
     pub worker_cores: Option<f64>,
+    /// The host's 1-minute load average at the end of the run (this machine is shared).
+    pub load_average: Option<f64>,
 }
 
 /// A child `kyc-worker run` process's resident memory (`/proc/<pid>/status`).
@@ -554,6 +556,7 @@ async fn run_one(
         |after: Option<f64>, before: Option<f64>| after.zip(before).map(|(a, b)| (a - b) / seconds);
     let cpu = cores(process_cpu_seconds(), cpu_before);
     let worker_cores = cores(fleet.worker_cpu_seconds(), worker_cpu_before);
+    let load_average = load_average();
     let redis_cores = (redis_cpu_seconds(&mut admin).await? - redis_cpu_before) / seconds;
     let mut by_command = command_calls_since_reset(&mut admin).await?;
     if let Some(xrange) = by_command.get_mut("xrange") {
@@ -610,6 +613,7 @@ async fn run_one(
         redis_cores,
         bench_process_cores: cpu,
         worker_cores,
+        load_average,
     })
 }
 

@@ -68,13 +68,13 @@ const GROUPS: &[(&str, &str, &[&str])] = &[
     ),
     (
         "Redis client (redis)",
-        "encoding commands, parsing replies, the connection manager's multiplexing",
-        &["redis::", "<redis::"],
+        "encoding commands, parsing replies (with `combine`), the connection manager",
+        &["redis::", "<redis::", "combine::", "<combine::"],
     ),
     (
         "tokio runtime",
         "task scheduling, the I/O and timer drivers, channels and locks between tasks",
-        &["tokio::", "<tokio::"],
+        &["tokio::", "<tokio::", "mio::", "<mio::"],
     ),
     (
         "apalis worker",
@@ -224,7 +224,11 @@ impl Profiler {
                 let names = frames
                     .frames
                     .iter()
-                    .flat_map(|frame| frame.iter().map(|symbol| symbol.name()))
+                    .flat_map(|frame| {
+                        frame
+                            .iter()
+                            .map(|symbol| qualified(&symbol.name(), &symbol.filename()))
+                    })
                     .collect();
                 (names, u64::try_from(*count).unwrap_or(0))
             })
@@ -240,6 +244,49 @@ impl Profiler {
             by_group: by_group(&stacks),
             by_module: by_module(&stacks),
         })
+    }
+}
+
+/// The symbol's name prefixed with the module path its source file gives: inlined frames
+/// carry only a short name (`deserialize<…>`) in the line tables, their file says whose
+/// code it is. `…/registry/src/<index>/serde_json-1.0.1/src/de.rs` → `serde_json::de::`,
+/// `…/library/core/src/fmt/mod.rs` → `core::fmt::mod::`, `<this crate>/src/jobs/start.rs` →
+/// `kyc_worker::jobs::start::`; other files leave the name as it is.
+fn qualified(name: &str, file: &str) -> String {
+    let module = |path: &str| {
+        path.trim_end_matches(".rs")
+            .split('/')
+            .filter(|s| *s != "src")
+            .collect::<Vec<_>>()
+            .join("::")
+    };
+    let ours = file
+        .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+        .map(|rest| rest.trim_start_matches('/'))
+        .unwrap_or(file);
+    let prefix = if let Some((_, rest)) = file.split_once("/registry/src/") {
+        // <index>/<crate>-<version>/<path>
+        let mut parts = rest.splitn(3, '/').skip(1);
+        let krate = parts.next().unwrap_or_default();
+        let path = parts.next().unwrap_or_default();
+        let bytes = krate.as_bytes();
+        let end = (1..bytes.len())
+            .find(|&i| bytes[i - 1] == b'-' && bytes[i].is_ascii_digit())
+            .map_or(krate.len(), |i| i - 1);
+        Some(format!(
+            "{}::{}",
+            krate[..end].replace('-', "_"),
+            module(path)
+        ))
+    } else if let Some((_, rest)) = file.split_once("/library/") {
+        Some(module(rest))
+    } else {
+        ours.strip_prefix("src/")
+            .map(|path| format!("kyc_worker::{}", module(path)))
+    };
+    match prefix {
+        Some(prefix) if !name.starts_with(&prefix) => format!("{prefix}::{name}"),
+        _ => name.to_owned(),
     }
 }
 
@@ -354,6 +401,36 @@ mod tests {
             Some("jobs")
         );
         assert_eq!(module_of("tokio::runtime::park"), None);
+    }
+
+    #[test]
+    fn inlined_frames_are_named_by_their_source_file() {
+        assert_eq!(
+            qualified(
+                "deserialize<X>",
+                "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/serde_json-1.0.140/src/de.rs"
+            ),
+            "serde_json::de::deserialize<X>"
+        );
+        assert_eq!(
+            qualified(
+                "spawn",
+                "/root/.cargo/registry/src/index.crates.io-1/apalis-core-1.0.0-rc.7/src/lib.rs"
+            ),
+            "apalis_core::lib::spawn"
+        );
+        assert_eq!(
+            qualified("fmt", "/rustc/abc/library/core/src/fmt/mod.rs"),
+            "core::fmt::mod::fmt"
+        );
+        assert_eq!(
+            qualified(
+                "handle",
+                &format!("{}/src/jobs/start.rs", env!("CARGO_MANIFEST_DIR"))
+            ),
+            "kyc_worker::jobs::start::handle"
+        );
+        assert_eq!(qualified("memcpy", "Unknown"), "memcpy");
     }
 
     #[test]

@@ -270,11 +270,9 @@ pub fn scaling_verdict(scaling: &[LifecycleRun], cpus: usize) -> String {
     let bench = at.bench_process_cores.unwrap_or(0.0);
     let total = at.redis_cores + workers + bench;
     let cpus = cpus.max(1) as f64;
-    let (redis_ms, worker_ms, bench_ms) = (
-        ms_per_session(at.redis_cores, at),
-        ms_per_session(workers, at),
-        ms_per_session(bench, at),
-    );
+    let redis_ms = ms_per_session(at.redis_cores, at);
+    let worker_ms = ms_per_session(workers, at);
+    let bench_ms = ms_per_session(bench, at);
     let per_session = redis_ms + worker_ms + bench_ms;
     let mut text = match next {
         Some(next) => format!(
@@ -291,17 +289,19 @@ pub fn scaling_verdict(scaling: &[LifecycleRun], cpus: usize) -> String {
             at.processes, at.sessions_per_s
         ),
     };
+    let ceiling = if per_session > 0.0 {
+        cpus * 1000.0 / per_session
+    } else {
+        0.0
+    };
     text.push_str(&format!(
-        "There the host's {cpus:.0} cores were {:.0} % busy with the benchmark (redis-server          {:.2}, workers {:.2}, bench process {:.2} cores) and one session cost {worker_ms:.2} ms          of worker CPU, {bench_ms:.2} ms of sandbox and load-generator CPU and {redis_ms:.2} ms          of Redis CPU: {per_session:.2} ms in all, so {cpus:.0} fully busy cores would top out          near {:.0} sessions/s. ",
-        total / cpus * 100.0,
-        at.redis_cores,
-        workers,
-        bench,
-        if per_session > 0.0 {
-            cpus * 1000.0 / per_session
-        } else {
-            0.0
-        },
+        "There the host's {cpus:.0} cores were {busy:.0} % busy with the benchmark \
+         (redis-server {redis:.2}, workers {workers:.2}, bench process {bench:.2} cores) and one \
+         session cost {worker_ms:.2} ms of worker CPU, {bench_ms:.2} ms of sandbox and \
+         load-generator CPU and {redis_ms:.2} ms of Redis CPU: {per_session:.2} ms in all, so \
+         {cpus:.0} fully busy cores would top out near {ceiling:.0} sessions/s. ",
+        busy = total / cpus * 100.0,
+        redis = at.redis_cores,
     ));
     let (largest, largest_ms) = [
         ("the workers", worker_ms),
@@ -314,20 +314,27 @@ pub fn scaling_verdict(scaling: &[LifecycleRun], cpus: usize) -> String {
     .into_iter()
     .max_by(|a, b| a.1.total_cmp(&b.1))
     .unwrap_or(("the workers", worker_ms));
+    let largest_share = largest_ms / per_session.max(f64::MIN_POSITIVE) * 100.0;
     if at.redis_cores >= 0.8 {
         text.push_str(
             "Redis is the limit: it runs commands on one thread and is near a full core.",
         );
     } else if total >= 0.85 * cpus {
         text.push_str(&format!(
-            "The limit is CPU: the cores are saturated, and the largest share ({:.0} %) is {largest};              Redis, at {:.2} of its one core, is not the limit.",
-            largest_ms / per_session.max(f64::MIN_POSITIVE) * 100.0,
+            "The limit is CPU: the cores are saturated, and the largest share \
+             ({largest_share:.0} %) is {largest}; Redis, at {:.2} of its one core, is not the \
+             limit.",
             at.redis_cores,
         ));
     } else {
         text.push_str(&format!(
-            "The cores were not saturated and Redis is below one core, so the limit is latency              rather than CPU: each process's workers wait on Redis and HTTP round trips; the              largest CPU share ({:.0} %) is {largest}.",
-            largest_ms / per_session.max(f64::MIN_POSITIVE) * 100.0,
+            "The benchmark did not saturate the cores and Redis is below one core, so the limit \
+             is not this benchmark's CPU: other load on the host (load average {load}) or \
+             waiting on Redis and HTTP round trips; the largest CPU share ({largest_share:.0} %) \
+             is {largest}.",
+            load = at
+                .load_average
+                .map_or_else(|| "n/a".to_owned(), |l| format!("{l:.1}")),
         ));
     }
     text
@@ -454,13 +461,13 @@ pub fn markdown(r: &Report) -> String {
          first process; Didit latency 0; cores busy = CPU seconds / wall seconds: redis-server \
          from `INFO cpu`, the workers from `/proc/<pid>/stat`, the bench process — the sandbox \
          and the load generator — from `/proc/self/stat`):\n\n\
-         | processes | sessions/s (start requests/s) | start → decided p50 / p99 | cores: redis-server | cores: workers | cores: bench process | CPU ms/session: redis / workers / bench |\n\
-         |---:|---:|---:|---:|---:|---:|---:|\n",
+         | processes | sessions/s (start requests/s) | start → decided p50 / p99 | cores: redis-server | cores: workers | cores: bench process | CPU ms/session: redis / workers / bench | load average |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let cores = |c: Option<f64>| c.map_or_else(|| "n/a".to_owned(), |c| format!("{c:.2}"));
     for run in &l.scaling {
         md.push_str(&format!(
-            "| {} | {:.0} ({:.0}) | {} / {} ms | {:.2} | {} | {} | {:.2} / {:.2} / {:.2} |\n",
+            "| {} | {:.0} ({:.0}) | {} / {} ms | {:.2} | {} | {} | {:.2} / {:.2} / {:.2} | {} |\n",
             run.processes,
             run.sessions_per_s,
             run.start_requests_per_s,
@@ -472,6 +479,8 @@ pub fn markdown(r: &Report) -> String {
             ms_per_session(run.redis_cores, run),
             ms_per_session(run.worker_cores.unwrap_or(0.0), run),
             ms_per_session(run.bench_process_cores.unwrap_or(0.0), run),
+            run.load_average
+                .map_or_else(|| "n/a".to_owned(), |l| format!("{l:.1}")),
         ));
     }
     md.push('\n');
@@ -562,6 +571,48 @@ mod tests {
         assert!(polling.steady_interval_s <= 60.0, "{polling:?}");
         assert!(polling.first_hour_reads > 60, "{polling:?}");
         assert!(polling.sessions_steady < 480, "{polling:?}");
+    }
+
+    fn scaling_run(processes: usize, sessions_per_s: f64, cores: [f64; 3]) -> LifecycleRun {
+        LifecycleRun {
+            webhooks: true,
+            sandbox_latency_ms: 0,
+            processes,
+            sessions: 1_000,
+            sessions_per_s,
+            start_requests_per_s: sessions_per_s,
+            end_to_end_p50_ms: 0,
+            end_to_end_p99_ms: 0,
+            final_to_decided_p50_ms: 0,
+            final_to_decided_p99_ms: 0,
+            redis_commands_per_session: 0.0,
+            redis_commands_per_session_net: 0.0,
+            redis_commands_by_name: Default::default(),
+            didit_calls_per_session: 0.0,
+            didit_calls_by_endpoint: Default::default(),
+            seconds: 1.0,
+            redis_cores: cores[0],
+            worker_cores: Some(cores[1]),
+            bench_process_cores: Some(cores[2]),
+            load_average: Some(2.0),
+        }
+    }
+
+    #[test]
+    fn the_verdict_names_where_the_curve_flattens_and_the_largest_cpu_share() {
+        let runs = [
+            scaling_run(1, 500.0, [0.2, 0.9, 0.4]),
+            scaling_run(2, 800.0, [0.3, 1.12, 0.5]),
+            scaling_run(4, 820.0, [0.3, 1.2, 0.5]),
+        ];
+        let verdict = scaling_verdict(&runs, 2);
+        assert!(
+            verdict.starts_with("The curve flattens at 2 processes (800 sessions/s; 4 give 820"),
+            "{verdict}"
+        );
+        assert!(verdict.contains("1.40 ms of worker CPU"), "{verdict}");
+        assert!(verdict.contains("The limit is CPU"), "{verdict}");
+        assert!(verdict.contains("is the workers"), "{verdict}");
     }
 
     #[test]

@@ -176,6 +176,16 @@ fn cpu_seconds_of(proc_dir: &str) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// The host's 1-minute load average from `/proc/loadavg` (runnable threads, ours included).
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// A process's resident memory from `/proc/<pid>/status`, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Resident {
