@@ -96,7 +96,8 @@ pub struct LifecycleOptions {
 impl LifecycleOptions {
     pub fn full(out_dir: PathBuf) -> Self {
         Self {
-            sessions: 5_000,
+            // 7 runs: sized so `make bench` stays well under 10 minutes on a busy 2-CPU host.
+            sessions: 3_000,
             waiting_sessions: 100_000,
             worker_jobs: 10_000,
             profile: false,
@@ -108,7 +109,7 @@ impl LifecycleOptions {
 
     pub fn quick(out_dir: PathBuf) -> Self {
         Self {
-            sessions: 1_000,
+            sessions: 500,
             waiting_sessions: 1_000,
             worker_jobs: 1_000,
             idle_sample: Duration::from_millis(500),
