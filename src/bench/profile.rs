@@ -149,7 +149,10 @@ const MODULES: &[(&str, &str)] = &[
     ("ratelimit", "the fleet-wide Didit rate limiter in Redis"),
     ("rules", "the CEL auto-decision rules"),
     ("sandbox", "the in-process Didit stand-in (bench harness)"),
-    ("startup", "process wiring and the 5 s metrics sampler"),
+    (
+        "startup",
+        "`Application::run_until`, which polls the worker monitor: every job runs under it",
+    ),
     (
         "store",
         "session and request records, events, webhook dedupe",
