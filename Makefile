@@ -24,10 +24,11 @@ test: deps lint test-rust bench-smoke check-deploy
 test-rust:
 	$(CARGO) test --all-targets
 
-## bench: every benchmark: the queue, then the fleet end to end, merged with the targets into
-## target/bench/report.json and report.md
+## bench: every benchmark: the queue, then the fleet end to end (in-process and as 1/2/4
+## `kyc-worker run` child processes), merged with the targets into target/bench/report.json
+## and report.md, with a CPU profile of the fleet in target/bench/flamegraph.svg
 bench: deps build
-	$(BIN) bench all --out target/bench
+	$(BIN) bench all --profile --out target/bench
 
 ## bench-quick: the same with small sizes (under a minute on 2 CPUs), for CI
 bench-quick: deps build

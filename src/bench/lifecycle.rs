@@ -1,10 +1,12 @@
 //! `kyc-worker bench lifecycle`: the whole fleet against the in-process sandbox, from a start
 //! request to its `kyc.session.decided` event.
 //!
-//! A "worker process" here is one [`Application`] in this process (its own Redis connections,
-//! HTTP port, consumer name and 64 workers), all sharing this process's tokio runtime and the
-//! sandbox's CPU. That is a stand-in for separate `kyc-worker run` processes: it shows how the
-//! fleet scales on one host, not how separate kernels' schedulers would share the cores.
+//! Two kinds of fleet process. The lifecycle runs use one [`Application`] in this process
+//! (its own Redis connections, HTTP port, consumer name and 64 workers) sharing this
+//! process's tokio runtime with the sandbox and the load generator, so one CPU profile covers
+//! all of it. The scaling runs and the worker-memory reading use real `kyc-worker run` child
+//! processes ([`super::processes`]) configured by the same settings as environment variables,
+//! so each process's CPU and memory can be read from `/proc`.
 //!
 //! Every figure is a rate or a per-session cost taken in one run:
 //! - sessions/s end to end at sandbox latency 0 and 50 ms, webhooks on and off (decided
@@ -15,7 +17,12 @@
 //!   sandbox's request counts);
 //! - final status at the sandbox → decided event: the decided event's stream-id time minus
 //!   (the created event's stream-id time + the sandbox's `complete_after`);
-//! - Redis bytes per waiting session, and sessions/s with 1, 2 and 4 applications.
+//! - sessions/s with 1, 2 and 4 child processes, with the cores redis-server, the workers and
+//!   the bench process (sandbox + load generator) kept busy;
+//! - Redis bytes per waiting session at 100,000 waiting;
+//! - a child process's resident memory with 10,000 sessions waiting and then 10,000 start
+//!   jobs in flight (each holding a Didit call open);
+//! - with `--profile`, a CPU profile of the first lifecycle run ([`super::profile`]).
 //!
 //! Didit's rate limits are lifted in the sandbox and the fleet for these runs (they would cap
 //! every figure at 10 sessions/s); `budget` computes what the default limits allow instead.
@@ -32,13 +39,19 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio::{sync::oneshot, task::JoinHandle};
 
-use super::server::{
-    command_calls_since_reset, commands_since_reset, flush, process_cpu_seconds, redis_cpu_seconds,
-    used_memory, BenchRedis,
+use super::{
+    processes::{connections_to, WorkerProcess},
+    profile::{ProfileSummary, Profiler},
+    server::{
+        command_calls_since_reset, commands_since_reset, flush, load_average, process_cpu_seconds,
+        redis_cpu_seconds, used_memory, BenchRedis,
+    },
 };
 use crate::{
     domain::StartRequest,
+    jobs::StartKyc,
     producer::Producer,
+    queue::{Job, Queue},
     rules::RuleSet,
     sandbox::{Sandbox, SandboxConfig, SandboxHandle},
     settings::{Settings, Sources},
@@ -56,13 +69,24 @@ const BENCH_POLLING_INITIAL: &str = "100ms";
 const BENCH_POLLING_MAX: &str = "300ms";
 /// How long one run may take before the bench gives up.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
+/// The fleet's default `worker.concurrency`.
+const CONCURRENCY: usize = 64;
+/// Didit's answer time while the worker-memory reading holds start jobs in flight: long
+/// enough that none of them finishes before all are in flight.
+pub const IN_FLIGHT_LATENCY: Duration = Duration::from_secs(120);
+/// How long the worker-memory reading waits for every start job to be in flight.
+const IN_FLIGHT_LIMIT: Duration = Duration::from_secs(90);
 
 #[derive(Debug, Clone)]
 pub struct LifecycleOptions {
     /// Sessions per lifecycle run (4 runs) and per scaling run (3 runs).
     pub sessions: usize,
-    /// Sessions created and left waiting for the memory reading.
+    /// Sessions created and left waiting for the Redis memory reading.
     pub waiting_sessions: usize,
+    /// Sessions waiting, then start jobs in flight, in the worker-memory reading.
+    pub worker_jobs: usize,
+    /// Sample the first lifecycle run and write `flamegraph.svg`.
+    pub profile: bool,
     /// How long the fleet's idle Redis traffic is sampled before each run.
     pub idle_sample: Duration,
     pub out_dir: PathBuf,
@@ -72,8 +96,11 @@ pub struct LifecycleOptions {
 impl LifecycleOptions {
     pub fn full(out_dir: PathBuf) -> Self {
         Self {
-            sessions: 5_000,
-            waiting_sessions: 10_000,
+            // 7 runs: sized so `make bench` stays well under 10 minutes on a busy 2-CPU host.
+            sessions: 3_000,
+            waiting_sessions: 100_000,
+            worker_jobs: 10_000,
+            profile: false,
             idle_sample: Duration::from_secs(2),
             out_dir,
             redis_server: "redis-server".into(),
@@ -82,8 +109,9 @@ impl LifecycleOptions {
 
     pub fn quick(out_dir: PathBuf) -> Self {
         Self {
-            sessions: 1_000,
+            sessions: 500,
             waiting_sessions: 1_000,
+            worker_jobs: 1_000,
             idle_sample: Duration::from_millis(500),
             ..Self::full(out_dir)
         }
@@ -118,8 +146,33 @@ pub struct LifecycleRun {
     pub seconds: f64,
     /// Cores redis-server kept busy during the run (CPU seconds / wall seconds).
     pub redis_cores: f64,
-    /// Cores the bench process kept busy: the fleet, the sandbox and the load generator.
-    pub fleet_and_sandbox_cores: Option<f64>,
+    /// Cores the bench process kept busy: the sandbox, the load generator and, when the
+    /// fleet runs in-process, the fleet.
+    pub bench_process_cores: Option<f64>,
+    /// Cores the child `kyc-worker run` processes kept busy together (`None` in-process).
+    pub worker_cores: Option<f64>,
+    /// The host's 1-minute load average at the end of the run (this machine is shared).
+    pub load_average: Option<f64>,
+}
+
+/// A child `kyc-worker run` process's resident memory (`/proc/<pid>/status`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkerMemory {
+    /// Sessions created and waiting, then start jobs put in flight on top of them.
+    pub jobs: usize,
+    pub concurrency: usize,
+    /// VmRSS once ready, nothing to do.
+    pub idle_rss_bytes: u64,
+    /// VmRSS with `jobs` sessions created and waiting for their users.
+    pub waiting_rss_bytes: u64,
+    /// VmRSS with `in_flight` start jobs reserved on top, each in a Didit call.
+    pub in_flight_rss_bytes: u64,
+    /// Start jobs reserved by the worker when read (`jobs` unless the wait ran out).
+    pub in_flight: u64,
+    /// Connections open from the worker to the sandbox when read.
+    pub didit_calls_open: usize,
+    /// VmHWM when read: the most the process has been resident.
+    pub peak_rss_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -128,6 +181,8 @@ pub struct LifecycleReport {
     pub scaling: Vec<LifecycleRun>,
     pub waiting_sessions: usize,
     pub redis_bytes_per_waiting_session: f64,
+    pub worker_memory: WorkerMemory,
+    pub profile: Option<ProfileSummary>,
     pub cpus: usize,
 }
 
@@ -137,14 +192,36 @@ struct Shape {
     webhooks: bool,
     latency: Duration,
     processes: usize,
+    /// Child `kyc-worker run` processes instead of applications in this process.
+    children: bool,
+    concurrency: usize,
     complete_after: Duration,
 }
 
-/// Redis, the sandbox and `processes` applications wired together.
+impl Shape {
+    /// One in-process application at the default concurrency.
+    fn in_process(webhooks: bool, latency: Duration, complete_after: Duration) -> Self {
+        Self {
+            webhooks,
+            latency,
+            processes: 1,
+            children: false,
+            concurrency: CONCURRENCY,
+            complete_after,
+        }
+    }
+}
+
+enum Workers {
+    InProcess(Vec<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>),
+    Children(Vec<WorkerProcess>),
+}
+
+/// Redis, the sandbox and `processes` fleet processes wired together.
 struct Fleet {
     sandbox: SandboxHandle,
     settings: Settings,
-    apps: Vec<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
+    workers: Workers,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -153,22 +230,26 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn settings_for(
+/// The fleet's settings for a run, as the `KYC__…` variables a child process gets.
+fn fleet_env(
     redis_url: &str,
     sandbox: &SandboxHandle,
     port: u16,
-    webhooks: bool,
-) -> anyhow::Result<Settings> {
+    shape: Shape,
+) -> Vec<(String, String)> {
     let unlimited = UNLIMITED.to_string();
-    let env: HashMap<String, String> = [
+    [
         ("KYC__REDIS__URL", redis_url.to_owned()),
+        ("KYC__REDIS__PREFIX", "kyc".to_owned()),
         ("KYC__HTTP__HOST", "127.0.0.1".to_owned()),
         ("KYC__HTTP__PORT", port.to_string()),
         (
             "KYC__DIDIT__BASE_URL",
             sandbox.base_url().as_str().trim_end_matches('/').to_owned(),
         ),
-        ("KYC__DIDIT__WEBHOOKS", webhooks.to_string()),
+        ("KYC__DIDIT__WEBHOOKS", shape.webhooks.to_string()),
+        // Longer than IN_FLIGHT_LATENCY, so held calls do not time out while being counted.
+        ("KYC__DIDIT__REQUEST_TIMEOUT", "300s".to_owned()),
         ("KYC__LOG__LEVEL", "error".to_owned()),
         ("KYC__RULES__FILE", String::new()),
         (
@@ -180,14 +261,18 @@ fn settings_for(
         ("KYC__RATELIMIT__WRITE", unlimited.clone()),
         ("KYC__RATELIMIT__CREATE", unlimited.clone()),
         ("KYC__QUEUE__BACKPRESSURE_LIMIT", unlimited),
+        ("KYC__WORKER__CONCURRENCY", shape.concurrency.to_string()),
         ("KYC__WORKER__SHUTDOWN_TIMEOUT", "5s".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    .collect()
+}
+
+fn settings_for(env: &[(String, String)]) -> anyhow::Result<Settings> {
     Ok(Settings::load_from(&Sources {
         config_dir: Some(std::env::temp_dir().join("kyc-worker-no-overlay")),
-        env: Some(env),
+        env: Some(env.iter().cloned().collect()),
     })?)
 }
 
@@ -209,37 +294,75 @@ impl Fleet {
                 Some(format!("http://127.0.0.1:{}/webhooks/didit", ports[0]).parse()?);
         }
         let sandbox = Sandbox::start(config).await?;
-        let mut apps = Vec::new();
         let mut settings = None;
-        for port in ports {
-            let s = settings_for(redis_url, &sandbox, port, shape.webhooks)?;
-            let rules = RuleSet::from_settings(&s.rules)?;
-            let app = Application::build(s.clone(), rules).await?;
-            let (tx, rx) = oneshot::channel::<()>();
-            let handle = tokio::spawn(app.run_until(async move {
-                let _ = rx.await;
-            }));
-            apps.push((tx, handle));
-            settings.get_or_insert(s);
-        }
+        let workers = if shape.children {
+            let mut children = Vec::new();
+            for port in ports {
+                let env = fleet_env(redis_url, &sandbox, port, shape);
+                settings.get_or_insert(settings_for(&env)?);
+                children.push(WorkerProcess::spawn(&env, port)?);
+            }
+            for child in &mut children {
+                child.ready().await?;
+            }
+            Workers::Children(children)
+        } else {
+            let mut apps = Vec::new();
+            for port in ports {
+                let s = settings_for(&fleet_env(redis_url, &sandbox, port, shape))?;
+                let rules = RuleSet::from_settings(&s.rules)?;
+                let app = Application::build(s.clone(), rules).await?;
+                let (tx, rx) = oneshot::channel::<()>();
+                let handle = tokio::spawn(app.run_until(async move {
+                    let _ = rx.await;
+                }));
+                apps.push((tx, handle));
+                settings.get_or_insert(s);
+            }
+            Workers::InProcess(apps)
+        };
         let settings = settings.context("a fleet has at least one process")?;
         Ok(Self {
             sandbox,
             settings,
-            apps,
+            workers,
         })
     }
 
-    async fn stop(self) {
-        let mut handles = Vec::new();
-        for (tx, handle) in self.apps {
-            let _ = tx.send(());
-            handles.push(handle);
+    /// CPU seconds the child processes have used (`None` in-process).
+    fn worker_cpu_seconds(&self) -> Option<f64> {
+        match &self.workers {
+            Workers::InProcess(_) => None,
+            Workers::Children(children) => children.iter().map(WorkerProcess::cpu_seconds).sum(),
         }
-        for handle in handles {
-            let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
+    }
+
+    async fn stop(self) {
+        match self.workers {
+            Workers::InProcess(apps) => {
+                let mut handles = Vec::new();
+                for (tx, handle) in apps {
+                    let _ = tx.send(());
+                    handles.push(handle);
+                }
+                for handle in handles {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
+                }
+            }
+            // Killed and reaped on drop.
+            Workers::Children(children) => drop(children),
         }
         self.sandbox.stop().await;
+    }
+
+    async fn control(&self, action: serde_json::Value) -> anyhow::Result<()> {
+        reqwest::Client::new()
+            .post(format!("{}sandbox/control", self.sandbox.base_url()))
+            .json(&action)
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
     }
 
     async fn didit_calls(&self) -> anyhow::Result<BTreeMap<String, u64>> {
@@ -404,6 +527,7 @@ async fn run_one(
         .await?;
     let redis_cpu_before = redis_cpu_seconds(&mut admin).await?;
     let cpu_before = process_cpu_seconds();
+    let worker_cpu_before = fleet.worker_cpu_seconds();
     let started = Instant::now();
     let tag = format!(
         "{}-{}-{}",
@@ -429,9 +553,11 @@ async fn run_one(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let cpu = process_cpu_seconds()
-        .zip(cpu_before)
-        .map(|(after, before)| (after - before) / seconds);
+    let cores =
+        |after: Option<f64>, before: Option<f64>| after.zip(before).map(|(a, b)| (a - b) / seconds);
+    let cpu = cores(process_cpu_seconds(), cpu_before);
+    let worker_cores = cores(fleet.worker_cpu_seconds(), worker_cpu_before);
+    let load_average = load_average();
     let redis_cores = (redis_cpu_seconds(&mut admin).await? - redis_cpu_before) / seconds;
     let mut by_command = command_calls_since_reset(&mut admin).await?;
     if let Some(xrange) = by_command.get_mut("xrange") {
@@ -486,73 +612,185 @@ async fn run_one(
         didit_calls_by_endpoint: by_endpoint,
         seconds,
         redis_cores,
-        fleet_and_sandbox_cores: cpu,
+        bench_process_cores: cpu,
+        worker_cores,
+        load_average,
     })
 }
 
-/// Redis bytes per session created and waiting for its user (webhook mode, one process).
-async fn waiting_memory(redis: &BenchRedis, n: usize) -> anyhow::Result<f64> {
-    let mut admin = crate::queue::connect(redis.url()).await?;
-    flush(&mut admin).await?;
-    let shape = Shape {
-        webhooks: true,
-        latency: Duration::ZERO,
-        processes: 1,
-        complete_after: Duration::from_secs(3_000),
-    };
-    let fleet = Fleet::start(redis.url(), shape).await?;
+/// Polls until the start queue has nothing ready and nothing in flight.
+async fn start_queue_drained(queue: &Queue, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let stats = queue.stats(StartKyc::QUEUE).await?;
+        if stats.ready == 0 && stats.in_flight == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("start jobs still queued after {limit:?}: {stats:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Pushes `n` start requests and polls until each has its created event.
+async fn create_waiting(
+    fleet: &Fleet,
+    admin: &mut ConnectionManager,
+    n: usize,
+    tag: &str,
+) -> anyhow::Result<()> {
     let producer = Producer::connect(&fleet.settings).await?;
     let stream = format!("{}:events", fleet.settings.redis.prefix);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = used_memory(&mut admin).await?;
-    let pushed = produce(&producer, n, "waiting").await?;
+    let pushed = produce(&producer, n, tag).await?;
     let mut watch = Watch::default();
     let deadline = Instant::now() + RUN_LIMIT;
-    while !pushed.keys().all(|id| watch.created_ms.contains_key(id)) {
+    loop {
+        watch.read(admin, &stream).await?;
+        if pushed.keys().all(|id| watch.created_ms.contains_key(id)) {
+            return Ok(());
+        }
         if Instant::now() > deadline {
             bail!("{} of {n} sessions created", watch.created_ms.len());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        watch.read(&mut admin, &stream).await?;
     }
-    // Let the jobs that created them finish and release their leases.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// A fleet whose sessions wait for their users: webhooks on (the first safety-net poll is
+/// 15 min away), nothing final before 3,000 s.
+fn waiting_shape() -> Shape {
+    Shape::in_process(true, Duration::ZERO, Duration::from_secs(3_000))
+}
+
+/// Redis bytes per session created and waiting for its user (one in-process application).
+async fn waiting_memory(redis: &BenchRedis, n: usize) -> anyhow::Result<f64> {
+    let mut admin = crate::queue::connect(redis.url()).await?;
+    flush(&mut admin).await?;
+    let fleet = Fleet::start(redis.url(), waiting_shape()).await?;
+    let queue = Queue::connect(
+        redis.url(),
+        &fleet.settings.redis.prefix,
+        fleet.settings.queue.clone(),
+    )
+    .await?;
+    let before = used_memory(&mut admin).await?;
+    create_waiting(&fleet, &mut admin, n, "waiting").await?;
+    // The jobs that created them finish and release their leases.
+    start_queue_drained(&queue, RUN_LIMIT).await?;
     let after = used_memory(&mut admin).await?;
     fleet.stop().await;
     Ok(after.saturating_sub(before) as f64 / n as f64)
+}
+
+/// A child process's resident memory: idle, with `n` sessions waiting, then with `n` start
+/// jobs in flight on top, each in a Didit call the sandbox answers after
+/// [`IN_FLIGHT_LATENCY`]. Concurrency is `n`, so the worker takes them all at once.
+async fn worker_memory(redis: &BenchRedis, n: usize) -> anyhow::Result<WorkerMemory> {
+    let mut admin = crate::queue::connect(redis.url()).await?;
+    flush(&mut admin).await?;
+    let shape = Shape {
+        children: true,
+        concurrency: n,
+        ..waiting_shape()
+    };
+    let fleet = Fleet::start(redis.url(), shape).await?;
+    let Workers::Children(children) = &fleet.workers else {
+        bail!("the worker-memory fleet is a child process");
+    };
+    let child = children
+        .first()
+        .context("the worker-memory fleet has one process")?;
+    let read = |what: &str| {
+        child
+            .resident()
+            .with_context(|| format!("cannot read the worker's memory ({what})"))
+    };
+    let queue = Queue::connect(
+        redis.url(),
+        &fleet.settings.redis.prefix,
+        fleet.settings.queue.clone(),
+    )
+    .await?;
+    let idle = read("idle")?;
+    create_waiting(&fleet, &mut admin, n, "worker-waiting").await?;
+    start_queue_drained(&queue, RUN_LIMIT).await?;
+    let waiting = read("waiting")?;
+
+    fleet
+        .control(serde_json::json!({
+            "action": "set_latency",
+            "ms": IN_FLIGHT_LATENCY.as_millis() as u64,
+        }))
+        .await?;
+    let producer = Producer::connect(&fleet.settings).await?;
+    produce(&producer, n, "worker-in-flight").await?;
+    let didit_port = fleet.sandbox.addr().port();
+    let deadline = Instant::now() + IN_FLIGHT_LIMIT;
+    let (in_flight, open) = loop {
+        let in_flight = queue.stats(StartKyc::QUEUE).await?.in_flight;
+        let open = connections_to(didit_port)?;
+        if (in_flight >= n as u64 && open >= n) || Instant::now() > deadline {
+            break (in_flight, open);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let loaded = read("in flight")?;
+    fleet.stop().await;
+    Ok(WorkerMemory {
+        jobs: n,
+        concurrency: n,
+        idle_rss_bytes: idle.now,
+        waiting_rss_bytes: waiting.now,
+        in_flight_rss_bytes: loaded.now,
+        in_flight,
+        didit_calls_open: open,
+        peak_rss_bytes: loaded.peak,
+    })
 }
 
 /// Every lifecycle measurement in one run.
 pub async fn run(options: &LifecycleOptions) -> anyhow::Result<LifecycleReport> {
     let redis = BenchRedis::start(&options.redis_server).await?;
     let mut runs = Vec::new();
+    let mut profile = None;
     for webhooks in [true, false] {
         for latency_ms in [0, 50] {
-            let shape = Shape {
-                webhooks,
-                latency: Duration::from_millis(latency_ms),
-                processes: 1,
-                complete_after: COMPLETE_AFTER,
+            let shape =
+                Shape::in_process(webhooks, Duration::from_millis(latency_ms), COMPLETE_AFTER);
+            // The first run (webhooks on, latency 0: the path the targets are about).
+            let profiler = if options.profile && runs.is_empty() {
+                Some(Profiler::start()?)
+            } else {
+                None
             };
             runs.push(run_one(&redis, shape, options.sessions, options.idle_sample).await?);
+            if let Some(profiler) = profiler {
+                profile = Some(profiler.finish(
+                    &options.out_dir.join("flamegraph.svg"),
+                    "webhooks on, Didit latency 0, one in-process application",
+                )?);
+            }
         }
     }
     let mut scaling = Vec::new();
     for processes in [1, 2, 4] {
         let shape = Shape {
-            webhooks: true,
-            latency: Duration::ZERO,
             processes,
-            complete_after: COMPLETE_AFTER,
+            children: true,
+            ..Shape::in_process(true, Duration::ZERO, COMPLETE_AFTER)
         };
         scaling.push(run_one(&redis, shape, options.sessions, options.idle_sample).await?);
     }
     let bytes = waiting_memory(&redis, options.waiting_sessions).await?;
+    let worker_memory = worker_memory(&redis, options.worker_jobs).await?;
     Ok(LifecycleReport {
         runs,
         scaling,
         waiting_sessions: options.waiting_sessions,
         redis_bytes_per_waiting_session: bytes,
+        worker_memory,
+        profile,
         cpus: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),

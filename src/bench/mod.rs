@@ -3,5 +3,7 @@
 //! report with the targets.
 
 pub mod lifecycle;
+pub mod processes;
+pub mod profile;
 pub mod report;
 pub mod server;

@@ -7,7 +7,10 @@ use std::path::Path;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::lifecycle::{LifecycleReport, LifecycleRun};
+use super::{
+    lifecycle::{LifecycleReport, LifecycleRun, WorkerMemory},
+    profile::ProfileSummary,
+};
 use crate::{
     domain::PollSchedule,
     queue::bench::QueueBenchReport,
@@ -179,6 +182,16 @@ pub fn targets(lifecycle: &LifecycleReport, queue: Option<&QueueBenchReport>) ->
         1024.0,
         "bytes",
     ));
+    let w = &lifecycle.worker_memory;
+    targets.push(at_most(
+        &format!(
+            "Worker RSS with {} jobs in flight (peak, VmHWM)",
+            w.in_flight
+        ),
+        mib(w.peak_rss_bytes),
+        64.0,
+        "MiB",
+    ));
     if let Some(q) = queue {
         targets.push(at_least(
             "queue consume vs apalis-redis, c=64",
@@ -227,6 +240,106 @@ pub fn write(dir: &Path, report: &Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1u32 << 20)
+}
+
+/// CPU milliseconds per session a component spent, from its cores busy.
+fn ms_per_session(cores: f64, run: &LifecycleRun) -> f64 {
+    if run.sessions_per_s > 0.0 {
+        cores * 1000.0 / run.sessions_per_s
+    } else {
+        0.0
+    }
+}
+
+/// Where the scaling curve stops growing (less than 15 % more sessions/s for the next
+/// process count) and which reading explains it.
+pub fn scaling_verdict(scaling: &[LifecycleRun], cpus: usize) -> String {
+    let Some(first) = scaling.first() else {
+        return "No scaling runs.".to_owned();
+    };
+    let flat = scaling
+        .windows(2)
+        .find(|pair| pair[1].sessions_per_s < pair[0].sessions_per_s * 1.15);
+    let (at, next) = match flat {
+        Some(pair) => (&pair[0], Some(&pair[1])),
+        None => (scaling.last().unwrap_or(first), None),
+    };
+    let workers = at.worker_cores.unwrap_or(0.0);
+    let bench = at.bench_process_cores.unwrap_or(0.0);
+    let total = at.redis_cores + workers + bench;
+    let cpus = cpus.max(1) as f64;
+    let redis_ms = ms_per_session(at.redis_cores, at);
+    let worker_ms = ms_per_session(workers, at);
+    let bench_ms = ms_per_session(bench, at);
+    let per_session = redis_ms + worker_ms + bench_ms;
+    let mut text = match next {
+        Some(next) => format!(
+            "The curve flattens at {} process{} ({:.0} sessions/s; {} give {:.0}, {:+.0} %). ",
+            at.processes,
+            if at.processes == 1 { "" } else { "es" },
+            at.sessions_per_s,
+            next.processes,
+            next.sessions_per_s,
+            (next.sessions_per_s / at.sessions_per_s.max(f64::MIN_POSITIVE) - 1.0) * 100.0,
+        ),
+        None => format!(
+            "The curve has not flattened at {} processes ({:.0} sessions/s). ",
+            at.processes, at.sessions_per_s
+        ),
+    };
+    let ceiling = if per_session > 0.0 {
+        cpus * 1000.0 / per_session
+    } else {
+        0.0
+    };
+    text.push_str(&format!(
+        "There the host's {cpus:.0} cores were {busy:.0} % busy with the benchmark \
+         (redis-server {redis:.2}, workers {workers:.2}, bench process {bench:.2} cores) and one \
+         session cost {worker_ms:.2} ms of worker CPU, {bench_ms:.2} ms of sandbox and \
+         load-generator CPU and {redis_ms:.2} ms of Redis CPU: {per_session:.2} ms in all, so \
+         {cpus:.0} fully busy cores would top out near {ceiling:.0} sessions/s. ",
+        busy = total / cpus * 100.0,
+        redis = at.redis_cores,
+    ));
+    let (largest, largest_ms) = [
+        ("the workers", worker_ms),
+        (
+            "the sandbox and load generator (a bench cost: Didit is remote in production)",
+            bench_ms,
+        ),
+        ("redis-server", redis_ms),
+    ]
+    .into_iter()
+    .max_by(|a, b| a.1.total_cmp(&b.1))
+    .unwrap_or(("the workers", worker_ms));
+    let largest_share = largest_ms / per_session.max(f64::MIN_POSITIVE) * 100.0;
+    if at.redis_cores >= 0.8 {
+        text.push_str(
+            "Redis is the limit: it runs commands on one thread and is near a full core.",
+        );
+    } else if total >= 0.85 * cpus {
+        text.push_str(&format!(
+            "The limit is CPU: the cores are saturated, and the largest share \
+             ({largest_share:.0} %) is {largest}; Redis, at {:.2} of its one core, is not the \
+             limit.",
+            at.redis_cores,
+        ));
+    } else {
+        text.push_str(&format!(
+            "The benchmark did not saturate the cores and Redis is below one core, so the limit \
+             is not this benchmark's CPU: other load on the host (load average {load}) or \
+             waiting on Redis and HTTP round trips; the largest CPU share ({largest_share:.0} %) \
+             is {largest}.",
+            load = at
+                .load_average
+                .map_or_else(|| "n/a".to_owned(), |l| format!("{l:.1}")),
+        ));
+    }
+    text
+}
+
 fn endpoints(run: &LifecycleRun) -> String {
     run.didit_calls_by_endpoint
         .iter()
@@ -235,12 +348,78 @@ fn endpoints(run: &LifecycleRun) -> String {
         .join(", ")
 }
 
+fn worker_memory_markdown(w: &WorkerMemory) -> String {
+    let per = |from: u64, to: u64| to.saturating_sub(from) as f64 / w.jobs.max(1) as f64;
+    format!(
+        "Worker memory: one `kyc-worker run` child process, `worker.concurrency` = {c}, \
+         resident memory (VmRSS) from `/proc/<pid>/status`:\n\n\
+         | state | VmRSS | per session or job |\n|---|---:|---:|\n\
+         | ready, idle | {idle:.1} MiB | |\n\
+         | {n} sessions created and waiting for their users | {waiting:.1} MiB | {per_waiting:.0} bytes |\n\
+         | + {in_flight} start jobs in flight ({open} Didit calls open) | {loaded:.1} MiB | {per_job:.1} KiB |\n\
+         | peak (VmHWM) | {peak:.1} MiB | |\n\n\
+         A waiting session lives in Redis, not in the worker: its cost in the process is what \
+         creating it left behind (allocator arenas, connection buffers), not state per session. \
+         A job in flight holds its task, its decoded payload and one HTTP connection with its \
+         buffers; the sandbox answers each start call after {latency} s, so all of them are \
+         held at once. {n} in flight is {times:.0}× the default concurrency of 64.\n\n",
+        c = w.concurrency,
+        n = w.jobs,
+        idle = mib(w.idle_rss_bytes),
+        waiting = mib(w.waiting_rss_bytes),
+        per_waiting = per(w.idle_rss_bytes, w.waiting_rss_bytes),
+        in_flight = w.in_flight,
+        open = w.didit_calls_open,
+        loaded = mib(w.in_flight_rss_bytes),
+        per_job = per(w.waiting_rss_bytes, w.in_flight_rss_bytes) / 1024.0,
+        peak = mib(w.peak_rss_bytes),
+        latency = super::lifecycle::IN_FLIGHT_LATENCY.as_secs(),
+        times = w.jobs as f64 / 64.0,
+    )
+}
+
+fn profile_markdown(p: &ProfileSummary) -> String {
+    let mut md = format!(
+        "CPU profile (`--profile`: pprof-rs in the bench process at {hz} Hz, run: {run}; \
+         {samples} samples standing for {coverage:.0} % of the process's CPU time — samples in \
+         libc (syscalls, malloc) are dropped; `flamegraph.svg`). Top five costs by self samples \
+         (each sample to the innermost frame of a known group):\n\n",
+        hz = p.frequency_hz,
+        run = p.run,
+        samples = p.samples,
+        coverage = p.coverage * 100.0,
+    );
+    for (i, cost) in p.by_group.iter().take(5).enumerate() {
+        md.push_str(&format!(
+            "{}. {} — {:.1} %: {}\n",
+            i + 1,
+            cost.name,
+            cost.share * 100.0,
+            cost.what
+        ));
+    }
+    md.push_str(
+        "\nOur code, inclusive (share of samples with the module anywhere on the stack):\n\n\
+         | module | samples | what |\n|---|---:|---|\n",
+    );
+    for cost in p.by_module.iter().take(8) {
+        md.push_str(&format!(
+            "| `{}` | {:.1} % | {} |\n",
+            cost.name,
+            cost.share * 100.0,
+            cost.what
+        ));
+    }
+    md.push('\n');
+    md
+}
+
 /// The report as Markdown for the README.
 pub fn markdown(r: &Report) -> String {
     let l = &r.lifecycle;
     let mut md = format!(
         "## Fleet benchmark\n\n\
-         {cpus} CPUs; redis-server, the sandbox and the fleet on the same host; one fleet \
+         {cpus} CPUs; redis-server, the sandbox and the fleet on the same host; in this first table one fleet \
          \"process\" is one `Application` in the bench process (same tokio runtime). The sandbox \
          finishes each session 200 ms after creation; Didit's rate limits are lifted in the \
          sandbox and the fleet (the budget below is computed from the defaults instead); no \
@@ -278,22 +457,35 @@ pub fn markdown(r: &Report) -> String {
          sampled just before, over the run's length. `workflow_get` is each process's \
          once-per-workflow expiration read, repeated by the jobs that start before the first \
          answer is cached; it shrinks per session as runs grow.\n\n\
-         Scaling (webhooks on, Didit latency 0; cores busy = CPU seconds / wall seconds):\n\n\
-         | processes | sessions/s (start requests/s) | start → decided p50 / p99 | cores busy: redis-server | cores busy: fleet + sandbox + load |\n|---:|---:|---:|---:|---:|\n",
+         Scaling with real `kyc-worker run` child processes (webhooks on, delivered to the \
+         first process; Didit latency 0; cores busy = CPU seconds / wall seconds: redis-server \
+         from `INFO cpu`, the workers from `/proc/<pid>/stat`, the bench process — the sandbox \
+         and the load generator — from `/proc/self/stat`):\n\n\
+         | processes | sessions/s (start requests/s) | start → decided p50 / p99 | cores: redis-server | cores: workers | cores: bench process | CPU ms/session: redis / workers / bench | load average |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
+    let cores = |c: Option<f64>| c.map_or_else(|| "n/a".to_owned(), |c| format!("{c:.2}"));
     for run in &l.scaling {
         md.push_str(&format!(
-            "| {} | {:.0} ({:.0}) | {} / {} ms | {:.2} | {} |\n",
+            "| {} | {:.0} ({:.0}) | {} / {} ms | {:.2} | {} | {} | {:.2} / {:.2} / {:.2} | {} |\n",
             run.processes,
             run.sessions_per_s,
             run.start_requests_per_s,
             run.end_to_end_p50_ms,
             run.end_to_end_p99_ms,
             run.redis_cores,
-            run.fleet_and_sandbox_cores
-                .map_or_else(|| "n/a".to_owned(), |c| format!("{c:.2}")),
+            cores(run.worker_cores),
+            cores(run.bench_process_cores),
+            ms_per_session(run.redis_cores, run),
+            ms_per_session(run.worker_cores.unwrap_or(0.0), run),
+            ms_per_session(run.bench_process_cores.unwrap_or(0.0), run),
+            run.load_average
+                .map_or_else(|| "n/a".to_owned(), |l| format!("{l:.1}")),
         ));
     }
+    md.push('\n');
+    md.push_str(&scaling_verdict(&l.scaling, l.cpus));
+    md.push('\n');
     if let Some(run) = webhook_run(l) {
         let mut by_name: Vec<(&String, &f64)> = run.redis_commands_by_name.iter().collect();
         by_name.sort_by(|a, b| b.1.total_cmp(a.1));
@@ -310,12 +502,18 @@ pub fn markdown(r: &Report) -> String {
     }
     md.push_str(&format!(
         "\nRedis memory per waiting session (webhooks on, {} created and waiting: request and \
-         session records, the poll job, the created event, the audit trail): {:.0} bytes, \
-         {:.2} GiB for 1,000,000.\n\n",
+         session records, the poll job, the created event, the audit trail; `used_memory` \
+         delta / sessions): {:.0} bytes, so {:.2} GiB for 1,000,000 if it stays linear (the \
+         per-key costs do; Redis's hash tables grow in powers of two, so the real figure steps \
+         up to a few % above at a resize).\n\n",
         l.waiting_sessions,
         l.redis_bytes_per_waiting_session,
         l.redis_bytes_per_waiting_session * 1e6 / (1u64 << 30) as f64,
     ));
+    md.push_str(&worker_memory_markdown(&l.worker_memory));
+    if let Some(profile) = &l.profile {
+        md.push_str(&profile_markdown(profile));
+    }
     let b = &r.budget;
     md.push_str(&format!(
         "Didit budget for waiting sessions (computed from config/default.toml, jitter left out): \
@@ -373,6 +571,48 @@ mod tests {
         assert!(polling.steady_interval_s <= 60.0, "{polling:?}");
         assert!(polling.first_hour_reads > 60, "{polling:?}");
         assert!(polling.sessions_steady < 480, "{polling:?}");
+    }
+
+    fn scaling_run(processes: usize, sessions_per_s: f64, cores: [f64; 3]) -> LifecycleRun {
+        LifecycleRun {
+            webhooks: true,
+            sandbox_latency_ms: 0,
+            processes,
+            sessions: 1_000,
+            sessions_per_s,
+            start_requests_per_s: sessions_per_s,
+            end_to_end_p50_ms: 0,
+            end_to_end_p99_ms: 0,
+            final_to_decided_p50_ms: 0,
+            final_to_decided_p99_ms: 0,
+            redis_commands_per_session: 0.0,
+            redis_commands_per_session_net: 0.0,
+            redis_commands_by_name: Default::default(),
+            didit_calls_per_session: 0.0,
+            didit_calls_by_endpoint: Default::default(),
+            seconds: 1.0,
+            redis_cores: cores[0],
+            worker_cores: Some(cores[1]),
+            bench_process_cores: Some(cores[2]),
+            load_average: Some(2.0),
+        }
+    }
+
+    #[test]
+    fn the_verdict_names_where_the_curve_flattens_and_the_largest_cpu_share() {
+        let runs = [
+            scaling_run(1, 500.0, [0.2, 0.9, 0.4]),
+            scaling_run(2, 800.0, [0.3, 1.12, 0.5]),
+            scaling_run(4, 820.0, [0.3, 1.2, 0.5]),
+        ];
+        let verdict = scaling_verdict(&runs, 2);
+        assert!(
+            verdict.starts_with("The curve flattens at 2 processes (800 sessions/s; 4 give 820"),
+            "{verdict}"
+        );
+        assert!(verdict.contains("1.40 ms of worker CPU"), "{verdict}");
+        assert!(verdict.contains("The limit is CPU"), "{verdict}");
+        assert!(verdict.contains("is the workers"), "{verdict}");
     }
 
     #[test]

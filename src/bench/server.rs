@@ -157,7 +157,16 @@ pub async fn redis_cpu_seconds(conn: &mut ConnectionManager) -> anyhow::Result<f
 /// CPU seconds (user + system) this process has used, from `/proc/self/stat` (Linux, with
 /// the kernel's usual 100 ticks a second); `None` elsewhere.
 pub fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_seconds_of("self")
+}
+
+/// CPU seconds (user + system) process `pid` has used; `None` once it is gone or off Linux.
+pub fn pid_cpu_seconds(pid: u32) -> Option<f64> {
+    cpu_seconds_of(&pid.to_string())
+}
+
+fn cpu_seconds_of(proc_dir: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{proc_dir}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces: state is
     // the first, utime the 12th, stime the 13th.
     let (_, rest) = stat.rsplit_once(')')?;
@@ -165,4 +174,68 @@ pub fn process_cpu_seconds() -> Option<f64> {
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
+}
+
+/// The host's 1-minute load average from `/proc/loadavg` (runnable threads, ours included).
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A process's resident memory from `/proc/<pid>/status`, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Resident {
+    /// `VmRSS`: resident now.
+    pub now: u64,
+    /// `VmHWM`: the most it has been resident since it started.
+    pub peak: u64,
+}
+
+pub fn resident(pid: u32) -> Option<Resident> {
+    parse_resident(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+fn parse_resident(status: &str) -> Option<Resident> {
+    let kib = |name: &str| -> Option<u64> {
+        let value = status.lines().find_map(|l| l.strip_prefix(name))?;
+        value
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()
+    };
+    Some(Resident {
+        now: kib("VmRSS:")? * 1024,
+        peak: kib("VmHWM:")? * 1024,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resident_memory_is_read_from_proc_status_in_bytes() {
+        let status = "Name:\tkyc-worker\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\nThreads:\t3\n";
+        assert_eq!(
+            parse_resident(status),
+            Some(Resident {
+                now: 10 << 20,
+                peak: 20 << 20
+            })
+        );
+        assert_eq!(parse_resident("Name:\tkthreadd\n"), None);
+    }
+
+    #[test]
+    fn this_process_has_cpu_time_and_resident_memory() {
+        assert!(process_cpu_seconds().is_some());
+        let mine = resident(std::process::id()).expect("/proc/<pid>/status");
+        assert!(mine.now > 0 && mine.peak >= mine.now, "{mine:?}");
+    }
 }

@@ -28,6 +28,10 @@ struct BenchOptions {
     /// Smaller sizes for CI (queue about 20 s, lifecycle about 30 s)
     #[arg(long)]
     quick: bool,
+    /// Sample the first lifecycle run's CPU (pprof-rs): flamegraph.svg and the top costs in
+    /// report.md
+    #[arg(long)]
+    profile: bool,
     /// Where the JSON and Markdown reports are written
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -44,8 +48,9 @@ enum BenchCommand {
     Queue(BenchOptions),
     /// The fleet against the in-process sandbox: sessions/s, Redis commands and Didit calls
     /// per session, webhook-to-event latency, Redis bytes per waiting session, 1/2/4
-    /// processes, the Didit budget and the targets (report.json, report.md, merging
-    /// queue.json when present). Starts its own redis-server.
+    /// `kyc-worker run` child processes with their CPU, a worker's memory with 10,000 jobs in
+    /// flight, the Didit budget and the targets (report.json, report.md, merging queue.json
+    /// when present; flamegraph.svg with --profile). Starts its own redis-server.
     Lifecycle(BenchOptions),
     /// `queue` then `lifecycle`
     All(BenchOptions),
@@ -75,6 +80,7 @@ async fn lifecycle(options: &BenchOptions) -> Result<(), CliError> {
         LifecycleOptions::full(options.out.clone())
     };
     lifecycle_options.redis_server = options.redis_server.clone();
+    lifecycle_options.profile = options.profile;
     let measured = lifecycle::run(&lifecycle_options).await?;
     let merged = report::build(&options.out, measured)?;
     report::write(&options.out, &merged)?;
