@@ -158,14 +158,21 @@ pub struct LifecycleRun {
 /// A child `kyc-worker run` process's resident memory (`/proc/<pid>/status`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct WorkerMemory {
-    /// Sessions created and waiting, then start jobs put in flight on top of them.
+    /// Sessions created and left waiting by one process; start jobs put in flight at once
+    /// in another.
     pub jobs: usize,
+    /// `worker.concurrency` of the process that created the waiting sessions (the default).
+    pub waiting_concurrency: usize,
+    /// `worker.concurrency` of the process that held the jobs in flight (`jobs`).
     pub concurrency: usize,
     /// VmRSS once ready, nothing to do.
     pub idle_rss_bytes: u64,
     /// VmRSS with `jobs` sessions created and waiting for their users.
     pub waiting_rss_bytes: u64,
-    /// VmRSS with `in_flight` start jobs reserved on top, each in a Didit call.
+    /// VmRSS of the second process once ready, before its jobs arrive.
+    pub in_flight_base_rss_bytes: u64,
+    /// VmRSS of the second process with `in_flight` start jobs reserved, each in a Didit
+    /// call.
     pub in_flight_rss_bytes: u64,
     /// Start jobs reserved by the worker when read (`jobs` unless the wait ran out).
     pub in_flight: u64,
@@ -683,11 +690,35 @@ async fn waiting_memory(redis: &BenchRedis, n: usize) -> anyhow::Result<f64> {
     Ok(after.saturating_sub(before) as f64 / n as f64)
 }
 
-/// A child process's resident memory: idle, with `n` sessions waiting, then with `n` start
-/// jobs in flight on top, each in a Didit call the sandbox answers after
-/// [`IN_FLIGHT_LATENCY`]. Concurrency is `n`, so the worker takes them all at once.
+/// A child process's resident memory at the default concurrency: idle, then with `n`
+/// sessions it created waiting for their users. Then a second child with concurrency `n`
+/// takes `n` start jobs at once, each in a Didit call the sandbox answers after
+/// [`IN_FLIGHT_LATENCY`]. Two processes, so the in-flight burst does not inflate the
+/// waiting reading (the allocator keeps what a burst used).
 async fn worker_memory(redis: &BenchRedis, n: usize) -> anyhow::Result<WorkerMemory> {
     let mut admin = crate::queue::connect(redis.url()).await?;
+    flush(&mut admin).await?;
+    let (idle, waiting) = {
+        let shape = Shape {
+            children: true,
+            ..waiting_shape()
+        };
+        let fleet = Fleet::start(redis.url(), shape).await?;
+        let child = only_child(&fleet)?;
+        let queue = Queue::connect(
+            redis.url(),
+            &fleet.settings.redis.prefix,
+            fleet.settings.queue.clone(),
+        )
+        .await?;
+        let idle = resident(child, "idle")?;
+        create_waiting(&fleet, &mut admin, n, "worker-waiting").await?;
+        start_queue_drained(&queue, RUN_LIMIT).await?;
+        let waiting = resident(child, "waiting")?;
+        fleet.stop().await;
+        (idle, waiting)
+    };
+
     flush(&mut admin).await?;
     let shape = Shape {
         children: true,
@@ -695,27 +726,15 @@ async fn worker_memory(redis: &BenchRedis, n: usize) -> anyhow::Result<WorkerMem
         ..waiting_shape()
     };
     let fleet = Fleet::start(redis.url(), shape).await?;
-    let Workers::Children(children) = &fleet.workers else {
-        bail!("the worker-memory fleet is a child process");
-    };
-    let child = children
-        .first()
-        .context("the worker-memory fleet has one process")?;
-    let read = |what: &str| {
-        child
-            .resident()
-            .with_context(|| format!("cannot read the worker's memory ({what})"))
-    };
+    let child = only_child(&fleet)?;
+    let read = |what: &str| resident(child, what);
     let queue = Queue::connect(
         redis.url(),
         &fleet.settings.redis.prefix,
         fleet.settings.queue.clone(),
     )
     .await?;
-    let idle = read("idle")?;
-    create_waiting(&fleet, &mut admin, n, "worker-waiting").await?;
-    start_queue_drained(&queue, RUN_LIMIT).await?;
-    let waiting = read("waiting")?;
+    let base = read("before the burst")?;
 
     fleet
         .control(serde_json::json!({
@@ -739,14 +758,35 @@ async fn worker_memory(redis: &BenchRedis, n: usize) -> anyhow::Result<WorkerMem
     fleet.stop().await;
     Ok(WorkerMemory {
         jobs: n,
+        waiting_concurrency: CONCURRENCY,
         concurrency: n,
         idle_rss_bytes: idle.now,
         waiting_rss_bytes: waiting.now,
+        in_flight_base_rss_bytes: base.now,
         in_flight_rss_bytes: loaded.now,
         in_flight,
         didit_calls_open: open,
         peak_rss_bytes: loaded.peak,
     })
+}
+
+/// The one worker process of a children fleet.
+fn only_child(fleet: &Fleet) -> anyhow::Result<&super::processes::WorkerProcess> {
+    let Workers::Children(children) = &fleet.workers else {
+        bail!("the worker-memory fleet is a child process");
+    };
+    children
+        .first()
+        .context("the worker-memory fleet has one process")
+}
+
+fn resident(
+    child: &super::processes::WorkerProcess,
+    what: &str,
+) -> anyhow::Result<super::server::Resident> {
+    child
+        .resident()
+        .with_context(|| format!("cannot read the worker's memory ({what})"))
 }
 
 /// Every lifecycle measurement in one run.

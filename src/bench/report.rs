@@ -351,30 +351,36 @@ fn endpoints(run: &LifecycleRun) -> String {
 fn worker_memory_markdown(w: &WorkerMemory) -> String {
     let per = |from: u64, to: u64| to.saturating_sub(from) as f64 / w.jobs.max(1) as f64;
     format!(
-        "Worker memory: one `kyc-worker run` child process, `worker.concurrency` = {c}, \
-         resident memory (VmRSS) from `/proc/<pid>/status`:\n\n\
+        "Worker memory: `kyc-worker run` child processes, resident memory (VmRSS) from \
+         `/proc/<pid>/status`; the waiting sessions are made by one process at the default \
+         `worker.concurrency` ({wc}), the jobs in flight held by another at `worker.concurrency` \
+         = {c}, so the burst does not inflate the waiting reading:\n\n\
          | state | VmRSS | per session or job |\n|---|---:|---:|\n\
          | ready, idle | {idle:.1} MiB | |\n\
          | {n} sessions created and waiting for their users | {waiting:.1} MiB | {per_waiting:.0} bytes |\n\
-         | + {in_flight} start jobs in flight ({open} Didit calls open) | {loaded:.1} MiB | {per_job:.1} KiB |\n\
-         | peak (VmHWM) | {peak:.1} MiB | |\n\n\
+         | second process ready, idle | {base:.1} MiB | |\n\
+         | {in_flight} start jobs in flight ({open} Didit calls open) | {loaded:.1} MiB | {per_job:.1} KiB |\n\
+         | peak of the second process (VmHWM) | {peak:.1} MiB | |\n\n\
          A waiting session lives in Redis, not in the worker: its cost in the process is what \
          creating it left behind (allocator arenas, connection buffers), not state per session. \
          A job in flight holds its task, its decoded payload and one HTTP connection with its \
          buffers; the sandbox answers each start call after {latency} s, so all of them are \
-         held at once. {n} in flight is {times:.0}× the default concurrency of 64.\n\n",
+         held at once. {n} in flight is {times:.0}× the default concurrency of {wc}: at the \
+         default a process holds {wc} at most.\n\n",
+        wc = w.waiting_concurrency,
         c = w.concurrency,
         n = w.jobs,
         idle = mib(w.idle_rss_bytes),
         waiting = mib(w.waiting_rss_bytes),
         per_waiting = per(w.idle_rss_bytes, w.waiting_rss_bytes),
+        base = mib(w.in_flight_base_rss_bytes),
         in_flight = w.in_flight,
         open = w.didit_calls_open,
         loaded = mib(w.in_flight_rss_bytes),
-        per_job = per(w.waiting_rss_bytes, w.in_flight_rss_bytes) / 1024.0,
+        per_job = per(w.in_flight_base_rss_bytes, w.in_flight_rss_bytes) / 1024.0,
         peak = mib(w.peak_rss_bytes),
         latency = super::lifecycle::IN_FLIGHT_LATENCY.as_secs(),
-        times = w.jobs as f64 / 64.0,
+        times = w.jobs as f64 / w.waiting_concurrency.max(1) as f64,
     )
 }
 
