@@ -85,6 +85,8 @@ pub struct LifecycleOptions {
     pub waiting_sessions: usize,
     /// Sessions waiting, then start jobs in flight, in the worker-memory reading.
     pub worker_jobs: usize,
+    /// Sessions started one by one for the webhook → event latency.
+    pub latency_sessions: usize,
     /// Sample the first lifecycle run and write `flamegraph.svg`.
     pub profile: bool,
     /// How long the fleet's idle Redis traffic is sampled before each run.
@@ -100,6 +102,7 @@ impl LifecycleOptions {
             sessions: 3_000,
             waiting_sessions: 100_000,
             worker_jobs: 10_000,
+            latency_sessions: 300,
             profile: false,
             idle_sample: Duration::from_secs(2),
             out_dir,
@@ -112,6 +115,7 @@ impl LifecycleOptions {
             sessions: 500,
             waiting_sessions: 1_000,
             worker_jobs: 1_000,
+            latency_sessions: 40,
             idle_sample: Duration::from_millis(500),
             ..Self::full(out_dir)
         }
@@ -189,8 +193,20 @@ pub struct LifecycleReport {
     pub waiting_sessions: usize,
     pub redis_bytes_per_waiting_session: f64,
     pub worker_memory: WorkerMemory,
+    pub webhook_latency: WebhookLatency,
     pub profile: Option<ProfileSummary>,
     pub cpus: usize,
+}
+
+/// Webhook accepted → `kyc.session.decided` published, on a fleet with nothing else to do.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WebhookLatency {
+    pub sessions: usize,
+    /// Start requests were sent this far apart, so each webhook meets an idle fleet.
+    pub pace_ms: u64,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
 }
 
 /// One scenario of a run.
@@ -770,6 +786,79 @@ async fn worker_memory(redis: &BenchRedis, n: usize) -> anyhow::Result<WorkerMem
     })
 }
 
+/// How far apart the latency run's start requests are: the sandbox finishes a session
+/// [`COMPLETE_AFTER`] after creating it, so about one session is in flight at a time.
+const LATENCY_PACE: Duration = Duration::from_millis(100);
+
+/// Webhook → decided event with one session in flight at a time (webhooks on, Didit latency
+/// 0, one in-process application). The webhook's time is its `webhook_received` audit
+/// step (written once the signature, dedupe and session checks passed); the event's is its
+/// stream id. Both clocks are this host's.
+async fn webhook_latency(redis: &BenchRedis, n: usize) -> anyhow::Result<WebhookLatency> {
+    let mut admin = crate::queue::connect(redis.url()).await?;
+    flush(&mut admin).await?;
+    let fleet = Fleet::start(
+        redis.url(),
+        Shape::in_process(true, Duration::ZERO, COMPLETE_AFTER),
+    )
+    .await?;
+    let producer = Producer::connect(&fleet.settings).await?;
+    let mut pace = tokio::time::interval(LATENCY_PACE);
+    let mut requests = Vec::with_capacity(n);
+    for i in 0..n {
+        pace.tick().await;
+        let request = StartRequest {
+            vendor_data: format!("bench-latency-{i}"),
+            ..StartRequest::default()
+        };
+        requests.push(producer.start_kyc(request).await?);
+    }
+    let stream = format!("{}:events", fleet.settings.redis.prefix);
+    let mut watch = Watch::default();
+    let deadline = Instant::now() + RUN_LIMIT;
+    while !requests
+        .iter()
+        .all(|r| watch.decided_ms.contains_key(r.as_str()))
+    {
+        if Instant::now() > deadline {
+            bail!("{} of {n} latency sessions decided", watch.decided_ms.len());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        watch.read(&mut admin, &stream).await?;
+    }
+    let store = crate::store::Store::new(
+        admin.clone(),
+        &fleet.settings.redis.prefix,
+        fleet.settings.events.clone(),
+    );
+    let mut latencies = Vec::with_capacity(n);
+    for request in &requests {
+        let accepted = store
+            .audit_trail(request)
+            .await?
+            .iter()
+            .filter(|step| step["step"] == "webhook_received")
+            .filter_map(|step| step["at_ms"].as_u64())
+            .max();
+        if let (Some(accepted), Some(decided)) = (accepted, watch.decided_ms.get(request.as_str()))
+        {
+            latencies.push(decided.saturating_sub(accepted));
+        }
+    }
+    fleet.stop().await;
+    if latencies.is_empty() {
+        bail!("no webhook reached the fleet in the latency run");
+    }
+    latencies.sort_unstable();
+    Ok(WebhookLatency {
+        sessions: latencies.len(),
+        pace_ms: LATENCY_PACE.as_millis() as u64,
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+        max_ms: latencies.last().copied().unwrap_or(0),
+    })
+}
+
 /// The one worker process of a children fleet.
 fn only_child(fleet: &Fleet) -> anyhow::Result<&super::processes::WorkerProcess> {
     let Workers::Children(children) = &fleet.workers else {
@@ -824,12 +913,14 @@ pub async fn run(options: &LifecycleOptions) -> anyhow::Result<LifecycleReport> 
     }
     let bytes = waiting_memory(&redis, options.waiting_sessions).await?;
     let worker_memory = worker_memory(&redis, options.worker_jobs).await?;
+    let webhook_latency = webhook_latency(&redis, options.latency_sessions).await?;
     Ok(LifecycleReport {
         runs,
         scaling,
         waiting_sessions: options.waiting_sessions,
         redis_bytes_per_waiting_session: bytes,
         worker_memory,
+        webhook_latency,
         profile,
         cpus: std::thread::available_parallelism()
             .map(|n| n.get())

@@ -182,6 +182,12 @@ pub fn targets(lifecycle: &LifecycleReport, queue: Option<&QueueBenchReport>) ->
         1024.0,
         "bytes",
     ));
+    targets.push(at_most(
+        "Webhook → event p99, one Didit GET on loopback included",
+        lifecycle.webhook_latency.p99_ms as f64,
+        20.0,
+        "ms",
+    ));
     let w = &lifecycle.worker_memory;
     targets.push(at_most(
         &format!(
@@ -515,6 +521,15 @@ pub fn markdown(r: &Report) -> String {
         l.waiting_sessions,
         l.redis_bytes_per_waiting_session,
         l.redis_bytes_per_waiting_session * 1e6 / (1u64 << 30) as f64,
+    ));
+    let w = &l.webhook_latency;
+    md.push_str(&format!(
+        "Webhook → decided event with one session in flight at a time ({} sessions started \
+         {} ms apart; webhooks on, Didit latency 0, one in-process application): p50 {} ms, \
+         p99 {} ms, max {} ms, from the `webhook_received` audit step (signature, dedupe and \
+         session checks passed) to the event's stream id; it includes the poll job's hand-off, \
+         one Didit GET on loopback, the rules and the publish.\n\n",
+        w.sessions, w.pace_ms, w.p50_ms, w.p99_ms, w.max_ms,
     ));
     md.push_str(&worker_memory_markdown(&l.worker_memory));
     if let Some(profile) = &l.profile {
