@@ -36,6 +36,9 @@ pub struct Pipeline {
     pub settings: Arc<Settings>,
     /// Session expiration per workflow, read from Didit once per process.
     expirations: Arc<Mutex<HashMap<Uuid, Duration>>>,
+    /// One expiration read at a time, so a burst of starts on a new process reads a
+    /// workflow once rather than once per job.
+    expiration_read: Arc<tokio::sync::Mutex<()>>,
     /// The fleet-wide pause as last read, and when: read at most once per
     /// [`PAUSE_FRESH`] instead of once per job.
     pause_seen: Arc<Mutex<Option<(Instant, bool)>>>,
@@ -79,6 +82,7 @@ impl Pipeline {
             metrics,
             settings,
             expirations: Arc::new(Mutex::new(HashMap::new())),
+            expiration_read: Arc::new(tokio::sync::Mutex::new(())),
             pause_seen: Arc::new(Mutex::new(None)),
         }
     }
@@ -148,13 +152,19 @@ impl Pipeline {
 
     /// The workflow's session expiration; Didit's default when it cannot be read.
     pub async fn expiration(&self, workflow: Uuid) -> Duration {
-        if let Some(d) = self
-            .expirations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&workflow)
-        {
-            return *d;
+        let cached = || {
+            self.expirations
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&workflow)
+                .copied()
+        };
+        if let Some(d) = cached() {
+            return d;
+        }
+        let _one_at_a_time = self.expiration_read.lock().await;
+        if let Some(d) = cached() {
+            return d;
         }
         let read = self
             .call(Endpoint::GetWorkflow, Priority::High, |d| async move {
