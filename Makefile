@@ -1,13 +1,14 @@
 # kyc-worker: the commands a developer and CI use. `make test` is everything CI runs.
 CARGO ?= cargo
 BIN := target/release/kyc-worker
+BENCH := target/release/kyc-bench
 
 .PHONY: all build deps demo test test-rust lint fmt console-screenshots bench bench-quick bench-smoke bench-queue bench-lifecycle clean
 
 all: build
 
 build:
-	$(CARGO) build --release
+	$(CARGO) build --release --bins
 
 deps:
 	@scripts/install-deps.sh
@@ -22,31 +23,31 @@ demo: deps
 test: deps lint test-rust bench-smoke check-deploy
 
 test-rust:
-	$(CARGO) test --all-targets
+	$(CARGO) test --workspace --all-targets
 
 ## bench: every benchmark: the queue, then the fleet end to end (in-process and as 1/2/4
 ## `kyc-worker run` child processes), merged with the targets into target/bench/report.json
 ## and report.md, with a CPU profile of the fleet in target/bench/flamegraph.svg
 bench: deps build
-	$(BIN) bench all --profile --out target/bench
+	$(BENCH) all --profile --out target/bench
 
 ## bench-quick: the same with small sizes (under a minute on 2 CPUs), for CI
 bench-quick: deps build
-	$(BIN) bench all --quick --out target/bench
+	$(BENCH) all --quick --out target/bench
 
 ## bench-smoke: bench-quick on the debug build (numbers not meant to be read), run by
 ## `make test` so the benchmarks never rot
 bench-smoke:
-	$(CARGO) build --bin kyc-worker
-	target/debug/kyc-worker bench all --quick --out target/bench-smoke
+	$(CARGO) build --bin kyc-worker --bin kyc-bench
+	target/debug/kyc-bench all --quick --out target/bench-smoke
 
 ## bench-queue: the job queue alone vs apalis-redis 1.0.0 (target/bench/queue.json, .md)
 bench-queue: deps build
-	$(BIN) bench queue --out target/bench
+	$(BENCH) queue --out target/bench
 
 ## bench-lifecycle: the fleet alone (report.json, .md; merges queue.json when present)
 bench-lifecycle: deps build
-	$(BIN) bench lifecycle --out target/bench
+	$(BENCH) lifecycle --out target/bench
 
 ## console-screenshots: the console's browser tests, saving docs/img/console-*.png for the README
 console-screenshots: deps
@@ -54,7 +55,7 @@ console-screenshots: deps
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,22 +1,36 @@
 //! kyc-worker: a fleet of workers that runs KYC identity verification through the Didit API
 //! as durable jobs in Redis.
 //!
-//! # Layout
-//! - [`settings`]: layered, validated settings (`config/default.toml`, `config/{KYC_ENV}.toml`,
-//!   `KYC__SECTION__KEY`).
-//! - [`telemetry`]: the tracing subscriber.
-//! - [`domain`]: statuses and other types that do no I/O.
-//! - [`didit`]: the only code that speaks HTTP to Didit, and webhook signatures.
-//! - [`queue`]: durable jobs in Redis under apalis workers.
+//! The modules form one-way layers: each may use the ones above it, never one below.
+//! The Didit SDK (`didit`) and the emulator (`didit-sandbox`) are crates of their own.
+//!
+//! # Domain: what a verification is, no I/O
+//! - [`domain`]: request ids, statuses, outcome events, the poll schedule.
 //! - [`rules`]: the operator's auto-decision rules (CEL) over Didit's decisions.
-//! - [`sandbox`]: a local emulator of the Didit endpoints the fleet uses.
+//!
+//! # Wiring every layer shares
+//! - [`settings`]: layered, validated settings (`config/default.toml`,
+//!   `config/{KYC_ENV}.toml`, `KYC__SECTION__KEY`).
+//! - [`telemetry`]: the tracing subscriber.
+//! - [`metrics`]: the Prometheus registry behind `/metrics`.
+//!
+//! # Adapters: the only code that knows Redis
+//! - [`queue`]: durable jobs in Redis under apalis workers.
+//! - [`store`]: what the fleet remembers about requests and sessions.
+//! - [`ratelimit`]: the fleet-wide Didit budget.
+//!
+//! # Application: the pipeline
+//! - [`jobs`]: start, poll, decide, operator actions, erasure, the intake bridge, the sweep.
+//! - [`producer`]: how Rust services ask for a verification.
+//!
+//! # Surfaces
+//! - [`http`]: webhooks in, verification requests in, status and health out.
 //! - [`console`]: the operator console under `/console/`.
+//! - [`startup`]: `kyc-worker run`: connections, HTTP servers and workers, and shutdown.
 //! - [`cli`]: the `kyc-worker` command line.
 
-pub mod bench;
 pub mod cli;
 pub mod console;
-pub mod didit;
 pub mod domain;
 pub mod http;
 pub mod jobs;
@@ -25,7 +39,6 @@ pub mod producer;
 pub mod queue;
 pub mod ratelimit;
 pub mod rules;
-pub mod sandbox;
 pub mod settings;
 pub mod startup;
 pub mod store;

@@ -5,17 +5,15 @@
 //! start, so a series exists (at 0) before its first event and alerts on `rate()` work from
 //! the first scrape.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
+use didit::{Endpoint, Scope};
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, Opts, Registry, TextEncoder,
 };
 
-use crate::{
-    didit::{Endpoint, Scope},
-    domain::{AccountPause, EventType, SessionStatus},
-};
+use crate::domain::{AccountPause, EventType, SessionStatus};
 
 /// Outcomes of one job delivery (`kyc_jobs_total{outcome}`).
 pub const JOB_OUTCOMES: [&str; 5] = ["done", "run_again", "retried", "waited", "dead"];
@@ -343,5 +341,17 @@ impl Metrics {
     /// The decider kind of a `decided_by` label (`rule:x` → `rule`).
     pub fn decider_kind(decided_by: &str) -> &str {
         decided_by.split(':').next().unwrap_or(decided_by)
+    }
+}
+
+/// Every Didit call, counted by endpoint and status class, with its latency.
+impl didit::RequestObserver for Metrics {
+    fn observe(&self, endpoint: Endpoint, status: Option<u16>, elapsed: Duration) {
+        self.didit_requests
+            .with_label_values(&[endpoint.as_str(), Self::status_class(status)])
+            .inc();
+        self.didit_duration
+            .with_label_values(&[endpoint.as_str()])
+            .observe(elapsed.as_secs_f64());
     }
 }

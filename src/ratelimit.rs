@@ -13,9 +13,10 @@
 
 use std::{sync::LazyLock, time::Duration};
 
+use didit::Scope;
 use redis::{aio::ConnectionManager, Script};
 
-use crate::{didit::Scope, settings::RateLimitSettings};
+use crate::settings::RateLimitSettings;
 
 /// Checks and takes one slot in each scope. KEYS: per scope the window set, then its pause
 /// key. ARGV: window ms (Didit's window plus our margin), member, then per scope its limit.

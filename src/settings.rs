@@ -19,12 +19,12 @@ pub const DEFAULT_SETTINGS: &str = include_str!("../config/default.toml");
 pub const ENVIRONMENT_VAR: &str = "KYC_ENV";
 
 /// The key the sandbox accepts by default; refused for a real Didit base URL.
-pub const SANDBOX_API_KEY: &str = "sandbox";
+pub const SANDBOX_API_KEY: &str = didit_sandbox::DEFAULT_API_KEY;
 /// The subject-hash salt of the embedded defaults; refused for a real Didit base URL.
 pub const SANDBOX_SUBJECT_SALT: &str = "sandbox-subject-salt-not-secret";
 
 /// The webhook secret the sandbox signs with by default; refused for a real Didit base URL.
-pub const SANDBOX_WEBHOOK_SECRET: &str = "sandbox-webhook-secret";
+pub const SANDBOX_WEBHOOK_SECRET: &str = didit_sandbox::DEFAULT_WEBHOOK_SECRET;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -151,6 +151,23 @@ pub struct DiditSettings {
     pub pdf_timeout: Duration,
     /// Whether Didit delivers webhooks to this fleet (chooses the poll schedule).
     pub webhooks: bool,
+}
+
+impl DiditSettings {
+    /// What the Didit client needs of these settings.
+    pub fn client_config(&self) -> didit::ClientConfig {
+        didit::ClientConfig {
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+            pdf_timeout: self.pdf_timeout,
+            user_agent: concat!("kyc-worker/", env!("CARGO_PKG_VERSION")).to_owned(),
+            ..didit::ClientConfig::new(
+                self.base_url.clone(),
+                self.auth_base_url.clone(),
+                self.api_key.clone(),
+            )
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -888,6 +905,22 @@ impl fmt::Display for HumanDuration {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_sandbox_workflow_is_the_one_the_default_settings_name() {
+        // Only the embedded defaults: no overlay file, no environment.
+        let sources = super::Sources {
+            config_dir: Some(std::path::PathBuf::from("/nonexistent")),
+            env: Some(std::collections::HashMap::new()),
+        };
+        let settings = super::Settings::load_from(&sources).expect("embedded defaults load");
+        assert_eq!(settings.didit.workflow_id, didit_sandbox::WORKFLOW_ID);
+        assert!(super::DEFAULT_SETTINGS.contains(&didit_sandbox::WORKFLOW_ID.to_string()));
+        assert_eq!(
+            settings.didit.base_url.port(),
+            Some(didit_sandbox::DEFAULT_PORT)
+        );
+    }
+
     use super::*;
 
     fn load(vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {

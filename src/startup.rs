@@ -8,11 +8,11 @@ use std::{
 };
 
 use anyhow::Context;
+use didit::{webhook::WebhookVerifier, DiditClient};
 use tokio::net::TcpListener;
 
 use crate::{
     console::{ConsoleState, Throughput},
-    didit::{webhook::WebhookVerifier, DiditClient},
     domain::AccountPause,
     http::{internal_router, public_router, AppState},
     jobs::{run_workers, Pipeline, QUEUES},
@@ -66,7 +66,8 @@ impl Application {
             limiter: limiter.clone(),
             throughput: Arc::new(Throughput::default()),
         };
-        let didit = DiditClient::new(&settings.didit)?.with_metrics(metrics.clone());
+        let didit =
+            DiditClient::new(&settings.didit.client_config())?.with_observer(metrics.clone());
         let pipeline = Pipeline::new(
             didit,
             queue.clone(),

@@ -14,11 +14,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::CliError;
-use crate::{
-    didit::{types::*, DiditClient},
-    domain::SessionStatus,
-    settings::Settings,
-};
+use crate::{domain::SessionStatus, settings::Settings};
+use didit::{types::*, DiditClient};
 
 #[derive(Debug, Args)]
 pub struct DiditArgs {
@@ -225,7 +222,7 @@ fn parse_json_object(s: &str) -> Result<Value, String> {
 }
 
 pub async fn run(args: DiditArgs, settings: &Settings) -> Result<(), CliError> {
-    let client = DiditClient::new(&settings.didit)?;
+    let client = DiditClient::new(&settings.didit.client_config())?;
     let out = Output { json: args.json };
     match args.command {
         DiditCommand::Setup(a) => {

@@ -4,7 +4,6 @@
 //! unreachable host), 2 bad usage, an invalid setting or an invalid rules file (before anything
 //! touched Redis or Didit).
 
-mod bench;
 mod didit;
 mod queue;
 mod rules;
@@ -58,9 +57,6 @@ pub enum Command {
     Session(session::SessionArgs),
     /// Queue depths and the dead set (list, replay, purge)
     Queue(queue::QueueArgs),
-    /// Benchmarks: `bench queue` (the job queue alone), `bench lifecycle` (the fleet), `bench`
-    /// or `bench all` (both, into target/bench/report.md)
-    Bench(bench::BenchArgs),
     /// Auto-decision rules: check a rules file, explain a decision rule by rule
     Rules(rules::RulesArgs),
 }
@@ -87,8 +83,8 @@ impl CliError {
     }
 }
 
-impl From<crate::didit::DiditError> for CliError {
-    fn from(e: crate::didit::DiditError) -> Self {
+impl From<::didit::DiditError> for CliError {
+    fn from(e: ::didit::DiditError) -> Self {
         CliError::Failed(e.into())
     }
 }
@@ -150,7 +146,6 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             init_logs(&settings)?;
             queue::run(args, &settings).await
         }
-        Command::Bench(args) => bench::run(args).await,
         Command::Rules(args) => rules::run(args),
     }
 }

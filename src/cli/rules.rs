@@ -9,10 +9,10 @@ use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use super::CliError;
 use crate::{
-    didit::types::Decision,
     rules::{view, Evaluation, RuleSet},
     settings::{RulesSource, Settings},
 };
+use didit::types::Decision;
 
 #[derive(Debug, Args)]
 pub struct RulesArgs {

@@ -9,7 +9,7 @@ use clap::Args;
 use url::Url;
 
 use super::CliError;
-use crate::sandbox::{
+use didit_sandbox::{
     Contested, DeleteStatus, LimitSpec, SameStatus, Sandbox, SandboxConfig, WrongKeyStatus,
     DEFAULT_API_KEY, DEFAULT_PORT, DEFAULT_WEBHOOK_SECRET, MAX_RETRY_SCALE, WORKFLOW_ID,
 };

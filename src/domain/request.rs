@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::didit::types::{ContactDetails, ExpectedDetails};
+use didit::types::{ContactDetails, ExpectedDetails};
 
 /// The caller's idempotency key for one verification. Generated when absent. It may be the
 /// caller's own id, so the fleet never puts it in a Redis key name (see `records`).

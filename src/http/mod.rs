@@ -12,8 +12,9 @@ use std::sync::{
 };
 
 use axum::{extract::State, http::StatusCode, routing::get, routing::post, Router};
+use didit::webhook::WebhookVerifier;
 
-use crate::{didit::webhook::WebhookVerifier, producer::Producer, queue::Queue, store::Store};
+use crate::{producer::Producer, queue::Queue, store::Store};
 
 /// What the handlers share.
 #[derive(Clone)]

@@ -16,13 +16,13 @@ use uuid::Uuid;
 
 use super::AppState;
 use crate::{
-    didit::webhook::{
-        SignatureHeaders, HEADER_SIGNATURE, HEADER_SIGNATURE_SIMPLE, HEADER_SIGNATURE_V2,
-        HEADER_TIMESTAMP,
-    },
     domain::{RequestId, SessionStatus},
     jobs::PollDecision,
     jobs::REQUEST_ID_METADATA,
+};
+use didit::webhook::{
+    SignatureHeaders, HEADER_SIGNATURE, HEADER_SIGNATURE_SIMPLE, HEADER_SIGNATURE_V2,
+    HEADER_TIMESTAMP,
 };
 
 pub async fn didit_webhook(

@@ -6,11 +6,11 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use didit::{types::Decision, DiditClient, DiditError, Endpoint, ErrorClass};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::{
-    didit::{types::Decision, DiditClient, DiditError, Endpoint, ErrorClass},
     domain::{
         AccountPause, Decider, EventType, OutcomeEvent, PollSchedule, RequestId, SessionStatus,
     },
@@ -235,7 +235,7 @@ impl Pipeline {
 
     /// Maps a Didit failure to the queue's language, pausing the fleet on account errors.
     pub async fn didit_failure(&self, error: DiditError) -> JobError {
-        if matches!(error.kind, crate::didit::DiditErrorKind::Decode(_)) {
+        if matches!(error.kind, didit::DiditErrorKind::Decode(_)) {
             // A body we cannot read is more likely a proxy than a permanent answer, but it
             // is not Didit's throttling either: retry, counting attempts.
             return JobError::Retry {

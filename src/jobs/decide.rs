@@ -12,15 +12,15 @@ use uuid::Uuid;
 
 use super::{context::redis_failure, Pipeline};
 use crate::{
-    didit::{
-        types::{BlocklistAddRequest, Decision, UpdateStatusRequest},
-        Endpoint, ErrorClass,
-    },
     domain::{Decider, SessionStatus},
     queue::JobError,
     ratelimit::Priority,
     rules::{Action, Evaluation},
     store::SessionRecord,
+};
+use didit::{
+    types::{BlocklistAddRequest, Decision, UpdateStatusRequest},
+    Endpoint, ErrorClass,
 };
 
 /// What the poll does after the decision step.

@@ -12,11 +12,11 @@ use serde_json::json;
 
 use super::{context::redis_failure, Pipeline, StartKyc};
 use crate::{
-    didit::{types::SessionQuery, Endpoint, ErrorClass},
     domain::{Decider, EventType, OutcomeEvent, RequestId},
     queue::{Completion, Job, JobError},
     ratelimit::Priority,
 };
+use didit::{types::SessionQuery, Endpoint, ErrorClass};
 
 /// Job: erase everything about one person.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

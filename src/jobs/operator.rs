@@ -13,10 +13,10 @@ use uuid::Uuid;
 
 use super::{context::redis_failure, decide::update_status, Pipeline};
 use crate::{
-    didit::types::UpdateStatusRequest,
     domain::{Decider, SessionStatus},
     queue::{Completion, Job, JobError},
 };
+use didit::types::UpdateStatusRequest;
 
 /// What an operator decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,12 +19,12 @@ use super::{
     Pipeline,
 };
 use crate::{
-    didit::{Endpoint, ErrorClass},
     domain::{Decider, EventType, FailureReason, OutcomeEvent, SessionStatus},
     queue::{now_ms, Completion, Delivery, Job, JobError},
     ratelimit::Priority,
     store::SessionRecord,
 };
+use didit::{Endpoint, ErrorClass};
 
 /// Job: read the decision of one session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,16 +15,16 @@ use uuid::Uuid;
 
 use super::{context::redis_failure, Pipeline};
 use crate::{
-    didit::{
-        types::{CreateSessionRequest, SessionQuery},
-        Endpoint, ErrorClass,
-    },
     domain::{
         Decider, EventType, FailureReason, OutcomeEvent, RequestId, SessionStatus, StartRequest,
     },
     queue::{Completion, Delivery, Job, JobError},
     ratelimit::Priority,
     store::NewSession,
+};
+use didit::{
+    types::{CreateSessionRequest, SessionQuery},
+    Endpoint, ErrorClass,
 };
 
 /// The metadata key that carries our request id through Didit.
@@ -267,7 +267,7 @@ async fn create_failed(
     p: &Pipeline,
     rid: &RequestId,
     vendor_data: &str,
-    error: crate::didit::DiditError,
+    error: didit::DiditError,
     delivery: &Delivery,
 ) -> Outcome {
     if error.class() == ErrorClass::Request {

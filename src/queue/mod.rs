@@ -24,7 +24,6 @@
 //! it) is dead-lettered. Redis errors never stop a worker: it backs off and resumes.
 
 mod backend;
-pub mod bench;
 mod envelope;
 pub mod keys;
 mod maintenance;
@@ -522,7 +521,7 @@ pub(crate) fn entry_ms(id: &str) -> u64 {
         .unwrap_or(0)
 }
 
-pub(crate) fn unix_ms(t: SystemTime) -> u64 {
+pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)

@@ -21,12 +21,12 @@ use std::{
 };
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr};
+use didit::types::{Decision, NodeToResubmit};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::{
-    didit::types::{Decision, NodeToResubmit},
     domain::SessionStatus,
     settings::{RulesSettings, RulesSource},
 };

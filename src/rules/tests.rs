@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use time::{macros::datetime, OffsetDateTime};
 
 use super::*;
-use crate::sandbox::scenarios::{self, Scenario, Subject};
+use didit_sandbox::scenarios::{self, Scenario, Subject};
 
 const NOW: OffsetDateTime = datetime!(2026-03-01 12:00 UTC);
 

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use time::{macros::format_description, Date, OffsetDateTime};
 
 use super::country;
-use crate::didit::types::{Decision, FeatureItem};
+use didit::types::{Decision, FeatureItem};
 
 /// What conditions read, computed from one decision at one moment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -318,7 +318,7 @@ async fn erasure_deletes_the_person_at_didit_and_leaves_no_trace_here() {
     let erased = app.wait_events("kyc.subject.erased", 1).await;
 
     // Assert: deleted at Didit…
-    let client = kyc_worker::didit::DiditClient::new(&app.settings().didit).expect("client");
+    let client = didit::DiditClient::new(&app.settings().didit.client_config()).expect("client");
     for sid in &their_sessions {
         let err = client
             .decision(sid.parse().expect("uuid"))

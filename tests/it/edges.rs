@@ -1,9 +1,10 @@
 //! The pipeline's edges: webhooks, the fleet-wide rate limiter, intake for any language,
 //! the status API and the reconciliation sweep.
 
+use didit::webhook::sign;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kyc_worker::{didit::webhook::sign, domain::StartRequest};
+use kyc_worker::domain::StartRequest;
 use redis::AsyncCommands;
 use serde_json::json;
 

@@ -206,7 +206,7 @@ impl Default for AppOptions {
 /// One fleet process in this test, with its own Redis and sandbox.
 pub struct TestApp {
     pub redis: TestRedis,
-    pub sandbox: kyc_worker::sandbox::SandboxHandle,
+    pub sandbox: didit_sandbox::SandboxHandle,
     pub port: u16,
     pub settings_env: std::collections::HashMap<String, String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -369,7 +369,7 @@ impl TestApp {
 pub async fn spawn_app(options: AppOptions) -> TestApp {
     let redis = TestRedis::start().await;
     let port = free_port();
-    let mut sandbox_config = kyc_worker::sandbox::SandboxConfig::for_tests(options.complete_after);
+    let mut sandbox_config = didit_sandbox::SandboxConfig::for_tests(options.complete_after);
     sandbox_config.min_expiration = Duration::from_secs(1);
     sandbox_config.limits = options
         .sandbox_limits
@@ -389,7 +389,7 @@ pub async fn spawn_app(options: AppOptions) -> TestApp {
                 .expect("url"),
         );
     }
-    let sandbox = kyc_worker::sandbox::Sandbox::start(sandbox_config)
+    let sandbox = didit_sandbox::Sandbox::start(sandbox_config)
         .await
         .expect("sandbox");
     let base = sandbox.base_url().to_string();

@@ -5,11 +5,9 @@
 
 use std::time::Duration;
 
+use didit::{types::Decision, webhook::sign};
 use hmac::{Hmac, Mac};
-use kyc_worker::{
-    didit::{types::Decision, webhook::sign},
-    rules::{view::DecisionView, RuleSet, DEFAULT_RULES},
-};
+use kyc_worker::rules::{view::DecisionView, RuleSet, DEFAULT_RULES};
 use proptest::prelude::*;
 use redis::AsyncCommands;
 use serde_json::{json, Value};
@@ -533,15 +531,15 @@ fn sandbox_decisions() -> Vec<Value> {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let sandbox = kyc_worker::sandbox::Sandbox::start(
-            kyc_worker::sandbox::SandboxConfig::for_tests(Duration::from_secs(3600)),
-        )
+        let sandbox = didit_sandbox::Sandbox::start(didit_sandbox::SandboxConfig::for_tests(
+            Duration::from_secs(3600),
+        ))
         .await
         .expect("sandbox");
         let base = sandbox.base_url().to_string();
         let client = reqwest::Client::new();
         let mut decisions = Vec::new();
-        for scenario in kyc_worker::sandbox::Scenario::ALL {
+        for scenario in didit_sandbox::Scenario::ALL {
             let created: Value = client
                 .post(format!("{base}v3/session/"))
                 .header("x-api-key", "sandbox")

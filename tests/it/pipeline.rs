@@ -1,9 +1,10 @@
 //! The pipeline end to end: start request → Didit session (the sandbox over HTTP) → decision
 //! → exactly one event per decision, with workers in this process or as child processes.
 
+use didit::DiditClient;
 use std::{collections::HashMap, time::Duration};
 
-use kyc_worker::{didit::DiditClient, domain::StartRequest};
+use kyc_worker::domain::StartRequest;
 use redis::AsyncCommands;
 
 use crate::helpers::{eventually, spawn_app, AppOptions, TestApp, DEADLINE};
@@ -18,11 +19,11 @@ fn request(vendor_data: &str, scenario: &str) -> StartRequest {
 
 /// A workflow whose sessions expire after `seconds` (the sandbox allows less than Didit's 1 h).
 async fn short_workflow(app: &TestApp, seconds: u64) -> uuid::Uuid {
-    let client = DiditClient::new(&app.settings().didit).expect("client");
+    let client = DiditClient::new(&app.settings().didit.client_config()).expect("client");
     let w = client
-        .create_workflow(&kyc_worker::didit::types::CreateWorkflowRequest {
+        .create_workflow(&didit::types::CreateWorkflowRequest {
             workflow_label: Some("short".into()),
-            features: vec![kyc_worker::didit::types::WorkflowFeature {
+            features: vec![didit::types::WorkflowFeature {
                 feature: "OCR".into(),
                 config: None,
             }],
@@ -291,8 +292,7 @@ async fn a_revoked_key_pauses_the_fleet_without_losing_work_and_resumes() {
         .expect("clock")
         .as_secs() as i64;
     let body = body.replace("\"timestamp\":1", &format!("\"timestamp\":{ts}"));
-    let sigs = kyc_worker::didit::webhook::sign("sandbox-webhook-secret", body.as_bytes(), ts)
-        .expect("sign");
+    let sigs = didit::webhook::sign("sandbox-webhook-secret", body.as_bytes(), ts).expect("sign");
     let response = reqwest::Client::new()
         .post(app.url("/webhooks/didit"))
         .header("x-timestamp", ts.to_string())

@@ -193,7 +193,8 @@ fn explain_refuses_a_broken_rules_file_or_decision_with_exit_code_2() {
 
 /// End to end with the sandbox: the default pack overturns Didit where it should.
 mod pipeline {
-    use kyc_worker::{didit::DiditClient, domain::StartRequest};
+    use didit::DiditClient;
+    use kyc_worker::domain::StartRequest;
 
     use crate::helpers::{spawn_app, AppOptions};
 
@@ -236,7 +237,7 @@ mod pipeline {
         );
 
         // Didit holds the rule's status and comment; the echo did not produce a second event.
-        let client = DiditClient::new(&app.settings().didit).expect("client");
+        let client = DiditClient::new(&app.settings().didit.client_config()).expect("client");
         let decision = client
             .decision(event["session_id"].parse().expect("uuid"))
             .await

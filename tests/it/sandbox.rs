@@ -14,17 +14,17 @@ use std::{
 };
 
 use axum::{body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post};
+use didit::{
+    types::{CreateSessionRequest, Decision, UpdateStatusRequest},
+    webhook::{SignatureHeaders, SignatureScheme, WebhookVerifier},
+    AccountPause, DiditClient, ErrorClass,
+};
+use didit_sandbox::{
+    Contested, DeleteStatus, SameStatus, Sandbox, SandboxConfig, SandboxHandle, WrongKeyStatus,
+    WORKFLOW_ID,
+};
 use kyc_worker::{
-    didit::{
-        types::{CreateSessionRequest, Decision, UpdateStatusRequest},
-        webhook::{SignatureHeaders, SignatureScheme, WebhookVerifier},
-        AccountPause, DiditClient, ErrorClass,
-    },
     domain::SessionStatus,
-    sandbox::{
-        Contested, DeleteStatus, SameStatus, Sandbox, SandboxConfig, SandboxHandle, WrongKeyStatus,
-        WORKFLOW_ID,
-    },
     settings::{Settings, Sources},
 };
 use secrecy::SecretString;
@@ -170,7 +170,7 @@ fn client(sandbox: &SandboxHandle, key: &str) -> DiditClient {
         env: Some(env),
     })
     .expect("settings for the sandbox");
-    DiditClient::new(&settings.didit).expect("a client")
+    DiditClient::new(&settings.didit.client_config()).expect("a client")
 }
 
 fn session(vendor_data: &str, scenario: &str) -> CreateSessionRequest {
@@ -333,20 +333,19 @@ async fn each_scenario_reaches_its_status_through_the_real_client() {
         ] {
             assert!(!id_check.rest[field].is_null(), "{scenario}: {field}");
         }
-        let warnings =
-            |items: &Option<Vec<kyc_worker::didit::types::FeatureItem>>| -> Vec<(String, String)> {
-                items
-                    .iter()
-                    .flatten()
-                    .flat_map(|i| i.warnings.iter().flatten())
-                    .map(|w| {
-                        (
-                            w.risk.clone().unwrap_or_default(),
-                            w.log_type.clone().unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            };
+        let warnings = |items: &Option<Vec<didit::types::FeatureItem>>| -> Vec<(String, String)> {
+            items
+                .iter()
+                .flatten()
+                .flat_map(|i| i.warnings.iter().flatten())
+                .map(|w| {
+                    (
+                        w.risk.clone().unwrap_or_default(),
+                        w.log_type.clone().unwrap_or_default(),
+                    )
+                })
+                .collect()
+        };
         match *scenario {
             "decline_document_expired" => {
                 assert_eq!(
@@ -467,7 +466,7 @@ async fn webhooks_are_signed_like_didits_in_order_and_retried() {
     let client = client(&sandbox, "sandbox");
     let (extra_inbox, extra_url) = Inbox::serve(0).await;
     let destination = client
-        .create_webhook_destination(&kyc_worker::didit::types::CreateWebhookDestination {
+        .create_webhook_destination(&didit::types::CreateWebhookDestination {
             label: "second".into(),
             url: extra_url.to_string(),
             webhook_version: "v3".into(),

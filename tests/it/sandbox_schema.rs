@@ -5,12 +5,10 @@
 
 use std::{sync::LazyLock, time::Duration};
 
+use crate::sandbox::{control, start, Raw};
 use serde_json::{json, Map, Value};
 
-use crate::{
-    helpers::{eventually, DEADLINE},
-    sandbox::{control, start, Raw},
-};
+use crate::helpers::{eventually, DEADLINE};
 
 static SPEC: LazyLock<Value> = LazyLock::new(|| {
     let text = include_str!("../fixtures/didit-openapi.json");
@@ -120,7 +118,7 @@ async fn session_responses_match_didits_schemas_at_every_stage() {
         let (status, created) = raw
             .post(
                 "/v3/session/",
-                json!({"workflow_id": kyc_worker::sandbox::WORKFLOW_ID, "vendor_data": format!("schema-{scenario}"),
+                json!({"workflow_id": didit_sandbox::WORKFLOW_ID, "vendor_data": format!("schema-{scenario}"),
                        "metadata": {"request_id": scenario}, "callback": "https://example.com/done",
                        "language": "es", "sandbox_scenario": scenario,
                        "contact_details": {"email": "user@example.org"}}),
@@ -192,7 +190,7 @@ async fn expired_abandoned_and_error_answers_match_didits_schemas() {
     let (_, created) = raw
         .post(
             "/v3/session/",
-            json!({"workflow_id": kyc_worker::sandbox::WORKFLOW_ID, "vendor_data": "late", "sandbox_scenario": "abandon"}),
+            json!({"workflow_id": didit_sandbox::WORKFLOW_ID, "vendor_data": "late", "sandbox_scenario": "abandon"}),
         )
         .await;
     let id = created["session_id"].as_str().expect("id").to_owned();
@@ -311,7 +309,7 @@ async fn blocklist_and_registration_answer_as_the_didit_notes_describe() {
     let (_, created) = raw
         .post(
             "/v3/session/",
-            json!({"workflow_id": kyc_worker::sandbox::WORKFLOW_ID, "vendor_data": "fraudster"}),
+            json!({"workflow_id": didit_sandbox::WORKFLOW_ID, "vendor_data": "fraudster"}),
         )
         .await;
     let id = created["session_id"].clone();
@@ -356,7 +354,7 @@ async fn blocklist_and_registration_answer_as_the_didit_notes_describe() {
     let (status, verified) = auth
         .post(
             "/auth/v2/programmatic/verify-email/",
-            json!({"email": "dev@company.org", "code": kyc_worker::sandbox::EMAIL_CODE}),
+            json!({"email": "dev@company.org", "code": didit_sandbox::EMAIL_CODE}),
         )
         .await;
     assert_eq!(status, 200);

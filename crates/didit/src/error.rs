@@ -9,7 +9,38 @@ use std::{fmt, time::Duration};
 use serde_json::Value;
 
 use super::Endpoint;
-pub use crate::domain::AccountPause;
+
+/// Why Didit calls are paused for a whole account: the fault is the account's, not one
+/// request's, so retrying the request alone cannot help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountPause {
+    /// 401: the key is wrong, revoked or expired.
+    InvalidKey,
+    /// 403 where the key must have access.
+    Forbidden,
+    /// Not enough credits.
+    NoCredits,
+}
+
+impl AccountPause {
+    pub const ALL: [AccountPause; 3] = [
+        AccountPause::InvalidKey,
+        AccountPause::Forbidden,
+        AccountPause::NoCredits,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountPause::InvalidKey => "invalid_key",
+            AccountPause::Forbidden => "forbidden",
+            AccountPause::NoCredits => "no_credits",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
 
 /// What the caller should do about a failed call.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -39,7 +39,7 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio::{sync::oneshot, task::JoinHandle};
 
-use super::{
+use crate::{
     processes::{connections_to, WorkerProcess},
     profile::{ProfileSummary, Profiler},
     server::{
@@ -47,13 +47,13 @@ use super::{
         redis_cpu_seconds, used_memory, BenchRedis,
     },
 };
-use crate::{
+use didit_sandbox::{Sandbox, SandboxConfig, SandboxHandle};
+use kyc_worker::{
     domain::StartRequest,
     jobs::StartKyc,
     producer::Producer,
     queue::{Job, Queue},
     rules::RuleSet,
-    sandbox::{Sandbox, SandboxConfig, SandboxHandle},
     settings::{Settings, Sources},
     startup::Application,
 };
@@ -484,7 +484,7 @@ async fn produce(producer: &Producer, n: usize, tag: &str) -> anyhow::Result<Has
                 if i >= n {
                     return Ok::<_, anyhow::Error>(pushed);
                 }
-                let at = crate::queue::now_ms();
+                let at = kyc_worker::queue::now_ms();
                 let id = producer
                     .start_kyc(StartRequest {
                         vendor_data: format!("bench-{tag}-{i}"),
@@ -528,7 +528,7 @@ async fn run_one(
     sessions: usize,
     idle_sample: Duration,
 ) -> anyhow::Result<LifecycleRun> {
-    let mut admin = crate::queue::connect(redis.url()).await?;
+    let mut admin = kyc_worker::queue::connect(redis.url()).await?;
     flush(&mut admin).await?;
     let fleet = Fleet::start(redis.url(), shape).await?;
     let producer = Producer::connect(&fleet.settings).await?;
@@ -688,7 +688,7 @@ fn waiting_shape() -> Shape {
 
 /// Redis bytes per session created and waiting for its user (one in-process application).
 async fn waiting_memory(redis: &BenchRedis, n: usize) -> anyhow::Result<f64> {
-    let mut admin = crate::queue::connect(redis.url()).await?;
+    let mut admin = kyc_worker::queue::connect(redis.url()).await?;
     flush(&mut admin).await?;
     let fleet = Fleet::start(redis.url(), waiting_shape()).await?;
     let queue = Queue::connect(
@@ -712,7 +712,7 @@ async fn waiting_memory(redis: &BenchRedis, n: usize) -> anyhow::Result<f64> {
 /// [`IN_FLIGHT_LATENCY`]. Two processes, so the in-flight burst does not inflate the
 /// waiting reading (the allocator keeps what a burst used).
 async fn worker_memory(redis: &BenchRedis, n: usize) -> anyhow::Result<WorkerMemory> {
-    let mut admin = crate::queue::connect(redis.url()).await?;
+    let mut admin = kyc_worker::queue::connect(redis.url()).await?;
     flush(&mut admin).await?;
     let (idle, waiting) = {
         let shape = Shape {
@@ -795,7 +795,7 @@ const LATENCY_PACE: Duration = Duration::from_millis(100);
 /// step (written once the signature, dedupe and session checks passed); the event's is its
 /// stream id. Both clocks are this host's.
 async fn webhook_latency(redis: &BenchRedis, n: usize) -> anyhow::Result<WebhookLatency> {
-    let mut admin = crate::queue::connect(redis.url()).await?;
+    let mut admin = kyc_worker::queue::connect(redis.url()).await?;
     flush(&mut admin).await?;
     let fleet = Fleet::start(
         redis.url(),
@@ -826,7 +826,7 @@ async fn webhook_latency(redis: &BenchRedis, n: usize) -> anyhow::Result<Webhook
         tokio::time::sleep(Duration::from_millis(50)).await;
         watch.read(&mut admin, &stream).await?;
     }
-    let store = crate::store::Store::new(
+    let store = kyc_worker::store::Store::new(
         admin.clone(),
         &fleet.settings.redis.prefix,
         fleet.settings.events.clone(),
@@ -860,7 +860,7 @@ async fn webhook_latency(redis: &BenchRedis, n: usize) -> anyhow::Result<Webhook
 }
 
 /// The one worker process of a children fleet.
-fn only_child(fleet: &Fleet) -> anyhow::Result<&super::processes::WorkerProcess> {
+fn only_child(fleet: &Fleet) -> anyhow::Result<&crate::processes::WorkerProcess> {
     let Workers::Children(children) = &fleet.workers else {
         bail!("the worker-memory fleet is a child process");
     };
@@ -870,9 +870,9 @@ fn only_child(fleet: &Fleet) -> anyhow::Result<&super::processes::WorkerProcess>
 }
 
 fn resident(
-    child: &super::processes::WorkerProcess,
+    child: &crate::processes::WorkerProcess,
     what: &str,
-) -> anyhow::Result<super::server::Resident> {
+) -> anyhow::Result<crate::server::Resident> {
     child
         .resident()
         .with_context(|| format!("cannot read the worker's memory ({what})"))

@@ -33,7 +33,7 @@ use url::Url;
 use uuid::Uuid;
 
 use super::SandboxConfig;
-use crate::didit::webhook::{didit_wire_body, sign};
+use didit::webhook::{didit_wire_body, sign};
 
 /// Didit's delays before the second and third attempts.
 const RETRY_DELAYS: [Duration; 2] = [Duration::from_secs(60), Duration::from_secs(240)];

@@ -5,7 +5,7 @@
 //! trailing slashes: the unslashed forms answer 301, and following that redirect can drop the
 //! `x-api-key` header.
 
-use std::{fmt, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use reqwest::{header::HeaderMap, Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
@@ -17,7 +17,57 @@ use super::{
     error::{parse_retry_after, DiditError, DiditErrorKind, ErrorBody},
     types::*,
 };
-use crate::settings::DiditSettings;
+
+/// Where and how a [`DiditClient`] talks to Didit.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// `https://verification.didit.me` for Didit, or a sandbox's address.
+    pub base_url: Url,
+    /// The registration host (`https://apx.didit.me/auth/v2` for Didit).
+    pub auth_base_url: Url,
+    /// Sent as `x-api-key` on every call.
+    pub api_key: SecretString,
+    pub connect_timeout: Duration,
+    /// The whole exchange, for every call but the PDF report.
+    pub request_timeout: Duration,
+    /// Generating a PDF report takes Didit longer.
+    pub pdf_timeout: Duration,
+    pub user_agent: String,
+}
+
+impl ClientConfig {
+    /// Didit's defaults: 5 s to connect, 30 s per call, 120 s for a PDF.
+    pub fn new(base_url: Url, auth_base_url: Url, api_key: SecretString) -> Self {
+        Self {
+            base_url,
+            auth_base_url,
+            api_key,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            pdf_timeout: Duration::from_secs(120),
+            user_agent: concat!("didit-rs/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("base_url", &self.base_url.as_str())
+            .field("auth_base_url", &self.auth_base_url.as_str())
+            .field("api_key", &"[REDACTED]")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("pdf_timeout", &self.pdf_timeout)
+            .finish()
+    }
+}
+
+/// Sees every call a [`DiditClient`] makes: for metrics. `status` is the HTTP status, `None`
+/// when no response came (timeout, connection refused).
+pub trait RequestObserver: Send + Sync {
+    fn observe(&self, endpoint: Endpoint, status: Option<u16>, elapsed: Duration);
+}
 
 /// The Didit operations the fleet uses. Used as the `endpoint` metric label and to pick the
 /// rate-limit bucket.
@@ -162,7 +212,7 @@ pub struct DiditClient {
     api_key: SecretString,
     request_timeout: Duration,
     pdf_timeout: Duration,
-    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    observer: Option<Arc<dyn RequestObserver>>,
 }
 
 impl fmt::Debug for DiditClient {
@@ -181,29 +231,31 @@ enum Body<'a, B: Serialize> {
 }
 
 impl DiditClient {
-    pub fn new(settings: &DiditSettings) -> Result<Self, DiditError> {
+    /// A client for `config`. Fails only when the TLS backend cannot start.
+    pub fn new(config: &ClientConfig) -> Result<Self, DiditError> {
         let http = reqwest::Client::builder()
-            .connect_timeout(settings.connect_timeout)
+            .connect_timeout(config.connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("kyc-worker/", env!("CARGO_PKG_VERSION")))
+            .user_agent(config.user_agent.as_str())
             .build()
             .map_err(|e| {
                 DiditError::new(Endpoint::Decision, DiditErrorKind::Transport(e.to_string()))
             })?;
         Ok(Self {
             http,
-            base_url: settings.base_url.clone(),
-            auth_base_url: settings.auth_base_url.clone(),
-            api_key: settings.api_key.clone(),
-            request_timeout: settings.request_timeout,
-            pdf_timeout: settings.pdf_timeout,
-            metrics: None,
+            base_url: config.base_url.clone(),
+            auth_base_url: config.auth_base_url.clone(),
+            api_key: config.api_key.clone(),
+            request_timeout: config.request_timeout,
+            pdf_timeout: config.pdf_timeout,
+            observer: None,
         })
     }
 
-    /// Counts every call in `kyc_didit_requests_total` and its latency.
-    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
-        self.metrics = Some(metrics);
+    /// Reports every call (its endpoint, HTTP status and duration) to `observer`, e.g. to
+    /// count it in metrics.
+    pub fn with_observer(mut self, observer: Arc<dyn RequestObserver>) -> Self {
+        self.observer = Some(observer);
         self
     }
 
@@ -472,22 +524,12 @@ impl DiditClient {
     ) -> Result<Vec<u8>, DiditError> {
         let started = std::time::Instant::now();
         let result = self.exchange(endpoint, method, url, body, timeout).await;
-        if let Some(metrics) = &self.metrics {
+        if let Some(observer) = &self.observer {
             let status = match &result {
                 Ok(_) => Some(200),
                 Err(e) => e.status(),
             };
-            metrics
-                .didit_requests
-                .with_label_values(&[
-                    endpoint.as_str(),
-                    crate::metrics::Metrics::status_class(status),
-                ])
-                .inc();
-            metrics
-                .didit_duration
-                .with_label_values(&[endpoint.as_str()])
-                .observe(started.elapsed().as_secs_f64());
+            observer.observe(endpoint, status, started.elapsed());
         }
         result
     }
@@ -537,7 +579,7 @@ impl DiditClient {
 /// (a decision carries names and document numbers).
 fn decode<T: DeserializeOwned>(endpoint: Endpoint, bytes: &[u8]) -> Result<T, DiditError> {
     serde_json::from_slice(bytes).map_err(|e| {
-        let reason = crate::telemetry::redact_values(&e.to_string());
+        let reason = crate::redact_values(&e.to_string());
         DiditError::new(endpoint, DiditErrorKind::Decode(reason))
     })
 }

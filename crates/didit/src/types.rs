@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::domain::SessionStatus;
+use crate::SessionStatus;
 
 /// `POST /v3/session/` body.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

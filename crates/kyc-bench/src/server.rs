@@ -46,7 +46,7 @@ impl BenchRedis {
         let url = format!("redis://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(mut c) = crate::queue::connect(&url).await {
+            if let Ok(mut c) = kyc_worker::queue::connect(&url).await {
                 if redis::cmd("PING")
                     .query_async::<String>(&mut c)
                     .await

@@ -33,7 +33,7 @@ mod contested;
 mod control;
 mod limits;
 mod routes;
-pub(crate) mod scenarios;
+pub mod scenarios;
 mod state;
 mod webhooks;
 
@@ -57,10 +57,10 @@ pub use scenarios::Scenario;
 pub const WORKFLOW_ID: Uuid = Uuid::from_u128(0x5f0c9a52_2b8e_4d3c_9a61_7e4b8d2c1f30);
 
 /// The API key the sandbox accepts unless told otherwise.
-pub const DEFAULT_API_KEY: &str = crate::settings::SANDBOX_API_KEY;
+pub const DEFAULT_API_KEY: &str = "sandbox";
 
 /// The secret deliveries to `--webhook-url` are signed with unless told otherwise.
-pub const DEFAULT_WEBHOOK_SECRET: &str = crate::settings::SANDBOX_WEBHOOK_SECRET;
+pub const DEFAULT_WEBHOOK_SECRET: &str = "sandbox-webhook-secret";
 
 /// The port `config/default.toml` expects the sandbox on.
 pub const DEFAULT_PORT: u16 = 8089;
@@ -270,28 +270,5 @@ async fn shutdown_signal() -> anyhow::Result<()> {
         tokio::signal::ctrl_c()
             .await
             .context("cannot listen for ctrl-c")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_fixed_workflow_is_the_one_the_default_settings_name() {
-        // Only the embedded defaults: no overlay file, no environment.
-        let sources = crate::settings::Sources {
-            config_dir: Some(std::path::PathBuf::from("/nonexistent")),
-            env: Some(std::collections::HashMap::new()),
-        };
-        let settings =
-            crate::settings::Settings::load_from(&sources).expect("embedded defaults load");
-        assert_eq!(settings.didit.workflow_id, WORKFLOW_ID);
-        assert_eq!(
-            WORKFLOW_ID.to_string(),
-            "5f0c9a52-2b8e-4d3c-9a61-7e4b8d2c1f30"
-        );
-        assert!(crate::settings::DEFAULT_SETTINGS.contains(&WORKFLOW_ID.to_string()));
-        assert_eq!(settings.didit.base_url.port(), Some(DEFAULT_PORT));
     }
 }

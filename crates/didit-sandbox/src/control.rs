@@ -17,7 +17,7 @@ use super::{
     scenarios::{self, Scenario, Subject},
     state::{Inner, Shared, Step},
 };
-use crate::domain::SessionStatus;
+use didit::SessionStatus;
 
 const ACTIONS: &[&str] = &[
     "revoke_api_key",

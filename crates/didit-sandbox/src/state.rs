@@ -30,7 +30,7 @@ use super::{
     webhooks::{Event, Target, WebhookStats},
     Contested, SandboxConfig, WORKFLOW_ID,
 };
-use crate::domain::SessionStatus;
+use didit::SessionStatus;
 
 /// The application every sandbox session belongs to (the webhook's `application_id`).
 pub const APPLICATION_ID: Uuid = Uuid::from_u128(0x0b5e7c1d_5a4d_4b0c_8d1e_5a4db0c0ffee);

@@ -114,7 +114,7 @@ const GROUPS: &[(&str, &str, &[&str])] = &[
     (
         "the sandbox (bench harness)",
         "the in-process Didit stand-in's own logic; not a cost of the fleet",
-        &["kyc_worker::sandbox::", "<kyc_worker::sandbox::"],
+        &["didit_sandbox::", "<didit_sandbox::"],
     ),
     (
         "our code (kyc_worker)",
@@ -195,12 +195,12 @@ impl Profiler {
             .context("cannot start the CPU profiler")?;
         Ok(Self {
             guard,
-            cpu_before: super::server::process_cpu_seconds(),
+            cpu_before: crate::server::process_cpu_seconds(),
         })
     }
 
     pub fn finish(self, svg: &Path, run: &str) -> anyhow::Result<ProfileSummary> {
-        let cpu = super::server::process_cpu_seconds()
+        let cpu = crate::server::process_cpu_seconds()
             .zip(self.cpu_before)
             .map(|(after, before)| after - before);
         let report = self

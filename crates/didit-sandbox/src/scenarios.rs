@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use time::{Date, Duration as TimeDuration, OffsetDateTime};
 use uuid::Uuid;
 
-use crate::domain::SessionStatus;
+use didit::SessionStatus;
 
 /// How the simulated user's flow ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,16 +13,14 @@ use url::Url;
 use uuid::Uuid;
 
 use super::{detail, json_response, not_found, Op, Refusal, Request};
+use didit::SessionStatus;
+
 use crate::{
-    domain::SessionStatus,
-    sandbox::{
-        scenarios::Scenario,
-        state::{
-            rfc3339, Destination, Inner, NewSession, Workflow, DEFAULT_EXPIRATION_S,
-            MAX_EXPIRATION_S,
-        },
-        DeleteStatus, SameStatus, DEFAULT_API_KEY, EMAIL_CODE,
+    scenarios::Scenario,
+    state::{
+        rfc3339, Destination, Inner, NewSession, Workflow, DEFAULT_EXPIRATION_S, MAX_EXPIRATION_S,
     },
+    DeleteStatus, SameStatus, DEFAULT_API_KEY, EMAIL_CODE,
 };
 
 const LANGUAGES: &[&str] = &[

@@ -7,15 +7,16 @@ use std::path::Path;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::{
+use crate::{
     lifecycle::{LifecycleReport, LifecycleRun, WorkerMemory},
     profile::ProfileSummary,
 };
-use crate::{
+use kyc_worker::{
     domain::PollSchedule,
-    queue::bench::QueueBenchReport,
     settings::{Settings, Sources},
 };
+
+use crate::queue::QueueBenchReport;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BudgetRow {
@@ -385,7 +386,7 @@ fn worker_memory_markdown(w: &WorkerMemory) -> String {
         loaded = mib(w.in_flight_rss_bytes),
         per_job = per(w.in_flight_base_rss_bytes, w.in_flight_rss_bytes) / 1024.0,
         peak = mib(w.peak_rss_bytes),
-        latency = super::lifecycle::IN_FLIGHT_LATENCY.as_secs(),
+        latency = crate::lifecycle::IN_FLIGHT_LATENCY.as_secs(),
         times = w.jobs as f64 / w.waiting_concurrency.max(1) as f64,
     )
 }
@@ -569,7 +570,7 @@ pub fn markdown(r: &Report) -> String {
     }
     if let Some(q) = &r.queue {
         md.push('\n');
-        md.push_str(&crate::queue::bench::markdown(q));
+        md.push_str(&crate::queue::markdown(q));
     } else {
         md.push_str("\n(no queue.json: run `kyc-worker bench queue` first to include the queue)\n");
     }

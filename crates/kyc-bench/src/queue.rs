@@ -20,9 +20,14 @@ use anyhow::Context;
 use apalis::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{now_ms, Completion, Job, JobError, Maintenance, Queue, RedisBackend};
-use crate::bench::server::{commands_since_reset, flush, redis_version, used_memory, BenchRedis};
-use crate::settings::QueueSettings;
+use kyc_worker::{
+    queue::{
+        connect, now_ms, unix_ms, Completion, Job, JobError, Maintenance, Queue, RedisBackend,
+    },
+    settings::QueueSettings,
+};
+
+use crate::server::{commands_since_reset, flush, redis_version, used_memory, BenchRedis};
 
 /// What to run; the defaults are the sizes, `quick` shrinks them for CI.
 #[derive(Debug, Clone)]
@@ -170,7 +175,7 @@ async fn run_ours(
     backlog: usize,
     concurrency: usize,
 ) -> anyhow::Result<(f64, f64, f64, u64)> {
-    let mut admin = super::connect(url).await?;
+    let mut admin = connect(url).await?;
     flush(&mut admin).await?;
     let queue = Queue::connect(url, "bench", settings()).await?;
     let jobs: Vec<NoopJob> = (0..backlog as u64)
@@ -207,7 +212,7 @@ async fn run_apalis(
     backlog: usize,
     concurrency: usize,
 ) -> anyhow::Result<(f64, f64, f64, u64)> {
-    let mut admin = super::connect(url).await?;
+    let mut admin = connect(url).await?;
     flush(&mut admin).await?;
     let conn = apalis_redis::connect(url).await?;
     let mut storage = apalis_redis::RedisStorage::<NoopJob>::new(conn);
@@ -240,7 +245,7 @@ async fn run_apalis(
 
 /// Lateness of delayed jobs pushed at `rate`/s for `seconds`, each due 1 s after its push.
 async fn run_lateness(url: &str, rate: u64, seconds: u64) -> anyhow::Result<(u64, u64)> {
-    let mut admin = super::connect(url).await?;
+    let mut admin = connect(url).await?;
     flush(&mut admin).await?;
     let queue = Queue::connect(url, "bench", settings()).await?;
     let tally = Arc::new(Tally::default());
@@ -262,7 +267,7 @@ async fn run_lateness(url: &str, rate: u64, seconds: u64) -> anyhow::Result<(u64
     for _ in 0..ticks {
         interval.tick().await;
         let due = SystemTime::now() + Duration::from_secs(1);
-        let due_ms = super::unix_ms(due);
+        let due_ms = unix_ms(due);
         let batch: Vec<(String, NoopJob, SystemTime)> = (0..per_tick)
             .map(|i| (format!("late-{}", n + i), NoopJob { n: n + i, due_ms }, due))
             .collect();
@@ -292,7 +297,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 /// Redis memory per delayed job with `n` scheduled.
 async fn run_memory(url: &str, n: usize) -> anyhow::Result<f64> {
-    let mut admin = super::connect(url).await?;
+    let mut admin = connect(url).await?;
     flush(&mut admin).await?;
     let queue = Queue::connect(url, "bench", settings()).await?;
     let before = used_memory(&mut admin).await?;
@@ -341,7 +346,7 @@ pub async fn run(options: &QueueBenchOptions) -> anyhow::Result<QueueBenchReport
     };
     let (p50, p99) = run_lateness(&url, options.lateness_rate, options.lateness_seconds).await?;
     let bytes = run_memory(&url, options.delayed).await?;
-    let mut admin = super::connect(&url).await?;
+    let mut admin = connect(&url).await?;
     let report = QueueBenchReport {
         backlog,
         consume_ratio_c64: if a64 > 0.0 { c64 / a64 } else { f64::INFINITY },

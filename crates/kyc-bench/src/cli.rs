@@ -1,21 +1,23 @@
-//! `kyc-worker bench …`: measurements behind the README's performance numbers.
+//! The `kyc-bench` command line: which benchmark, how big, where the reports go.
 
 use std::path::PathBuf;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
-use super::CliError;
 use crate::{
-    bench::{
-        lifecycle::{self, LifecycleOptions},
-        report,
-    },
-    queue::bench::{self, QueueBenchOptions},
+    lifecycle::{self, LifecycleOptions},
+    queue::{self as bench, QueueBenchOptions},
+    report,
 };
 
 /// Without a subcommand: `bench all`.
-#[derive(Debug, Args)]
+#[derive(Debug, Parser)]
 #[command(args_conflicts_with_subcommands = true)]
+#[command(
+    name = "kyc-bench",
+    version,
+    about = "Benchmarks of kyc-worker: the job queue against apalis-redis, the fleet end to end against the Didit sandbox"
+)]
 pub struct BenchArgs {
     #[command(subcommand)]
     command: Option<BenchCommand>,
@@ -56,7 +58,7 @@ enum BenchCommand {
     All(BenchOptions),
 }
 
-async fn queue(options: &BenchOptions) -> Result<(), CliError> {
+async fn queue(options: &BenchOptions) -> anyhow::Result<()> {
     let mut queue_options = if options.quick {
         QueueBenchOptions::quick(options.out.clone())
     } else {
@@ -73,7 +75,7 @@ async fn queue(options: &BenchOptions) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn lifecycle(options: &BenchOptions) -> Result<(), CliError> {
+async fn lifecycle(options: &BenchOptions) -> anyhow::Result<()> {
     let mut lifecycle_options = if options.quick {
         LifecycleOptions::quick(options.out.clone())
     } else {
@@ -93,7 +95,7 @@ async fn lifecycle(options: &BenchOptions) -> Result<(), CliError> {
     Ok(())
 }
 
-pub async fn run(args: BenchArgs) -> Result<(), CliError> {
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         Some(BenchCommand::Queue(options)) => queue(&options).await,
         Some(BenchCommand::Lifecycle(options)) => lifecycle(&options).await,

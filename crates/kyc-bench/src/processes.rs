@@ -1,18 +1,33 @@
-//! Real `kyc-worker run` child processes: the bench's own binary (`current_exe`), configured
+//! Real `kyc-worker run` child processes: the `kyc-worker` binary built beside `kyc-bench`, configured
 //! only through `KYC__…` environment variables, killed and reaped when dropped, so an error
 //! anywhere in the bench never leaves one running.
 
 use std::{
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
 
-use super::server::{pid_cpu_seconds, resident, Resident};
+use crate::server::{pid_cpu_seconds, resident, Resident};
 
 /// How long a child may take to answer `/readyz`.
 const READY_LIMIT: Duration = Duration::from_secs(30);
+
+/// The `kyc-worker` binary of the same build: cargo puts every binary of the workspace in one
+/// directory, so it sits beside this one.
+fn worker_binary() -> anyhow::Result<PathBuf> {
+    let bench = std::env::current_exe().context("cannot find the kyc-bench binary")?;
+    let worker = bench.with_file_name(format!("kyc-worker{}", std::env::consts::EXE_SUFFIX));
+    if !worker.is_file() {
+        bail!(
+            "{} not found: build it beside kyc-bench (`cargo build --release --bin kyc-worker`)",
+            worker.display()
+        );
+    }
+    Ok(worker)
+}
 
 pub struct WorkerProcess {
     child: Child,
@@ -24,7 +39,7 @@ impl WorkerProcess {
     /// are removed, and it runs in the temp directory so no `config/{KYC_ENV}.toml` overlay is
     /// picked up. Its errors go to the bench's stderr.
     pub fn spawn(env: &[(String, String)], port: u16) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("cannot find the kyc-worker binary")?;
+        let exe = worker_binary()?;
         let mut command = Command::new(&exe);
         command
             .arg("run")
