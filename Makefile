@@ -20,7 +20,7 @@ demo: deps
 
 ## test: lint, every test suite (unit and integration, real redis-server + sandbox), and the
 ## static and live checks of deploy/
-test: deps lint test-rust bench-smoke check-deploy
+test: deps lint deny check-docs test-rust bench-smoke check-deploy
 
 test-rust:
 	$(CARGO) test --workspace --all-targets
@@ -56,6 +56,18 @@ console-screenshots: deps
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+.PHONY: deny check-docs
+
+## deny: licenses, duplicate crates and sources of every dependency against deny.toml
+## (advisories are not checked: that needs the network)
+deny: deps
+	$(CARGO) deny check bans licenses sources
+
+## check-docs: every Markdown table renders on GitHub, every link stays in the repository and
+## resolves, README.md is at most 200 lines (scripts/check-markdown.py)
+check-docs:
+	python3 scripts/check-markdown.py
 
 fmt:
 	$(CARGO) fmt --all
