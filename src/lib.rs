@@ -22,6 +22,7 @@
 //! # Application: the pipeline
 //! - [`jobs`]: start, poll, decide, operator actions, erasure, the intake bridge, the sweep.
 //! - [`producer`]: how Rust services ask for a verification.
+//! - [`subscribers`]: outcome events signed and sent to subscriber services over HTTP.
 //!
 //! # Surfaces
 //! - [`http`]: webhooks in, verification requests in, status and health out.
@@ -42,4 +43,5 @@ pub mod rules;
 pub mod settings;
 pub mod startup;
 pub mod store;
+pub mod subscribers;
 pub mod telemetry;

@@ -66,6 +66,9 @@ pub struct Metrics {
     pub events_published: IntCounterVec,
     pub events_consumer_lag: GaugeVec,
     pub console_actions: IntCounterVec,
+    pub deliveries: IntCounterVec,
+    pub delivery_duration: HistogramVec,
+    pub delivery_lag: GaugeVec,
     pub up: IntGauge,
 }
 
@@ -255,6 +258,26 @@ impl Metrics {
                 "Operator console actions accepted, by action.",
                 &["action"],
             ),
+            deliveries: counter(
+                r,
+                "kyc_deliveries_total",
+                "Subscriber delivery attempts and their ends, by subscriber and outcome.",
+                &["subscriber", "outcome"],
+            ),
+            delivery_duration: histogram(
+                r,
+                "kyc_delivery_duration_seconds",
+                "Time of one delivery attempt to a subscriber.",
+                &["subscriber"],
+                prometheus::exponential_buckets(0.005, 2.0, 12)
+                    .expect("constant bucket parameters are valid"),
+            ),
+            delivery_lag: gauge(
+                r,
+                "kyc_delivery_lag_seconds",
+                "Age of the oldest event not yet delivered to a subscriber.",
+                &["subscriber"],
+            ),
             up: register(
                 r,
                 IntGauge::new("kyc_worker_up", "1 while this process runs."),
@@ -315,6 +338,15 @@ impl Metrics {
             self.console_actions.with_label_values(&[action]);
         }
         self.up.set(1);
+    }
+
+    /// Creates a subscriber's series at 0, so alerts see it before its first delivery.
+    pub fn initialise_subscriber(&self, name: &str, outcomes: &[&str]) {
+        for outcome in outcomes {
+            self.deliveries.with_label_values(&[name, outcome]);
+        }
+        self.delivery_duration.with_label_values(&[name]);
+        self.delivery_lag.with_label_values(&[name]);
     }
 
     /// The text exposition of every metric.

@@ -10,6 +10,7 @@ mod rules;
 mod run;
 mod sandbox;
 mod session;
+mod subscribers;
 
 use std::process::ExitCode;
 
@@ -59,6 +60,8 @@ pub enum Command {
     Queue(queue::QueueArgs),
     /// Auto-decision rules: check a rules file, explain a decision rule by rule
     Rules(rules::RulesArgs),
+    /// Services that receive outcome events over HTTP: list, enable, replay
+    Subscribers(subscribers::SubscribersArgs),
 }
 
 /// Why a command stopped: decides the exit code.
@@ -147,6 +150,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             queue::run(args, &settings).await
         }
         Command::Rules(args) => rules::run(args),
+        Command::Subscribers(args) => {
+            let settings = Settings::load()?;
+            init_logs(&settings)?;
+            subscribers::run(args, &settings).await
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! EraseSubject: a person's right to erasure, end to end.
 //!
 //! Deletes the person's sessions at Didit, every local record, waiting queue and intake
-//! entries and outcome events that name them, then publishes `kyc.subject.erased` carrying
-//! only a salted hash of the vendor_data. Idempotent: a rerun finds nothing left and says so
+//! entries, subscriber deliveries (waiting and dead) and outcome events that name them,
+//! then publishes `kyc.subject.erased` carrying only a salted hash of the vendor_data. Idempotent: a rerun finds nothing left and says so
 //! again. The job itself is the only place the vendor_data lives meanwhile, and it is
 //! deleted when the job finishes.
 
@@ -98,6 +98,9 @@ pub async fn handle(
         })
         .await
         .map_err(redis_failure)?;
+    let deliveries = super::deliver::forget_subject(&p.queue, &p.store, vendor_data)
+        .await
+        .map_err(redis_failure)?;
     let intake = p
         .store
         .forget_intake(vendor_data)
@@ -114,6 +117,7 @@ pub async fn handle(
         requests = requests.len(),
         sessions = sessions.len(),
         jobs,
+        deliveries,
         intake,
         events,
         "subject erased"

@@ -5,6 +5,7 @@
 //!   schedule (never an attempt), a final status publishes its event.
 //! - [`EraseSubject`]: a person's right to erasure, at Didit and here.
 //! - [`OperatorAction`]: a person's decision from the console, carried out at Didit.
+//! - [`DeliverEvent`]: one outcome event sent to one subscriber service over HTTP.
 //!
 //! Handlers turn every Didit failure into the queue's language through [`Pipeline::didit_failure`]:
 //! 429/5xx wait without using attempts, account problems pause the fleet, request problems
@@ -12,6 +13,7 @@
 
 mod context;
 mod decide;
+mod deliver;
 mod erase;
 mod intake;
 mod operator;
@@ -24,6 +26,9 @@ use std::time::Duration;
 use apalis::prelude::*;
 
 pub use context::Pipeline;
+pub use deliver::{
+    forget_subject as forget_deliveries, DeliverEvent, Deliveries, DELIVERY_OUTCOMES,
+};
 pub use erase::EraseSubject;
 pub use operator::{OperatorAction, OperatorDecision};
 pub use poll::PollDecision;
@@ -32,11 +37,12 @@ pub use start::{StartKyc, REQUEST_ID_METADATA};
 use crate::queue::{Maintenance, RedisBackend};
 
 /// Every queue this pipeline uses, for maintenance and stats.
-pub const QUEUES: [&str; 4] = [
+pub const QUEUES: [&str; 5] = [
     <StartKyc as crate::queue::Job>::QUEUE,
     <PollDecision as crate::queue::Job>::QUEUE,
     <EraseSubject as crate::queue::Job>::QUEUE,
     <OperatorAction as crate::queue::Job>::QUEUE,
+    <DeliverEvent as crate::queue::Job>::QUEUE,
 ];
 
 /// Why a request could not be cancelled.
@@ -120,6 +126,17 @@ pub async fn run_workers(
         format!("{consumer}-intake"),
         pipeline.settings.queue.reclaim_after,
     ));
+    let deliveries = Deliveries::new(
+        pipeline.queue.clone(),
+        pipeline.store.clone(),
+        pipeline.metrics.clone(),
+        pipeline.settings.delivery.clone(),
+        &pipeline.settings.subscribers,
+    )?;
+    let delivery_tasks = deliver::start(deliveries.clone(), &pipeline, &consumer).await;
+    let deliver_consumer = format!("{consumer}-deliver");
+    let deliver_queue = pipeline.queue.clone();
+    let deliver_concurrency = pipeline.settings.delivery.concurrency;
     let start_pipeline = pipeline.clone();
     let start_consumer = format!("{consumer}-start");
     let poll_consumer = format!("{consumer}-poll");
@@ -174,6 +191,18 @@ pub async fn run_workers(
                 .data(operator_pipeline.clone())
                 .build(operator::handle)
         })
+        .register(move |_run| {
+            // Its own queue and slots: subscribers never hold up verifications.
+            WorkerBuilder::new(deliver_consumer.as_str())
+                .backend(RedisBackend::<DeliverEvent>::new(
+                    deliver_queue.clone(),
+                    deliver_consumer.clone(),
+                ))
+                .concurrency(deliver_concurrency)
+                .catch_panic()
+                .data(deliveries.clone())
+                .build(deliver::handle)
+        })
         .should_restart(|_ctx, _err| true)
         .shutdown_timeout(drain)
         .run_with_signal(async move {
@@ -184,6 +213,9 @@ pub async fn run_workers(
     probe.abort();
     sweeper.abort();
     intake.abort();
+    for task in delivery_tasks {
+        task.abort();
+    }
     maintenance.stop();
     result.map_err(|e| anyhow::anyhow!("workers stopped: {e}"))
 }

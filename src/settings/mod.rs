@@ -19,6 +19,7 @@ mod queue;
 mod ratelimit;
 mod redis;
 mod rules;
+mod subscribers;
 mod worker;
 
 use std::{collections::HashMap, path::Path, str::FromStr};
@@ -36,6 +37,7 @@ pub use self::{
     ratelimit::RateLimitSettings,
     redis::RedisSettings,
     rules::{RulesSettings, RulesSource},
+    subscribers::{event_types, DeliverySettings, Subscriber},
     worker::WorkerSettings,
 };
 
@@ -59,6 +61,9 @@ pub struct Settings {
     /// Named workflows a start request may ask for (`workflow = "premium"`).
     pub workflows: HashMap<String, uuid::Uuid>,
     pub rules: RulesSettings,
+    /// Services that receive outcome events over HTTP (Standard Webhooks).
+    pub subscribers: Vec<Subscriber>,
+    pub delivery: DeliverySettings,
 }
 
 /// A setting that cannot be used, with the key to fix and why.
@@ -185,6 +190,10 @@ struct RawSettings {
     #[serde(default)]
     workflows: HashMap<String, String>,
     rules: rules::RawRules,
+    /// `[[subscribers]]` tables, or `KYC__SUBSCRIBERS` as a JSON array.
+    #[serde(default)]
+    subscribers: Option<serde_json::Value>,
+    delivery: subscribers::RawDelivery,
 }
 
 impl RawSettings {
@@ -201,6 +210,8 @@ impl RawSettings {
         let ratelimit = self.ratelimit.validate()?;
         let workflows = validate_workflows(self.workflows)?;
         let rules = self.rules.validate()?;
+        let subscribers = subscribers::validate_subscribers(self.subscribers)?;
+        let delivery = self.delivery.validate()?;
         Ok(Settings {
             log,
             redis,
@@ -213,6 +224,8 @@ impl RawSettings {
             ratelimit,
             workflows,
             rules,
+            subscribers,
+            delivery,
         })
     }
 }

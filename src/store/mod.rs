@@ -14,6 +14,7 @@
 //! never the id itself; nothing here puts personal data in a key name.
 
 mod review;
+mod subscribers;
 
 use std::{sync::LazyLock, time::Duration};
 
@@ -28,6 +29,7 @@ use crate::{
 };
 
 pub use review::ReviewItem;
+pub use subscribers::{Disabled, EventReader, OutcomeEntry, SubscriberState, DELIVERY_GROUP};
 
 /// Publishes an event unless this (request, session, type, status) was published before,
 /// with its audit step. The "published" marker is a field of the request record, so it

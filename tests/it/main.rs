@@ -16,3 +16,4 @@ mod rules;
 mod sandbox;
 mod sandbox_schema;
 mod secrets;
+mod subscribers;
