@@ -211,9 +211,12 @@ live_scrape() {
     sleep 0.1
   done
 
+  # One subscriber (the worker's own health endpoint, which refuses the POST), so the
+  # delivery metrics are in the scrape.
+  local subscribers='[{"name":"check-deploy","url":"http://127.0.0.1:'"$http_port"'/healthz","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","allow_private":true,"allow_insecure":true}]'
   KYC__DIDIT__BASE_URL=$sandbox_url KYC__DIDIT__AUTH_BASE_URL=$sandbox_url/auth/v2 \
     KYC__HTTP__HOST=127.0.0.1 KYC__HTTP__PORT=$http_port KYC__HTTP__INTERNAL_PORT=$internal_port \
-    "$BIN" run >"$tmp/worker.log" 2>&1 &
+    KYC__SUBSCRIBERS=$subscribers "$BIN" run >"$tmp/worker.log" 2>&1 &
   pids+=($!)
 
   until http_get "http://127.0.0.1:$http_port/readyz" >/dev/null; do

@@ -39,7 +39,8 @@ CORE_METRICS = [
     "kyc_didit_balance", "kyc_webhooks_total", "kyc_intake_rejected_total",
     "kyc_sessions_created_total", "kyc_decisions_total", "kyc_rule_matches_total",
     "kyc_time_to_decision_seconds", "kyc_decision_fetches_per_session",
-    "kyc_events_published_total", "kyc_events_consumer_lag", "kyc_worker_up",
+    "kyc_events_published_total", "kyc_events_consumer_lag", "kyc_deliveries_total",
+    "kyc_delivery_duration_seconds", "kyc_delivery_lag_seconds", "kyc_worker_up",
     "process_cpu_seconds_total", "process_resident_memory_bytes", "process_start_time_seconds",
 ]
 

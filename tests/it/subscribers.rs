@@ -708,3 +708,49 @@ async fn erasing_a_person_deletes_their_waiting_and_dead_deliveries() {
     assert!(pending <= 1, "only the erasure event may wait: {pending}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_worker_sigkilled_mid_delivery_loses_no_delivery() {
+    // Every answer takes a second, so deliveries are in flight when the worker dies.
+    let receiver = Receiver::start(Mode::Slow(Duration::from_secs(1)), &[SECRET]).await;
+    let app = spawn_app(AppOptions {
+        in_process: false,
+        env: vec![
+            subscribers_env(&[local_subscriber("steady", &receiver)]),
+            ("KYC__DELIVERY__CIRCUIT_AFTER".into(), "1000".into()),
+        ],
+        ..AppOptions::default()
+    })
+    .await;
+    for i in 0..6 {
+        start(&app, &format!("kill-{i}"), "approve").await;
+    }
+    let mut first = app.spawn_fleet_process(&[]);
+    let in_flight = eventually("a delivery in flight", Duration::from_secs(30), || async {
+        receiver
+            .log()
+            .into_iter()
+            .find(|r| r.answered.is_none())
+            .map(|r| r.id)
+    })
+    .await;
+    let _ = first.kill();
+    let _ = first.wait();
+    let killed_at = unix_now();
+    let _second = app.spawn_fleet_process(&[]);
+
+    app.wait_events("kyc.session.decided", 6).await;
+    let ids = event_ids(&app).await;
+    assert_eq!(ids.len(), 12);
+    eventually("every event delivered", Duration::from_secs(40), || {
+        let delivered = receiver.delivered();
+        let ids = ids.clone();
+        async move { ids.iter().all(|id| delivered.contains(id)).then_some(()) }
+    })
+    .await;
+    let resent = receiver
+        .log()
+        .iter()
+        .any(|r| r.id == in_flight && r.arrived > killed_at && r.answered == Some(200));
+    assert!(resent, "the delivery in flight at the kill was sent again");
+}
