@@ -551,6 +551,10 @@ pub async fn bridge(d: Deliveries, mut reader: EventReader) {
         if batch.is_empty() {
             continue;
         }
+        // One read per batch, so `subscribers enable` applies from the next event on.
+        if let Err(e) = d.refresh_disabled().await {
+            tracing::debug!(error = %e, "disabled subscribers not re-read");
+        }
         match d.enqueue(&batch, None).await {
             Ok(_) => {
                 let ids: Vec<String> = batch.into_iter().map(|e| e.entry_id).collect();

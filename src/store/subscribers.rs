@@ -209,6 +209,15 @@ pub struct SubscriberState {
     pub oldest_pending_ms: Option<u64>,
 }
 
+/// The replies of [`Store::subscriber_state`]'s pipeline: state hash, disabled entry,
+/// pending count, oldest pending.
+type StateReply = (
+    HashMap<String, String>,
+    Option<String>,
+    u64,
+    Vec<(String, f64)>,
+);
+
 impl Store {
     fn disabled_key(&self) -> String {
         format!("{}:subscribers:disabled", self.prefix)
@@ -326,12 +335,7 @@ impl Store {
 
     pub async fn subscriber_state(&self, name: &str) -> redis::RedisResult<SubscriberState> {
         let mut c = self.conn.clone();
-        let (fields, disabled, pending, first): (
-            HashMap<String, String>,
-            Option<String>,
-            u64,
-            Vec<(String, f64)>,
-        ) = redis::pipe()
+        let (fields, disabled, pending, first): StateReply = redis::pipe()
             .hgetall(self.subscriber_key(name))
             .hget(self.disabled_key(), name)
             .zcard(self.pending_key(name))
