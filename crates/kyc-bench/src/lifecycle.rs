@@ -22,6 +22,8 @@
 //! - Redis bytes per waiting session at 100,000 waiting;
 //! - a child process's resident memory with 10,000 sessions waiting and then 10,000 start
 //!   jobs in flight (each holding a Didit call open);
+//! - event → subscriber receipt p50/p99 on loopback and Redis commands per delivery (one
+//!   Standard Webhooks subscriber, events added to the outcome stream at a steady pace);
 //! - with `--profile`, a CPU profile of the first lifecycle run ([`super::profile`]).
 //!
 //! Didit's rate limits are lifted in the sandbox and the fleet for these runs (they would cap
@@ -30,7 +32,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -87,6 +89,8 @@ pub struct LifecycleOptions {
     pub worker_jobs: usize,
     /// Sessions started one by one for the webhook → event latency.
     pub latency_sessions: usize,
+    /// Events delivered to one subscriber for the delivery latency and cost.
+    pub delivery_events: usize,
     /// Sample the first lifecycle run and write `flamegraph.svg`.
     pub profile: bool,
     /// How long the fleet's idle Redis traffic is sampled before each run.
@@ -103,6 +107,7 @@ impl LifecycleOptions {
             waiting_sessions: 100_000,
             worker_jobs: 10_000,
             latency_sessions: 300,
+            delivery_events: 1_000,
             profile: false,
             idle_sample: Duration::from_secs(2),
             out_dir,
@@ -116,6 +121,7 @@ impl LifecycleOptions {
             waiting_sessions: 1_000,
             worker_jobs: 1_000,
             latency_sessions: 40,
+            delivery_events: 200,
             idle_sample: Duration::from_millis(500),
             ..Self::full(out_dir)
         }
@@ -194,6 +200,7 @@ pub struct LifecycleReport {
     pub redis_bytes_per_waiting_session: f64,
     pub worker_memory: WorkerMemory,
     pub webhook_latency: WebhookLatency,
+    pub subscriber_delivery: SubscriberDelivery,
     pub profile: Option<ProfileSummary>,
     pub cpus: usize,
 }
@@ -209,6 +216,21 @@ pub struct WebhookLatency {
     pub max_ms: u64,
 }
 
+/// Outcome event → subscriber receipt, and what a delivery costs in Redis.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SubscriberDelivery {
+    pub events: usize,
+    /// Events were added this far apart.
+    pub pace_ms: u64,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+    /// Every command of the bridge, the delivery worker and its state writes, per delivery,
+    /// less the fleet's idle traffic and the events' own XADDs.
+    pub redis_commands_per_delivery: f64,
+    pub redis_commands_by_name: BTreeMap<String, f64>,
+}
+
 /// One scenario of a run.
 #[derive(Debug, Clone, Copy)]
 struct Shape {
@@ -219,6 +241,8 @@ struct Shape {
     children: bool,
     concurrency: usize,
     complete_after: Duration,
+    /// A subscriber receiving every event on this loopback port.
+    subscriber: Option<u16>,
 }
 
 impl Shape {
@@ -231,6 +255,7 @@ impl Shape {
             children: false,
             concurrency: CONCURRENCY,
             complete_after,
+            subscriber: None,
         }
     }
 }
@@ -289,6 +314,16 @@ fn fleet_env(
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
+    .chain(shape.subscriber.map(|port| {
+        let subscriber = serde_json::json!([{
+            "name": BENCH_SUBSCRIBER,
+            "url": format!("http://127.0.0.1:{port}/hook"),
+            "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "allow_private": true,
+            "allow_insecure": true,
+        }]);
+        ("KYC__SUBSCRIBERS".to_owned(), subscriber.to_string())
+    }))
     .collect()
 }
 
@@ -859,6 +894,154 @@ async fn webhook_latency(redis: &BenchRedis, n: usize) -> anyhow::Result<Webhook
     })
 }
 
+/// The subscriber of the delivery run.
+const BENCH_SUBSCRIBER: &str = "bench";
+/// Events are added this far apart in the delivery run, so each meets an idle fleet.
+const DELIVERY_PACE: Duration = Duration::from_millis(20);
+
+/// A loopback receiver answering 200 at once; remembers when each `webhook-id` first arrived.
+async fn receiver() -> anyhow::Result<(u16, Arc<Mutex<HashMap<String, u64>>>, JoinHandle<()>)> {
+    let arrivals: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let seen = arrivals.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let seen = seen.clone();
+            async move {
+                let now = kyc_worker::queue::now_ms();
+                if let Some(id) = headers.get("webhook-id").and_then(|v| v.to_str().ok()) {
+                    seen.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(id.to_owned())
+                        .or_insert(now);
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((port, arrivals, server))
+}
+
+/// Event → subscriber receipt with one in-process application and one subscriber on
+/// loopback. Events are added to the outcome stream as the publish script adds them (the
+/// verification pipeline's own costs are measured by the lifecycle runs), so every Redis
+/// command in the window, less the idle traffic and the events' XADDs, is the delivery's:
+/// the bridge's read, enqueue and acknowledgement, the worker's fetch, the state writes and
+/// the finish.
+async fn subscriber_delivery(
+    redis: &BenchRedis,
+    n: usize,
+    idle_sample: Duration,
+) -> anyhow::Result<SubscriberDelivery> {
+    let mut admin = kyc_worker::queue::connect(redis.url()).await?;
+    flush(&mut admin).await?;
+    let (port, arrivals, server) = receiver().await?;
+    let shape = Shape {
+        subscriber: Some(port),
+        ..Shape::in_process(true, Duration::ZERO, COMPLETE_AFTER)
+    };
+    let fleet = Fleet::start(redis.url(), shape).await?;
+    let stream = format!("{}:events", fleet.settings.redis.prefix);
+    let deadline = Instant::now() + RUN_LIMIT;
+    loop {
+        let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&stream)
+            .query_async(&mut admin)
+            .await;
+        if groups.is_ok_and(|g| g.groups.iter().any(|g| g.name == "subscribers")) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the delivery bridge never created its group");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async::<()>(&mut admin)
+        .await?;
+    tokio::time::sleep(idle_sample).await;
+    let idle_per_s = commands_since_reset(&mut admin).await? as f64 / idle_sample.as_secs_f64();
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async::<()>(&mut admin)
+        .await?;
+    let started = Instant::now();
+    let mut pace = tokio::time::interval(DELIVERY_PACE);
+    let mut published = HashMap::with_capacity(n);
+    for i in 0..n {
+        pace.tick().await;
+        let event_id = format!("bench-event-{i}");
+        let entry: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg(&[
+                ("event_id", event_id.as_str()),
+                ("type", "kyc.session.decided"),
+                ("session_id", ""),
+                ("request_id", "bench"),
+                ("vendor_data", "bench-user"),
+                ("status", "Approved"),
+                ("previous_status", ""),
+                ("decided_by", "didit"),
+                ("data", "{}"),
+            ])
+            .query_async(&mut admin)
+            .await?;
+        let at_ms = entry
+            .split('-')
+            .next()
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .context("a stream entry id starts with its ms")?;
+        published.insert(event_id, at_ms);
+    }
+    while arrivals.lock().unwrap_or_else(|e| e.into_inner()).len() < n {
+        if Instant::now() > deadline {
+            bail!("the subscriber received only part of the {n} events");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The finish (state write, acknowledgement) follows each receipt by a round trip or two.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let mut by_name = command_calls_since_reset(&mut admin).await?;
+    if let Some(xadd) = by_name.get_mut("xadd") {
+        *xadd = xadd.saturating_sub(n as u64);
+    }
+    let commands: u64 = by_name.values().sum();
+    let mut latencies: Vec<u64> = {
+        let arrivals = arrivals.lock().unwrap_or_else(|e| e.into_inner());
+        published
+            .iter()
+            .filter_map(|(id, at)| arrivals.get(id).map(|got| got.saturating_sub(*at)))
+            .collect()
+    };
+    fleet.stop().await;
+    server.abort();
+    latencies.sort_unstable();
+    let per = n.max(1) as f64;
+    Ok(SubscriberDelivery {
+        events: n,
+        pace_ms: DELIVERY_PACE.as_millis() as u64,
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+        max_ms: latencies.last().copied().unwrap_or(0),
+        redis_commands_per_delivery: (commands as f64 - idle_per_s * seconds).max(0.0) / per,
+        redis_commands_by_name: by_name
+            .into_iter()
+            .filter(|(_, calls)| *calls > 0)
+            .map(|(name, calls)| (name, calls as f64 / per))
+            .collect(),
+    })
+}
+
 /// The one worker process of a children fleet.
 fn only_child(fleet: &Fleet) -> anyhow::Result<&crate::processes::WorkerProcess> {
     let Workers::Children(children) = &fleet.workers else {
@@ -914,6 +1097,8 @@ pub async fn run(options: &LifecycleOptions) -> anyhow::Result<LifecycleReport> 
     let bytes = waiting_memory(&redis, options.waiting_sessions).await?;
     let worker_memory = worker_memory(&redis, options.worker_jobs).await?;
     let webhook_latency = webhook_latency(&redis, options.latency_sessions).await?;
+    let subscriber_delivery =
+        subscriber_delivery(&redis, options.delivery_events, options.idle_sample).await?;
     Ok(LifecycleReport {
         runs,
         scaling,
@@ -921,6 +1106,7 @@ pub async fn run(options: &LifecycleOptions) -> anyhow::Result<LifecycleReport> 
         redis_bytes_per_waiting_session: bytes,
         worker_memory,
         webhook_latency,
+        subscriber_delivery,
         profile,
         cpus: std::thread::available_parallelism()
             .map(|n| n.get())
