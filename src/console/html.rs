@@ -46,7 +46,7 @@ pub fn pii(access: &Access, s: &str) -> String {
 }
 
 /// Keys of a job's arguments that never hold personal data.
-const SAFE_KEYS: [&str; 12] = [
+const SAFE_KEYS: [&str; 15] = [
     "v",
     "id",
     "attempt",
@@ -59,6 +59,9 @@ const SAFE_KEYS: [&str; 12] = [
     "polls",
     "urgent",
     "action",
+    "subscriber",
+    "event_id",
+    "type",
 ];
 
 /// A stored job for this viewer: every string outside [`SAFE_KEYS`] masked unless admin.

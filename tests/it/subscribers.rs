@@ -800,3 +800,57 @@ async fn a_worker_sigkilled_mid_delivery_loses_no_delivery() {
         .any(|r| r.id == in_flight && r.arrived > killed_at && r.answered == Some(200));
     assert!(resent, "the delivery in flight at the kill was sent again");
 }
+
+#[tokio::test]
+async fn a_delivery_that_runs_out_of_retries_is_on_the_console_s_dead_set_and_replays() {
+    let receiver = Receiver::start(Mode::Status(500), &[SECRET]).await;
+    let app = app_with(
+        &[local_subscriber("dying", &receiver)],
+        &[("KYC__DELIVERY__RETRY_SCHEDULE", "100ms")],
+    )
+    .await;
+    start(&app, "dead-1", "approve").await;
+    let created = app.wait_events("kyc.session.created", 1).await;
+    let id = created[0]["event_id"].clone();
+    let job = format!("{id}:dying");
+    let page = eventually(
+        "the dead delivery on the console",
+        DEADLINE_DEAD,
+        || async {
+            let page = reqwest::get(app.url("/console/dead"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            page.contains(&job).then_some(page)
+        },
+    )
+    .await;
+    assert!(
+        page.contains("id=\"dead-deliver\""),
+        "the deliver queue's section"
+    );
+    assert!(
+        page.contains("failed after 2 attempts: HTTP 500"),
+        "the reason is shown"
+    );
+    assert!(!page.contains("user-dead-1"), "the person stays masked");
+    assert_eq!(
+        receiver.log().iter().filter(|r| r.id == id).count(),
+        2,
+        "at once, then one retry"
+    );
+
+    // Replaying from the dead set sends it once more, with the same webhook-id.
+    receiver.set_mode(Mode::Ok);
+    let replayed = app.cli(&["queue", "dead", "replay", "--queue", "deliver", "--all"]);
+    assert!(replayed.status.success(), "{replayed:?}");
+    eventually("the replay delivered", Duration::from_secs(20), || async {
+        receiver.delivered().contains(&id).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
+const DEADLINE_DEAD: Duration = Duration::from_secs(20);
