@@ -1,4 +1,4 @@
-//! A Rust client for the [Didit](https://didit.me) identity verification API, v3.
+//! A Rust client for the Didit identity verification API, v3.
 //!
 //! Didit runs the hosted verification flow (document, liveness, face match, AML…); a service
 //! creates a session, sends the person to its `url`, and learns the decision from a signed
@@ -36,6 +36,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 mod client;
 mod error;
 mod redact;
@@ -46,6 +48,7 @@ pub mod webhook;
 pub use client::{ClientConfig, DiditClient, Endpoint, RequestObserver, Scope};
 pub use error::{
     parse_retry_after, AccountPause, DiditError, DiditErrorKind, ErrorBody, ErrorClass,
+    MAX_RETRY_AFTER,
 };
 pub use redact::redact_values;
 pub use status::SessionStatus;
