@@ -52,3 +52,9 @@ pub use error::{
 };
 pub use redact::redact_values;
 pub use status::SessionStatus;
+
+/// The README's code blocks, compiled (and run where they need no network) as doctests, so
+/// the README cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
