@@ -20,7 +20,7 @@ demo: deps
 
 ## test: lint, every test suite (unit and integration, real redis-server + sandbox), and the
 ## static and live checks of deploy/
-test: deps lint test-rust bench-smoke check-deploy
+test: deps lint doc test-rust bench-smoke check-deploy
 
 test-rust:
 	$(CARGO) test --workspace --all-targets
@@ -56,6 +56,12 @@ console-screenshots: deps
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## doc: the API documentation of every crate, with any rustdoc warning (a broken link, an
+## undocumented public item of the SDK) an error
+.PHONY: doc
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace
 
 fmt:
 	$(CARGO) fmt --all
