@@ -60,7 +60,8 @@ pub enum ErrorClass {
         /// off on your own schedule.
         retry_after: Option<Duration>,
     },
-    /// The account cannot make calls: pause the fleet until a probe proves the cause gone.
+    /// The account cannot make calls: pause every call on it until a probe (a cheap read
+    /// such as [`DiditClient::balance`](crate::DiditClient::balance)) proves the cause gone.
     Account(AccountPause),
     /// This request cannot succeed as sent.
     Request,

@@ -13,6 +13,10 @@
 //! - [`webhook`]: verifying (and, for emulators, producing) Didit's webhook signatures.
 //! - [`SessionStatus`]: the ten statuses of a session, spelled as Didit spells them.
 //!
+//! The crate's README covers installing it, error handling and what it leaves to the caller;
+//! `examples/create_session.rs` and `examples/verify_webhook.rs` run against the local sandbox
+//! and on their own.
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), didit::DiditError> {
 //! use didit::{types::CreateSessionRequest, ClientConfig, DiditClient};

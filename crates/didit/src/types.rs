@@ -219,8 +219,8 @@ pub struct Decision {
     pub rest: Map<String, Value>,
 }
 
-/// One item of a v3 feature array. The fields the fleet reads are typed; the rest (PII,
-/// presigned media URLs, feature-specific data) stays in `rest`.
+/// One item of a v3 feature array. The fields common to every feature are typed; the rest
+/// (PII, presigned media URLs, feature-specific data) stays in `rest`.
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct FeatureItem {
     /// The step's node in the workflow graph (`feature_liveness_1`, …); opaque. Used to
@@ -283,7 +283,8 @@ pub struct Review {
 }
 
 impl Decision {
-    /// Every v3 feature array with the name the fleet uses for it, in Didit's order.
+    /// Every v3 feature array with a short name for it (`liveness`, `face_match`, …), in
+    /// Didit's order.
     pub fn sections(&self) -> [(&'static str, &Option<Vec<FeatureItem>>); 10] {
         [
             ("id_verification", &self.id_verifications),
