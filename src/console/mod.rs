@@ -2,7 +2,7 @@
 //!
 //! Grafana shows trends; operators also need to see items and act on them: which
 //! verifications wait, which a rule held for review, why a job failed. The console is
-//! server-rendered HTML (every value escaped by [`html::esc`]) with a little plain JS, its
+//! server-rendered HTML (every value escaped by `html::esc`) with a little plain JS, its
 //! assets compiled into the binary, served under `/console/` on the internal port.
 //!
 //! **Access.** Without the admin token (`http.admin_token`) it is read-only and masks PII

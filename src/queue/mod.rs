@@ -12,14 +12,14 @@
 //!   consumer; `XREADGROUP` blocks on a connection of its own, so an idle worker picks a job
 //!   up the moment it is added. A finished job is `XACK`ed and `XDEL`eted, so memory stays flat.
 //! - `delayed` + `payloads`: a sorted set of due times and a hash of envelopes. Any process
-//!   promotes due jobs in bounded chunks with one script ([`scripts::PROMOTE`]); a job id is
+//!   promotes due jobs in bounded chunks with one script (`scripts::PROMOTE`); a job id is
 //!   one slot, so scheduling the same id again moves it instead of adding a second copy.
 //! - `dead`: a Stream of jobs that cannot run, each with its reason.
 //!
 //! # Guarantees
 //! At-least-once: a job leaves `ready` only in the same atomic step that finishes, reschedules
 //! or buries it. A process that dies holding jobs loses them to `XAUTOCLAIM` after
-//! `queue.reclaim_after`; a live process keeps its jobs fresh ([`scripts::REFRESH`]) so a long
+//! `queue.reclaim_after`; a live process keeps its jobs fresh (`scripts::REFRESH`) so a long
 //! job is never stolen. A job abandoned `queue.max_deliveries` times (it kills whatever runs
 //! it) is dead-lettered. Redis errors never stop a worker: it backs off and resumes.
 

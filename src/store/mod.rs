@@ -401,7 +401,7 @@ impl Store {
     ///
     /// Steps are written on changes (a new status, a webhook, an event), never per routine
     /// poll, so a trail stays short; the publish script, which every outcome passes, keeps
-    /// it to the last [`AUDIT_MAX`] steps whatever happens.
+    /// it to the last `AUDIT_MAX` steps whatever happens.
     pub async fn audit(
         &self,
         requests: &[RequestId],

@@ -29,6 +29,7 @@ pub enum RateScope {
 }
 
 impl RateScope {
+    /// Every scope, in declaration order.
     pub const ALL: [RateScope; 4] = [
         RateScope::Get,
         RateScope::Write,
@@ -36,6 +37,7 @@ impl RateScope {
         RateScope::Pdf,
     ];
 
+    /// The name `--limit` and `GET /sandbox/stats` use: `get`, `write`, `create` or `pdf`.
     pub fn as_str(self) -> &'static str {
         match self {
             RateScope::Get => "get",
@@ -83,7 +85,9 @@ pub const MAX_WINDOW: Duration = Duration::from_secs(86_400);
 /// One limit: at most `max` requests in any `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
+    /// The most requests admitted in any window.
     pub max: u32,
+    /// The sliding window's length, at most [`MAX_WINDOW`].
     pub window: Duration,
 }
 
@@ -108,7 +112,9 @@ impl Limit {
 /// `SCOPE=N/WINDOW`, e.g. `get=60/1s`, `create=10/500ms`, `write=300/1m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitSpec {
+    /// The scope whose limit is replaced.
     pub scope: RateScope,
+    /// Its new limit.
     pub limit: Limit,
 }
 

@@ -23,12 +23,15 @@ pub enum AccountPause {
 }
 
 impl AccountPause {
+    /// Every cause, e.g. to pre-register metric label values.
     pub const ALL: [AccountPause; 3] = [
         AccountPause::InvalidKey,
         AccountPause::Forbidden,
         AccountPause::NoCredits,
     ];
 
+    /// A stable snake_case name (`invalid_key`, `forbidden`, `no_credits`), fit for a
+    /// metric label or a stored pause record; [`AccountPause::parse`] reads it back.
     pub fn as_str(self) -> &'static str {
         match self {
             AccountPause::InvalidKey => "invalid_key",
@@ -37,42 +40,84 @@ impl AccountPause {
         }
     }
 
+    /// Reads a name written by [`AccountPause::as_str`]; `None` for anything else.
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
 }
 
-/// What the caller should do about a failed call.
+/// What the caller should do about a failed call: the answer of [`DiditError::class`].
+///
+/// There are four courses of action: retry with backoff (`Retryable` without a
+/// `retry_after`), retry no sooner than Didit asked (`Retryable` with one), stop calling
+/// Didit for the whole account (`Account`), or give up on this request (`Request`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ErrorClass {
     /// Try again later; `retry_after` is Didit's own floor when it sent one.
-    Retryable { retry_after: Option<Duration> },
-    /// The account cannot make calls: pause the fleet until a probe proves the cause gone.
+    Retryable {
+        /// The `Retry-After` of a 429 or 5xx answer (capped at [`MAX_RETRY_AFTER`]): wait
+        /// at least this long. `None` when Didit sent none or no answer came at all; back
+        /// off on your own schedule.
+        retry_after: Option<Duration>,
+    },
+    /// The account cannot make calls: pause every call on it until a probe (a cheap read
+    /// such as [`DiditClient::balance`](crate::DiditClient::balance)) proves the cause gone.
     Account(AccountPause),
     /// This request cannot succeed as sent.
     Request,
 }
 
-/// A failed Didit call.
+/// A failed Didit call: which call, and what went wrong.
+///
+/// Its message never quotes personal data: error bodies are Didit's own messages, and a
+/// response that could not be decoded is described without the values it held.
+///
+/// ```
+/// use didit::{DiditError, DiditErrorKind, Endpoint, ErrorClass};
+///
+/// let error = DiditError::new(Endpoint::Decision, DiditErrorKind::Timeout);
+/// match error.class() {
+///     ErrorClass::Retryable { retry_after } => {
+///         // Wait at least `retry_after` when Didit gave one, else back off.
+///         assert_eq!(retry_after, None);
+///     }
+///     ErrorClass::Account(cause) => panic!("pause every call: {}", cause.as_str()),
+///     ErrorClass::Request => panic!("give up on this request: {error}"),
+/// }
+/// assert!(error.is_retryable());
+/// assert_eq!(error.to_string(), "Didit decision: timed out");
+/// ```
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("Didit {endpoint}: {kind}")]
 pub struct DiditError {
+    /// The call that failed.
     pub endpoint: Endpoint,
+    /// What went wrong.
     pub kind: DiditErrorKind,
 }
 
+/// What went wrong with a Didit call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DiditErrorKind {
+    /// No complete answer within the call's timeout; Didit may or may not have acted on it.
     #[error("timed out")]
     Timeout,
+    /// The connection could not be opened (DNS, refused, TLS); Didit did not see the call.
+    /// Holds the innermost cause.
     #[error("cannot connect: {0}")]
     Connect(String),
+    /// The exchange broke after the connection opened (reset, truncated body), or the HTTP
+    /// client could not be built. Holds the innermost cause.
     #[error("transport error: {0}")]
     Transport(String),
+    /// Didit answered with a status other than 2xx.
     #[error("HTTP {status}: {body}")]
     Status {
+        /// The HTTP status code (Didit uses 400, 401, 403, 404, 415, 429, 5xx).
         status: u16,
+        /// Didit's error body, parsed from Django REST Framework's shapes.
         body: Box<ErrorBody>,
+        /// `Retry-After` of a 429 or 5xx answer, as a duration from receipt.
         retry_after: Option<Duration>,
     },
     /// A 2xx whose body is not what the API promises (a hostile or broken response).
@@ -81,10 +126,22 @@ pub enum DiditErrorKind {
 }
 
 impl DiditError {
+    /// An error of `kind` on a call to `endpoint`; the client builds these, and tests or
+    /// wrappers may too.
     pub fn new(endpoint: Endpoint, kind: DiditErrorKind) -> Self {
         Self { endpoint, kind }
     }
 
+    /// What the caller should do about this failure.
+    ///
+    /// - Retryable: a timeout, a connection or transport failure, a 2xx with a body that is
+    ///   not what Didit promises (more likely a proxy than a lasting answer), a 429, or a 5xx;
+    ///   with Didit's `Retry-After` when it sent one.
+    /// - Account: a 401 (the key is wrong, revoked or expired), a 403 on a call any valid
+    ///   key may make (the key lost access), or a 400 saying there are not enough credits.
+    ///   Retrying this request cannot help; no other call will succeed either.
+    /// - Request: anything else (400 validation, 404 unknown session, 403 on a PDF of an
+    ///   unfinished session): this request cannot succeed as sent.
     pub fn class(&self) -> ErrorClass {
         match &self.kind {
             DiditErrorKind::Timeout | DiditErrorKind::Connect(_) | DiditErrorKind::Transport(_) => {
@@ -110,6 +167,7 @@ impl DiditError {
         }
     }
 
+    /// Whether [`DiditError::class`] is [`ErrorClass::Retryable`].
     pub fn is_retryable(&self) -> bool {
         matches!(self.class(), ErrorClass::Retryable { .. })
     }
@@ -130,6 +188,7 @@ impl DiditError {
 /// kept as a short excerpt.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ErrorBody {
+    /// The `detail` message of a non-field error (`"Not found."`, a rate-limit message).
     pub detail: Option<String>,
     /// `(field, messages)` in the order Didit sent them.
     pub fields: Vec<(String, Vec<String>)>,
@@ -140,6 +199,12 @@ pub struct ErrorBody {
 }
 
 impl ErrorBody {
+    /// Parses any error body; never fails (an unreadable body becomes an `excerpt`).
+    ///
+    /// ```
+    /// let body = didit::ErrorBody::parse(br#"{"workflow_id": ["This field is required."]}"#);
+    /// assert_eq!(body.to_string(), "workflow_id: This field is required.");
+    /// ```
     pub fn parse(bytes: &[u8]) -> ErrorBody {
         match serde_json::from_slice::<Value>(bytes) {
             Ok(Value::Object(map)) => {
