@@ -423,7 +423,11 @@ fn id_ms(id: &str) -> u64 {
 }
 
 impl Watch {
-    async fn read(&mut self, conn: &mut kyc_worker::queue::RedisConnection, stream: &str) -> anyhow::Result<()> {
+    async fn read(
+        &mut self,
+        conn: &mut kyc_worker::queue::RedisConnection,
+        stream: &str,
+    ) -> anyhow::Result<()> {
         loop {
             let start = if self.last_id.is_empty() {
                 "-".to_owned()

@@ -85,7 +85,9 @@ pub async fn flush(conn: &mut impl redis::aio::ConnectionLike) -> anyhow::Result
 }
 
 /// Calls of every command since the last RESETSTAT, minus our own measuring commands.
-pub async fn commands_since_reset(conn: &mut impl redis::aio::ConnectionLike) -> anyhow::Result<u64> {
+pub async fn commands_since_reset(
+    conn: &mut impl redis::aio::ConnectionLike,
+) -> anyhow::Result<u64> {
     Ok(command_calls_since_reset(conn).await?.values().sum())
 }
 
