@@ -576,7 +576,7 @@ async fn sentinel_failover_in_the_middle_of_200_sessions_loses_and_doubles_nothi
 }
 
 #[tokio::test]
-async fn an_unknown_master_name_exits_2_naming_the_setting() {
+async fn an_unknown_master_name_or_a_node_that_is_no_sentinel_exits_2_naming_the_setting() {
     let set = SentinelSet::start().await;
     let app = app_with(set.env(), false).await;
 
@@ -586,6 +586,14 @@ async fn an_unknown_master_name_exits_2_naming_the_setting() {
     );
 
     assert_exit_2_naming(&out, "KYC__REDIS__SENTINEL_MASTER", None);
+    let not_a_sentinel = queue_stats(
+        &app,
+        &[(
+            "KYC__REDIS__NODES",
+            format!("127.0.0.1:{}", set.master.port),
+        )],
+    );
+    assert_exit_2_naming(&not_a_sentinel, "KYC__REDIS__NODES", None);
     let ok = queue_stats(&app, &[]);
     assert!(
         ok.status.success(),
