@@ -66,6 +66,9 @@ pub struct Metrics {
     pub events_published: IntCounterVec,
     pub events_consumer_lag: GaugeVec,
     pub console_actions: IntCounterVec,
+    /// 0 when Redis is seen to evict keys under memory pressure (`maxmemory-policy` is not
+    /// `noeviction`): jobs and records could vanish. 1 otherwise, until a reading says so.
+    pub redis_eviction_policy_ok: IntGauge,
     pub up: IntGauge,
 }
 
@@ -255,6 +258,13 @@ impl Metrics {
                 "Operator console actions accepted, by action.",
                 &["action"],
             ),
+            redis_eviction_policy_ok: register(
+                r,
+                IntGauge::new(
+                    "kyc_redis_eviction_policy_ok",
+                    "1 unless Redis's maxmemory-policy was read and is not noeviction.",
+                ),
+            ),
             up: register(
                 r,
                 IntGauge::new("kyc_worker_up", "1 while this process runs."),
@@ -314,6 +324,7 @@ impl Metrics {
         for action in CONSOLE_ACTIONS {
             self.console_actions.with_label_values(&[action]);
         }
+        self.redis_eviction_policy_ok.set(1);
         self.up.set(1);
     }
 

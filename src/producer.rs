@@ -15,7 +15,7 @@
 use crate::{
     domain::{RequestError, RequestId, StartRequest},
     jobs::StartKyc,
-    queue::{Queue, QueueError},
+    queue::{ConnectError, Connector, Queue, QueueError},
     settings::Settings,
     store::Store,
 };
@@ -26,6 +26,9 @@ pub enum ProducerError {
     Invalid(#[from] RequestError),
     #[error("cannot enqueue: {0}")]
     Queue(#[from] QueueError),
+    /// Redis cannot be used: a setting to fix, or an outage (see [`ConnectError::is_retryable`]).
+    #[error("cannot connect to Redis: {0}")]
+    Connect(#[from] ConnectError),
     #[error("cannot record the request: {0}")]
     Record(#[from] redis::RedisError),
     /// Too much work is waiting; try again after `retry_after`.
@@ -50,15 +53,20 @@ pub struct Producer {
 }
 
 impl Producer {
+    /// Connects with the `[redis]` settings and checks that Redis answers.
     pub async fn connect(settings: &Settings) -> Result<Self, ProducerError> {
-        let queue = Queue::connect(
-            settings.redis.url(),
+        let connector = Connector::new(&settings.redis).map_err(ConnectError::from)?;
+        connector.check().await?;
+        let queue = Queue::new(
+            connector.connect(),
             &settings.redis.prefix,
             settings.queue.clone(),
-        )
-        .await?;
-        let conn = crate::queue::connect(settings.redis.url()).await?;
-        let store = Store::new(conn, &settings.redis.prefix, settings.events.clone());
+        );
+        let store = Store::new(
+            connector.connect(),
+            &settings.redis.prefix,
+            settings.events.clone(),
+        );
         Ok(Self::new(queue, store))
     }
 

@@ -18,7 +18,7 @@ use crate::{
     jobs::{run_workers, Pipeline, QUEUES},
     metrics::Metrics,
     producer::Producer,
-    queue::Queue,
+    queue::{ConnectError, Connector, Queue, RedisConnection},
     ratelimit::RateLimiter,
     rules::RuleSet,
     settings::Settings,
@@ -36,24 +36,36 @@ pub struct Application {
     consumer: String,
     /// This process's heartbeat id in Redis (random; never a host name).
     process: uuid::Uuid,
+    /// Makes every Redis connection; waited on before the workers start.
+    connector: Connector,
+    /// The connection the Redis watch pings and reads `INFO memory` on.
+    watch: RedisConnection,
 }
 
 impl Application {
-    /// Connects to Redis and binds the HTTP ports (0 picks a free one).
+    /// Prepares the Redis connections and binds the HTTP ports (0 picks a free one).
+    ///
+    /// A Redis setting that cannot work (a TLS file, credentials, the master's name) is a
+    /// [`crate::settings::SettingsError`]; an unreachable Redis is not an error here: the
+    /// process starts, `/readyz` is red, and [`Application::run_until`] waits for Redis.
     pub async fn build(settings: Settings, rules: RuleSet) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
         let metrics = Metrics::new(&QUEUES);
-        let queue = Queue::connect(
-            settings.redis.url(),
+        let connector = Connector::new(&settings.redis)?;
+        match connector.check().await {
+            Ok(()) => {}
+            Err(ConnectError::Setting(e)) => return Err(e.into()),
+            Err(ConnectError::Unreachable { hosts, source }) => {
+                tracing::warn!(%hosts, error = %source, "redis unreachable at start; waiting for it (readiness is red until it answers)");
+            }
+        }
+        let queue = Queue::new(
+            connector.connect(),
             &settings.redis.prefix,
             settings.queue.clone(),
         )
-        .await
-        .context("cannot connect to Redis")?
         .with_metrics(metrics.clone());
-        let conn = crate::queue::connect(settings.redis.url())
-            .await
-            .context("cannot connect to Redis")?;
+        let conn = connector.connect();
         let store = Store::new(
             conn.clone(),
             &settings.redis.prefix,
@@ -104,6 +116,8 @@ impl Application {
             state,
             consumer: consumer_name(),
             process: uuid::Uuid::new_v4(),
+            watch: connector.connect(),
+            connector,
         })
     }
 
@@ -141,6 +155,37 @@ impl Application {
             }
             _ => None,
         };
+        let watch = tokio::spawn(watch_redis(
+            self.connector.clone(),
+            self.watch,
+            self.state.metrics.clone(),
+        ));
+        let stop_tx = Arc::new(stop_tx);
+        let signal_stop = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining running jobs");
+            let _ = signal_stop.send(true);
+        });
+        // Workers start once Redis answers; meanwhile HTTP serves a red `/readyz`.
+        let mut waiting_stop = stop_rx.clone();
+        let reachable = tokio::select! {
+            reachable = self.connector.wait_until_reachable() => Some(reachable),
+            _ = waiting_stop.wait_for(|stop| *stop) => None,
+        };
+        if !matches!(reachable, Some(Ok(()))) {
+            // Stopped before Redis answered, or a Redis setting cannot work: no workers ran.
+            watch.abort();
+            let _ = stop_tx.send(true);
+            let _ = server.await;
+            if let Some(internal) = internal_server {
+                let _ = internal.await;
+            }
+            return match reachable {
+                Some(Err(setting)) => Err(setting.into()),
+                _ => Ok(()),
+            };
+        }
         let sampler = tokio::spawn(sample(
             self.pipeline.clone(),
             self.state.console.throughput.clone(),
@@ -157,14 +202,10 @@ impl Application {
                 let _ = worker_stop.wait_for(|stop| *stop).await;
             },
         );
-        tokio::spawn(async move {
-            shutdown.await;
-            tracing::info!("shutting down: draining running jobs");
-            let _ = stop_tx.send(true);
-        });
         let result = workers.await;
         alive.store(false, std::sync::atomic::Ordering::SeqCst);
         sampler.abort();
+        watch.abort();
         // Best effort and short: an unreachable Redis must not delay the exit (the key
         // expires by itself).
         let forget = self.state.store.forget_process(self.process);
@@ -205,6 +246,59 @@ async fn serve(
             let _ = stop.wait_for(|stop| *stop).await;
         })
         .await
+}
+
+/// How often the Redis watch pings, and how often it reads the eviction policy.
+const REDIS_PING_EVERY: Duration = Duration::from_secs(5);
+const EVICTION_CHECK_EVERY: Duration = Duration::from_secs(300);
+
+/// Watches Redis for the operator: a warning naming the hosts (never a password) every 30 s
+/// while it does not answer, and its eviction policy at start and every 5 minutes. Anything
+/// but `noeviction` lets Redis drop keys under memory pressure — jobs, records, markers — so
+/// it is a loud warning and `kyc_redis_eviction_policy_ok` 0 (alerted).
+async fn watch_redis(connector: Connector, mut conn: RedisConnection, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(REDIS_PING_EVERY);
+    let mut down_since_warning: Option<tokio::time::Instant> = None;
+    let mut policy_read_at: Option<tokio::time::Instant> = None;
+    loop {
+        tick.tick().await;
+        let ping: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+        if let Err(e) = ping {
+            if down_since_warning
+                .is_none_or(|at| at.elapsed() >= crate::queue::OUTAGE_WARNING_EVERY)
+            {
+                tracing::warn!(hosts = %connector.hosts(), error = %e, "redis unreachable; retrying (readiness is red)");
+                down_since_warning = Some(tokio::time::Instant::now());
+            }
+            continue;
+        }
+        if down_since_warning.take().is_some() {
+            tracing::info!(hosts = %connector.hosts(), "redis answers again");
+        }
+        if policy_read_at.is_some_and(|at| at.elapsed() < EVICTION_CHECK_EVERY) {
+            continue;
+        }
+        match crate::queue::eviction_policy(&mut conn).await {
+            Ok(Some(policy)) => {
+                policy_read_at = Some(tokio::time::Instant::now());
+                let ok = policy == "noeviction";
+                metrics.redis_eviction_policy_ok.set(i64::from(ok));
+                if !ok {
+                    tracing::warn!(
+                        maxmemory_policy = %policy,
+                        "REDIS MAY EVICT THE FLEET'S KEYS: maxmemory-policy is not noeviction, so under memory pressure Redis deletes jobs, records and markers; set it to noeviction (docs/redis.md)"
+                    );
+                }
+            }
+            Ok(None) => {
+                policy_read_at = Some(tokio::time::Instant::now());
+                tracing::warn!(
+                    "INFO memory has no maxmemory_policy; the eviction policy is unknown"
+                );
+            }
+            Err(e) => tracing::debug!(error = %e, "could not read INFO memory"),
+        }
+    }
 }
 
 /// How long a process's heartbeat outlives its last refresh (three sampler ticks).

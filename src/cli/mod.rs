@@ -71,7 +71,34 @@ pub enum CliError {
     #[error(transparent)]
     Rules(#[from] crate::rules::RuleError),
     #[error(transparent)]
-    Failed(#[from] anyhow::Error),
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for CliError {
+    /// A setting error anywhere in the chain (e.g. Redis refused the password) keeps exit 2.
+    fn from(e: anyhow::Error) -> Self {
+        match e.downcast::<SettingsError>() {
+            Ok(setting) => CliError::Settings(setting),
+            Err(other) => CliError::Failed(other),
+        }
+    }
+}
+
+impl From<crate::queue::ConnectError> for CliError {
+    fn from(e: crate::queue::ConnectError) -> Self {
+        match e {
+            crate::queue::ConnectError::Setting(setting) => CliError::Settings(setting),
+            outage => CliError::Failed(outage.into()),
+        }
+    }
+}
+
+/// The connector of a one-shot command, checked: a Redis setting that cannot work exits 2,
+/// an unreachable Redis exits 1.
+async fn redis(settings: &Settings) -> Result<crate::queue::Connector, CliError> {
+    let connector = crate::queue::Connector::new(&settings.redis)?;
+    connector.check().await?;
+    Ok(connector)
 }
 
 impl CliError {

@@ -144,6 +144,7 @@ async fn enqueue_csv(producer: &Producer, path: &std::path::Path) -> Result<(), 
 fn producer_error(e: ProducerError) -> CliError {
     match e {
         ProducerError::Invalid(e) => CliError::Usage(format!("invalid start request: {e}")),
+        ProducerError::Connect(e) => e.into(),
         other => CliError::Failed(anyhow::anyhow!("{other}")),
     }
 }
@@ -152,16 +153,13 @@ fn producer_error(e: ProducerError) -> CliError {
 pub async fn cancel(request_id: &str, settings: &Settings) -> Result<(), CliError> {
     let id =
         crate::domain::RequestId::parse(request_id).map_err(|e| CliError::Usage(e.to_string()))?;
-    let queue = crate::queue::Queue::connect(
-        settings.redis.url(),
+    let connector = super::redis(settings).await?;
+    let queue = crate::queue::Queue::new(
+        connector.connect(),
         &settings.redis.prefix,
         settings.queue.clone(),
-    )
-    .await
-    .context("cannot connect to Redis")?;
-    let conn = crate::queue::connect(settings.redis.url())
-        .await
-        .context("cannot connect to Redis")?;
+    );
+    let conn = connector.connect();
     let store = crate::store::Store::new(conn, &settings.redis.prefix, settings.events.clone());
     match crate::jobs::cancel(&queue, &store, &id).await {
         Ok(true) => println!("cancelled {id}"),
@@ -176,13 +174,11 @@ pub async fn erase(vendor_data: &str, settings: &Settings) -> Result<(), CliErro
     if vendor_data.trim().is_empty() {
         return Err(CliError::Usage("--vendor-data must not be empty".into()));
     }
-    let queue = crate::queue::Queue::connect(
-        settings.redis.url(),
+    let queue = crate::queue::Queue::new(
+        super::redis(settings).await?.connect(),
         &settings.redis.prefix,
         settings.queue.clone(),
-    )
-    .await
-    .context("cannot connect to Redis")?;
+    );
     queue
         .push(&crate::jobs::EraseSubject {
             vendor_data: vendor_data.trim().to_owned(),

@@ -28,9 +28,7 @@ enum SessionCommand {
 
 pub async fn run(args: SessionArgs, settings: &Settings) -> Result<(), CliError> {
     let SessionCommand::Show { id, json } = args.command;
-    let conn = crate::queue::connect(settings.redis.url())
-        .await
-        .context("cannot connect to Redis")?;
+    let conn = super::redis(settings).await?.connect();
     let store = Store::new(conn, &settings.redis.prefix, settings.events.clone());
     let session = match Uuid::parse_str(&id) {
         Ok(sid) => store

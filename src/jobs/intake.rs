@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use redis::{aio::ConnectionManager, streams::StreamId, AsyncCommands};
+use redis::{streams::StreamId, AsyncCommands};
 use serde_json::{Map, Value};
 
 use crate::{
@@ -27,27 +27,18 @@ const JSON_FIELDS: [&str; 3] = ["contact_details", "expected_details", "metadata
 pub async fn read_intake(
     producer: Producer,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
-    url: String,
+    connector: crate::queue::Connector,
     prefix: String,
     consumer: String,
     reclaim_after: Duration,
 ) {
     let stream = format!("{prefix}:intake");
     let rejected = format!("{prefix}:intake:rejected");
-    let mut conn: Option<ConnectionManager> = None;
+    // A connection of its own: its blocking reads must not hold up the shared one.
+    let mut conn = connector.connect();
     let mut last_reclaim = tokio::time::Instant::now();
     loop {
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => match crate::queue::connect(&url).await {
-                Ok(c) => conn.insert(c),
-                Err(e) => {
-                    tracing::warn!(error = %e, "intake: cannot connect to redis; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            },
-        };
+        let c = &mut conn;
         // Backpressure: while too much work waits, leave the stream unread (producers see
         // it grow) instead of turning it into more queued work.
         if let Err(ProducerError::Backpressure {
@@ -107,7 +98,7 @@ pub async fn read_intake(
 async fn take(
     producer: &Producer,
     metrics: &crate::metrics::Metrics,
-    c: &mut ConnectionManager,
+    c: &mut crate::queue::RedisConnection,
     stream: &str,
     rejected: &str,
     entry: StreamId,
@@ -138,7 +129,7 @@ async fn take(
 }
 
 async fn reject(
-    c: &mut ConnectionManager,
+    c: &mut crate::queue::RedisConnection,
     rejected: &str,
     entry_id: &str,
     reason: &str,

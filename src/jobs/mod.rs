@@ -115,7 +115,7 @@ pub async fn run_workers(
     let intake = tokio::spawn(intake::read_intake(
         crate::producer::Producer::new(pipeline.queue.clone(), pipeline.store.clone()),
         pipeline.metrics.clone(),
-        pipeline.settings.redis.url().to_owned(),
+        pipeline.queue.connection().connector().clone(),
         pipeline.settings.redis.prefix.clone(),
         format!("{consumer}-intake"),
         pipeline.settings.queue.reclaim_after,

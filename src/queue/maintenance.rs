@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use redis::{aio::ConnectionManager, AsyncCommands};
+use redis::AsyncCommands;
 use tokio::task::JoinHandle;
 
 use super::{
@@ -79,7 +79,7 @@ async fn run(queue: Queue, queues: Vec<&'static str>, consumer: String) {
 
 /// Moves every due delayed job to the ready stream, a chunk at a time.
 pub(super) async fn promote_due(
-    conn: &mut ConnectionManager,
+    conn: &mut crate::queue::RedisConnection,
     keys: &QueueKeys,
 ) -> redis::RedisResult<usize> {
     let mut total = 0;
@@ -102,7 +102,7 @@ pub(super) async fn promote_due(
 /// requeues them, or buries those abandoned too often; then removes empty dead consumers.
 async fn reclaim(
     queue: &Queue,
-    conn: &mut ConnectionManager,
+    conn: &mut crate::queue::RedisConnection,
     keys: &QueueKeys,
     consumer: &str,
 ) -> redis::RedisResult<()> {
@@ -167,7 +167,7 @@ async fn reclaim(
 /// Deletes consumers that hold nothing and have not read for a while (dead processes);
 /// each check-and-delete is one script, so a consumer reading meanwhile is never deleted.
 async fn remove_dead_consumers(
-    conn: &mut ConnectionManager,
+    conn: &mut crate::queue::RedisConnection,
     keys: &QueueKeys,
     me: &str,
     idle: Duration,
@@ -194,7 +194,10 @@ async fn remove_dead_consumers(
 /// Trims entries that are acknowledged but still in the stream (an `XDEL` lost after its
 /// `XACK`): everything before both the oldest pending entry and the group's read position
 /// has been delivered and acknowledged.
-async fn trim_finished(conn: &mut ConnectionManager, keys: &QueueKeys) -> redis::RedisResult<()> {
+async fn trim_finished(
+    conn: &mut crate::queue::RedisConnection,
+    keys: &QueueKeys,
+) -> redis::RedisResult<()> {
     let groups: redis::streams::StreamInfoGroupsReply = conn.xinfo_groups(&keys.ready).await?;
     let Some(group) = groups.groups.into_iter().find(|g| g.name == GROUP) else {
         return Ok(());

@@ -24,6 +24,7 @@
 //! it) is dead-lettered. Redis errors never stop a worker: it backs off and resumes.
 
 mod backend;
+mod connection;
 mod envelope;
 pub mod keys;
 mod maintenance;
@@ -31,9 +32,12 @@ mod scripts;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::{aio::ConnectionManager, AsyncCommands};
+use redis::AsyncCommands;
 
 pub use backend::{Completion, Delivery, JobError, RedisBackend};
+pub use connection::{
+    eviction_policy, ConnectError, Connector, RedisConnection, OUTAGE_WARNING_EVERY,
+};
 pub use envelope::{DecodeError, Envelope, Job};
 pub use keys::QueueKeys;
 pub use maintenance::Maintenance;
@@ -86,9 +90,8 @@ impl DeadJob {
 /// Cheap to clone; all clones share one multiplexed connection.
 #[derive(Clone)]
 pub struct Queue {
-    conn: ConnectionManager,
-    /// Kept for the dedicated blocking connections of fetchers; may carry a password.
-    url: secrecy::SecretString,
+    /// Its connector also makes the dedicated blocking connections of fetchers.
+    conn: RedisConnection,
     prefix: String,
     settings: QueueSettings,
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
@@ -103,19 +106,23 @@ impl std::fmt::Debug for Queue {
 }
 
 impl Queue {
-    /// Connects with a reply timeout longer than any script we run, and reconnects by itself.
+    /// A queue over a connection made by the process's [`Connector`].
+    pub fn new(conn: RedisConnection, prefix: &str, settings: QueueSettings) -> Self {
+        Self {
+            conn,
+            prefix: prefix.to_owned(),
+            settings,
+            metrics: None,
+        }
+    }
+
+    /// A queue on the standalone Redis at `url` (tests, benchmarks, tools).
     pub async fn connect(
         url: &str,
         prefix: &str,
         settings: QueueSettings,
     ) -> Result<Self, QueueError> {
-        Ok(Self {
-            conn: connect(url).await?,
-            url: secrecy::SecretString::from(url.to_owned()),
-            prefix: prefix.to_owned(),
-            settings,
-            metrics: None,
-        })
+        Ok(Self::new(connect(url).await?, prefix, settings))
     }
 
     /// Counts finished deliveries in `kyc_jobs_total` and their duration.
@@ -128,8 +135,9 @@ impl Queue {
         self.metrics.as_deref()
     }
 
-    pub(crate) fn redis_url(&self) -> &str {
-        secrecy::ExposeSecret::expose_secret(&self.url)
+    /// Makes the dedicated connections this queue's fetchers block on.
+    pub(crate) fn connector(&self) -> &Connector {
+        self.conn.connector()
     }
 
     pub fn keys(&self, queue: &str) -> QueueKeys {
@@ -140,7 +148,7 @@ impl Queue {
         &self.settings
     }
 
-    pub(crate) fn connection(&self) -> ConnectionManager {
+    pub(crate) fn connection(&self) -> RedisConnection {
         self.conn.clone()
     }
 
@@ -464,7 +472,7 @@ impl Queue {
 
 /// In-flight count and the timestamp of the oldest entry not yet delivered.
 async fn group_position(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &QueueKeys,
 ) -> Result<(u64, Option<u64>), QueueError> {
     let groups: redis::streams::StreamInfoGroupsReply = match conn.xinfo_groups(&keys.ready).await {
@@ -502,15 +510,10 @@ fn dead_job(entry: redis::streams::StreamId) -> DeadJob {
     }
 }
 
-/// Connects with reconnection and a reply timeout that outlasts our slowest script.
-pub async fn connect(url: &str) -> Result<ConnectionManager, redis::RedisError> {
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(Duration::from_secs(10)))
-        .set_number_of_retries(2);
-    redis::Client::open(url)?
-        .get_connection_manager_with_config(config)
-        .await
+/// A connection to the standalone Redis at `url`, made by a [`Connector`] (tests,
+/// benchmarks, tools; the fleet builds its connector from `[redis]`). Lazy: no I/O yet.
+pub async fn connect(url: &str) -> Result<RedisConnection, redis::RedisError> {
+    Ok(Connector::from_url(url)?.connect())
 }
 
 /// The ms part of a stream entry id (`1700000000000-3` → 1700000000000).

@@ -17,7 +17,7 @@ mod review;
 
 use std::{sync::LazyLock, time::Duration};
 
-use redis::{aio::ConnectionManager, AsyncCommands, Script};
+use redis::{AsyncCommands, Script};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -110,7 +110,7 @@ pub struct SessionRecord {
 
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: crate::queue::RedisConnection,
     prefix: String,
     settings: EventSettings,
 }
@@ -153,7 +153,7 @@ fn digest(parts: &[&str]) -> String {
 }
 
 impl Store {
-    pub fn new(conn: ConnectionManager, prefix: &str, settings: EventSettings) -> Self {
+    pub fn new(conn: crate::queue::RedisConnection, prefix: &str, settings: EventSettings) -> Self {
         Self {
             conn,
             prefix: prefix.to_owned(),

@@ -12,6 +12,7 @@ mod observability;
 mod pipeline;
 mod queue;
 mod redis_harness;
+mod redis_topologies;
 mod rules;
 mod sandbox;
 mod sandbox_schema;
