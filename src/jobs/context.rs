@@ -15,11 +15,11 @@ use crate::{
         AccountPause, Decider, EventType, OutcomeEvent, PollSchedule, RequestId, SessionStatus,
     },
     metrics::Metrics,
-    queue::{now_ms, JobError, Queue},
+    queue::{now_ms, JobError, Queue, QueueError},
     ratelimit::{Priority, RateLimiter},
     rules::RuleSet,
     settings::Settings,
-    store::{SessionRecord, Store},
+    store::{SessionRecord, Store, StoreError},
 };
 
 use super::PollDecision;
@@ -109,12 +109,7 @@ impl Pipeline {
         F: FnOnce(DiditClient) -> Fut,
         Fut: std::future::Future<Output = Result<T, DiditError>>,
     {
-        if let Some(wait) = self
-            .limiter
-            .acquire(endpoint.scopes(), priority)
-            .await
-            .map_err(redis_failure)?
-        {
+        if let Some(wait) = self.limiter.acquire(endpoint.scopes(), priority).await? {
             for scope in endpoint.scopes() {
                 self.metrics
                     .rate_limit_deferred
@@ -211,8 +206,8 @@ impl Pipeline {
                 },
                 SystemTime::now() + after,
             )
-            .await
-            .map_err(redis_failure)
+            .await?;
+        Ok(())
     }
 
     /// Returns the wait to apply when Didit calls are paused fleet-wide.
@@ -221,7 +216,7 @@ impl Pipeline {
         let paused = match seen {
             Some((at, paused)) if at.elapsed() < PAUSE_FRESH => paused,
             _ => {
-                let paused = self.store.pause().await.map_err(redis_failure)?.is_some();
+                let paused = self.store.pause().await?.is_some();
                 self.saw_pause(paused);
                 paused
             }
@@ -283,8 +278,7 @@ impl Pipeline {
         };
         self.store
             .track_review(session_id, session, status, &decider.label(), &data)
-            .await
-            .map_err(redis_failure)?;
+            .await?;
         for request in &session.requests {
             let vendor_data = self.vendor_data(session, request).await?;
             let event = OutcomeEvent::new(
@@ -314,8 +308,7 @@ impl Pipeline {
         Ok(self
             .store
             .request(request)
-            .await
-            .map_err(redis_failure)?
+            .await?
             .map(|r| r.vendor_data)
             .unwrap_or_default())
     }
@@ -344,7 +337,7 @@ impl Pipeline {
     /// Publishes an event once per (request, session, type, status) and counts it;
     /// `true` when it was new.
     pub async fn publish(&self, event: &OutcomeEvent) -> Result<bool, JobError> {
-        let new = self.store.publish(event).await.map_err(redis_failure)?;
+        let new = self.store.publish(event).await?;
         if new {
             self.metrics
                 .events_published
@@ -368,11 +361,42 @@ impl Pipeline {
     }
 }
 
-/// A Redis error inside a handler: retry the job later (the queue's backoff).
-pub fn redis_failure(e: impl std::fmt::Display) -> JobError {
-    JobError::Retry {
-        reason: format!("redis: {e}"),
-        after: None,
+/// A store failure inside a handler: retry the job later (the queue's backoff) when Redis
+/// may answer then; a corrupt record reads the same on every attempt, so dead-letter it.
+impl From<StoreError> for JobError {
+    fn from(e: StoreError) -> Self {
+        if e.is_retryable() {
+            JobError::Retry {
+                reason: e.to_string(),
+                after: None,
+            }
+        } else {
+            JobError::Fatal(e.to_string())
+        }
+    }
+}
+
+/// A queue failure inside a handler: Redis may answer later; a job that cannot be encoded
+/// never will.
+impl From<QueueError> for JobError {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::Redis(_) => JobError::Retry {
+                reason: e.to_string(),
+                after: None,
+            },
+            QueueError::Encode(_) => JobError::Fatal(e.to_string()),
+        }
+    }
+}
+
+/// A rate-limiter failure (Redis unreachable) inside a handler: retry the job later.
+impl From<redis::RedisError> for JobError {
+    fn from(e: redis::RedisError) -> Self {
+        JobError::Retry {
+            reason: format!("redis: {e}"),
+            after: None,
+        }
     }
 }
 
@@ -427,5 +451,27 @@ pub async fn pause_probe(pipeline: Pipeline) {
                 "Didit calls resumed: the cause is gone"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_failure_retries_unless_the_record_is_corrupt() {
+        let io = StoreError::from(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused",
+        )));
+        assert!(matches!(
+            JobError::from(io),
+            JobError::Retry { after: None, ref reason } if reason.starts_with("redis: ")
+        ));
+        let corrupt = StoreError::Corrupt {
+            record: "session",
+            field: "deadline_ms",
+        };
+        assert!(matches!(JobError::from(corrupt), JobError::Fatal(_)));
     }
 }

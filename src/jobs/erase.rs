@@ -10,7 +10,7 @@ use apalis::prelude::Data;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{context::redis_failure, Pipeline, StartKyc};
+use super::{Pipeline, StartKyc};
 use crate::{
     domain::{Decider, EventType, OutcomeEvent, RequestId},
     queue::{Completion, Job, JobError},
@@ -77,37 +77,24 @@ pub async fn handle(
         }
     }
     // Here: records, waiting work and events that name the person.
-    let (requests, sessions) = p.store.subject(vendor_data).await.map_err(redis_failure)?;
+    let (requests, sessions) = p.store.subject(vendor_data).await?;
     for sid in &sessions {
         p.queue
             .unschedule(
                 <super::PollDecision as Job>::QUEUE,
                 &super::PollDecision::slot(*sid),
             )
-            .await
-            .map_err(redis_failure)?;
+            .await?;
     }
-    p.store
-        .forget(vendor_data, &requests, &sessions)
-        .await
-        .map_err(redis_failure)?;
+    p.store.forget(vendor_data, &requests, &sessions).await?;
     let jobs = p
         .queue
         .purge_jobs(<StartKyc as Job>::QUEUE, |args| {
             args.get("vendor_data").and_then(|v| v.as_str()) == Some(vendor_data)
         })
-        .await
-        .map_err(redis_failure)?;
-    let intake = p
-        .store
-        .forget_intake(vendor_data)
-        .await
-        .map_err(redis_failure)?;
-    let events = p
-        .store
-        .forget_events(vendor_data)
-        .await
-        .map_err(redis_failure)?;
+        .await?;
+    let intake = p.store.forget_intake(vendor_data).await?;
+    let events = p.store.forget_events(vendor_data).await?;
     tracing::info!(
         subject = %subject,
         deleted_at_didit,

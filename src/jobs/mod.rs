@@ -44,8 +44,8 @@ pub const QUEUES: [&str; 4] = [
 pub enum CancelError {
     #[error("no request {0}")]
     Unknown(String),
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Queue(#[from] crate::queue::QueueError),
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{context::redis_failure, Pipeline};
+use super::Pipeline;
 use crate::{
     domain::{
         Decider, EventType, FailureReason, OutcomeEvent, RequestId, SessionStatus, StartRequest,
@@ -59,12 +59,7 @@ pub async fn handle(job: StartKyc, delivery: Data<Delivery>, p: Data<Pipeline>) 
     // Long enough for a few Didit calls; short enough that a dead holder does not stall
     // the request for long.
     let lock_ttl = p.settings.didit.request_timeout * 2;
-    if !p
-        .store
-        .lock_request(&rid, lock_ttl)
-        .await
-        .map_err(redis_failure)?
-    {
+    if !p.store.lock_request(&rid, lock_ttl).await? {
         return Ok(later(Duration::from_millis(500)));
     }
     let outcome = start(&p, &rid, &request, &delivery).await;
@@ -88,7 +83,7 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
         .await?;
         return Ok(Completion::Done);
     };
-    let record = p.store.request(rid).await.map_err(redis_failure)?;
+    let record = p.store.request(rid).await?;
     if record.as_ref().is_some_and(|r| r.cancelled) {
         tracing::info!("request cancelled before its session was created");
         return Ok(Completion::Done);
@@ -115,8 +110,7 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
                 .is_some_and(|r| r.vendor_data == vendor_data);
             p.store
                 .record_intent(rid, &vendor_data, workflow_id, indexed)
-                .await
-                .map_err(redis_failure)?;
+                .await?;
             let request = create_request(rid, req, workflow_id);
             let created = p
                 .call(Endpoint::CreateSession, Priority::High, |d| async move {
@@ -140,8 +134,7 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
     // The intent (this run's or an earlier one's) wrote the request record and its index.
     p.store
         .record_session(rid, &vendor_data, session, true, json!({"session_id": sid}))
-        .await
-        .map_err(redis_failure)?;
+        .await?;
     // Didit answered with a new session or one it reuses because it is unfinished: either
     // way it is followed.
     announce(p, rid, &vendor_data, sid, &url, false).await?;
@@ -241,8 +234,7 @@ async fn announce(
     let settled = may_be_settled
         && p.store
             .session(sid)
-            .await
-            .map_err(redis_failure)?
+            .await?
             .and_then(|s| s.status)
             .is_some_and(|s| s.is_final() && s != SessionStatus::InReview);
     if !settled {
