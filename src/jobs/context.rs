@@ -12,7 +12,8 @@ use uuid::Uuid;
 
 use crate::{
     domain::{
-        AccountPause, Decider, EventType, OutcomeEvent, PollSchedule, RequestId, SessionStatus,
+        AccountPause, Decider, EventStatus, EventType, OutcomeEvent, PollSchedule, RequestId,
+        SessionStatus,
     },
     metrics::Metrics,
     queue::{now_ms, JobError, Queue, QueueError},
@@ -286,7 +287,7 @@ impl Pipeline {
                 request.clone(),
                 Some(session_id),
                 vendor_data,
-                status.as_str(),
+                status.clone().into(),
                 decider,
                 data.clone(),
             );
@@ -327,7 +328,7 @@ impl Pipeline {
             request.clone(),
             session_id,
             vendor_data.to_owned(),
-            "failed",
+            EventStatus::Failed,
             &Decider::Fleet,
             json!({"reason": reason.as_str(), "detail": detail}),
         );
@@ -341,15 +342,18 @@ impl Pipeline {
         if new {
             self.metrics
                 .events_published
-                .with_label_values(&[event.kind])
+                .with_label_values(&[event.kind.as_str()])
                 .inc();
-            if event.kind == EventType::Decided.as_str() {
+            if event.kind == EventType::Decided {
                 self.metrics
                     .decisions
-                    .with_label_values(&[&event.status, Metrics::decider_kind(&event.decided_by)])
+                    .with_label_values(&[
+                        event.status.as_str(),
+                        Metrics::decider_kind(&event.decided_by),
+                    ])
                     .inc();
             }
-            tracing::info!(event = event.kind, status = %event.status, session = ?event.session_id, "event published");
+            tracing::info!(event = event.kind.as_str(), status = %event.status, session = ?event.session_id, "event published");
         }
         Ok(new)
     }

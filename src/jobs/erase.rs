@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::{Pipeline, StartKyc};
 use crate::{
-    domain::{Decider, EventType, OutcomeEvent, RequestId},
+    domain::{Decider, EventStatus, EventType, OutcomeEvent, RequestId},
     queue::{Completion, Job, JobError},
     ratelimit::Priority,
 };
@@ -112,7 +112,7 @@ pub async fn handle(
         marker,
         None,
         String::new(),
-        "erased",
+        EventStatus::Erased,
         &Decider::Fleet,
         json!({
             "subject_hash": subject,

@@ -164,7 +164,7 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
                 rid.clone(),
                 Some(sid),
                 vendor_data,
-                SessionStatus::Expired.as_str(),
+                SessionStatus::Expired.into(),
                 &Decider::Fleet,
                 json!({"reason": "deadline", "last_status": status.as_str()}),
             );

@@ -246,7 +246,7 @@ async fn announce(
         rid.clone(),
         Some(sid),
         vendor_data.to_owned(),
-        "Not Started",
+        SessionStatus::NotStarted.into(),
         &Decider::Didit,
         json!({"url": url}),
     );

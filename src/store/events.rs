@@ -14,10 +14,7 @@ use super::{
     requests::{audit_line, AUDIT_MAX},
     Store, StoreResult,
 };
-use crate::{
-    domain::{EventType, OutcomeEvent},
-    queue::now_ms,
-};
+use crate::{domain::OutcomeEvent, queue::now_ms};
 
 /// How many stream entries an erasure reads per round trip.
 const ERASE_PAGE: usize = 1000;
@@ -85,16 +82,16 @@ impl Store {
             digest(&[
                 event.request_id.as_str(),
                 &session,
-                event.kind,
-                &event.status
+                event.kind.as_str(),
+                event.status.as_str()
             ])
         );
         // The event id is derived from the other fields (UUIDv5), so it is not repeated.
         let step = audit_line(
             "event_published",
-            serde_json::json!({"type": event.kind, "status": event.status, "decided_by": event.decided_by}),
+            serde_json::json!({"type": event.kind.as_str(), "status": event.status.as_str(), "decided_by": event.decided_by}),
         );
-        let tracks_status = event.kind != EventType::Created.as_str();
+        let tracks_status = event.kind.tracks_status();
         let minid = now_ms().saturating_sub(self.settings.retention.as_millis() as u64);
         let mut c = self.conn.clone();
         let published: i64 = PUBLISH
@@ -102,11 +99,11 @@ impl Store {
             .key(self.events_key())
             .key(self.audit_key(&event.request_id))
             .arg(event.event_id.to_string())
-            .arg(event.kind)
+            .arg(event.kind.as_str())
             .arg(&session)
             .arg(event.request_id.as_str())
             .arg(&event.vendor_data)
-            .arg(&event.status)
+            .arg(event.status.as_str())
             .arg(&event.decided_by)
             .arg(event.data.to_string())
             .arg(self.ttl())

@@ -12,7 +12,10 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{digest, field, sessions::NewSession, Store, StoreResult};
-use crate::{domain::RequestId, queue::now_ms};
+use crate::{
+    domain::{EventStatus, RequestId},
+    queue::now_ms,
+};
 
 /// A request's progress.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -22,7 +25,8 @@ pub struct RequestRecord {
     /// Set once Didit answered the create call (or a lookup found the session).
     pub session_id: Option<Uuid>,
     pub url: Option<String>,
-    pub last_status: Option<String>,
+    /// The status of the last event published for it (the next one's `previous_status`).
+    pub last_status: Option<EventStatus>,
     pub decided_by: Option<String>,
     pub enqueued_at_ms: Option<u64>,
     pub created_at_ms: Option<u64>,
@@ -94,7 +98,7 @@ impl Store {
             workflow_id: field(&map, RECORD, "workflow_id")?,
             session_id: field(&map, RECORD, "session_id")?,
             url: map.get("url").cloned(),
-            last_status: map.get("last_status").cloned().filter(|s| !s.is_empty()),
+            last_status: map.get("last_status").and_then(|s| EventStatus::parse(s)),
             decided_by: map.get("decided_by").cloned(),
             enqueued_at_ms: field(&map, RECORD, "enqueued_at_ms")?,
             created_at_ms: field(&map, RECORD, "created_at_ms")?,
