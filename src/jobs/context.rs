@@ -124,19 +124,14 @@ impl Pipeline {
         }
         let result = call(self.didit.clone()).await;
         if let Err(e) = &result {
-            if e.status() == Some(429) {
+            if e.is_rate_limited() {
                 for scope in endpoint.scopes() {
                     self.metrics
                         .didit_rate_limited
                         .with_label_values(&[scope.as_str()])
                         .inc();
                 }
-                let wait = match e.class() {
-                    ErrorClass::Retryable {
-                        retry_after: Some(d),
-                    } => d,
-                    _ => Duration::from_secs(5),
-                };
+                let wait = e.retry_after().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(endpoint = %endpoint, wait_ms = wait.as_millis() as u64, "Didit answered 429: pausing these calls fleet-wide");
                 if let Err(e) = self.limiter.pause(endpoint.scopes(), wait).await {
                     tracing::warn!(error = %e, "could not record the rate-limit pause");
@@ -231,7 +226,7 @@ impl Pipeline {
 
     /// Maps a Didit failure to the queue's language, pausing the fleet on account errors.
     pub async fn didit_failure(&self, error: DiditError) -> JobError {
-        if matches!(error.kind, didit::DiditErrorKind::Decode(_)) {
+        if error.is_malformed_response() {
             // A body we cannot read is more likely a proxy than a permanent answer, but it
             // is not Didit's throttling either: retry, counting attempts.
             return JobError::Retry {

@@ -20,7 +20,7 @@ use crate::{
 };
 use didit::{
     types::{BlocklistAddRequest, Decision, UpdateStatusRequest},
-    Endpoint, ErrorClass,
+    Endpoint,
 };
 
 /// What the poll does after the decision step.
@@ -191,12 +191,7 @@ pub(super) async fn update_status(
         .await?;
     match answer {
         Ok(_) => Ok(()),
-        Err(e)
-            if e.class() == ErrorClass::Request
-                && e.to_string().contains("same as the current status") =>
-        {
-            Ok(())
-        }
+        Err(e) if e.is_status_unchanged() => Ok(()),
         Err(e) => Err(p.didit_failure(e).await),
     }
 }

@@ -16,7 +16,7 @@ use crate::{
     queue::{Completion, Job, JobError},
     ratelimit::Priority,
 };
-use didit::{types::SessionQuery, Endpoint, ErrorClass};
+use didit::{types::SessionQuery, Endpoint};
 
 /// Job: erase everything about one person.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,10 +68,8 @@ pub async fn handle(
             {
                 Ok(()) => deleted_at_didit += 1,
                 // Already gone (a rerun, or deleted meanwhile).
-                Err(e) if e.status() == Some(404) => {}
-                Err(e) if e.class() == ErrorClass::Request => {
-                    return Err(JobError::Fatal(e.to_string()))
-                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) if e.is_request_error() => return Err(JobError::Fatal(e.to_string())),
                 Err(e) => return Err(p.didit_failure(e).await),
             }
         }

@@ -24,7 +24,7 @@ use crate::{
     ratelimit::Priority,
     store::SessionRecord,
 };
-use didit::{Endpoint, ErrorClass};
+use didit::Endpoint;
 
 /// Job: read the decision of one session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,7 +85,7 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
         .await?;
     let decision = match read {
         Ok(d) => d,
-        Err(e) if e.class() == ErrorClass::Request => {
+        Err(e) if e.is_request_error() => {
             // Deleted at Didit, or never ours: nothing will ever be decided.
             fail_all(&p, sid, &session, FailureReason::BadRequest, &e.to_string()).await?;
             p.store.close_session(sid).await?;

@@ -24,7 +24,7 @@ use crate::{
 };
 use didit::{
     types::{CreateSessionRequest, SessionQuery},
-    Endpoint, ErrorClass,
+    Endpoint,
 };
 
 /// The metadata key that carries our request id through Didit.
@@ -262,9 +262,8 @@ async fn create_failed(
     error: didit::DiditError,
     delivery: &Delivery,
 ) -> Outcome {
-    if error.class() == ErrorClass::Request {
-        let blocked = error.to_string().contains("blocked");
-        let reason = if blocked {
+    if error.is_request_error() {
+        let reason = if error.is_blocklisted() {
             FailureReason::Blocklisted
         } else {
             FailureReason::BadRequest
