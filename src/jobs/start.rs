@@ -16,7 +16,8 @@ use uuid::Uuid;
 use super::Pipeline;
 use crate::{
     domain::{
-        Decider, EventType, FailureReason, OutcomeEvent, RequestId, SessionStatus, StartRequest,
+        ContactDetails, Decider, EventType, ExpectedDetails, FailureReason, OutcomeEvent,
+        RequestId, SessionStatus, StartRequest,
     },
     queue::{Completion, Delivery, Job, JobError},
     ratelimit::Priority,
@@ -161,10 +162,42 @@ fn create_request(rid: &RequestId, req: &StartRequest, workflow_id: Uuid) -> Cre
         callback: req.callback.clone(),
         metadata: Some(Value::Object(metadata)),
         language: req.language.clone(),
-        contact_details: req.contact_details.clone(),
-        expected_details: req.expected_details.clone(),
+        contact_details: req.contact_details.clone().map(Into::into),
+        expected_details: req.expected_details.clone().map(Into::into),
         sandbox_scenario: req.sandbox_scenario.clone(),
         ..Default::default()
+    }
+}
+
+/// The request's contact details as Didit's create call takes them.
+impl From<ContactDetails> for didit::types::ContactDetails {
+    fn from(c: ContactDetails) -> Self {
+        Self {
+            email: c.email,
+            send_notification_emails: c.send_notification_emails,
+            email_lang: c.email_lang,
+            phone: c.phone,
+        }
+    }
+}
+
+/// The request's expected details as Didit's create call takes them.
+impl From<ExpectedDetails> for didit::types::ExpectedDetails {
+    fn from(e: ExpectedDetails) -> Self {
+        Self {
+            first_name: e.first_name,
+            last_name: e.last_name,
+            date_of_birth: e.date_of_birth,
+            gender: e.gender,
+            nationality: e.nationality,
+            country: e.country,
+            id_country: e.id_country,
+            poa_country: e.poa_country,
+            address: e.address,
+            identification_number: e.identification_number,
+            ip_address: e.ip_address,
+            expected_document_types: e.expected_document_types,
+        }
     }
 }
 
