@@ -20,10 +20,12 @@
 //! - [`ratelimit`]: the fleet-wide Didit budget.
 //!
 //! # Application: the pipeline
-//! - [`jobs`]: start, poll, decide, operator actions, erasure, the intake bridge, the sweep.
-//! - [`producer`]: how Rust services ask for a verification.
+//! - [`jobs`]: start, poll, decide, operator actions, erasure, the sweep.
+//! - [`producer`]: how services ask for a verification: from Rust, or through the intake
+//!   stream from any language.
 //!
 //! # Surfaces
+//! - [`state`]: what the HTTP handlers and the console share.
 //! - [`http`]: webhooks in, verification requests in, status and health out.
 //! - [`console`]: the operator console under `/console/`.
 //! - [`startup`]: `kyc-worker run`: connections, HTTP servers and workers, and shutdown.
@@ -41,5 +43,6 @@ pub mod ratelimit;
 pub mod rules;
 pub mod settings;
 pub mod startup;
+pub mod state;
 pub mod store;
 pub mod telemetry;

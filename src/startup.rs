@@ -12,16 +12,16 @@ use didit::{webhook::WebhookVerifier, DiditClient};
 use tokio::net::TcpListener;
 
 use crate::{
-    console::{ConsoleState, Throughput},
     domain::AccountPause,
     http::{internal_router, public_router, AppState},
     jobs::{run_workers, Pipeline, QUEUES},
     metrics::Metrics,
-    producer::Producer,
+    producer::{read_intake, Producer},
     queue::Queue,
     ratelimit::RateLimiter,
     rules::RuleSet,
     settings::Settings,
+    state::{ConsoleState, Throughput},
     store::Store,
 };
 
@@ -147,6 +147,15 @@ impl Application {
             self.process,
         ));
         tracing::info!(port = self.port, consumer = %self.consumer, "kyc-worker running");
+        // The intake stream feeds the start queue; it stops with the workers.
+        let intake = tokio::spawn(read_intake(
+            self.state.producer.clone(),
+            self.pipeline.metrics.clone(),
+            settings.redis.url().to_owned(),
+            settings.redis.prefix.clone(),
+            format!("{}-intake", self.consumer),
+            settings.queue.reclaim_after,
+        ));
         let mut worker_stop = stop_rx.clone();
         let workers = run_workers(
             self.pipeline,
@@ -164,6 +173,7 @@ impl Application {
         });
         let result = workers.await;
         alive.store(false, std::sync::atomic::Ordering::SeqCst);
+        intake.abort();
         sampler.abort();
         // Best effort and short: an unreachable Redis must not delay the exit (the key
         // expires by itself).

@@ -15,7 +15,7 @@ use super::{
     html::{self, esc, pii},
     html_headers, Access, ConsoleError,
 };
-use crate::{domain::RequestId, http::AppState, jobs::QUEUES, store::ReviewItem};
+use crate::{domain::RequestId, jobs::QUEUES, state::AppState, store::ReviewItem};
 
 /// `?notice=` after an action redirected here.
 #[derive(Debug, Default, Deserialize)]

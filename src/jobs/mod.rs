@@ -13,7 +13,6 @@
 mod context;
 mod decide;
 mod erase;
-mod intake;
 mod operator;
 mod poll;
 mod start;
@@ -112,14 +111,6 @@ pub async fn run_workers(
     let maintenance = Maintenance::spawn(pipeline.queue.clone(), QUEUES.to_vec(), consumer.clone());
     let probe = tokio::spawn(context::pause_probe(pipeline.clone()));
     let sweeper = tokio::spawn(sweep::sweep(pipeline.clone()));
-    let intake = tokio::spawn(intake::read_intake(
-        crate::producer::Producer::new(pipeline.queue.clone(), pipeline.store.clone()),
-        pipeline.metrics.clone(),
-        pipeline.settings.redis.url().to_owned(),
-        pipeline.settings.redis.prefix.clone(),
-        format!("{consumer}-intake"),
-        pipeline.settings.queue.reclaim_after,
-    ));
     let start_pipeline = pipeline.clone();
     let start_consumer = format!("{consumer}-start");
     let poll_consumer = format!("{consumer}-poll");
@@ -183,7 +174,6 @@ pub async fn run_workers(
         .await;
     probe.abort();
     sweeper.abort();
-    intake.abort();
     maintenance.stop();
     result.map_err(|e| anyhow::anyhow!("workers stopped: {e}"))
 }

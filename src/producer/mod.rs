@@ -10,7 +10,10 @@
 //! # Ok(()) }
 //! ```
 //! The request is validated here, so a caller gets a clear error at once instead of a job in
-//! the dead set later.
+//! the dead set later. Services in other languages write to the intake stream instead; its
+//! reader (`intake`) turns each entry into the same call.
+
+mod intake;
 
 use crate::{
     domain::{RequestError, RequestId, StartRequest},
@@ -19,6 +22,8 @@ use crate::{
     settings::Settings,
     store::{Store, StoreError},
 };
+
+pub(crate) use intake::read_intake;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProducerError {

@@ -13,10 +13,8 @@ use std::time::Duration;
 use redis::{aio::ConnectionManager, streams::StreamId, AsyncCommands};
 use serde_json::{Map, Value};
 
-use crate::{
-    domain::StartRequest,
-    producer::{Producer, ProducerError},
-};
+use super::{Producer, ProducerError};
+use crate::domain::StartRequest;
 
 const GROUP: &str = "workers";
 /// Rejected entries kept for inspection.
