@@ -281,7 +281,7 @@ async fn sample(pipeline: Pipeline, throughput: Arc<Throughput>, process: uuid::
 }
 
 /// `<host>-<6 random characters>`: unique per process start, readable in `XINFO CONSUMERS`.
-pub fn consumer_name() -> String {
+pub(crate) fn consumer_name() -> String {
     use rand::Rng;
     let host = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
@@ -299,7 +299,7 @@ pub fn consumer_name() -> String {
 }
 
 /// Resolves on SIGTERM or ctrl-c.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -22,16 +22,17 @@ use std::time::Duration;
 
 use apalis::prelude::*;
 
-pub use context::Pipeline;
-pub use erase::EraseSubject;
+pub(crate) use context::Pipeline;
+pub(crate) use erase::EraseSubject;
 pub use operator::{OperatorAction, OperatorDecision};
 pub use poll::PollDecision;
-pub use start::{StartKyc, REQUEST_ID_METADATA};
+pub use start::StartKyc;
+pub(crate) use start::REQUEST_ID_METADATA;
 
 use crate::queue::{Maintenance, RedisBackend};
 
 /// Every queue this pipeline uses, for maintenance and stats.
-pub const QUEUES: [&str; 4] = [
+pub(crate) const QUEUES: [&str; 4] = [
     <StartKyc as crate::queue::Job>::QUEUE,
     <PollDecision as crate::queue::Job>::QUEUE,
     <EraseSubject as crate::queue::Job>::QUEUE,
@@ -40,7 +41,7 @@ pub const QUEUES: [&str; 4] = [
 
 /// Why a request could not be cancelled.
 #[derive(Debug, thiserror::Error)]
-pub enum CancelError {
+pub(crate) enum CancelError {
     #[error("no request {0}")]
     Unknown(String),
     #[error(transparent)]
@@ -52,7 +53,7 @@ pub enum CancelError {
 /// Stops following a verification: no more polls, and `kyc.session.failed` with
 /// `data.reason` = `cancelled`. Returns `false` when it was cancelled before. Needs no Didit
 /// call: the session at Didit is left as it is.
-pub async fn cancel(
+pub(crate) async fn cancel(
     queue: &crate::queue::Queue,
     store: &crate::store::Store,
     request: &crate::domain::RequestId,
@@ -101,7 +102,7 @@ pub async fn cancel(
 }
 
 /// Runs the pipeline's workers until `shutdown` resolves, then drains for at most `drain`.
-pub async fn run_workers(
+pub(crate) async fn run_workers(
     pipeline: Pipeline,
     consumer: String,
     concurrency: usize,

@@ -46,7 +46,7 @@ pub enum ProducerError {
 /// How long a backpressure reading is reused (keeps the check off the hot path).
 const BACKPRESSURE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 /// What producers are told to wait while the fleet is behind.
-pub const BACKPRESSURE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const BACKPRESSURE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct Producer {

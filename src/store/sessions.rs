@@ -19,7 +19,7 @@ use crate::{
 
 /// What the fleet knows of one Didit session.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SessionRecord {
+pub(crate) struct SessionRecord {
     /// The requests it answers that are still followed (not cancelled).
     pub requests: Vec<RequestId>,
     /// The requests it answered until they were cancelled.
@@ -44,7 +44,7 @@ pub struct SessionRecord {
 
 /// A session Didit created (or reused), as [`Store::record_session`] records it.
 #[derive(Debug, Clone, Copy)]
-pub struct NewSession<'a> {
+pub(crate) struct NewSession<'a> {
     pub id: Uuid,
     pub url: &'a str,
     /// Unix ms after which the session is given up unless Didit finished it.
@@ -105,7 +105,7 @@ impl Store {
         pipe.zrem(self.open_sessions_key(), id.to_string()).ignore();
     }
 
-    pub async fn session(&self, id: Uuid) -> StoreResult<Option<SessionRecord>> {
+    pub(crate) async fn session(&self, id: Uuid) -> StoreResult<Option<SessionRecord>> {
         const RECORD: &str = "session";
         let mut c = self.conn.clone();
         let map: std::collections::HashMap<String, String> =
@@ -159,7 +159,7 @@ impl Store {
 
     /// Records one decision read of a session: the status Didit gave, the read count and,
     /// when it found a change, the step `decision_read`; returns the reads so far.
-    pub async fn record_read(
+    pub(crate) async fn record_read(
         &self,
         id: Uuid,
         requests: &[RequestId],
@@ -182,7 +182,7 @@ impl Store {
     }
 
     /// Records that a rule set `status` at Didit, so the echo is recognised.
-    pub async fn set_rule_status(
+    pub(crate) async fn set_rule_status(
         &self,
         id: Uuid,
         status: &SessionStatus,
@@ -199,7 +199,12 @@ impl Store {
     }
 
     /// Holds a session for review by a rule while Didit's status stays `status`.
-    pub async fn set_hold(&self, id: Uuid, status: &SessionStatus, rule: &str) -> StoreResult<()> {
+    pub(crate) async fn set_hold(
+        &self,
+        id: Uuid,
+        status: &SessionStatus,
+        rule: &str,
+    ) -> StoreResult<()> {
         self.update_session(
             id,
             &[
@@ -211,7 +216,7 @@ impl Store {
     }
 
     /// Releases a rule's hold (Didit moved on).
-    pub async fn clear_hold(&self, id: Uuid) -> StoreResult<()> {
+    pub(crate) async fn clear_hold(&self, id: Uuid) -> StoreResult<()> {
         let mut c = self.conn.clone();
         c.hdel::<_, _, ()>(self.session_key(id), "hold_status")
             .await?;
@@ -219,7 +224,7 @@ impl Store {
     }
 
     /// Counts a resubmission a rule asked for; returns the count.
-    pub async fn count_resubmit(&self, id: Uuid) -> StoreResult<u32> {
+    pub(crate) async fn count_resubmit(&self, id: Uuid) -> StoreResult<u32> {
         let key = self.session_key(id);
         let mut c = self.conn.clone();
         let (n,): (u32,) = redis::pipe()
@@ -231,13 +236,13 @@ impl Store {
         Ok(n)
     }
 
-    pub async fn set_session_deadline(&self, id: Uuid, deadline_ms: u64) -> StoreResult<()> {
+    pub(crate) async fn set_session_deadline(&self, id: Uuid, deadline_ms: u64) -> StoreResult<()> {
         self.update_session(id, &[("deadline_ms", deadline_ms.to_string())])
             .await
     }
 
     /// Stops sweeping a session (it reached a status nothing follows).
-    pub async fn close_session(&self, id: Uuid) -> StoreResult<()> {
+    pub(crate) async fn close_session(&self, id: Uuid) -> StoreResult<()> {
         let mut c = self.conn.clone();
         c.zrem::<_, _, ()>(self.open_sessions_key(), id.to_string())
             .await?;
@@ -247,7 +252,11 @@ impl Store {
     /// Open sessions not looked at for `every` (oldest first, at most `limit`); each is
     /// marked as looked at now. The score of an open session is when it was last swept
     /// (or created).
-    pub async fn sessions_to_sweep(&self, limit: usize, every: Duration) -> StoreResult<Vec<Uuid>> {
+    pub(crate) async fn sessions_to_sweep(
+        &self,
+        limit: usize,
+        every: Duration,
+    ) -> StoreResult<Vec<Uuid>> {
         let mut c = self.conn.clone();
         let now = now_ms();
         let before = now.saturating_sub(every.as_millis() as u64);
@@ -266,7 +275,7 @@ impl Store {
     }
 
     /// Takes the fleet-wide sweep turn for `every`; `false` when another process has it.
-    pub async fn take_sweep_turn(&self, every: Duration) -> StoreResult<bool> {
+    pub(crate) async fn take_sweep_turn(&self, every: Duration) -> StoreResult<bool> {
         let mut c = self.conn.clone();
         let set: Option<String> = redis::cmd("SET")
             .arg(format!("{}:sweep:turn", self.prefix))

@@ -212,7 +212,7 @@ fn the_sandbox_modules_import_no_cycle() {
 }
 
 /// The layers src/lib.rs documents: each `# ` heading starts one, each "- [`module`]" line
-/// names a member. The layer whose heading says every layer shares it may be used by all.
+/// (or "- `module`" for a module private to the crate) names a member. The layer whose heading says every layer shares it may be used by all.
 fn documented_layers() -> (BTreeMap<String, usize>, BTreeSet<String>) {
     let lib = std::fs::read_to_string(crate_src("src/lib.rs")).expect("read lib.rs");
     let (mut layer_of, mut shared) = (BTreeMap::new(), BTreeSet::new());
@@ -222,7 +222,10 @@ fn documented_layers() -> (BTreeMap<String, usize>, BTreeSet<String>) {
         if let Some(heading) = line.strip_prefix("# ") {
             layer += 1;
             is_shared = heading.contains("every layer shares");
-        } else if let Some(rest) = line.strip_prefix("- [`") {
+        } else if let Some(rest) = line
+            .strip_prefix("- [`")
+            .or_else(|| line.strip_prefix("- `"))
+        {
             let name = rest.split('`').next().unwrap_or_default().to_owned();
             if is_shared {
                 shared.insert(name.clone());
