@@ -12,16 +12,16 @@ use didit::{webhook::WebhookVerifier, DiditClient};
 use tokio::net::TcpListener;
 
 use crate::{
-    console::{ConsoleState, Throughput},
     domain::AccountPause,
     http::{internal_router, public_router, AppState},
     jobs::{run_workers, Pipeline, QUEUES},
     metrics::Metrics,
-    producer::Producer,
+    producer::{read_intake, Producer},
     queue::{ConnectError, Connector, Queue, RedisConnection},
     ratelimit::RateLimiter,
     rules::RuleSet,
     settings::Settings,
+    state::{ConsoleState, Throughput},
     store::Store,
 };
 
@@ -192,6 +192,15 @@ impl Application {
             self.process,
         ));
         tracing::info!(port = self.port, consumer = %self.consumer, "kyc-worker running");
+        // The intake stream feeds the start queue; it stops with the workers.
+        let intake = tokio::spawn(read_intake(
+            self.state.producer.clone(),
+            self.pipeline.metrics.clone(),
+            self.pipeline.queue.connection().connector().clone(),
+            settings.redis.prefix.clone(),
+            format!("{}-intake", self.consumer),
+            settings.queue.reclaim_after,
+        ));
         let mut worker_stop = stop_rx.clone();
         let workers = run_workers(
             self.pipeline,
@@ -204,6 +213,7 @@ impl Application {
         );
         let result = workers.await;
         alive.store(false, std::sync::atomic::Ordering::SeqCst);
+        intake.abort();
         sampler.abort();
         watch.abort();
         // Best effort and short: an unreachable Redis must not delay the exit (the key
@@ -365,7 +375,7 @@ async fn sample(pipeline: Pipeline, throughput: Arc<Throughput>, process: uuid::
 }
 
 /// `<host>-<6 random characters>`: unique per process start, readable in `XINFO CONSUMERS`.
-pub fn consumer_name() -> String {
+pub(crate) fn consumer_name() -> String {
     use rand::Rng;
     let host = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
@@ -383,7 +393,7 @@ pub fn consumer_name() -> String {
 }
 
 /// Resolves on SIGTERM or ctrl-c.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

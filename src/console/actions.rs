@@ -18,8 +18,8 @@ use super::{
     ConsoleError, OPERATOR_COOKIE, TOKEN_COOKIE,
 };
 use crate::{
-    http::AppState,
     jobs::{OperatorAction, OperatorDecision, QUEUES},
+    state::AppState,
 };
 
 /// Checks that the caller may act: the admin token, and a same-origin request.

@@ -21,12 +21,6 @@ mod actions;
 mod html;
 mod pages;
 
-use std::{
-    collections::VecDeque,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
-
 use axum::{
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
@@ -37,61 +31,12 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::{http::AppState, metrics::Metrics, ratelimit::RateLimiter};
+use crate::state::{AppState, ConsoleState};
 
 /// Name of the cookie that carries the hash of the admin token.
 const TOKEN_COOKIE: &str = "kyc_console";
 /// Name of the cookie that remembers the operator's name after login.
 const OPERATOR_COOKIE: &str = "kyc_operator";
-
-/// What the console needs beyond the other handlers' state.
-#[derive(Clone)]
-pub struct ConsoleState {
-    /// Serve `/console/` at all (`http.console`).
-    pub enabled: bool,
-    pub admin_token: Option<SecretString>,
-    pub limiter: RateLimiter,
-    pub throughput: Arc<Throughput>,
-}
-
-/// Finished jobs per queue over the last hour, counted by this process: samples of
-/// `kyc_jobs_total{outcome="done"}` taken once a minute by the fleet's sampler.
-#[derive(Debug, Default)]
-pub struct Throughput {
-    samples: Mutex<VecDeque<(tokio::time::Instant, Vec<u64>)>>,
-}
-
-/// How many per-minute samples cover the hour the overview shows.
-const SAMPLES_PER_HOUR: usize = 61;
-
-impl Throughput {
-    /// Takes one sample of every queue's finished-job counter.
-    pub fn sample(&self, metrics: &Metrics, queues: &[&str]) {
-        let counts = queues
-            .iter()
-            .map(|q| metrics.jobs.with_label_values(&[q, "done"]).get())
-            .collect();
-        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        samples.push_back((tokio::time::Instant::now(), counts));
-        while samples.len() > SAMPLES_PER_HOUR {
-            samples.pop_front();
-        }
-    }
-
-    /// Jobs of `queues[index]` finished since the oldest sample (at most an hour ago), and
-    /// how long ago that sample was taken.
-    fn since_oldest(&self, metrics: &Metrics, queue: &str, index: usize) -> (u64, Duration) {
-        let now = metrics.jobs.with_label_values(&[queue, "done"]).get();
-        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        match samples.front() {
-            Some((at, counts)) => (
-                now.saturating_sub(counts.get(index).copied().unwrap_or(0)),
-                at.elapsed(),
-            ),
-            None => (now, Duration::ZERO),
-        }
-    }
-}
 
 /// The console's routes (empty when `http.console` is off).
 pub fn router(state: AppState) -> Router {
@@ -260,6 +205,8 @@ pub enum ConsoleError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
     Queue(#[from] crate::queue::QueueError),
 }
 
@@ -271,13 +218,13 @@ impl IntoResponse for ConsoleError {
             ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
             ConsoleError::Conflict(_) => StatusCode::CONFLICT,
-            ConsoleError::Redis(_) | ConsoleError::Queue(_) => {
+            ConsoleError::Redis(_) | ConsoleError::Store(_) | ConsoleError::Queue(_) => {
                 tracing::error!(error = %self, "console request failed");
                 StatusCode::SERVICE_UNAVAILABLE
             }
         };
         let message = match &self {
-            ConsoleError::Redis(_) | ConsoleError::Queue(_) => {
+            ConsoleError::Redis(_) | ConsoleError::Store(_) | ConsoleError::Queue(_) => {
                 "Redis is unreachable; try again.".to_owned()
             }
             other => other.to_string(),

@@ -8,6 +8,7 @@ mod console;
 mod edges;
 mod helpers;
 mod hostile;
+mod layers;
 mod observability;
 mod pipeline;
 mod queue;

@@ -51,26 +51,6 @@ pub enum Op {
     Control,
 }
 
-/// Endpoint names as `/sandbox/stats` and `fail_next` spell them (the client's metric labels).
-pub const ENDPOINT_NAMES: [&str; 16] = [
-    "session_create",
-    "decision",
-    "session_list",
-    "update_status",
-    "blocklist_add",
-    "generate_pdf",
-    "session_delete",
-    "workflow_create",
-    "workflow_list",
-    "workflow_get",
-    "webhook_destination_create",
-    "webhook_destination_list",
-    "balance",
-    "top_up",
-    "register",
-    "verify_email",
-];
-
 impl Op {
     pub fn name(self) -> &'static str {
         match self {
@@ -191,7 +171,12 @@ async fn handle(
     };
     match op {
         Op::Stats => return stats(&shared),
-        Op::Control => return control::handle(&shared, &body),
+        Op::Control => {
+            return match control::handle(&shared, &body) {
+                Ok(action) => json_response(StatusCode::OK, json!({"ok": true, "action": action})),
+                Err(message) => detail(StatusCode::BAD_REQUEST, &message),
+            }
+        }
         _ => {}
     }
     let (latency, injected) = {
@@ -485,7 +470,7 @@ mod tests {
             Resolved::NotFound
         ));
         assert_eq!(op(Method::GET, "/sandbox/stats"), Some(Op::Stats));
-        for name in ENDPOINT_NAMES {
+        for name in crate::limits::ENDPOINT_NAMES {
             assert!(!name.is_empty());
         }
     }

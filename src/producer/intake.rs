@@ -13,10 +13,8 @@ use std::time::Duration;
 use redis::{streams::StreamId, AsyncCommands};
 use serde_json::{Map, Value};
 
-use crate::{
-    domain::StartRequest,
-    producer::{Producer, ProducerError},
-};
+use super::{Producer, ProducerError};
+use crate::{domain::StartRequest, store::StoreError};
 
 const GROUP: &str = "workers";
 /// Rejected entries kept for inspection.
@@ -116,7 +114,9 @@ async fn take(
             .intake_rejected
             .with_label_values(&["intake_stream", kind])
             .inc();
-        reject(c, rejected, &entry.id, &reason).await?;
+        reject(c, rejected, &entry.id, &reason)
+            .await
+            .map_err(StoreError::from)?;
     }
     redis::pipe()
         .xack(stream, GROUP, &[&entry.id])
@@ -124,7 +124,8 @@ async fn take(
         .xdel(stream, &[&entry.id])
         .ignore()
         .query_async::<()>(c)
-        .await?;
+        .await
+        .map_err(StoreError::from)?;
     Ok(())
 }
 

@@ -10,15 +10,20 @@
 //! # Ok(()) }
 //! ```
 //! The request is validated here, so a caller gets a clear error at once instead of a job in
-//! the dead set later.
+//! the dead set later. Services in other languages write to the intake stream instead; its
+//! reader (`intake`) turns each entry into the same call.
+
+mod intake;
 
 use crate::{
     domain::{RequestError, RequestId, StartRequest},
     jobs::StartKyc,
     queue::{ConnectError, Connector, Queue, QueueError},
     settings::Settings,
-    store::Store,
+    store::{Store, StoreError},
 };
+
+pub(crate) use intake::read_intake;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProducerError {
@@ -30,7 +35,7 @@ pub enum ProducerError {
     #[error("cannot connect to Redis: {0}")]
     Connect(#[from] ConnectError),
     #[error("cannot record the request: {0}")]
-    Record(#[from] redis::RedisError),
+    Record(#[from] StoreError),
     /// Too much work is waiting; try again after `retry_after`.
     #[error("the fleet is behind ({waiting} start requests waiting); retry in {} s", retry_after.as_secs())]
     Backpressure {
@@ -42,7 +47,7 @@ pub enum ProducerError {
 /// How long a backpressure reading is reused (keeps the check off the hot path).
 const BACKPRESSURE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 /// What producers are told to wait while the fleet is behind.
-pub const BACKPRESSURE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const BACKPRESSURE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct Producer {
