@@ -10,10 +10,11 @@
 //! # Ok(()) }
 //! ```
 //! The request is validated here, so a caller gets a clear error at once instead of a job in
-//! the dead set later.
+//! the dead set later: its own rules, and what this deployment can start (a workflow its
+//! settings name; against the sandbox, one of the sandbox's scenarios).
 
 use crate::{
-    domain::{RequestError, RequestId, StartRequest},
+    domain::{Admission, RequestError, RequestId, StartRequest},
     jobs::StartKyc,
     queue::{Queue, QueueError},
     settings::Settings,
@@ -45,6 +46,7 @@ pub const BACKPRESSURE_RETRY: std::time::Duration = std::time::Duration::from_se
 pub struct Producer {
     queue: Queue,
     store: Store,
+    admission: Admission,
     /// The last reading of waiting start requests and when it was taken.
     waiting: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, u64)>>>,
 }
@@ -59,13 +61,14 @@ impl Producer {
         .await?;
         let conn = crate::queue::connect(settings.redis.url()).await?;
         let store = Store::new(conn, &settings.redis.prefix, settings.events.clone());
-        Ok(Self::new(queue, store))
+        Ok(Self::new(queue, store, admission(settings)))
     }
 
-    pub fn new(queue: Queue, store: Store) -> Self {
+    pub fn new(queue: Queue, store: Store, admission: Admission) -> Self {
         Self {
             queue,
             store,
+            admission,
             waiting: Default::default(),
         }
     }
@@ -104,6 +107,7 @@ impl Producer {
     /// Enqueuing the same request id again never creates a second Didit session.
     pub async fn start_kyc(&self, request: StartRequest) -> Result<RequestId, ProducerError> {
         let (id, request) = request.validate()?;
+        self.admission.check(&request)?;
         self.check_capacity().await?;
         self.store
             .record_enqueued(&id, request.vendor_data.trim())
@@ -111,4 +115,16 @@ impl Producer {
         self.queue.push(&StartKyc { request }).await?;
         Ok(id)
     }
+}
+
+/// What the deployment these settings describe can start: the workflows of `[workflows]`
+/// and, when `didit.base_url` is this machine (the sandbox), the sandbox's scenarios.
+pub fn admission(settings: &Settings) -> Admission {
+    let scenarios = settings.didit.is_sandbox().then(|| {
+        didit_sandbox::Scenario::ALL
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect()
+    });
+    Admission::new(settings.workflows.keys().cloned(), scenarios)
 }

@@ -119,7 +119,7 @@ async fn accept(state: &AppState, headers: &HeaderMap, body: axum::body::Bytes) 
     let id = match state.producer.start_kyc(request).await {
         Ok(id) => id,
         Err(ProducerError::Invalid(e)) => {
-            rejected(state, "invalid", Some(e.field));
+            rejected(state, e.refusal.as_str(), Some(e.field));
             return error(StatusCode::BAD_REQUEST, &e.to_string(), Some(e.field));
         }
         Err(ProducerError::Backpressure { .. }) => {
