@@ -103,11 +103,34 @@ impl Producer {
         Ok(())
     }
 
+    /// What [`Producer::start_kyc`] would refuse, without queuing anything: the request's
+    /// own rules, then what this deployment can start. Returns the request with its id
+    /// filled in (a batch checks every row before it queues one).
+    pub fn check(&self, request: StartRequest) -> Result<(RequestId, StartRequest), RequestError> {
+        self.check_all(request)
+            .map_err(crate::domain::first_problem)
+    }
+
+    /// As [`Producer::check`], naming every field at fault.
+    pub fn check_all(
+        &self,
+        request: StartRequest,
+    ) -> Result<(RequestId, StartRequest), Vec<RequestError>> {
+        let mut refusals = self.admission.refusals(&request);
+        match request.validate_all() {
+            Ok(valid) if refusals.is_empty() => Ok(valid),
+            Ok(_) => Err(refusals),
+            Err(mut errors) => {
+                errors.append(&mut refusals);
+                Err(errors)
+            }
+        }
+    }
+
     /// Queues a verification; returns its request id (generated when the request has none).
     /// Enqueuing the same request id again never creates a second Didit session.
     pub async fn start_kyc(&self, request: StartRequest) -> Result<RequestId, ProducerError> {
-        let (id, request) = request.validate()?;
-        self.admission.check(&request)?;
+        let (id, request) = self.check(request)?;
         self.check_capacity().await?;
         self.store
             .record_enqueued(&id, request.vendor_data.trim())

@@ -9,5 +9,5 @@ mod schedule;
 /// are paused.
 pub use didit::{AccountPause, SessionStatus};
 pub use event::{event_id, Decider, EventType, FailureReason, OutcomeEvent};
-pub use request::{Admission, Refusal, RequestError, RequestId, StartRequest};
+pub use request::{first_problem, Admission, Refusal, RequestError, RequestId, StartRequest};
 pub use schedule::PollSchedule;

@@ -163,6 +163,15 @@ impl Admission {
 
     /// Refuses a request naming a workflow or a sandbox scenario this deployment lacks.
     pub fn check(&self, request: &StartRequest) -> Result<(), RequestError> {
+        match self.refusals(request) {
+            refusals if refusals.is_empty() => Ok(()),
+            refusals => Err(first_problem(refusals)),
+        }
+    }
+
+    /// Every reason [`Admission::check`] would give.
+    pub fn refusals(&self, request: &StartRequest) -> Vec<RequestError> {
+        let mut refusals = Vec::new();
         if let Some(name) = &request.workflow {
             if !self.workflows.contains(name) {
                 let reason = if self.workflows.is_empty() {
@@ -175,7 +184,7 @@ impl Admission {
                         one_of(&self.workflows)
                     )
                 };
-                return Err(RequestError {
+                refusals.push(RequestError {
                     field: "workflow",
                     reason,
                     refusal: Refusal::UnknownWorkflow,
@@ -184,14 +193,14 @@ impl Admission {
         }
         if let (Some(scenario), Some(known)) = (&request.sandbox_scenario, &self.scenarios) {
             if !known.contains(scenario) {
-                return Err(RequestError {
+                refusals.push(RequestError {
                     field: "sandbox_scenario",
                     reason: format!("not a sandbox scenario; expected {}", one_of(known)),
                     refusal: Refusal::UnknownScenario,
                 });
             }
         }
-        Ok(())
+        refusals
     }
 }
 
@@ -205,32 +214,39 @@ fn one_of(names: &[String]) -> String {
 }
 
 impl StartRequest {
-    /// Checks the request and fills in a generated request id when it has none.
-    pub fn validate(mut self) -> Result<(RequestId, StartRequest), RequestError> {
+    /// Checks the request and fills in a generated request id when it has none; the first
+    /// problem found when there are several.
+    pub fn validate(self) -> Result<(RequestId, StartRequest), RequestError> {
+        self.validate_all().map_err(first_problem)
+    }
+
+    /// As [`StartRequest::validate`], but names every field at fault (a batch lists them
+    /// all at once).
+    pub fn validate_all(mut self) -> Result<(RequestId, StartRequest), Vec<RequestError>> {
+        let mut errors = Vec::new();
         let id = match self.request_id.as_deref() {
-            Some(id) => RequestId::parse(id)?,
-            None => RequestId::generate(),
+            Some(id) => RequestId::parse(id).map_err(|e| errors.push(e)).ok(),
+            None => Some(RequestId::generate()),
         };
-        self.request_id = Some(id.as_str().to_owned());
         let vendor_data = self.vendor_data.trim();
         if vendor_data.is_empty() {
-            return Err(RequestError::new("vendor_data", "is required"));
-        }
-        if vendor_data.len() > 256 {
-            return Err(RequestError::new(
+            errors.push(RequestError::new("vendor_data", "is required"));
+        } else if vendor_data.len() > 256 {
+            errors.push(RequestError::new(
                 "vendor_data",
                 "must be at most 256 characters",
             ));
         }
         if self.workflow.is_some() && self.workflow_id.is_some() {
-            return Err(RequestError::new(
+            errors.push(RequestError::new(
                 "workflow",
                 "give either workflow or workflow_id, not both",
             ));
         }
         if let Some(callback) = &self.callback {
-            url::Url::parse(callback)
-                .map_err(|e| RequestError::new("callback", format!("not a URL: {e}")))?;
+            if let Err(e) = url::Url::parse(callback) {
+                errors.push(RequestError::new("callback", format!("not a URL: {e}")));
+            }
         }
         if let Some(language) = &self.language {
             let ok = (2..=5).contains(&language.len())
@@ -238,7 +254,7 @@ impl StartRequest {
                     .chars()
                     .all(|c| c.is_ascii_alphabetic() || c == '-');
             if !ok {
-                return Err(RequestError::new(
+                errors.push(RequestError::new(
                     "language",
                     "expected an ISO 639-1 code such as en or pt-BR",
                 ));
@@ -246,11 +262,25 @@ impl StartRequest {
         }
         if let Some(metadata) = &self.metadata {
             if !metadata.is_object() {
-                return Err(RequestError::new("metadata", "must be a JSON object"));
+                errors.push(RequestError::new("metadata", "must be a JSON object"));
             }
         }
-        Ok((id, self))
+        match id {
+            Some(id) if errors.is_empty() => {
+                self.request_id = Some(id.as_str().to_owned());
+                Ok((id, self))
+            }
+            _ => Err(errors),
+        }
     }
+}
+
+/// The first of a non-empty list of problems (every caller passes one).
+pub fn first_problem(errors: Vec<RequestError>) -> RequestError {
+    errors
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| RequestError::new("request", "is invalid"))
 }
 
 #[cfg(test)]
@@ -318,6 +348,23 @@ mod tests {
         for (req, field) in cases {
             assert_eq!(req.validate().expect_err(field).field, field);
         }
+    }
+
+    #[test]
+    fn validate_all_names_every_field_at_fault() {
+        let errors = StartRequest {
+            request_id: Some("has space".into()),
+            language: Some("english!".into()),
+            metadata: Some(Value::from(3)),
+            ..Default::default()
+        }
+        .validate_all()
+        .expect_err("four problems");
+        let fields: Vec<&str> = errors.iter().map(|e| e.field).collect();
+        assert_eq!(
+            fields,
+            ["request_id", "vendor_data", "language", "metadata"]
+        );
     }
 
     #[test]
