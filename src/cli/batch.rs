@@ -66,7 +66,17 @@ impl std::fmt::Display for InvalidRow {
 #[derive(Debug, Default)]
 struct Batch {
     valid: Vec<ValidRow>,
+    /// One entry per field at fault (a row may have several), in row order.
     invalid: Vec<InvalidRow>,
+}
+
+impl Batch {
+    /// How many rows cannot be queued.
+    fn invalid_rows(&self) -> usize {
+        let mut rows: Vec<u64> = self.invalid.iter().map(|r| r.row).collect();
+        rows.dedup();
+        rows.len()
+    }
 }
 
 /// Reads, checks and (unless a row is invalid and `skip_invalid` is off) queues the file.
@@ -76,13 +86,13 @@ pub async fn enqueue_csv(producer: &Producer, options: BatchOptions<'_>) -> Resu
         std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let batch = read_batch(file, |request| producer.check_all(request))
         .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
-    if !batch.invalid.is_empty() && !options.skip_invalid {
+    let invalid_rows = batch.invalid_rows();
+    if invalid_rows > 0 && !options.skip_invalid {
         let list: Vec<String> = batch.invalid.iter().map(|r| format!("  {r}")).collect();
         return Err(CliError::Usage(format!(
-            "{}: {} invalid row(s), nothing was enqueued (--skip-invalid enqueues the valid \
-             rows):\n{}",
+            "{}: {invalid_rows} invalid row(s), nothing was enqueued (--skip-invalid enqueues \
+             the valid rows):\n{}",
             path.display(),
-            batch.invalid.len(),
             list.join("\n")
         )));
     }
@@ -132,9 +142,8 @@ pub async fn enqueue_csv(producer: &Producer, options: BatchOptions<'_>) -> Resu
     }
     progress.finish_and_clear();
     ids.flush().context("cannot write the request ids")?;
-    let skipped = batch.invalid.len();
-    if skipped > 0 {
-        eprintln!("enqueued {enqueued} verification(s), skipped {skipped} invalid row(s)");
+    if invalid_rows > 0 {
+        eprintln!("enqueued {enqueued} verification(s), skipped {invalid_rows} invalid row(s)");
     } else {
         eprintln!("enqueued {enqueued} verification(s)");
     }
@@ -335,6 +344,7 @@ mod tests {
         .expect("readable");
         let rows: Vec<u64> = batch.valid.iter().map(|r| r.row).collect();
         assert_eq!(rows, vec![2, 6]);
+        assert_eq!(batch.invalid_rows(), 3);
         let named: Vec<(u64, Option<&str>)> = batch
             .invalid
             .iter()

@@ -207,15 +207,19 @@ pub async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static
     )
 }
 
-/// `POST /v1/subjects/erase` `{"vendor_data": "…"}`: queues an erasure (202).
+/// `POST /v1/subjects/erase` `{"vendor_data": "…"}`: queues an erasure (202). The body is
+/// read by hand, as in `start`, so every refusal is the documented JSON error (axum's
+/// extractor would answer a missing content type or bad JSON in plain text, before the
+/// bearer token is even checked).
 pub async fn erase(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Json(body): Json<Value>,
+    body: axum::body::Bytes,
 ) -> Reply {
     if let Err(reply) = authorized(&state, &headers) {
         return reply;
     }
+    let body = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
     let Some(vendor_data) = body
         .get("vendor_data")
         .and_then(Value::as_str)
@@ -224,7 +228,7 @@ pub async fn erase(
     else {
         return error(
             StatusCode::BAD_REQUEST,
-            "vendor_data is required",
+            "vendor_data: is required (a JSON object with a non-empty string vendor_data)",
             Some("vendor_data"),
         );
     };

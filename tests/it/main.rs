@@ -10,6 +10,7 @@ mod helpers;
 mod hostile;
 mod observability;
 mod pipeline;
+mod producers;
 mod queue;
 mod redis_harness;
 mod rules;
