@@ -247,3 +247,46 @@ pub async fn erase(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::SessionStatus;
+
+    fn document() -> Value {
+        serde_json::from_str(OPENAPI).expect("the OpenAPI document is JSON")
+    }
+
+    #[test]
+    fn the_document_lists_every_start_request_field() {
+        let doc = document();
+        let mut documented: Vec<&str> = doc["components"]["schemas"]["StartRequest"]["properties"]
+            .as_object()
+            .expect("properties")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        documented.sort_unstable();
+        let mut fields = StartRequest::FIELDS.to_vec();
+        fields.sort_unstable();
+        assert_eq!(documented, fields);
+    }
+
+    #[test]
+    fn the_document_lists_every_status_a_verification_can_report() {
+        let doc = document();
+        let documented: Vec<&str> = doc["components"]["schemas"]["Verification"]["properties"]
+            ["status"]["enum"]
+            .as_array()
+            .expect("an enum")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let mut reported = vec!["queued", "created", "failed"];
+        reported.extend(SessionStatus::ALL.iter().map(SessionStatus::as_str));
+        for status in &reported {
+            assert!(documented.contains(status), "{status} is not documented");
+        }
+        assert_eq!(documented.len(), reported.len(), "{documented:?}");
+    }
+}

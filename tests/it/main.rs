@@ -9,6 +9,7 @@ mod edges;
 mod helpers;
 mod hostile;
 mod observability;
+mod openapi;
 mod pipeline;
 mod producers;
 mod queue;
