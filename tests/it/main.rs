@@ -13,6 +13,7 @@ mod openapi;
 mod pipeline;
 mod producers;
 mod queue;
+mod quickstart;
 mod redis_harness;
 mod rules;
 mod sandbox;
