@@ -284,6 +284,14 @@ async fn every_route_answers_as_the_openapi_document_says() {
             .await;
     }
 
+    // Over the body limit (2 MiB, axum's default): refused before it is read.
+    let huge = format!(r#"{{"vendor_data": "{}"}}"#, "x".repeat(2 * 1024 * 1024));
+    for path in [verifications, erase] {
+        checker
+            .check(path, "post", send(post(&app, path, token, &huge)).await)
+            .await;
+    }
+
     // Backpressure: as many start requests waiting (far in the future) as the limit.
     let mut c = app.redis.connection().await;
     let far = 32_503_680_000_000_u64;
