@@ -13,7 +13,7 @@ use prometheus::{
     IntGauge, Opts, Registry, TextEncoder,
 };
 
-use crate::domain::{AccountPause, EventType, SessionStatus};
+use crate::domain::{AccountPause, EventType, Refusal, SessionStatus};
 
 /// Outcomes of one job delivery (`kyc_jobs_total{outcome}`).
 pub const JOB_OUTCOMES: [&str; 5] = ["done", "run_again", "retried", "waited", "dead"];
@@ -305,7 +305,8 @@ impl Metrics {
             self.webhooks.with_label_values(&[result]);
         }
         for source in ["http", "intake_stream"] {
-            for reason in ["invalid", "malformed", "backpressure"] {
+            let refusals = Refusal::ALL.iter().map(|r| r.as_str());
+            for reason in refusals.chain(["malformed", "backpressure"]) {
                 self.intake_rejected.with_label_values(&[source, reason]);
             }
         }

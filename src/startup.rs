@@ -90,7 +90,11 @@ impl Application {
             settings.clone(),
         );
         let state = AppState {
-            producer: Producer::new(queue.clone(), store.clone()),
+            producer: Producer::new(
+                queue.clone(),
+                store.clone(),
+                crate::producer::admission(&settings),
+            ),
             store,
             queue,
             verifier: Arc::new(WebhookVerifier::new(

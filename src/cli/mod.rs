@@ -4,6 +4,7 @@
 //! unreachable host), 2 bad usage, an invalid setting or an invalid rules file (before anything
 //! touched Redis or Didit).
 
+mod batch;
 mod didit;
 mod queue;
 mod rules;

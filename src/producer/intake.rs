@@ -104,7 +104,7 @@ async fn take(
     let refusal = match parse_entry(&entry) {
         Ok(request) => match producer.start_kyc(request).await {
             Ok(_) => None,
-            Err(ProducerError::Invalid(e)) => Some(("invalid", e.to_string())),
+            Err(ProducerError::Invalid(e)) => Some((e.refusal.as_str(), e.to_string())),
             Err(other) => return Err(other),
         },
         Err(reason) => Some(("malformed", reason)),
@@ -151,10 +151,18 @@ async fn reject(
         .map(drop)
 }
 
-/// Turns an entry's fields into a start request (not yet validated).
+/// Turns an entry's fields into a start request (not yet validated). Reasons name fields and
+/// what was expected, never a value; a field that is not a start request's is named only as
+/// `redact_values` allows (it is the sender's text).
 fn parse_entry(entry: &StreamId) -> Result<StartRequest, String> {
     let mut object = Map::new();
     for (name, value) in &entry.map {
+        if !StartRequest::FIELDS.contains(&name.as_str()) {
+            // Whatever its value, serde refuses it below as an unknown field, naming the
+            // expected ones.
+            object.insert(name.clone(), Value::Null);
+            continue;
+        }
         let text: String =
             redis::from_redis_value_ref(value).map_err(|_| format!("field {name} is not text"))?;
         let value = if JSON_FIELDS.contains(&name.as_str()) {
@@ -167,6 +175,45 @@ fn parse_entry(entry: &StreamId) -> Result<StartRequest, String> {
     object
         .entry("request_id")
         .or_insert_with(|| Value::from(format!("intake-{}", entry.id)));
-    serde_json::from_value(Value::Object(object))
-        .map_err(|e| crate::telemetry::redact_values(&e.to_string()))
+    serde_json::from_value(Value::Object(object)).map_err(|e| {
+        format!(
+            "not a start request: {}",
+            crate::telemetry::redact_values(&e.to_string())
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(fields: &[(&str, &[u8])]) -> StreamId {
+        StreamId {
+            id: "1-0".to_owned(),
+            milliseconds_elapsed_from_delivery: None,
+            delivered_count: None,
+            map: fields
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), redis::Value::BulkString(v.to_vec())))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_with_the_expected_ones_and_no_value() {
+        let reason = parse_entry(&entry(&[("vendor_data", b"u-1"), ("vendor_dta", b"Jane")]))
+            .expect_err("unknown field");
+        assert!(
+            reason.starts_with("not a start request: unknown field `vendor_dta`, expected one of `request_id`, `vendor_data`"),
+            "{reason}"
+        );
+        assert!(!reason.contains("Jane"), "{reason}");
+        // Not a name: not repeated; a value that is not text does not change that.
+        let reason = parse_entry(&entry(&[("vendor_data", b"u-1"), ("Jane Doe", &[0xff])]))
+            .expect_err("unknown field");
+        assert!(
+            reason.starts_with("not a start request: an unknown field, expected one of"),
+            "{reason}"
+        );
+    }
 }
