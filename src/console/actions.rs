@@ -22,14 +22,32 @@ use crate::{
     jobs::{OperatorAction, OperatorDecision, QUEUES},
 };
 
-/// Checks that the caller may act: the admin token, and a same-origin request.
-fn admin(state: &AppState, headers: &HeaderMap) -> Result<Access, ConsoleError> {
+/// What an action's refusal says when it names no valid operator.
+const NAME_THE_OPERATOR: &str = "name the operator: X-Operator (or the login form's name), \
+     1-64 characters of letters, digits, '.', '_', '@', '-'";
+
+/// Checks that the caller may act and says who does: the admin token, a same-origin
+/// request, and an operator name (`named` — a form's field — else `X-Operator` or the login
+/// cookie). Every action is recorded under that name, so an action without one is refused
+/// rather than audited as nobody's.
+fn admin(
+    state: &AppState,
+    headers: &HeaderMap,
+    named: Option<&str>,
+) -> Result<String, ConsoleError> {
     let access = Access::of(&state.console, headers);
     if !access.admin {
         return Err(ConsoleError::Unauthorized);
     }
     same_origin(headers, &access)?;
-    Ok(access)
+    let operator = match named.map(str::trim).filter(|n| !n.is_empty()) {
+        Some(name) => Some(name.to_owned()),
+        None => access.operator.clone(),
+    };
+    match operator {
+        Some(name) if valid_operator(&name) => Ok(name),
+        _ => Err(ConsoleError::BadRequest(NAME_THE_OPERATOR.into())),
+    }
 }
 
 fn back(path: &str, notice: &str) -> Redirect {
@@ -83,24 +101,13 @@ pub async fn review(
     headers: HeaderMap,
     Form(form): Form<ReviewForm>,
 ) -> Result<Redirect, ConsoleError> {
-    let access = admin(&state, &headers)?;
+    let operator = admin(&state, &headers, form.operator.as_deref())?;
     let sid: Uuid = session_id
         .parse()
         .map_err(|_| ConsoleError::BadRequest("not a session id".into()))?;
     let action = OperatorDecision::parse(&form.action).ok_or_else(|| {
         ConsoleError::BadRequest("action must be approve, decline or resubmit".into())
     })?;
-    let operator = form
-        .operator
-        .filter(|o| !o.trim().is_empty())
-        .map(|o| o.trim().to_owned())
-        .or(access.operator)
-        .ok_or_else(|| ConsoleError::BadRequest("name the operator (X-Operator)".into()))?;
-    if !valid_operator(&operator) {
-        return Err(ConsoleError::BadRequest(
-            "operator: 1-64 characters of letters, digits, '.', '_', '@', '-'".into(),
-        ));
-    }
     let note = form
         .note
         .map(|n| n.trim().chars().take(200).collect::<String>())
@@ -146,7 +153,7 @@ pub async fn replay(
     headers: HeaderMap,
     Form(form): Form<ReplayForm>,
 ) -> Result<Redirect, ConsoleError> {
-    let access = admin(&state, &headers)?;
+    let operator = admin(&state, &headers, None)?;
     let queue = dead_queue(&queue)?;
     let entry = form.entry_id.trim();
     let valid = !entry.is_empty()
@@ -160,7 +167,6 @@ pub async fn replay(
             "no such dead job (replayed or purged meanwhile)".into(),
         ));
     }
-    let operator = access.operator.unwrap_or_default();
     record(&state, "replay", &operator, &format!("{queue}/{entry}")).await?;
     Ok(back("/console/dead", &format!("replayed 1 {queue} job")))
 }
@@ -171,10 +177,9 @@ pub async fn replay_all(
     Path(queue): Path<String>,
     headers: HeaderMap,
 ) -> Result<Redirect, ConsoleError> {
-    let access = admin(&state, &headers)?;
+    let operator = admin(&state, &headers, None)?;
     let queue = dead_queue(&queue)?;
     let n = state.queue.dead_replay_all(queue).await?;
-    let operator = access.operator.unwrap_or_default();
     record(
         &state,
         "replay_all",
@@ -198,13 +203,12 @@ pub async fn purge(
     headers: HeaderMap,
     Form(form): Form<PurgeForm>,
 ) -> Result<Redirect, ConsoleError> {
-    let access = admin(&state, &headers)?;
+    let operator = admin(&state, &headers, None)?;
     let queue = dead_queue(&queue)?;
     let n = state
         .queue
         .dead_purge(queue, Duration::from_secs(form.older_than_s))
         .await?;
-    let operator = access.operator.unwrap_or_default();
     record(&state, "purge", &operator, &format!("{queue} ({n} jobs)")).await?;
     Ok(back("/console/dead", &format!("purged {n} {queue} jobs")))
 }

@@ -175,12 +175,13 @@ impl Access {
             && cookie(headers, TOKEN_COOKIE).is_some_and(|c| {
                 bool::from(c.as_bytes().ct_eq(token_cookie_value(token).as_bytes()))
             });
-        let operator = headers
-            .get("x-operator")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| cookie(headers, OPERATOR_COOKIE).map(str::to_owned))
-            .filter(|o| valid_operator(o));
+        // A request that names an operator is taken at its word: an invalid `X-Operator`
+        // leaves it nameless rather than falling back to the login cookie's name.
+        let operator = match headers.get("x-operator") {
+            Some(v) => v.to_str().ok().map(str::to_owned),
+            None => cookie(headers, OPERATOR_COOKIE).map(str::to_owned),
+        }
+        .filter(|o| valid_operator(o));
         Access {
             admin: by_bearer || by_cookie,
             via_cookie: by_cookie,

@@ -1058,3 +1058,95 @@ async fn replay_all_and_purge_work_the_dead_set_and_are_logged() {
     assert!(metrics.contains("kyc_console_actions_total{action=\"purge\"} 1"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_admin_action_without_a_valid_operator_name_is_refused_and_changes_nothing() {
+    // Arrange: one dead operator job, and a session held for review.
+    let app = console_app().await;
+    let (_, sid) = decided(
+        &app,
+        "nameless-review",
+        "review_face_match_borderline",
+        "In Review",
+    )
+    .await;
+    let q = queue(&app).await;
+    q.push(&OperatorAction {
+        session_id: Uuid::new_v4(),
+        action: OperatorDecision::Approve,
+        operator: "gina".into(),
+        note: None,
+    })
+    .await
+    .expect("push");
+    eventually("the job for no session is dead", DEADLINE, || async {
+        let stats = q.stats(OperatorAction::QUEUE).await.ok()?;
+        (stats.dead == 1).then_some(())
+    })
+    .await;
+    let review = format!("/console/reviews/{sid}");
+
+    // Act
+    let mut refused = Vec::new();
+    for (path, headers, form) in [
+        ("/console/dead/operator/purge", vec![], vec![]),
+        ("/console/dead/operator/replay-all", vec![], vec![]),
+        (
+            "/console/dead/operator/purge",
+            vec![("x-operator", "alice smith")],
+            vec![],
+        ),
+        (
+            "/console/dead/operator/purge",
+            vec![("x-operator", "")],
+            vec![],
+        ),
+        (review.as_str(), vec![], vec![("action", "approve")]),
+        (
+            review.as_str(),
+            vec![],
+            vec![("action", "approve"), ("operator", "<b>x</b>")],
+        ),
+    ] {
+        let response = post_form(&app, path, Some(ADMIN_TOKEN), &headers, &form).await;
+        let status = response.status().as_u16();
+        let body = response.text().await.expect("body");
+        refused.push((path.to_owned(), headers.clone(), status, body));
+    }
+
+    // Assert
+    for (path, headers, status, body) in &refused {
+        assert_eq!(*status, 400, "{path} {headers:?}: {body}");
+        assert!(body.contains("X-Operator"), "{body}");
+    }
+    assert_eq!(q.stats(OperatorAction::QUEUE).await.expect("stats").dead, 1);
+    let (_, reviews) = get_page(&app, "/console/reviews", None).await;
+    assert!(reviews.contains(&format!("review-{sid}")), "{reviews}");
+    let (_, overview) = get_page(&app, "/console/", Some(ADMIN_TOKEN)).await;
+    assert!(!overview.contains("id=\"actions\""), "logged: {overview}");
+    let metrics = reqwest::get(app.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    for action in ["purge", "replay_all", "approve"] {
+        assert!(
+            metrics.contains(&format!(
+                "kyc_console_actions_total{{action=\"{action}\"}} 0"
+            )),
+            "{action} counted"
+        );
+    }
+    let purged = post_form(
+        &app,
+        "/console/dead/operator/purge",
+        Some(ADMIN_TOKEN),
+        &[("x-operator", "gina")],
+        &[],
+    )
+    .await;
+    assert_eq!(purged.status().as_u16(), 303);
+    assert_eq!(q.stats(OperatorAction::QUEUE).await.expect("stats").dead, 0);
+    app.stop().await;
+}
