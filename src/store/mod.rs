@@ -13,6 +13,7 @@
 //! Request ids may be the caller's own identifiers, so key names carry a hash of them,
 //! never the id itself; nothing here puts personal data in a key name.
 
+mod lag;
 mod review;
 
 use std::{sync::LazyLock, time::Duration};
@@ -840,37 +841,6 @@ impl Store {
         let mut c = self.conn.clone();
         c.del(format!("{}:webhook:{}", self.prefix, digest(&[key])))
             .await
-    }
-
-    /// Unread events per consumer group of the outcome stream (Redis 7's `lag`; a group
-    /// whose lag Redis cannot compute counts every entry after its position).
-    pub async fn event_consumer_lag(&self) -> redis::RedisResult<Vec<(String, u64)>> {
-        let mut c = self.conn.clone();
-        let groups: redis::Value = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(self.events_key())
-            .query_async(&mut c)
-            .await?;
-        let mut lags = Vec::new();
-        if let redis::Value::Array(groups) = groups {
-            for group in groups {
-                let fields: std::collections::HashMap<String, redis::Value> =
-                    match redis::from_redis_value(group) {
-                        Ok(f) => f,
-                        Err(_) => continue,
-                    };
-                let name: Option<String> = fields
-                    .get("name")
-                    .and_then(|v| redis::from_redis_value_ref(v).ok());
-                let lag: Option<u64> = fields
-                    .get("lag")
-                    .and_then(|v| redis::from_redis_value_ref(v).ok());
-                if let Some(name) = name {
-                    lags.push((name, lag.unwrap_or(0)));
-                }
-            }
-        }
-        Ok(lags)
     }
 
     pub async fn ping(&self) -> redis::RedisResult<()> {
