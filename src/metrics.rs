@@ -65,6 +65,8 @@ pub struct Metrics {
     pub decision_fetches: Histogram,
     pub events_published: IntCounterVec,
     pub events_consumer_lag: GaugeVec,
+    pub webhook_last_received: Gauge,
+    pub webhooks_expected: IntGauge,
     pub console_actions: IntCounterVec,
     pub up: IntGauge,
 }
@@ -248,6 +250,22 @@ impl Metrics {
                 "kyc_events_consumer_lag",
                 "Events not yet read by each consumer group of the outcome stream.",
                 &["group"],
+            ),
+            webhook_last_received: register(
+                r,
+                Gauge::new(
+                    "kyc_webhook_last_received_timestamp_seconds",
+                    "Unix time of the last Didit webhook with a valid signature this process \
+                     received (0: none since it started).",
+                ),
+            ),
+            webhooks_expected: register(
+                r,
+                IntGauge::new(
+                    "kyc_webhooks_expected",
+                    "1 when didit.webhooks is on: decisions are expected by webhook, and polls \
+                     are only a slow safety net.",
+                ),
             ),
             console_actions: counter(
                 r,
