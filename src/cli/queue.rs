@@ -67,7 +67,7 @@ pub async fn run(args: QueueArgs, settings: &Settings) -> Result<(), CliError> {
         settings.queue.clone(),
     )
     .await
-    .context("cannot connect to Redis")?;
+    .with_context(|| crate::queue::cannot_connect(settings.redis.url()))?;
     match args.command {
         QueueCommand::Stats => {
             let mut rows = Vec::new();

@@ -502,6 +502,24 @@ fn dead_job(entry: redis::streams::StreamId) -> DeadJob {
     }
 }
 
+/// Where a Redis URL points, for error messages: `host:port` (the socket path for a Unix
+/// socket), never the user name or password the URL may carry.
+pub fn endpoint(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) if u.scheme().contains("unix") => u.path().to_owned(),
+        Ok(u) => match u.host_str() {
+            Some(host) => format!("{host}:{}", u.port().unwrap_or(6379)),
+            None => "an address the URL does not name".to_owned(),
+        },
+        Err(_) => "an unparsable URL".to_owned(),
+    }
+}
+
+/// The message of a failed connection: `cannot connect to Redis at host:port`.
+pub fn cannot_connect(url: &str) -> String {
+    format!("cannot connect to Redis at {}", endpoint(url))
+}
+
 /// Connects with reconnection and a reply timeout that outlasts our slowest script.
 pub async fn connect(url: &str) -> Result<ConnectionManager, redis::RedisError> {
     let config = redis::aio::ConnectionManagerConfig::new()
@@ -530,4 +548,23 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 /// The wall clock in Unix ms, as the queue reads it.
 pub fn now_ms() -> u64 {
     unix_ms(SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint;
+
+    #[test]
+    fn an_endpoint_names_host_and_port_and_never_the_credentials() {
+        assert_eq!(
+            endpoint("redis://user:s3cret@redis.internal:6380/0"),
+            "redis.internal:6380"
+        );
+        assert_eq!(
+            endpoint("rediss://:s3cret@cache.example"),
+            "cache.example:6379"
+        );
+        assert_eq!(endpoint("redis+unix:///run/redis.sock"), "/run/redis.sock");
+        assert!(!endpoint("redis://:s3cret@[::1]:7000").contains("s3cret"));
+    }
 }
