@@ -32,7 +32,7 @@ const QUEUE_STATES: [&str; 4] = ["ready", "scheduled", "in_flight", "dead"];
 const STATUS_CLASSES: [&str; 5] = ["2xx", "4xx", "5xx", "429", "error"];
 const DECIDERS: [&str; 4] = ["didit", "rule", "operator", "kyc-worker"];
 /// What an operator did in the console (`kyc_console_actions_total{action}`).
-pub const CONSOLE_ACTIONS: [&str; 8] = [
+pub const CONSOLE_ACTIONS: [&str; 9] = [
     "login",
     "login_refused",
     "approve",
@@ -41,6 +41,7 @@ pub const CONSOLE_ACTIONS: [&str; 8] = [
     "replay",
     "replay_all",
     "purge",
+    "delete",
 ];
 
 /// Every metric the fleet exports.

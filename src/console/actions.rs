@@ -128,6 +128,13 @@ pub async fn review(
         .await?;
     state
         .store
+        .mark_review_pending(
+            sid,
+            &json!({"action": action.as_str(), "operator": operator, "job_id": job, "at_ms": crate::queue::now_ms()}),
+        )
+        .await?;
+    state
+        .store
         .audit(
             &held.requests,
             "console_action",
@@ -137,7 +144,10 @@ pub async fn review(
     record(&state, action.as_str(), &operator, &sid.to_string()).await?;
     Ok(back(
         "/console/reviews",
-        &format!("{} of session {sid} queued", action.as_str()),
+        &format!(
+            "{} of session {sid} queued: pending until its job has run",
+            action.as_str()
+        ),
     ))
 }
 
@@ -155,13 +165,7 @@ pub async fn replay(
 ) -> Result<Redirect, ConsoleError> {
     let operator = admin(&state, &headers, None)?;
     let queue = dead_queue(&queue)?;
-    let entry = form.entry_id.trim();
-    let valid = !entry.is_empty()
-        && entry.len() <= 40
-        && entry.chars().all(|c| c.is_ascii_digit() || c == '-');
-    if !valid {
-        return Err(ConsoleError::BadRequest("not a dead entry id".into()));
-    }
+    let entry = dead_entry(&form.entry_id)?;
     if !state.queue.dead_replay(queue, entry).await? {
         return Err(ConsoleError::NotFound(
             "no such dead job (replayed or purged meanwhile)".into(),
@@ -169,6 +173,42 @@ pub async fn replay(
     }
     record(&state, "replay", &operator, &format!("{queue}/{entry}")).await?;
     Ok(back("/console/dead", &format!("replayed 1 {queue} job")))
+}
+
+/// A dead entry id from a form (`<ms>-<seq>`), or a 400.
+fn dead_entry(raw: &str) -> Result<&str, ConsoleError> {
+    let entry = raw.trim();
+    let valid = !entry.is_empty()
+        && entry.len() <= 40
+        && entry.chars().all(|c| c.is_ascii_digit() || c == '-');
+    if valid {
+        Ok(entry)
+    } else {
+        Err(ConsoleError::BadRequest("not a dead entry id".into()))
+    }
+}
+
+/// Deletes one dead job for good (the job's outcome event, if any, was published when it
+/// died).
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<ReplayForm>,
+) -> Result<Redirect, ConsoleError> {
+    let operator = admin(&state, &headers, None)?;
+    let queue = dead_queue(&queue)?;
+    let entry = dead_entry(&form.entry_id)?;
+    if !state.queue.dead_delete(queue, entry).await? {
+        return Err(ConsoleError::NotFound(
+            "no such dead job (replayed or deleted meanwhile)".into(),
+        ));
+    }
+    record(&state, "delete", &operator, &format!("{queue}/{entry}")).await?;
+    Ok(back(
+        "/console/dead",
+        &format!("deleted 1 dead {queue} job"),
+    ))
 }
 
 /// Replays every job dead in a queue now.
@@ -249,8 +289,8 @@ pub async fn login(
             ""
         };
         record(&state, "login_refused", operator_shown, "console").await?;
-        let body = html::page("Log in", Some(&access), &login_form(&state, Some(reason)));
-        return Ok((StatusCode::UNAUTHORIZED, html_headers(), body).into_response());
+        let body = html::page("Log in", Some(&access), login_form(&state, Some(reason)));
+        return Ok((StatusCode::UNAUTHORIZED, html_headers(), body.into_string()).into_response());
     }
     record(&state, "login", operator, "console").await?;
     let attributes = "Path=/console; HttpOnly; SameSite=Strict";

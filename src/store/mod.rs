@@ -13,6 +13,7 @@
 //! Request ids may be the caller's own identifiers, so key names carry a hash of them,
 //! never the id itself; nothing here puts personal data in a key name.
 
+mod console_lists;
 mod lag;
 mod review;
 
@@ -28,6 +29,7 @@ use crate::{
     settings::EventSettings,
 };
 
+pub use console_lists::{RequestState, StreamEvent};
 pub use review::ReviewItem;
 
 /// Publishes an event unless this (request, session, type, status) was published before,

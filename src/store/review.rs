@@ -48,7 +48,7 @@ impl Store {
         format!("{}:reviews", self.prefix)
     }
 
-    fn review_key(&self, id: Uuid) -> String {
+    pub(super) fn review_key(&self, id: Uuid) -> String {
         format!("{}:review:{id}", self.prefix)
     }
 
@@ -106,29 +106,6 @@ impl Store {
         }
         let mut c = self.conn.clone();
         pipe.query_async(&mut c).await
-    }
-
-    /// Sessions held In Review, oldest first (at most `limit`). Entries whose session
-    /// record expired or moved on are dropped from the index as they are met.
-    pub async fn reviews(&self, limit: usize) -> redis::RedisResult<Vec<ReviewItem>> {
-        let mut c = self.conn.clone();
-        let ids: Vec<String> = c
-            .zrange(self.reviews_key(), 0, limit.saturating_sub(1) as isize)
-            .await?;
-        let mut items = Vec::with_capacity(ids.len());
-        for raw in ids {
-            let held = match raw.parse::<Uuid>() {
-                Ok(id) => self.review(id).await?,
-                Err(_) => None,
-            };
-            match held {
-                Some(item) => items.push(item),
-                None => {
-                    let _: () = c.zrem(self.reviews_key(), &raw).await?;
-                }
-            }
-        }
-        Ok(items)
     }
 
     /// One session of the review queue, when it is still held In Review.
