@@ -117,20 +117,26 @@ pub async fn review(
             "this session is not held for review (any more)".into(),
         ));
     };
-    let job = state
-        .queue
-        .push(&OperatorAction {
-            session_id: sid,
-            action,
-            operator: operator.clone(),
-            note,
-        })
-        .await?;
+    // Marked before the job is queued: a job that runs at once then clears the mark with
+    // the session's review entry, instead of leaving a mark behind it.
+    let job = Uuid::new_v4().to_string();
     state
         .store
         .mark_review_pending(
             sid,
             &json!({"action": action.as_str(), "operator": operator, "job_id": job, "at_ms": crate::queue::now_ms()}),
+        )
+        .await?;
+    state
+        .queue
+        .push_with_id(
+            &job,
+            &OperatorAction {
+                session_id: sid,
+                action,
+                operator: operator.clone(),
+                note,
+            },
         )
         .await?;
     state

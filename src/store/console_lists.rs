@@ -151,14 +151,20 @@ impl Store {
 
     /// Notes the operator action queued on a held session (action, operator, job id), so
     /// the review queue shows it pending until the job has run. The note goes with the
-    /// session's review entry.
+    /// session's review entry (and its expiry, should the entry have left meanwhile).
     pub async fn mark_review_pending(
         &self,
         id: uuid::Uuid,
         pending: &Value,
     ) -> redis::RedisResult<()> {
+        let key = self.review_key(id);
         let mut c = self.conn.clone();
-        c.hset(self.review_key(id), PENDING_FIELD, pending.to_string())
+        redis::pipe()
+            .hset(&key, PENDING_FIELD, pending.to_string())
+            .ignore()
+            .expire(&key, self.ttl())
+            .ignore()
+            .query_async(&mut c)
             .await
     }
 
