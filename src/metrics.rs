@@ -32,7 +32,7 @@ const QUEUE_STATES: [&str; 4] = ["ready", "scheduled", "in_flight", "dead"];
 const STATUS_CLASSES: [&str; 5] = ["2xx", "4xx", "5xx", "429", "error"];
 const DECIDERS: [&str; 4] = ["didit", "rule", "operator", "kyc-worker"];
 /// What an operator did in the console (`kyc_console_actions_total{action}`).
-pub const CONSOLE_ACTIONS: [&str; 8] = [
+pub const CONSOLE_ACTIONS: [&str; 9] = [
     "login",
     "login_refused",
     "approve",
@@ -41,6 +41,7 @@ pub const CONSOLE_ACTIONS: [&str; 8] = [
     "replay",
     "replay_all",
     "purge",
+    "delete",
 ];
 
 /// Every metric the fleet exports.
@@ -65,6 +66,8 @@ pub struct Metrics {
     pub decision_fetches: Histogram,
     pub events_published: IntCounterVec,
     pub events_consumer_lag: GaugeVec,
+    pub webhook_last_received: Gauge,
+    pub webhooks_expected: IntGauge,
     pub console_actions: IntCounterVec,
     /// 0 when Redis is seen to evict keys under memory pressure (`maxmemory-policy` is not
     /// `noeviction`): jobs and records could vanish. 1 otherwise, until a reading says so.
@@ -251,6 +254,22 @@ impl Metrics {
                 "kyc_events_consumer_lag",
                 "Events not yet read by each consumer group of the outcome stream.",
                 &["group"],
+            ),
+            webhook_last_received: register(
+                r,
+                Gauge::new(
+                    "kyc_webhook_last_received_timestamp_seconds",
+                    "Unix time of the last Didit webhook with a valid signature this process \
+                     received (0: none since it started).",
+                ),
+            ),
+            webhooks_expected: register(
+                r,
+                IntGauge::new(
+                    "kyc_webhooks_expected",
+                    "1 when didit.webhooks is on: decisions are expected by webhook, and polls \
+                     are only a slow safety net.",
+                ),
             ),
             console_actions: counter(
                 r,

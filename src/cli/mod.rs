@@ -178,9 +178,12 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-/// Logs go to stderr so a command's own output on stdout stays machine-readable.
+/// Logs go to stderr so a command's own output on stdout stays machine-readable; in colour
+/// only when stderr is a terminal and `NO_COLOR` is not set.
 fn init_logs(settings: &Settings) -> Result<(), CliError> {
-    crate::telemetry::init_subscriber(&settings.log, std::io::stderr)
+    use std::io::IsTerminal;
+    let colours = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    crate::telemetry::init_subscriber(&settings.log, std::io::stderr, colours)
         .map_err(|e| CliError::Failed(e.context("cannot start logging")))
 }
 

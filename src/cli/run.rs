@@ -37,18 +37,23 @@ pub struct EnqueueArgs {
     /// A workflow named in settings ([workflows])
     #[arg(long, conflicts_with = "workflow_id")]
     workflow: Option<String>,
+    /// A Didit workflow by id (default: didit.workflow_id from settings)
     #[arg(long)]
     workflow_id: Option<Uuid>,
+    /// Where Didit sends the user after the hosted flow (a URL)
     #[arg(long)]
     callback: Option<String>,
+    /// Language of the hosted flow, e.g. en, es, pt-BR (default: the user's browser)
     #[arg(long)]
     language: Option<String>,
+    /// The user's e-mail: Didit mails them when a resubmission is asked for
     #[arg(long)]
     email: Option<String>,
     /// JSON object echoed in Didit's decision and webhooks
     #[arg(long)]
     metadata: Option<String>,
-    /// Sandbox only: the outcome to simulate
+    /// Sandbox only: the outcome to simulate, e.g. approve, decline_document_expired,
+    /// review_face_match_borderline (docs/sandbox.md lists them all)
     #[arg(long)]
     sandbox_scenario: Option<String>,
     /// Enqueue one request per row of a CSV file whose header row names the columns:
@@ -67,7 +72,9 @@ pub struct EnqueueArgs {
 }
 
 pub async fn enqueue(args: EnqueueArgs, settings: &Settings) -> Result<(), CliError> {
-    let producer = Producer::connect(settings).await.map_err(producer_error)?;
+    let producer = Producer::connect(settings)
+        .await
+        .map_err(|e| CliError::Failed(e.into()))?;
     if let Some(path) = &args.from_csv {
         let options = super::batch::BatchOptions {
             path,
@@ -132,21 +139,35 @@ pub async fn cancel(request_id: &str, settings: &Settings) -> Result<(), CliErro
 }
 
 /// `kyc-worker erase --vendor-data ID`: queues the erasure; the fleet carries it out.
+/// Prints the subject hash, which `kyc.subject.erased` carries, so the caller can match the
+/// event (the vendor_data itself is never in it).
 pub async fn erase(vendor_data: &str, settings: &Settings) -> Result<(), CliError> {
-    if vendor_data.trim().is_empty() {
+    let vendor_data = vendor_data.trim();
+    if vendor_data.is_empty() {
         return Err(CliError::Usage("--vendor-data must not be empty".into()));
     }
+    let connector = super::redis(settings).await?;
     let queue = crate::queue::Queue::new(
-        super::redis(settings).await?.connect(),
+        connector.connect(),
         &settings.redis.prefix,
         settings.queue.clone(),
     );
+    let store = crate::store::Store::new(
+        queue.connection(),
+        &settings.redis.prefix,
+        settings.events.clone(),
+    );
     queue
         .push(&crate::jobs::EraseSubject {
-            vendor_data: vendor_data.trim().to_owned(),
+            vendor_data: vendor_data.to_owned(),
         })
         .await
         .context("cannot queue the erasure")?;
-    println!("erasure queued; kyc.subject.erased follows on the event stream once done");
+    let subject = store.subject_hash(vendor_data);
+    println!("{subject}");
+    eprintln!(
+        "erasure queued; kyc.subject.erased with data.subject_hash {subject} \
+         (request_id erasure-{subject}) follows on the event stream once done"
+    );
     Ok(())
 }

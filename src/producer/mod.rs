@@ -34,7 +34,7 @@ pub enum ProducerError {
     #[error("cannot enqueue: {0}")]
     Queue(#[from] QueueError),
     /// Redis cannot be used: a setting to fix, or an outage (see [`ConnectError::is_retryable`]).
-    #[error("cannot connect to Redis: {0}")]
+    #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error("cannot record the request: {0}")]
     Record(#[from] StoreError),

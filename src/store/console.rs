@@ -44,11 +44,11 @@ pub(crate) struct ReviewItem {
 }
 
 impl Store {
-    fn reviews_key(&self) -> String {
+    pub(super) fn reviews_key(&self) -> String {
         format!("{}:reviews", self.prefix)
     }
 
-    fn review_key(&self, id: Uuid) -> String {
+    pub(super) fn review_key(&self, id: Uuid) -> String {
         format!("{}:review:{id}", self.prefix)
     }
 
@@ -105,29 +105,6 @@ impl Store {
             return Ok(());
         }
         self.run(&pipe).await
-    }
-
-    /// Sessions held In Review, oldest first (at most `limit`). Entries whose session
-    /// record expired or moved on are dropped from the index as they are met.
-    pub(crate) async fn reviews(&self, limit: usize) -> StoreResult<Vec<ReviewItem>> {
-        let mut c = self.conn.clone();
-        let ids: Vec<String> = c
-            .zrange(self.reviews_key(), 0, limit.saturating_sub(1) as isize)
-            .await?;
-        let mut items = Vec::with_capacity(ids.len());
-        for raw in ids {
-            let held = match raw.parse::<Uuid>() {
-                Ok(id) => self.review(id).await?,
-                Err(_) => None,
-            };
-            match held {
-                Some(item) => items.push(item),
-                None => {
-                    let _: () = c.zrem(self.reviews_key(), &raw).await?;
-                }
-            }
-        }
-        Ok(items)
     }
 
     /// One session of the review queue, when it is still held In Review.

@@ -154,35 +154,4 @@ impl Store {
         }
         Ok(c.xdel(&key, &ids).await?)
     }
-
-    /// Unread events per consumer group of the outcome stream (Redis 7's `lag`; a group
-    /// whose lag Redis cannot compute counts every entry after its position).
-    pub(crate) async fn event_consumer_lag(&self) -> StoreResult<Vec<(String, u64)>> {
-        let mut c = self.conn.clone();
-        let groups: redis::Value = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(self.events_key())
-            .query_async(&mut c)
-            .await?;
-        let mut lags = Vec::new();
-        if let redis::Value::Array(groups) = groups {
-            for group in groups {
-                let fields: std::collections::HashMap<String, redis::Value> =
-                    match redis::from_redis_value(group) {
-                        Ok(f) => f,
-                        Err(_) => continue,
-                    };
-                let name: Option<String> = fields
-                    .get("name")
-                    .and_then(|v| redis::from_redis_value_ref(v).ok());
-                let lag: Option<u64> = fields
-                    .get("lag")
-                    .and_then(|v| redis::from_redis_value_ref(v).ok());
-                if let Some(name) = name {
-                    lags.push((name, lag.unwrap_or(0)));
-                }
-            }
-        }
-        Ok(lags)
-    }
 }

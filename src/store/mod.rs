@@ -22,8 +22,10 @@
 //! never the id itself; nothing here puts personal data in a key name.
 
 mod console;
+mod console_lists;
 mod dedupe;
 mod events;
+mod lag;
 mod pause;
 mod requests;
 mod sessions;
@@ -34,6 +36,7 @@ use sha2::{Digest, Sha256};
 use crate::settings::EventSettings;
 
 pub(crate) use console::ReviewItem;
+pub(crate) use console_lists::StreamEvent;
 pub(crate) use sessions::{NewSession, SessionRecord};
 
 /// A store operation that failed, and whether trying it again can help.

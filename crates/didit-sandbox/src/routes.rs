@@ -148,6 +148,11 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if method == Method::GET {
+        if let Some(token) = hosted_flow_token(uri.path()) {
+            return hosted_flow_page(&shared, token);
+        }
+    }
     let op = match resolve(&method, uri.path()) {
         Resolved::Op(op) => op,
         Resolved::Redirect(path) => {
@@ -395,6 +400,41 @@ pub fn detail(status: StatusCode, message: &str) -> Response {
 
 pub fn not_found() -> Response {
     detail(StatusCode::NOT_FOUND, "Not found.")
+}
+
+/// The token of a session link, `/session/{token}` or `/{language}/session/{token}`.
+fn hosted_flow_token(path: &str) -> Option<&str> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let token = match segments.as_slice() {
+        ["session", token] | [_, "session", token] => *token,
+        _ => return None,
+    };
+    (!token.is_empty() && token.chars().all(|c| c.is_ascii_alphanumeric())).then_some(token)
+}
+
+/// What a person opening a sandbox session's link sees: no verification to complete, the
+/// sandbox plays the session's scenario by itself.
+fn hosted_flow_page(shared: &Shared, token: &str) -> Response {
+    let inner = shared.lock();
+    let Some(session) = inner.session_by_token(token) else {
+        return html_not_found();
+    };
+    let body = format!(
+        "<!doctype html>\n<html lang=\"en\">\n<head>\n  <meta charset=\"utf-8\">\n  \
+         <title>Didit sandbox session</title>\n</head>\n<body>\n  <h1>Didit sandbox</h1>\n  \
+         <p>Session <code id=\"session-id\">{}</code> is <b id=\"status\">{}</b>.</p>\n  \
+         <p>This is the local emulator of Didit: there is nothing to complete here. It plays \
+         the scenario <code id=\"scenario\">{}</code> by itself.</p>\n</body>\n</html>\n",
+        session.id,
+        session.status.as_str(),
+        session.scenario.as_str(),
+    );
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 /// Django's own page for a URL no pattern matches.
