@@ -41,6 +41,7 @@ CORE_METRICS = [
     "kyc_time_to_decision_seconds", "kyc_decision_fetches_per_session",
     "kyc_events_published_total", "kyc_events_consumer_lag", "kyc_deliveries_total",
     "kyc_delivery_duration_seconds", "kyc_delivery_lag_seconds", "kyc_worker_up",
+    "kyc_webhook_last_received_timestamp_seconds",
     "process_cpu_seconds_total", "process_resident_memory_bytes", "process_start_time_seconds",
 ]
 

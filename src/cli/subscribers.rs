@@ -43,10 +43,12 @@ enum SubscribersCommand {
 }
 
 pub async fn run(args: SubscribersArgs, settings: &Settings) -> Result<(), CliError> {
-    let conn = crate::queue::connect(settings.redis.url())
-        .await
-        .context("cannot connect to Redis")?;
-    let store = Store::new(conn, &settings.redis.prefix, settings.events.clone());
+    let conn = super::redis(settings).await?.connect();
+    let store = Store::new(
+        conn.clone(),
+        &settings.redis.prefix,
+        settings.events.clone(),
+    );
     match args.command {
         SubscribersCommand::List => list(&store, settings, args.json).await,
         SubscribersCommand::Enable { name } => {
@@ -90,13 +92,7 @@ pub async fn run(args: SubscribersArgs, settings: &Settings) -> Result<(), CliEr
                 },
                 (None, None) => return Err(CliError::Usage("give --since or --event-id".into())),
             };
-            let queue = Queue::connect(
-                settings.redis.url(),
-                &settings.redis.prefix,
-                settings.queue.clone(),
-            )
-            .await
-            .context("cannot connect to Redis")?;
+            let queue = Queue::new(conn, &settings.redis.prefix, settings.queue.clone());
             let deliveries = Deliveries::new(
                 queue,
                 store.clone(),

@@ -78,6 +78,8 @@ async fn receive(
             return (status, e.result_label());
         }
     };
+    // Proof that Didit reaches this fleet: the misconfiguration alert and warning watch it.
+    state.metrics.webhook_last_received.set(now as f64);
     let payload = &verified.payload;
     let text = |k: &str| {
         payload
@@ -164,7 +166,7 @@ async fn adopt(
     state: &AppState,
     session_id: Uuid,
     payload: &serde_json::Value,
-) -> redis::RedisResult<bool> {
+) -> Result<bool, crate::store::StoreError> {
     let request = payload
         .get("metadata")
         .and_then(|m| m.get(REQUEST_ID_METADATA))

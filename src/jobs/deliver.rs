@@ -40,25 +40,46 @@ use crate::{
     metrics::Metrics,
     queue::{now_ms, Completion, Job, JobError, Queue, QueueError},
     settings::{DeliverySettings, Subscriber},
-    store::{EventReader, OutcomeEntry, Store},
+    store::{EventReader, OutcomeEntry, Store, StoreError, StoreResult},
     subscribers::{payload, Answer, SubscriberClient},
 };
 
+/// Enqueueing deliveries or forgetting them failed: the index of waiting deliveries (the
+/// store) or the deliver queue could not be written.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DeliveryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// Inside a handler (erasure), each side keeps its own meaning: retry while Redis may
+/// answer later, dead-letter what never will.
+impl From<DeliveryError> for JobError {
+    fn from(e: DeliveryError) -> Self {
+        match e {
+            DeliveryError::Store(e) => e.into(),
+            DeliveryError::Queue(e) => e.into(),
+        }
+    }
+}
+
 /// Job: send one event to one subscriber.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeliverEvent {
-    pub subscriber: String,
+pub(crate) struct DeliverEvent {
+    pub(crate) subscriber: String,
     /// The `webhook-id`: the same on every attempt and every replay.
-    pub event_id: String,
+    pub(crate) event_id: String,
     /// When the event was published (Unix ms); the lag is measured from it.
-    pub published_ms: u64,
+    pub(crate) published_ms: u64,
     /// The JSON body (see [`crate::subscribers::payload`]).
-    pub body: Value,
+    pub(crate) body: Value,
     /// Failed attempts before this one.
     #[serde(default)]
-    pub attempt: u32,
+    pub(crate) attempt: u32,
     /// After this (Unix ms) a failure or an open circuit sends the delivery to the dead set.
-    pub give_up_at_ms: u64,
+    pub(crate) give_up_at_ms: u64,
 }
 
 impl Job for DeliverEvent {
@@ -68,7 +89,7 @@ impl Job for DeliverEvent {
 
 impl DeliverEvent {
     /// The job's slot: one per (event, subscriber).
-    pub fn slot(&self) -> String {
+    pub(crate) fn slot(&self) -> String {
         format!("{}:{}", self.event_id, self.subscriber)
     }
 
@@ -144,7 +165,7 @@ impl Target {
 
 /// What the delivery worker, the bridge and the operator commands share. Cheap to clone.
 #[derive(Clone)]
-pub struct Deliveries {
+pub(crate) struct Deliveries {
     inner: Arc<Inner>,
 }
 
@@ -168,7 +189,7 @@ impl std::fmt::Debug for Deliveries {
 }
 
 /// `kyc_deliveries_total{outcome}`.
-pub const DELIVERY_OUTCOMES: [&str; 7] = [
+const DELIVERY_OUTCOMES: [&str; 7] = [
     "delivered",
     "failed",
     "refused",
@@ -179,7 +200,7 @@ pub const DELIVERY_OUTCOMES: [&str; 7] = [
 ];
 
 impl Deliveries {
-    pub fn new(
+    pub(crate) fn new(
         queue: Queue,
         store: Store,
         metrics: Arc<Metrics>,
@@ -214,12 +235,8 @@ impl Deliveries {
         })
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.inner.targets.is_empty()
-    }
-
-    pub fn subscriber(&self, name: &str) -> Option<&Subscriber> {
-        self.inner.targets.get(name).map(|t| &*t.client.subscriber)
     }
 
     fn disabled(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -234,7 +251,7 @@ impl Deliveries {
     }
 
     /// Reads the disabled set from Redis.
-    pub async fn refresh_disabled(&self) -> redis::RedisResult<()> {
+    pub(crate) async fn refresh_disabled(&self) -> StoreResult<()> {
         let now: HashSet<String> = self
             .inner
             .store
@@ -256,11 +273,11 @@ impl Deliveries {
 
     /// Enqueues one delivery per (event, subscriber that wants its type and is enabled),
     /// limited to subscriber `only` when given; returns how many.
-    pub async fn enqueue(
+    pub(crate) async fn enqueue(
         &self,
         entries: &[OutcomeEntry],
         only: Option<&str>,
-    ) -> Result<usize, QueueError> {
+    ) -> Result<usize, DeliveryError> {
         let settings = &self.inner.settings;
         let total: Duration = settings.retry_schedule.iter().sum();
         let give_up_at_ms = now_ms()
@@ -444,7 +461,7 @@ impl Deliveries {
     }
 
     /// Samples `kyc_delivery_lag_seconds` and re-reads the disabled set.
-    pub async fn sample(&self) {
+    async fn sample(&self) {
         if let Err(e) = self.refresh_disabled().await {
             tracing::debug!(error = %e, "disabled subscribers not read");
         }
@@ -476,7 +493,7 @@ fn jitter(wait: Duration) -> Duration {
     wait.mul_f64(rand::rng().random_range(0.8..1.2))
 }
 
-pub async fn handle(
+pub(crate) async fn handle(
     job: DeliverEvent,
     d: Data<Deliveries>,
 ) -> Result<Completion<DeliverEvent>, JobError> {
@@ -486,7 +503,7 @@ pub async fn handle(
 /// Starts the bridge and the lag sampler when subscribers are configured. The consumer
 /// group exists when this returns (if Redis answered), so every event published by the
 /// workers started next reaches the subscribers.
-pub async fn start(
+pub(crate) async fn start(
     d: Deliveries,
     p: &super::Pipeline,
     consumer: &str,
@@ -494,35 +511,26 @@ pub async fn start(
     if d.is_empty() {
         return Vec::new();
     }
-    let url = p.settings.redis.url().to_owned();
-    let prefix = p.settings.redis.prefix.clone();
-    let reclaim_after = p.settings.queue.reclaim_after;
-    let consumer = format!("{consumer}-events");
-    let connect = move || {
-        let (url, prefix, consumer) = (url.clone(), prefix.clone(), consumer.clone());
-        async move {
-            let mut reader = EventReader::connect(&url, &prefix, consumer, reclaim_after).await?;
-            reader.ensure_group().await?;
-            redis::RedisResult::Ok(reader)
-        }
-    };
-    let first = connect().await;
+    // A connection of its own: the bridge's blocking reads must not hold up the shared one.
+    let mut reader = EventReader::new(
+        p.queue.connection().connector().connect(),
+        &p.settings.redis.prefix,
+        format!("{consumer}-events"),
+        p.settings.queue.reclaim_after,
+    );
+    let first = reader.ensure_group().await;
     if let Err(e) = d.refresh_disabled().await {
         tracing::warn!(error = %e, "disabled subscribers not read; retrying in the background");
     }
     let bridge_d = d.clone();
     let bridge_task = tokio::spawn(async move {
-        let mut reader = first;
-        loop {
-            match reader {
-                Ok(r) => return bridge(bridge_d, r).await,
-                Err(e) => {
-                    tracing::warn!(error = %e, "delivery bridge cannot reach Redis; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    reader = connect().await;
-                }
-            }
+        let mut grouped = first;
+        while let Err(e) = grouped {
+            tracing::warn!(error = %e, "delivery bridge cannot reach Redis; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            grouped = reader.ensure_group().await;
         }
+        bridge(bridge_d, reader).await
     });
     let sampler = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -535,7 +543,7 @@ pub async fn start(
 }
 
 /// Turns events into deliveries until aborted. `reader` already has its group.
-pub async fn bridge(d: Deliveries, mut reader: EventReader) {
+async fn bridge(d: Deliveries, mut reader: EventReader) {
     let mut failures = 0u32;
     loop {
         let batch = match reader.next_batch(100, Duration::from_secs(1)).await {
@@ -574,11 +582,11 @@ pub async fn bridge(d: Deliveries, mut reader: EventReader) {
 
 /// Deletes a person's waiting and dead deliveries (erasure); returns how many. A delivery
 /// being sent at that moment finishes its attempt.
-pub async fn forget_subject(
+pub(crate) async fn forget_subject(
     queue: &Queue,
     store: &Store,
     vendor_data: &str,
-) -> Result<usize, QueueError> {
+) -> Result<usize, DeliveryError> {
     let removed: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
     let n = queue
         .purge_jobs(DeliverEvent::QUEUE, |args| {

@@ -35,7 +35,7 @@ pub use self::{
     poll::PollSettings,
     queue::QueueSettings,
     ratelimit::RateLimitSettings,
-    redis::RedisSettings,
+    redis::{RedisMode, RedisNode, RedisSettings},
     rules::{RulesSettings, RulesSource},
     subscribers::{event_types, DeliverySettings, Subscriber},
     worker::WorkerSettings,

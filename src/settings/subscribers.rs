@@ -16,10 +16,7 @@ use super::{
     parse::{parse_count, parse_duration_setting, parse_positive_duration},
     SettingsError,
 };
-use crate::{
-    domain::EventType,
-    subscribers::{guard, signature::SigningKey},
-};
+use crate::domain::{check_literal, EventType, SigningKey};
 
 /// The event types a subscriber may ask for.
 pub fn event_types() -> Vec<&'static str> {
@@ -177,12 +174,11 @@ pub(super) fn validate_subscribers(raw: Option<Value>) -> Result<Vec<Subscriber>
             .and_then(Value::as_str)
             .map(|n| format!("subscriber \"{n}\""))
             .unwrap_or_else(|| format!("subscriber #{}", index + 1));
-        let raw: RawSubscriber = serde_json::from_value(item).map_err(|e| {
-            invalid(format!(
-                "{label}: {}",
-                crate::telemetry::redact_values(&e.to_string())
-            ))
-        })?;
+        // serde's message may quote a value (a secret in the wrong field): keep only names.
+        // The redaction is the SDK's (telemetry re-exports it), since telemetry reads the
+        // settings and the settings may not import it back.
+        let raw: RawSubscriber = serde_json::from_value(item)
+            .map_err(|e| invalid(format!("{label}: {}", didit::redact_values(&e.to_string()))))?;
         let subscriber = raw
             .validate()
             .map_err(|r| invalid(format!("{label}: {r}")))?;
@@ -223,7 +219,7 @@ impl RawSubscriber {
             return Err("url: credentials in the URL are not allowed".into());
         }
         if !self.allow_private {
-            guard::check_literal(&url).map_err(|e| format!("url: {e}"))?;
+            check_literal(&url).map_err(|e| format!("url: {e}"))?;
         }
         let keys = std::iter::once(&self.secret)
             .chain(self.previous_secrets.iter())

@@ -13,27 +13,28 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use redis::{aio::ConnectionManager, AsyncCommands};
+use redis::AsyncCommands;
 
-use super::Store;
+use super::{Store, StoreResult};
+use crate::queue::RedisConnection;
 
 /// The consumer group the delivery bridge reads the outcome stream with.
-pub const DELIVERY_GROUP: &str = "subscribers";
+pub(crate) const DELIVERY_GROUP: &str = "subscribers";
 
 /// One entry of the outcome stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutcomeEntry {
-    pub entry_id: String,
-    pub fields: HashMap<String, String>,
+pub(crate) struct OutcomeEntry {
+    pub(crate) entry_id: String,
+    pub(crate) fields: HashMap<String, String>,
 }
 
 impl OutcomeEntry {
     /// When the event was published (the entry id's ms).
-    pub fn published_ms(&self) -> u64 {
+    pub(crate) fn published_ms(&self) -> u64 {
         crate::queue::entry_ms(&self.entry_id)
     }
 
-    pub fn field(&self, name: &str) -> &str {
+    pub(crate) fn field(&self, name: &str) -> &str {
         self.fields
             .get(name)
             .map(String::as_str)
@@ -59,8 +60,8 @@ impl OutcomeEntry {
 
 /// Reads the outcome stream through the `subscribers` group on a connection of its own
 /// (a blocking read must not hold up the shared one).
-pub struct EventReader {
-    conn: ConnectionManager,
+pub(crate) struct EventReader {
+    conn: RedisConnection,
     stream: String,
     consumer: String,
     reclaim_after: Duration,
@@ -77,41 +78,43 @@ impl std::fmt::Debug for EventReader {
 }
 
 impl EventReader {
-    pub async fn connect(
-        url: &str,
+    /// `conn` must be a connection of the reader's own (`Connector::connect`), not a clone
+    /// of the shared one: its reads block for up to a second.
+    pub(crate) fn new(
+        conn: RedisConnection,
         prefix: &str,
         consumer: String,
         reclaim_after: Duration,
-    ) -> redis::RedisResult<Self> {
-        Ok(Self {
-            conn: crate::queue::connect(url).await?,
+    ) -> Self {
+        Self {
+            conn,
             stream: format!("{prefix}:events"),
             consumer,
             reclaim_after,
             last_reclaim: None,
-        })
+        }
     }
 
     /// Creates the group at the stream's end when it does not exist: subscribers receive
     /// the events published from then on (`subscribers replay` sends older ones).
-    pub async fn ensure_group(&mut self) -> redis::RedisResult<()> {
+    pub(crate) async fn ensure_group(&mut self) -> StoreResult<()> {
         let created: redis::RedisResult<()> = self
             .conn
             .xgroup_create_mkstream(&self.stream, DELIVERY_GROUP, "$")
             .await;
         match created {
             Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-            other => other,
+            other => Ok(other?),
         }
     }
 
     /// The next entries: those a dead reader left pending for `reclaim_after` first, then
     /// new ones (waiting at most `block`).
-    pub async fn next_batch(
+    pub(crate) async fn next_batch(
         &mut self,
         count: usize,
         block: Duration,
-    ) -> redis::RedisResult<Vec<OutcomeEntry>> {
+    ) -> StoreResult<Vec<OutcomeEntry>> {
         let mut entries = Vec::new();
         let due = self
             .last_reclaim
@@ -153,60 +156,45 @@ impl EventReader {
                     .map(OutcomeEntry::from_stream),
             ),
             Err(e) if e.code() == Some("NOGROUP") => self.ensure_group().await?,
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
         Ok(entries)
     }
 
     /// Acknowledges entries whose deliveries are enqueued (the stream itself is left as it
     /// is: other readers and `events tail` use it).
-    pub async fn ack(&mut self, ids: &[String]) -> redis::RedisResult<()> {
+    pub(crate) async fn ack(&mut self, ids: &[String]) -> StoreResult<()> {
         if ids.is_empty() {
             return Ok(());
         }
         self.conn
             .xack::<_, _, _, i64>(&self.stream, DELIVERY_GROUP, ids)
-            .await
-            .map(drop)
-    }
-
-    /// Leaves the group (on a graceful stop), so `XINFO` lists only live readers.
-    pub async fn leave(&mut self) -> redis::RedisResult<()> {
-        let pending: redis::streams::StreamPendingCountReply = self
-            .conn
-            .xpending_consumer_count(&self.stream, DELIVERY_GROUP, "-", "+", 1, &self.consumer)
             .await?;
-        if pending.ids.is_empty() {
-            let _: i64 = self
-                .conn
-                .xgroup_delconsumer(&self.stream, DELIVERY_GROUP, &self.consumer)
-                .await?;
-        }
         Ok(())
     }
 }
 
 /// Why and since when a subscriber is disabled.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Disabled {
-    pub at_ms: u64,
-    pub reason: String,
+pub(crate) struct Disabled {
+    pub(crate) at_ms: u64,
+    pub(crate) reason: String,
 }
 
 /// A subscriber's delivery state as `subscribers list` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct SubscriberState {
-    pub disabled: Option<Disabled>,
-    pub last_success_ms: Option<u64>,
-    pub last_failure_ms: Option<u64>,
+pub(crate) struct SubscriberState {
+    pub(crate) disabled: Option<Disabled>,
+    pub(crate) last_success_ms: Option<u64>,
+    pub(crate) last_failure_ms: Option<u64>,
     /// The last failure's kind (`HTTP 503`, `timeout`, …), never the answer's body.
-    pub last_failure: Option<String>,
+    pub(crate) last_failure: Option<String>,
     /// Set at the first failure after a success; cleared by the next success.
-    pub failing_since_ms: Option<u64>,
+    pub(crate) failing_since_ms: Option<u64>,
     /// Deliveries not yet delivered, dead or dropped.
-    pub pending: u64,
+    pub(crate) pending: u64,
     /// Publication time of the oldest of them.
-    pub oldest_pending_ms: Option<u64>,
+    pub(crate) oldest_pending_ms: Option<u64>,
 }
 
 /// The replies of [`Store::subscriber_state`]'s pipeline: state hash, disabled entry,
@@ -232,7 +220,7 @@ impl Store {
     }
 
     /// The disabled subscribers.
-    pub async fn disabled_subscribers(&self) -> redis::RedisResult<HashMap<String, Disabled>> {
+    pub(crate) async fn disabled_subscribers(&self) -> StoreResult<HashMap<String, Disabled>> {
         let mut c = self.conn.clone();
         let all: HashMap<String, String> = c.hgetall(self.disabled_key()).await?;
         Ok(all
@@ -242,18 +230,18 @@ impl Store {
     }
 
     /// Disables a subscriber (kept until `subscribers enable`); `false` when it already was.
-    pub async fn disable_subscriber(&self, name: &str, reason: &str) -> redis::RedisResult<bool> {
+    pub(crate) async fn disable_subscriber(&self, name: &str, reason: &str) -> StoreResult<bool> {
         let entry = Disabled {
             at_ms: crate::queue::now_ms(),
             reason: reason.to_owned(),
         };
         let raw = serde_json::to_string(&entry).unwrap_or_default();
         let mut c = self.conn.clone();
-        c.hset_nx(self.disabled_key(), name, raw).await
+        Ok(c.hset_nx(self.disabled_key(), name, raw).await?)
     }
 
     /// Enables a disabled subscriber; `false` when it was not disabled.
-    pub async fn enable_subscriber(&self, name: &str) -> redis::RedisResult<bool> {
+    pub(crate) async fn enable_subscriber(&self, name: &str) -> StoreResult<bool> {
         let mut c = self.conn.clone();
         let removed: i64 = c.hdel(self.disabled_key(), name).await?;
         Ok(removed == 1)
@@ -279,61 +267,58 @@ impl Store {
     }
 
     /// Records deliveries as waiting on their own round trip.
-    pub async fn add_pending(&self, name: &str, items: &[(String, u64)]) -> redis::RedisResult<()> {
+    pub(crate) async fn add_pending(&self, name: &str, items: &[(String, u64)]) -> StoreResult<()> {
         let mut pipe = redis::pipe();
         self.pending_into(&mut pipe, name, items);
-        let mut c = self.conn.clone();
-        pipe.query_async(&mut c).await
+        self.run(&pipe).await
     }
 
     /// A delivery arrived: the subscriber is healthy and the event no longer waits.
-    pub async fn record_delivered(&self, name: &str, event_id: &str) -> redis::RedisResult<()> {
+    pub(crate) async fn record_delivered(&self, name: &str, event_id: &str) -> StoreResult<()> {
         let key = self.subscriber_key(name);
-        let mut c = self.conn.clone();
-        redis::pipe()
-            .hset(&key, "last_success_ms", crate::queue::now_ms())
+        let mut pipe = redis::pipe();
+        pipe.hset(&key, "last_success_ms", crate::queue::now_ms())
             .ignore()
             .hdel(&key, "failing_since_ms")
             .ignore()
             .zrem(self.pending_key(name), event_id)
-            .ignore()
-            .query_async(&mut c)
-            .await
+            .ignore();
+        self.run(&pipe).await
     }
 
     /// An attempt failed (`what` is its kind, never the answer's body).
-    pub async fn record_failed(&self, name: &str, what: &str) -> redis::RedisResult<()> {
+    pub(crate) async fn record_failed(&self, name: &str, what: &str) -> StoreResult<()> {
         let key = self.subscriber_key(name);
         let now = crate::queue::now_ms();
-        let mut c = self.conn.clone();
-        redis::pipe()
-            .hset(&key, "last_failure_ms", now)
+        let mut pipe = redis::pipe();
+        pipe.hset(&key, "last_failure_ms", now)
             .ignore()
             .hset(&key, "last_failure", what)
             .ignore()
             .hset_nx(&key, "failing_since_ms", now)
-            .ignore()
-            .query_async(&mut c)
-            .await
+            .ignore();
+        self.run(&pipe).await
     }
 
     /// Deliveries that will not be attempted again (dead, dropped or erased).
-    pub async fn forget_pending(&self, name: &str, event_ids: &[String]) -> redis::RedisResult<()> {
+    pub(crate) async fn forget_pending(&self, name: &str, event_ids: &[String]) -> StoreResult<()> {
         if event_ids.is_empty() {
             return Ok(());
         }
         let mut c = self.conn.clone();
-        c.zrem(self.pending_key(name), event_ids).await
+        c.zrem::<_, _, ()>(self.pending_key(name), event_ids)
+            .await?;
+        Ok(())
     }
 
     /// The publication time of the oldest delivery still waiting for `name`.
-    pub async fn oldest_pending_ms(&self, name: &str) -> redis::RedisResult<Option<u64>> {
+    pub(crate) async fn oldest_pending_ms(&self, name: &str) -> StoreResult<Option<u64>> {
         let mut c = self.conn.clone();
         let first: Vec<(String, f64)> = c.zrange_withscores(self.pending_key(name), 0, 0).await?;
         Ok(first.first().map(|(_, ms)| *ms as u64))
     }
 
-    pub async fn subscriber_state(&self, name: &str) -> redis::RedisResult<SubscriberState> {
+    pub(crate) async fn subscriber_state(&self, name: &str) -> StoreResult<SubscriberState> {
         let mut c = self.conn.clone();
         let (fields, disabled, pending, first): StateReply = redis::pipe()
             .hgetall(self.subscriber_key(name))
@@ -355,7 +340,7 @@ impl Store {
     }
 
     /// Outcome events published since `since_ms`, oldest first (for `subscribers replay`).
-    pub async fn events_since(&self, since_ms: u64) -> redis::RedisResult<Vec<OutcomeEntry>> {
+    pub(crate) async fn events_since(&self, since_ms: u64) -> StoreResult<Vec<OutcomeEntry>> {
         let mut c = self.conn.clone();
         let mut out = Vec::new();
         let mut start = since_ms.to_string();
@@ -377,7 +362,7 @@ impl Store {
 
     /// The outcome event with this `event_id`, if still on the stream (a scan: an
     /// operator's command, not a hot path).
-    pub async fn event_by_id(&self, event_id: &str) -> redis::RedisResult<Option<OutcomeEntry>> {
+    pub(crate) async fn event_by_id(&self, event_id: &str) -> StoreResult<Option<OutcomeEntry>> {
         Ok(self
             .events_since(0)
             .await?

@@ -5,8 +5,8 @@
 //! existing library in its own language, and the scheme's `webhook-id` (our stable
 //! `event_id`) lets it drop the duplicates at-least-once delivery brings.
 //!
-//! - [`signature`]: the signing itself (pure).
-//! - [`guard`]: which addresses a subscriber URL may reach, checked at connect time.
+//! - `guard`: which addresses a subscriber URL may reach, checked at connect time (the
+//!   policy and the signing itself are pure: `domain::is_forbidden`, `domain::SigningKey`).
 //! - [`SubscriberClient`]: one subscriber's HTTP client: no redirects, a timeout, at most
 //!   64 KiB of the answer read and none of it logged.
 //! - [`payload`]: the JSON body a subscriber receives for one event.
@@ -14,14 +14,16 @@
 //! Queuing, retries and the circuit are the pipeline's (`jobs::deliver`); the state kept in
 //! Redis is the store's.
 
-pub mod guard;
-pub mod signature;
+mod guard;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use serde_json::{json, Value};
 
-use crate::settings::Subscriber;
+use crate::{
+    domain::{check_literal, signature_header, Refused},
+    settings::Subscriber,
+};
 
 /// The most of a subscriber's answer that is read (then dropped unread).
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -69,11 +71,11 @@ impl SubscriberClient {
     pub async fn send(&self, webhook_id: &str, timestamp: i64, body: &[u8]) -> Answer {
         let s = &self.subscriber;
         if !s.allow_private {
-            if let Err(refused) = guard::check_literal(&s.url) {
+            if let Err(refused) = check_literal(&s.url) {
                 return Answer::Refused(refused.0);
             }
         }
-        let signature = signature::signature_header(&s.keys, webhook_id, timestamp, body);
+        let signature = signature_header(&s.keys, webhook_id, timestamp, body);
         let sent = self
             .http
             .post(s.url.clone())
@@ -109,7 +111,7 @@ impl SubscriberClient {
 fn transport_failure(e: &reqwest::Error) -> Answer {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(cause) = source {
-        if let Some(refused) = cause.downcast_ref::<guard::Refused>() {
+        if let Some(refused) = cause.downcast_ref::<Refused>() {
             return Answer::Refused(refused.0.clone());
         }
         source = cause.source();
@@ -161,7 +163,7 @@ pub fn payload(fields: &HashMap<String, String>, event_ms: u64) -> Result<Value,
 }
 
 /// Unix ms as RFC 3339 in UTC with milliseconds.
-pub fn rfc3339(ms: u64) -> String {
+fn rfc3339(ms: u64) -> String {
     let nanos = i128::from(ms) * 1_000_000;
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()

@@ -1,4 +1,5 @@
-//! Standard Webhooks signatures: what a subscriber's library checks.
+//! Standard Webhooks signatures: what a subscriber's library checks on every delivery of an
+//! outcome event.
 //!
 //! The scheme (the one Svix and many API vendors use) signs `"{id}.{timestamp}.{body}"` with
 //! HMAC-SHA256 under the bytes of the secret (the base64 after `whsec_`) and sends
@@ -11,7 +12,7 @@ use secrecy::{ExposeSecret, SecretSlice};
 use sha2::Sha256;
 
 /// The prefix every Standard Webhooks secret carries.
-pub const SECRET_PREFIX: &str = "whsec_";
+const SECRET_PREFIX: &str = "whsec_";
 
 /// The shortest and longest key the specification allows, in bytes.
 const KEY_BYTES: std::ops::RangeInclusive<usize> = 24..=64;
