@@ -18,7 +18,7 @@ use crate::domain::{AccountPause, EventType, SessionStatus};
 /// Outcomes of one job delivery (`kyc_jobs_total{outcome}`).
 pub const JOB_OUTCOMES: [&str; 5] = ["done", "run_again", "retried", "waited", "dead"];
 /// Results of one webhook delivery (`kyc_webhooks_total{result}`).
-pub const WEBHOOK_RESULTS: [&str; 8] = [
+pub const WEBHOOK_RESULTS: [&str; 9] = [
     "accepted",
     "bad_signature",
     "stale",
@@ -26,15 +26,25 @@ pub const WEBHOOK_RESULTS: [&str; 8] = [
     "malformed",
     "too_large",
     "unknown_session",
+    "adoption_refused",
     "error",
+];
+/// Why a console login failed (`kyc_console_login_failures_total{reason}`).
+pub const LOGIN_FAILURES: [&str; 3] = ["wrong_token", "bad_operator", "throttled"];
+/// Why a start request was refused (`kyc_intake_rejected_total{reason}`).
+pub const INTAKE_REJECTIONS: [&str; 5] = [
+    "invalid",
+    "malformed",
+    "backpressure",
+    "idempotency_mismatch",
+    "content_type",
 ];
 const QUEUE_STATES: [&str; 4] = ["ready", "scheduled", "in_flight", "dead"];
 const STATUS_CLASSES: [&str; 5] = ["2xx", "4xx", "5xx", "429", "error"];
 const DECIDERS: [&str; 4] = ["didit", "rule", "operator", "kyc-worker"];
 /// What an operator did in the console (`kyc_console_actions_total{action}`).
-pub const CONSOLE_ACTIONS: [&str; 8] = [
+pub const CONSOLE_ACTIONS: [&str; 7] = [
     "login",
-    "login_refused",
     "approve",
     "decline",
     "resubmit",
@@ -66,6 +76,7 @@ pub struct Metrics {
     pub events_published: IntCounterVec,
     pub events_consumer_lag: GaugeVec,
     pub console_actions: IntCounterVec,
+    pub console_login_failures: IntCounterVec,
     pub up: IntGauge,
 }
 
@@ -255,6 +266,12 @@ impl Metrics {
                 "Operator console actions accepted, by action.",
                 &["action"],
             ),
+            console_login_failures: counter(
+                r,
+                "kyc_console_login_failures_total",
+                "Console logins refused (wrong token, bad operator name, throttled), by reason.",
+                &["reason"],
+            ),
             up: register(
                 r,
                 IntGauge::new("kyc_worker_up", "1 while this process runs."),
@@ -295,7 +312,7 @@ impl Metrics {
             self.webhooks.with_label_values(&[result]);
         }
         for source in ["http", "intake_stream"] {
-            for reason in ["invalid", "malformed", "backpressure"] {
+            for reason in INTAKE_REJECTIONS {
                 self.intake_rejected.with_label_values(&[source, reason]);
             }
         }
@@ -310,6 +327,9 @@ impl Metrics {
         }
         for kind in EventType::ALL {
             self.events_published.with_label_values(&[kind.as_str()]);
+        }
+        for reason in LOGIN_FAILURES {
+            self.console_login_failures.with_label_values(&[reason]);
         }
         for action in CONSOLE_ACTIONS {
             self.console_actions.with_label_values(&[action]);

@@ -13,17 +13,21 @@
 //! the dead set later.
 
 use crate::{
-    domain::{RequestError, RequestId, StartRequest},
+    domain::{IntakeLimits, RequestError, RequestId, StartRequest},
     jobs::StartKyc,
     queue::{Queue, QueueError},
     settings::Settings,
-    store::Store,
+    store::{Enqueued, Store},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProducerError {
     #[error("invalid start request: {0}")]
     Invalid(#[from] RequestError),
+    /// The request id was accepted before for another request: nothing was queued. Not
+    /// retryable: send the original body again, or use a new id.
+    #[error("idempotency_mismatch: the request id was already used for a different request ({} differ)", fields.join(", "))]
+    IdempotencyMismatch { fields: Vec<&'static str> },
     #[error("cannot enqueue: {0}")]
     Queue(#[from] QueueError),
     #[error("cannot record the request: {0}")]
@@ -45,6 +49,7 @@ pub const BACKPRESSURE_RETRY: std::time::Duration = std::time::Duration::from_se
 pub struct Producer {
     queue: Queue,
     store: Store,
+    limits: IntakeLimits,
     /// The last reading of waiting start requests and when it was taken.
     waiting: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, u64)>>>,
 }
@@ -59,15 +64,22 @@ impl Producer {
         .await?;
         let conn = crate::queue::connect(settings.redis.url()).await?;
         let store = Store::new(conn, &settings.redis.prefix, settings.events.clone());
-        Ok(Self::new(queue, store))
+        Ok(Self::new(queue, store).with_limits(settings.intake))
     }
 
     pub fn new(queue: Queue, store: Store) -> Self {
         Self {
             queue,
             store,
+            limits: IntakeLimits::default(),
             waiting: Default::default(),
         }
+    }
+
+    /// Applies the settings' size limits (`[intake]`) instead of the defaults.
+    pub fn with_limits(mut self, limits: IntakeLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Start requests waiting (ready + scheduled), read at most once a second.
@@ -101,14 +113,31 @@ impl Producer {
     }
 
     /// Queues a verification; returns its request id (generated when the request has none).
-    /// Enqueuing the same request id again never creates a second Didit session.
+    ///
+    /// Idempotent on the request id: the same request again is accepted with the same
+    /// answer and never creates a second Didit session; the id with another body is
+    /// refused ([`ProducerError::IdempotencyMismatch`]). The request record and the job are
+    /// written in one step, so an error leaves nothing behind.
     pub async fn start_kyc(&self, request: StartRequest) -> Result<RequestId, ProducerError> {
-        let (id, request) = request.validate()?;
+        let (id, request) = request.validate_with(&self.limits)?;
         self.check_capacity().await?;
-        self.store
-            .record_enqueued(&id, request.vendor_data.trim())
+        let fingerprint = request.fingerprint();
+        let vendor_data = request.vendor_data.trim().to_owned();
+        let (ready, envelope) = self.queue.prepare(&StartKyc { request })?;
+        let enqueued = self
+            .store
+            .enqueue_start(&id, &vendor_data, &fingerprint.encode(), &ready, &envelope)
             .await?;
-        self.queue.push(&StartKyc { request }).await?;
-        Ok(id)
+        match enqueued {
+            Enqueued::New | Enqueued::Again => Ok(id),
+            Enqueued::Mismatch { recorded } => {
+                let mut fields = fingerprint.differing(recorded.as_deref());
+                if fields.is_empty() {
+                    // Recorded by a build that fingerprinted fields this one does not know.
+                    fields.push("body");
+                }
+                Err(ProducerError::IdempotencyMismatch { fields })
+            }
+        }
     }
 }

@@ -37,6 +37,8 @@ pub struct Settings {
     pub poll: PollSettings,
     pub events: EventSettings,
     pub ratelimit: RateLimitSettings,
+    /// Size limits of start requests (`[intake]`).
+    pub intake: crate::domain::IntakeLimits,
     /// Named workflows a start request may ask for (`workflow = "premium"`).
     pub workflows: HashMap<String, uuid::Uuid>,
     pub rules: RulesSettings,
@@ -135,6 +137,8 @@ pub struct HttpSettings {
     pub console: bool,
     /// The console's admin token: actions and unmasked PII; `None`: the console is read-only.
     pub admin_token: Option<SecretString>,
+    /// Proxies whose `X-Forwarded-For` names the client (`http.trusted_proxies`).
+    pub trusted_proxies: crate::domain::TrustedProxies,
 }
 
 #[derive(Debug, Clone)]
@@ -331,6 +335,7 @@ struct RawSettings {
     poll: RawPoll,
     events: RawEvents,
     ratelimit: RawRateLimit,
+    intake: RawIntake,
     #[serde(default)]
     workflows: HashMap<String, String>,
     rules: RawRules,
@@ -371,6 +376,12 @@ struct RawRateLimit {
     create: String,
     pdf: String,
     low_share: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntake {
+    max_json_field_bytes: String,
 }
 
 #[derive(Deserialize)]
@@ -420,6 +431,7 @@ struct RawHttp {
     api_token: String,
     console: String,
     admin_token: String,
+    trusted_proxies: String,
 }
 
 #[derive(Deserialize)]
@@ -518,7 +530,25 @@ impl RawSettings {
                 }
                 token => Some(SecretString::from(token.to_owned())),
             },
+            trusted_proxies: crate::domain::TrustedProxies::parse(&self.http.trusted_proxies)
+                .map_err(|reason| SettingsError::new("http.trusted_proxies", reason))?,
         };
+
+        let intake = crate::domain::IntakeLimits {
+            max_json_field_bytes: parse_count(
+                "intake.max_json_field_bytes",
+                &self.intake.max_json_field_bytes,
+            )?,
+        };
+        if intake.max_json_field_bytes > crate::domain::IntakeLimits::MAX_JSON_FIELD_BYTES {
+            return Err(SettingsError::new(
+                "intake.max_json_field_bytes",
+                format!(
+                    "must be at most {} (three fields this size must fit in a 1 MiB webhook)",
+                    crate::domain::IntakeLimits::MAX_JSON_FIELD_BYTES
+                ),
+            ));
+        }
 
         let base_url = parse_http_url("didit.base_url", &self.didit.base_url)?;
         let auth_base_url = parse_http_url("didit.auth_base_url", &self.didit.auth_base_url)?;
@@ -756,6 +786,7 @@ impl RawSettings {
             poll,
             events,
             ratelimit,
+            intake,
             workflows,
             rules,
             queue,

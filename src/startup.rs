@@ -65,6 +65,7 @@ impl Application {
             admin_token: settings.http.admin_token.clone(),
             limiter: limiter.clone(),
             throughput: Arc::new(Throughput::default()),
+            trusted_proxies: settings.http.trusted_proxies.clone(),
         };
         let didit =
             DiditClient::new(&settings.didit.client_config())?.with_observer(metrics.clone());
@@ -78,7 +79,7 @@ impl Application {
             settings.clone(),
         );
         let state = AppState {
-            producer: Producer::new(queue.clone(), store.clone()),
+            producer: Producer::new(queue.clone(), store.clone()).with_limits(settings.intake),
             store,
             queue,
             verifier: Arc::new(WebhookVerifier::new(
@@ -200,7 +201,9 @@ async fn serve(
     router: axum::Router,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
+    // The peer's address reaches handlers (the console's login throttle).
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|stop| *stop).await;
         })

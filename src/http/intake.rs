@@ -15,7 +15,7 @@ use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use super::AppState;
 use crate::{
-    domain::{RequestId, StartRequest},
+    domain::{validate_vendor_data, RequestId, StartRequest},
     producer::ProducerError,
 };
 
@@ -81,9 +81,35 @@ pub async fn start(
     (status, reply).into_response()
 }
 
+/// A `content-type` that is not JSON (`application/json` or `…+json`); absent is JSON.
+fn not_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .map(|v| {
+            let essence = v
+                .to_str()
+                .unwrap_or_default()
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
+            essence != "application/json" && !essence.ends_with("+json")
+        })
+        .unwrap_or(false)
+}
+
 async fn accept(state: &AppState, headers: &HeaderMap, body: axum::body::Bytes) -> Reply {
     if let Err(reply) = authorized(state, headers) {
         return reply;
+    }
+    if not_json(headers) {
+        rejected(state, "content_type", None);
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be JSON (content-type: application/json)",
+            None,
+        );
     }
     // An object only: serde would also fill the struct from a JSON array, by position.
     let parsed = serde_json::from_slice::<Value>(&body).and_then(|v| match v {
@@ -122,6 +148,22 @@ async fn accept(state: &AppState, headers: &HeaderMap, body: axum::body::Bytes) 
             rejected(state, "invalid", Some(e.field));
             return error(StatusCode::BAD_REQUEST, &e.to_string(), Some(e.field));
         }
+        Err(ProducerError::IdempotencyMismatch { fields }) => {
+            let message = ProducerError::IdempotencyMismatch {
+                fields: fields.clone(),
+            }
+            .to_string();
+            rejected(state, "idempotency_mismatch", Some("request_id"));
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({
+                    "error": message,
+                    "field": "request_id",
+                    "reason": "idempotency_mismatch",
+                    "differing_fields": fields,
+                })),
+            );
+        }
         Err(ProducerError::Backpressure { .. }) => {
             state
                 .metrics
@@ -143,10 +185,13 @@ async fn accept(state: &AppState, headers: &HeaderMap, body: axum::body::Bytes) 
             );
         }
     };
+    // The id's character set needs no escaping in a path; encode anyway, so the URL stays
+    // one path segment whatever that set becomes.
+    let segment: String = url::form_urlencoded::byte_serialize(id.as_str().as_bytes()).collect();
     (
         StatusCode::ACCEPTED,
         Json(
-            json!({"request_id": id.as_str(), "status_url": format!("/v1/verifications/{}", id.as_str())}),
+            json!({"request_id": id.as_str(), "status_url": format!("/v1/verifications/{segment}")}),
         ),
     )
 }
@@ -207,26 +252,33 @@ pub async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static
     )
 }
 
-/// `POST /v1/subjects/erase` `{"vendor_data": "…"}`: queues an erasure (202).
+/// `POST /v1/subjects/erase` `{"vendor_data": "…"}`: queues an erasure (202). The token is
+/// checked before the body is read; the vendor_data follows the intake's rules.
 pub async fn erase(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Json(body): Json<Value>,
+    body: axum::body::Bytes,
 ) -> Reply {
     if let Err(reply) = authorized(&state, &headers) {
         return reply;
     }
-    let Some(vendor_data) = body
-        .get("vendor_data")
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-    else {
+    if not_json(&headers) {
         return error(
-            StatusCode::BAD_REQUEST,
-            "vendor_data is required",
-            Some("vendor_data"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be JSON (content-type: application/json)",
+            None,
         );
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "not a JSON object", None);
+    };
+    let vendor_data = match validate_vendor_data(
+        body.get("vendor_data")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+    ) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string(), Some(e.field)),
     };
     let job = crate::jobs::EraseSubject {
         vendor_data: vendor_data.to_owned(),

@@ -123,7 +123,9 @@ impl Pipeline {
             }
             return Err(JobError::Wait {
                 reason: format!("Didit budget for {endpoint} used up"),
-                after: wait,
+                // Every job refused now is told the same instant (the window's next free
+                // slot, a 429 pause's end): spread them so they do not return together.
+                after: spread_wait(wait),
             });
         }
         let result = call(self.didit.clone()).await;
@@ -249,6 +251,7 @@ impl Pipeline {
                 // Didit's own floor when it gave one; else about 5 s, spread so that jobs
                 // failing together (an outage) do not come back in lockstep.
                 after: retry_after
+                    .map(spread_wait)
                     .unwrap_or_else(|| {
                         use rand::Rng;
                         Duration::from_secs(5).mul_f64(rand::rng().random_range(0.8..1.2))
@@ -366,6 +369,12 @@ impl Pipeline {
         now_ms()
             + (self.expiration(workflow).await + self.settings.poll.expiry_grace).as_millis() as u64
     }
+}
+
+/// A wait after `floor`, spread at random (see [`crate::domain::spread`]).
+fn spread_wait(floor: Duration) -> Duration {
+    use rand::Rng;
+    crate::domain::spread(floor, rand::rng().random_range(0.0..1.0))
 }
 
 /// A Redis error inside a handler: retry the job later (the queue's backoff).

@@ -113,7 +113,8 @@ pub async fn run_workers(
     let probe = tokio::spawn(context::pause_probe(pipeline.clone()));
     let sweeper = tokio::spawn(sweep::sweep(pipeline.clone()));
     let intake = tokio::spawn(intake::read_intake(
-        crate::producer::Producer::new(pipeline.queue.clone(), pipeline.store.clone()),
+        crate::producer::Producer::new(pipeline.queue.clone(), pipeline.store.clone())
+            .with_limits(pipeline.settings.intake),
         pipeline.metrics.clone(),
         pipeline.settings.redis.url().to_owned(),
         pipeline.settings.redis.prefix.clone(),

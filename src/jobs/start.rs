@@ -3,8 +3,17 @@
 //! Didit has no idempotency header, so the request id goes into the session's metadata, the
 //! intent is recorded before the create call and the session right after it. A retry whose
 //! record has an intent but no session first looks for the session at Didit (by vendor_data,
-//! then each candidate's metadata) before creating one. A per-request lock keeps two
-//! deliveries of the same request from racing.
+//! then each candidate's metadata) before creating one — but only once a create sent by an
+//! earlier attempt would have timed out (`didit.request_timeout` after the intent), so a
+//! create Didit accepted late is found rather than repeated. Lookups are the kind of work
+//! that can wait: they use the low-priority share of the read budget. A create Didit
+//! certainly did not receive or refused (no connection, 429) clears the intent, so its
+//! retry costs no lookup.
+//!
+//! A per-request lock keeps two deliveries of the same request from racing. It belongs to
+//! the delivery that took it: once that delivery's process died and its job was reclaimed,
+//! the lock is taken over at once (see `store::claims`), so recovery waits for the
+//! reclaim (`queue.reclaim_after`), not for the lock to expire.
 
 use std::time::{Duration, SystemTime};
 
@@ -45,7 +54,7 @@ impl Job for StartKyc {
 type Outcome = Result<Completion<StartKyc>, JobError>;
 
 pub async fn handle(job: StartKyc, delivery: Data<Delivery>, p: Data<Pipeline>) -> Outcome {
-    let (rid, request) = match job.request.clone().validate() {
+    let (rid, request) = match job.request.clone().validate_with(&p.settings.intake) {
         Ok(valid) => valid,
         Err(e) => return Err(JobError::Fatal(format!("invalid start request: {e}"))),
     };
@@ -56,20 +65,20 @@ pub async fn handle(job: StartKyc, delivery: Data<Delivery>, p: Data<Pipeline>) 
     if let Some(wait) = p.paused().await? {
         return Ok(later(wait));
     }
-    // Long enough for a few Didit calls; short enough that a dead holder does not stall
-    // the request for long.
+    // A backstop only: a dead holder's lock is taken over as soon as its job is reclaimed.
     let lock_ttl = p.settings.didit.request_timeout * 2;
-    if !p
+    let ready = p.queue.keys(<StartKyc as Job>::QUEUE).ready;
+    let Some(lock) = p
         .store
-        .lock_request(&rid, lock_ttl)
+        .lock_request(&rid, &ready, &delivery.entry_id, lock_ttl)
         .await
         .map_err(redis_failure)?
-    {
+    else {
         return Ok(later(Duration::from_millis(500)));
-    }
+    };
     let outcome = start(&p, &rid, &request, &delivery).await;
-    if let Err(e) = p.store.unlock_request(&rid).await {
-        tracing::warn!(error = %e, "could not release a request lock; it expires by itself");
+    if let Err(e) = p.store.unlock_request(&lock).await {
+        tracing::warn!(error = %e, "could not release a request lock; it is taken over once this delivery ends");
     }
     outcome
 }
@@ -89,6 +98,20 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
         return Ok(Completion::Done);
     };
     let record = p.store.request(rid).await.map_err(redis_failure)?;
+    if let Some(r) = &record {
+        // The producers refuse a reused request id with another body; a job that reached
+        // the queue another way must not give this request's record to another person.
+        let other_body = r
+            .fingerprint
+            .as_deref()
+            .is_some_and(|f| f != req.fingerprint().encode());
+        let other_person = !r.vendor_data.is_empty() && r.vendor_data != vendor_data;
+        if other_body || other_person {
+            return Err(JobError::Fatal(
+                "idempotency_mismatch: the request id already names a different request".into(),
+            ));
+        }
+    }
     if record.as_ref().is_some_and(|r| r.cancelled) {
         tracing::info!("request cancelled before its session was created");
         return Ok(Completion::Done);
@@ -102,10 +125,22 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
         announce(p, rid, &vendor_data, sid, &url, true).await?;
         return Ok(Completion::Done);
     }
-    let found = if record.as_ref().is_some_and(|r| r.intent) {
-        find_session(p, rid, &vendor_data, workflow_id).await?
-    } else {
-        None
+    let found = match record.as_ref().filter(|r| r.intent) {
+        Some(r) => {
+            // A create an earlier attempt sent may still be under way at Didit: look for
+            // it once it would have timed out, not before.
+            let lookup_at =
+                r.intent_at_ms.unwrap_or(0) + p.settings.didit.request_timeout.as_millis() as u64;
+            let now = crate::queue::now_ms();
+            if now < lookup_at {
+                return Err(JobError::Wait {
+                    reason: "a create sent earlier may still be answered".into(),
+                    after: Duration::from_millis(lookup_at - now),
+                });
+            }
+            find_session(p, rid, &vendor_data, workflow_id).await?
+        }
+        None => None,
     };
     let (sid, url) = match found {
         Some(found) => found,
@@ -189,7 +224,7 @@ async fn find_session(
         ..Default::default()
     };
     let listed = p
-        .call(Endpoint::ListSessions, Priority::High, |d| async move {
+        .call(Endpoint::ListSessions, Priority::Low, |d| async move {
             d.list_sessions(&query).await
         })
         .await?;
@@ -201,7 +236,7 @@ async fn find_session(
     for row in page.results {
         let sid = row.session_id;
         let read = p
-            .call(Endpoint::Decision, Priority::High, |d| async move {
+            .call(Endpoint::Decision, Priority::Low, |d| async move {
                 d.decision(sid).await
             })
             .await?;
@@ -281,6 +316,13 @@ async fn create_failed(
         p.publish_failed(rid, None, vendor_data, reason, &error.to_string())
             .await?;
         return Ok(Completion::Done);
+    }
+    // Refused before it was processed (429) or never sent (no connection): nothing was
+    // created, so the retry creates again without a lookup.
+    let not_received =
+        error.status() == Some(429) || matches!(error.kind, didit::DiditErrorKind::Connect(_));
+    if not_received {
+        p.store.forget_intent(rid).await.map_err(redis_failure)?;
     }
     let job_error = p.didit_failure(error).await;
     if delivery.failure_is_final(&job_error, &p.settings.queue) {

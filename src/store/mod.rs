@@ -13,6 +13,8 @@
 //! Request ids may be the caller's own identifiers, so key names carry a hash of them,
 //! never the id itself; nothing here puts personal data in a key name.
 
+mod claims;
+mod logins;
 mod review;
 
 use std::{sync::LazyLock, time::Duration};
@@ -27,6 +29,7 @@ use crate::{
     settings::EventSettings,
 };
 
+pub use claims::{Adoption, Enqueued, RequestLock};
 pub use review::ReviewItem;
 
 /// Publishes an event unless this (request, session, type, status) was published before,
@@ -81,6 +84,10 @@ pub struct RequestRecord {
     pub intent: bool,
     /// An operator cancelled the request: nothing follows it any more.
     pub cancelled: bool,
+    /// When the intent was recorded (Unix ms): a create sent then may still be answered.
+    pub intent_at_ms: Option<u64>,
+    /// The request's content as first accepted ([`crate::domain::RequestFingerprint`]).
+    pub fingerprint: Option<String>,
 }
 
 /// What the fleet knows of one Didit session.
@@ -213,35 +220,9 @@ impl Store {
             updated_at_ms: map.get("updated_at_ms").and_then(|s| s.parse().ok()),
             intent: map.contains_key("intent_at_ms"),
             cancelled: map.contains_key("cancelled_at_ms"),
+            intent_at_ms: map.get("intent_at_ms").and_then(|s| s.parse().ok()),
+            fingerprint: map.get("fingerprint").cloned(),
         }))
-    }
-
-    /// Records that a request was accepted, so its status can be read before a worker
-    /// takes it, and its first audit step. Never overwrites what a worker recorded. Runs
-    /// before the job is queued: a failure after it leaves a record the caller's retry of
-    /// the same request id completes.
-    pub async fn record_enqueued(
-        &self,
-        id: &RequestId,
-        vendor_data: &str,
-    ) -> redis::RedisResult<()> {
-        let key = self.request_key(id);
-        let mut c = self.conn.clone();
-        let mut pipe = redis::pipe();
-        pipe.hset_nx(&key, "request_id", id.as_str())
-            .ignore()
-            .hset_nx(&key, "vendor_data", vendor_data)
-            .ignore()
-            .hset_nx(&key, "enqueued_at_ms", now_ms())
-            .ignore()
-            .expire(&key, self.ttl())
-            .ignore()
-            .hset(self.subject_key(vendor_data), id.as_str(), 1)
-            .ignore()
-            .expire(self.subject_key(vendor_data), self.ttl())
-            .ignore();
-        self.start_trail(&mut pipe, id, "enqueued", serde_json::json!({}));
-        pipe.query_async(&mut c).await
     }
 
     fn open_sessions_key(&self) -> String {
@@ -800,27 +781,6 @@ impl Store {
         c.del(self.pause_key()).await
     }
 
-    /// Takes the per-request lock for `ttl` (released by [`Store::unlock_request`], or by
-    /// expiry when its holder died); `false` when another delivery of the same request
-    /// holds it.
-    pub async fn lock_request(&self, id: &RequestId, ttl: Duration) -> redis::RedisResult<bool> {
-        let mut c = self.conn.clone();
-        let set: Option<String> = redis::cmd("SET")
-            .arg(format!("{}:lock", self.request_key(id)))
-            .arg(1)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl.as_millis().max(1) as u64)
-            .query_async(&mut c)
-            .await?;
-        Ok(set.is_some())
-    }
-
-    pub async fn unlock_request(&self, id: &RequestId) -> redis::RedisResult<()> {
-        let mut c = self.conn.clone();
-        c.del(format!("{}:lock", self.request_key(id))).await
-    }
-
     /// Remembers a webhook delivery id; `false` when it was seen before.
     pub async fn first_delivery(&self, key: &str, ttl: Duration) -> redis::RedisResult<bool> {
         let mut c = self.conn.clone();
@@ -871,13 +831,5 @@ impl Store {
             }
         }
         Ok(lags)
-    }
-
-    pub async fn ping(&self) -> redis::RedisResult<()> {
-        let mut c = self.conn.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut c)
-            .await
-            .map(drop)
     }
 }
