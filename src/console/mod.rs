@@ -25,6 +25,8 @@ mod actions;
 mod html;
 mod pages;
 
+pub use actions::{LOGIN_FAILURES_ALLOWED, LOGIN_FAILURE_WINDOW};
+
 use std::{
     collections::VecDeque,
     sync::{Arc, Mutex},

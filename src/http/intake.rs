@@ -185,13 +185,12 @@ async fn accept(state: &AppState, headers: &HeaderMap, body: axum::body::Bytes) 
             );
         }
     };
-    // The id's character set needs no escaping in a path; encode anyway, so the URL stays
-    // one path segment whatever that set becomes.
-    let segment: String = url::form_urlencoded::byte_serialize(id.as_str().as_bytes()).collect();
+    // `RequestId`'s character set (`[A-Za-z0-9._:-]`, no leading dot) is one plain path
+    // segment as it is: nothing to escape.
     (
         StatusCode::ACCEPTED,
         Json(
-            json!({"request_id": id.as_str(), "status_url": format!("/v1/verifications/{segment}")}),
+            json!({"request_id": id.as_str(), "status_url": format!("/v1/verifications/{}", id.as_str())}),
         ),
     )
 }
