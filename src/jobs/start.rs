@@ -153,11 +153,19 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
                 .await
                 .map_err(redis_failure)?;
             let request = create_request(rid, req, workflow_id);
-            let created = p
+            let created = match p
                 .call(Endpoint::CreateSession, Priority::High, |d| async move {
                     d.create_session(&request).await
                 })
-                .await?;
+                .await
+            {
+                Ok(created) => created,
+                Err(not_now) => {
+                    // The rate limiter held the call back: nothing was sent.
+                    p.store.forget_intent(rid).await.map_err(redis_failure)?;
+                    return Err(not_now);
+                }
+            };
             match created {
                 Ok(created) => {
                     p.metrics.sessions_created.inc();
