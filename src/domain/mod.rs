@@ -10,8 +10,9 @@ pub use address::TrustedProxies;
 /// Didit's vocabulary, owned by the SDK: the ten session statuses, and why an account's calls
 /// are paused.
 pub use didit::{AccountPause, SessionStatus};
-pub use event::{event_id, Decider, EventType, FailureReason, OutcomeEvent};
+pub use event::{event_id, Decider, EventStatus, EventType, FailureReason, OutcomeEvent};
 pub use request::{
-    validate_vendor_data, IntakeLimits, RequestError, RequestFingerprint, RequestId, StartRequest,
+    first_problem, validate_vendor_data, Admission, ContactDetails, ExpectedDetails, IntakeLimits,
+    Refusal, RequestError, RequestFingerprint, RequestId, StartRequest,
 };
 pub use schedule::{spread, PollSchedule};

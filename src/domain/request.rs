@@ -11,8 +11,6 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use didit::types::{ContactDetails, ExpectedDetails};
-
 /// The caller's idempotency key for one verification. Generated when absent. It may be the
 /// caller's own id, so the fleet never puts it in a Redis key name (see `records`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -83,12 +81,104 @@ pub struct StartRequest {
     pub sandbox_scenario: Option<String>,
 }
 
-/// A start request that cannot be accepted, naming the field.
+/// How Didit may reach the person (`contact_details`): the same shape as Didit's own field,
+/// so a request passes through unchanged, but owned here so the request's wire format does
+/// not move when the SDK's types do.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContactDetails {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_notification_emails: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_lang: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+}
+
+/// What the caller already knows about the person (`expected_details`), for Didit to
+/// compare with what the documents say. Same shape as Didit's field.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExpectedDetails {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub date_of_birth: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gender: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nationality: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_country: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poa_country: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identification_number: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_document_types: Option<Vec<String>>,
+}
+
+impl StartRequest {
+    /// The fields a start request may carry, as producers spell them (JSON keys, intake
+    /// stream fields, CSV columns).
+    pub const FIELDS: [&'static str; 10] = [
+        "request_id",
+        "vendor_data",
+        "workflow",
+        "workflow_id",
+        "callback",
+        "language",
+        "contact_details",
+        "expected_details",
+        "metadata",
+        "sandbox_scenario",
+    ];
+}
+
+/// Why a start request was refused, as `kyc_intake_rejected_total` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A field breaks the request's own rules.
+    Invalid,
+    /// `workflow` names no workflow of the deployment's settings.
+    UnknownWorkflow,
+    /// `sandbox_scenario` names no scenario of the sandbox the deployment talks to.
+    UnknownScenario,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 3] = [
+        Refusal::Invalid,
+        Refusal::UnknownWorkflow,
+        Refusal::UnknownScenario,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Invalid => "invalid",
+            Refusal::UnknownWorkflow => "unknown_workflow",
+            Refusal::UnknownScenario => "unknown_scenario",
+        }
+    }
+}
+
+/// A start request that cannot be accepted, naming the field. The reason names what was
+/// expected, never the value given (it may be personal data).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
 pub struct RequestError {
     pub field: &'static str,
     pub reason: String,
+    pub refusal: Refusal,
 }
 
 impl RequestError {
@@ -96,6 +186,7 @@ impl RequestError {
         Self {
             field,
             reason: reason.into(),
+            refusal: Refusal::Invalid,
         }
     }
 }
@@ -156,33 +247,122 @@ fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
+/// What a deployment can start: the workflows its settings name and, when it talks to the
+/// sandbox, the sandbox's scenarios. A request naming anything else would be queued and fail
+/// minutes later in a worker; checked at the door, the producer hears why at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Admission {
+    /// Sorted, so the expected names read the same every time.
+    workflows: Vec<String>,
+    /// `Some` only when the target is the sandbox; a real Didit account decides for itself.
+    scenarios: Option<Vec<String>>,
+}
+
+impl Admission {
+    pub fn new(
+        workflows: impl IntoIterator<Item = String>,
+        sandbox_scenarios: Option<Vec<String>>,
+    ) -> Self {
+        let mut workflows: Vec<String> = workflows.into_iter().collect();
+        workflows.sort();
+        Self {
+            workflows,
+            scenarios: sandbox_scenarios,
+        }
+    }
+
+    /// Refuses a request naming a workflow or a sandbox scenario this deployment lacks.
+    pub fn check(&self, request: &StartRequest) -> Result<(), RequestError> {
+        match self.refusals(request) {
+            refusals if refusals.is_empty() => Ok(()),
+            refusals => Err(first_problem(refusals)),
+        }
+    }
+
+    /// Every reason [`Admission::check`] would give.
+    pub fn refusals(&self, request: &StartRequest) -> Vec<RequestError> {
+        let mut refusals = Vec::new();
+        if let Some(name) = &request.workflow {
+            if !self.workflows.contains(name) {
+                let reason = if self.workflows.is_empty() {
+                    "not a workflow of this deployment: its settings name none ([workflows]); \
+                     give workflow_id or leave both out for the default workflow"
+                        .to_owned()
+                } else {
+                    format!(
+                        "not a workflow of this deployment; expected {} ([workflows] in settings)",
+                        one_of(&self.workflows)
+                    )
+                };
+                refusals.push(RequestError {
+                    field: "workflow",
+                    reason,
+                    refusal: Refusal::UnknownWorkflow,
+                });
+            }
+        }
+        if let (Some(scenario), Some(known)) = (&request.sandbox_scenario, &self.scenarios) {
+            if !known.contains(scenario) {
+                refusals.push(RequestError {
+                    field: "sandbox_scenario",
+                    reason: format!("not a sandbox scenario; expected {}", one_of(known)),
+                    refusal: Refusal::UnknownScenario,
+                });
+            }
+        }
+        refusals
+    }
+}
+
+/// `` `a` `` or `` one of `a`, `b`, … `` (serde's wording, which `redact_values` keeps).
+fn one_of(names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    match quoted.as_slice() {
+        [one] => one.clone(),
+        _ => format!("one of {}", quoted.join(", ")),
+    }
+}
+
 impl StartRequest {
-    /// Checks the request with the default [`IntakeLimits`].
+    /// Checks the request with the default [`IntakeLimits`] and fills in a generated request
+    /// id when it has none; the first problem found when there are several.
     pub fn validate(self) -> Result<(RequestId, StartRequest), RequestError> {
         self.validate_with(&IntakeLimits::default())
     }
 
-    /// Checks the request and fills in a generated request id when it has none.
+    /// As [`StartRequest::validate`], with the deployment's limits.
     pub fn validate_with(
-        mut self,
+        self,
         limits: &IntakeLimits,
     ) -> Result<(RequestId, StartRequest), RequestError> {
+        self.validate_all(limits).map_err(first_problem)
+    }
+
+    /// As [`StartRequest::validate_with`], but names every field at fault (a batch lists
+    /// them all at once).
+    pub fn validate_all(
+        mut self,
+        limits: &IntakeLimits,
+    ) -> Result<(RequestId, StartRequest), Vec<RequestError>> {
+        let mut errors = Vec::new();
         let id = match self.request_id.as_deref() {
-            Some(id) => RequestId::parse(id)?,
-            None => RequestId::generate(),
+            Some(id) => RequestId::parse(id).map_err(|e| errors.push(e)).ok(),
+            None => Some(RequestId::generate()),
         };
-        self.request_id = Some(id.as_str().to_owned());
-        validate_vendor_data(&self.vendor_data)?;
-        self.check_sizes(limits)?;
+        if let Err(e) = validate_vendor_data(&self.vendor_data) {
+            errors.push(e);
+        }
+        errors.extend(self.oversized(limits));
         if self.workflow.is_some() && self.workflow_id.is_some() {
-            return Err(RequestError::new(
+            errors.push(RequestError::new(
                 "workflow",
                 "give either workflow or workflow_id, not both",
             ));
         }
         if let Some(callback) = &self.callback {
-            url::Url::parse(callback)
-                .map_err(|e| RequestError::new("callback", format!("not a URL: {e}")))?;
+            if let Err(e) = url::Url::parse(callback) {
+                errors.push(RequestError::new("callback", format!("not a URL: {e}")));
+            }
         }
         if let Some(language) = &self.language {
             let ok = (2..=5).contains(&language.len())
@@ -190,7 +370,7 @@ impl StartRequest {
                     .chars()
                     .all(|c| c.is_ascii_alphabetic() || c == '-');
             if !ok {
-                return Err(RequestError::new(
+                errors.push(RequestError::new(
                     "language",
                     "expected an ISO 639-1 code such as en or pt-BR",
                 ));
@@ -198,30 +378,38 @@ impl StartRequest {
         }
         if let Some(metadata) = &self.metadata {
             if !metadata.is_object() {
-                return Err(RequestError::new("metadata", "must be a JSON object"));
+                errors.push(RequestError::new("metadata", "must be a JSON object"));
             }
         }
-        Ok((id, self))
+        match id {
+            Some(id) if errors.is_empty() => {
+                self.request_id = Some(id.as_str().to_owned());
+                Ok((id, self))
+            }
+            _ => Err(errors),
+        }
     }
 
-    fn check_sizes(&self, limits: &IntakeLimits) -> Result<(), RequestError> {
+    /// The JSON fields larger than the limits allow, each named.
+    fn oversized(&self, limits: &IntakeLimits) -> Vec<RequestError> {
         let sizes = [
             ("metadata", json_size(&self.metadata)),
             ("expected_details", json_size(&self.expected_details)),
             ("contact_details", json_size(&self.contact_details)),
         ];
-        for (field, size) in sizes {
-            if size > limits.max_json_field_bytes {
-                return Err(RequestError::new(
+        sizes
+            .into_iter()
+            .filter(|(_, size)| *size > limits.max_json_field_bytes)
+            .map(|(field, size)| {
+                RequestError::new(
                     field,
                     format!(
                         "is {size} bytes as JSON; at most {} are accepted (Didit echoes it in every webhook)",
                         limits.max_json_field_bytes
                     ),
-                ));
-            }
-        }
-        Ok(())
+                )
+            })
+            .collect()
     }
 
     /// What identifies this request's content, apart from its id: a digest per field that
@@ -323,8 +511,12 @@ impl RequestFingerprint {
             .filter(|(name, digest)| recorded.get(**name) != Some(*digest))
             .map(|(name, _)| *name)
             .collect();
+        // Every field but the id itself may be covered.
         for name in recorded.keys() {
-            if let Some(known) = FINGERPRINT_FIELDS.iter().find(|f| **f == name) {
+            if let Some(known) = StartRequest::FIELDS
+                .iter()
+                .find(|f| **f == name && **f != "request_id")
+            {
                 if !self.0.contains_key(known) {
                     names.push(known);
                 }
@@ -335,18 +527,13 @@ impl RequestFingerprint {
     }
 }
 
-/// Every field a fingerprint may cover.
-const FINGERPRINT_FIELDS: [&str; 9] = [
-    "vendor_data",
-    "workflow",
-    "workflow_id",
-    "callback",
-    "language",
-    "contact_details",
-    "expected_details",
-    "metadata",
-    "sandbox_scenario",
-];
+/// The first of a non-empty list of problems (every caller passes one).
+pub fn first_problem(errors: Vec<RequestError>) -> RequestError {
+    errors
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| RequestError::new("request", "is invalid"))
+}
 
 #[cfg(test)]
 mod tests {
@@ -511,6 +698,40 @@ mod tests {
     }
 
     #[test]
+    fn details_keep_their_wire_shape() {
+        let raw = serde_json::json!({
+            "vendor_data": "u",
+            "contact_details": {"email": "a@example.org", "send_notification_emails": true},
+            "expected_details": {"first_name": "Ana", "expected_document_types": ["passport"]}
+        });
+        let req: StartRequest = serde_json::from_value(raw.clone()).expect("request");
+        assert_eq!(
+            req.expected_details
+                .as_ref()
+                .and_then(|d| d.first_name.as_deref()),
+            Some("Ana")
+        );
+        assert_eq!(serde_json::to_value(&req).expect("json"), raw);
+    }
+
+    #[test]
+    fn validate_all_names_every_field_at_fault() {
+        let errors = StartRequest {
+            request_id: Some("has space".into()),
+            language: Some("english!".into()),
+            metadata: Some(Value::from(3)),
+            ..Default::default()
+        }
+        .validate_all(&IntakeLimits::default())
+        .expect_err("four problems");
+        let fields: Vec<&str> = errors.iter().map(|e| e.field).collect();
+        assert_eq!(
+            fields,
+            ["request_id", "vendor_data", "language", "metadata"]
+        );
+    }
+
+    #[test]
     fn fingerprints_name_the_fields_that_differ_and_ignore_key_order() {
         let alice = StartRequest {
             request_id: Some("idem-1".into()),
@@ -546,6 +767,75 @@ mod tests {
             vec!["metadata"]
         );
         assert_eq!(bob.fingerprint().differing(None), vec!["vendor_data"]);
+    }
+
+    #[test]
+    fn the_field_list_is_the_one_serde_reads() {
+        let full = StartRequest {
+            request_id: Some("r".into()),
+            vendor_data: "u".into(),
+            workflow: Some("w".into()),
+            workflow_id: Some(Uuid::nil()),
+            callback: Some("https://example.com".into()),
+            language: Some("en".into()),
+            contact_details: Some(Default::default()),
+            expected_details: Some(Default::default()),
+            metadata: Some(Value::Object(Default::default())),
+            sandbox_scenario: Some("approve".into()),
+        };
+        let json = serde_json::to_value(&full).expect("serialises");
+        let keys: Vec<&str> = json
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut fields = StartRequest::FIELDS.to_vec();
+        fields.sort_unstable();
+        let mut keys = keys;
+        keys.sort_unstable();
+        assert_eq!(keys, fields);
+    }
+
+    #[test]
+    fn admission_refuses_unknown_workflows_and_sandbox_scenarios_naming_the_expected() {
+        let sandbox = Admission::new(
+            ["premium".to_owned(), "basic".to_owned()],
+            Some(vec!["approve".to_owned(), "expire".to_owned()]),
+        );
+        let asking = |workflow: Option<&str>, scenario: Option<&str>| StartRequest {
+            vendor_data: "u".into(),
+            workflow: workflow.map(Into::into),
+            sandbox_scenario: scenario.map(Into::into),
+            ..Default::default()
+        };
+        assert_eq!(
+            sandbox.check(&asking(Some("premium"), Some("expire"))),
+            Ok(())
+        );
+        let e = sandbox
+            .check(&asking(Some("gold"), None))
+            .expect_err("unknown workflow");
+        assert_eq!((e.field, e.refusal), ("workflow", Refusal::UnknownWorkflow));
+        assert!(e.reason.contains("one of `basic`, `premium`"), "{e}");
+        assert!(!e.reason.contains("gold"), "the value is not repeated: {e}");
+        let e = sandbox
+            .check(&asking(None, Some("approve_everyone")))
+            .expect_err("unknown scenario");
+        assert_eq!(
+            (e.field, e.refusal),
+            ("sandbox_scenario", Refusal::UnknownScenario)
+        );
+        assert!(e.reason.contains("`approve`, `expire`"), "{e}");
+
+        // Against Didit itself the scenario is Didit's business; no workflows named: any
+        // name is refused, and the reason says there are none.
+        let didit = Admission::new([], None);
+        assert_eq!(didit.check(&asking(None, Some("anything"))), Ok(()));
+        let e = didit
+            .check(&asking(Some("premium"), None))
+            .expect_err("no workflows");
+        assert!(e.reason.contains("name none"), "{e}");
     }
 
     #[test]

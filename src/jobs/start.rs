@@ -22,10 +22,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{context::redis_failure, Pipeline};
+use super::Pipeline;
 use crate::{
     domain::{
-        Decider, EventType, FailureReason, OutcomeEvent, RequestId, SessionStatus, StartRequest,
+        ContactDetails, Decider, EventType, ExpectedDetails, FailureReason, OutcomeEvent,
+        RequestId, SessionStatus, StartRequest,
     },
     queue::{Completion, Delivery, Job, JobError},
     ratelimit::Priority,
@@ -33,7 +34,7 @@ use crate::{
 };
 use didit::{
     types::{CreateSessionRequest, SessionQuery},
-    Endpoint, ErrorClass,
+    Endpoint,
 };
 
 /// The metadata key that carries our request id through Didit.
@@ -71,8 +72,7 @@ pub async fn handle(job: StartKyc, delivery: Data<Delivery>, p: Data<Pipeline>) 
     let Some(lock) = p
         .store
         .lock_request(&rid, &ready, &delivery.entry_id, lock_ttl)
-        .await
-        .map_err(redis_failure)?
+        .await?
     else {
         return Ok(later(Duration::from_millis(500)));
     };
@@ -97,7 +97,7 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
         .await?;
         return Ok(Completion::Done);
     };
-    let record = p.store.request(rid).await.map_err(redis_failure)?;
+    let record = p.store.request(rid).await?;
     if let Some(r) = &record {
         // The producers refuse a reused request id with another body; a job that reached
         // the queue another way must not give this request's record to another person.
@@ -150,8 +150,7 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
                 .is_some_and(|r| r.vendor_data == vendor_data);
             p.store
                 .record_intent(rid, &vendor_data, workflow_id, indexed)
-                .await
-                .map_err(redis_failure)?;
+                .await?;
             let request = create_request(rid, req, workflow_id);
             let created = match p
                 .call(Endpoint::CreateSession, Priority::High, |d| async move {
@@ -162,7 +161,7 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
                 Ok(created) => created,
                 Err(not_now) => {
                     // The rate limiter held the call back: nothing was sent.
-                    p.store.forget_intent(rid).await.map_err(redis_failure)?;
+                    p.store.forget_intent(rid).await?;
                     return Err(not_now);
                 }
             };
@@ -183,8 +182,7 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
     // The intent (this run's or an earlier one's) wrote the request record and its index.
     p.store
         .record_session(rid, &vendor_data, session, true, json!({"session_id": sid}))
-        .await
-        .map_err(redis_failure)?;
+        .await?;
     // Didit answered with a new session or one it reuses because it is unfinished: either
     // way it is followed.
     announce(p, rid, &vendor_data, sid, &url, false).await?;
@@ -211,10 +209,42 @@ fn create_request(rid: &RequestId, req: &StartRequest, workflow_id: Uuid) -> Cre
         callback: req.callback.clone(),
         metadata: Some(Value::Object(metadata)),
         language: req.language.clone(),
-        contact_details: req.contact_details.clone(),
-        expected_details: req.expected_details.clone(),
+        contact_details: req.contact_details.clone().map(Into::into),
+        expected_details: req.expected_details.clone().map(Into::into),
         sandbox_scenario: req.sandbox_scenario.clone(),
         ..Default::default()
+    }
+}
+
+/// The request's contact details as Didit's create call takes them.
+impl From<ContactDetails> for didit::types::ContactDetails {
+    fn from(c: ContactDetails) -> Self {
+        Self {
+            email: c.email,
+            send_notification_emails: c.send_notification_emails,
+            email_lang: c.email_lang,
+            phone: c.phone,
+        }
+    }
+}
+
+/// The request's expected details as Didit's create call takes them.
+impl From<ExpectedDetails> for didit::types::ExpectedDetails {
+    fn from(e: ExpectedDetails) -> Self {
+        Self {
+            first_name: e.first_name,
+            last_name: e.last_name,
+            date_of_birth: e.date_of_birth,
+            gender: e.gender,
+            nationality: e.nationality,
+            country: e.country,
+            id_country: e.id_country,
+            poa_country: e.poa_country,
+            address: e.address,
+            identification_number: e.identification_number,
+            ip_address: e.ip_address,
+            expected_document_types: e.expected_document_types,
+        }
     }
 }
 
@@ -284,8 +314,7 @@ async fn announce(
     let settled = may_be_settled
         && p.store
             .session(sid)
-            .await
-            .map_err(redis_failure)?
+            .await?
             .and_then(|s| s.status)
             .is_some_and(|s| s.is_final() && s != SessionStatus::InReview);
     if !settled {
@@ -297,7 +326,7 @@ async fn announce(
         rid.clone(),
         Some(sid),
         vendor_data.to_owned(),
-        "Not Started",
+        SessionStatus::NotStarted.into(),
         &Decider::Didit,
         json!({"url": url}),
     );
@@ -313,9 +342,8 @@ async fn create_failed(
     error: didit::DiditError,
     delivery: &Delivery,
 ) -> Outcome {
-    if error.class() == ErrorClass::Request {
-        let blocked = error.to_string().contains("blocked");
-        let reason = if blocked {
+    if error.is_request_error() {
+        let reason = if error.is_blocklisted() {
             FailureReason::Blocklisted
         } else {
             FailureReason::BadRequest
@@ -327,10 +355,8 @@ async fn create_failed(
     }
     // Refused before it was processed (429) or never sent (no connection): nothing was
     // created, so the retry creates again without a lookup.
-    let not_received =
-        error.status() == Some(429) || matches!(error.kind, didit::DiditErrorKind::Connect(_));
-    if not_received {
-        p.store.forget_intent(rid).await.map_err(redis_failure)?;
+    if error.was_not_processed() {
+        p.store.forget_intent(rid).await?;
     }
     let job_error = p.didit_failure(error).await;
     if delivery.failure_is_final(&job_error, &p.settings.queue) {

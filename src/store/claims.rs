@@ -16,7 +16,7 @@ use std::{sync::LazyLock, time::Duration};
 use redis::Script;
 use uuid::Uuid;
 
-use super::{audit_line, Store};
+use super::{requests::audit_line, Store, StoreResult};
 use crate::{domain::RequestId, queue::now_ms};
 
 /// Records an accepted start request and queues its job, unless the id names another body.
@@ -122,7 +122,7 @@ return 0
 
 /// What [`Store::enqueue_start`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Enqueued {
+pub(crate) enum Enqueued {
     /// A new request: recorded and queued.
     New,
     /// The same request (same id, same body) again: its job was queued again, which is
@@ -135,7 +135,7 @@ pub enum Enqueued {
 
 /// What [`Store::claim_for_adoption`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Adoption {
+pub(crate) enum Adoption {
     /// The request had no session (or had this one): it is this session's now.
     Claimed,
     /// The request already follows another session.
@@ -146,7 +146,7 @@ pub enum Adoption {
 
 impl Adoption {
     /// Why an adoption was refused, for the audit trail (PII-free).
-    pub fn refusal(self) -> Option<&'static str> {
+    pub(crate) fn refusal(self) -> Option<&'static str> {
         match self {
             Adoption::Claimed => None,
             Adoption::HasSession => Some("the request already has a session"),
@@ -157,7 +157,7 @@ impl Adoption {
 
 /// A request lock held by one delivery of its job.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestLock {
+pub(crate) struct RequestLock {
     key: String,
     holder: String,
 }
@@ -165,14 +165,14 @@ pub struct RequestLock {
 impl Store {
     /// Records a start request and queues its job (`envelope` on the stream `ready`) in
     /// one step; see the module's notes.
-    pub async fn enqueue_start(
+    pub(crate) async fn enqueue_start(
         &self,
         id: &RequestId,
         vendor_data: &str,
         fingerprint: &str,
         ready: &str,
         envelope: &str,
-    ) -> redis::RedisResult<Enqueued> {
+    ) -> StoreResult<Enqueued> {
         let mut c = self.conn.clone();
         let (outcome, recorded): (i64, String) = ENQUEUE_START
             .key(self.request_key(id))
@@ -198,12 +198,12 @@ impl Store {
     }
 
     /// Lets a webhook give `session` to `request` (see [`Adoption`]).
-    pub async fn claim_for_adoption(
+    pub(crate) async fn claim_for_adoption(
         &self,
         request: &RequestId,
         session: Uuid,
         vendor_data: &str,
-    ) -> redis::RedisResult<Adoption> {
+    ) -> StoreResult<Adoption> {
         let mut c = self.conn.clone();
         let claimed: i64 = CLAIM_FOR_ADOPTION
             .key(self.request_key(request))
@@ -222,14 +222,14 @@ impl Store {
     /// Takes the per-request lock for the delivery `entry_id` of a job on the stream
     /// `ready`, for at most `ttl` (a backstop: a dead holder's lock is taken over as soon
     /// as its job is reclaimed); `None` when a live delivery holds it.
-    pub async fn lock_request(
+    pub(crate) async fn lock_request(
         &self,
         id: &RequestId,
         ready: &str,
         entry_id: &str,
         ttl: Duration,
-    ) -> redis::RedisResult<Option<RequestLock>> {
-        let key = format!("{}:lock", self.request_key(id));
+    ) -> StoreResult<Option<RequestLock>> {
+        let key = self.lock_key(id);
         let mut c = self.conn.clone();
         let taken: i64 = LOCK_REQUEST
             .key(&key)
@@ -246,7 +246,7 @@ impl Store {
     }
 
     /// Releases a lock this delivery holds (a lock taken over meanwhile is left alone).
-    pub async fn unlock_request(&self, lock: &RequestLock) -> redis::RedisResult<()> {
+    pub(crate) async fn unlock_request(&self, lock: &RequestLock) -> StoreResult<()> {
         let mut c = self.conn.clone();
         let _: i64 = UNLOCK_REQUEST
             .key(&lock.key)
@@ -258,15 +258,17 @@ impl Store {
 
     /// Forgets a request's intent: its create certainly did not reach Didit (or Didit
     /// refused it unprocessed), so the next attempt creates without looking first.
-    pub async fn forget_intent(&self, id: &RequestId) -> redis::RedisResult<()> {
+    pub(crate) async fn forget_intent(&self, id: &RequestId) -> StoreResult<()> {
         let mut c = self.conn.clone();
-        redis::AsyncCommands::hdel(&mut c, self.request_key(id), "intent_at_ms").await
+        redis::AsyncCommands::hdel::<_, _, ()>(&mut c, self.request_key(id), "intent_at_ms")
+            .await?;
+        Ok(())
     }
 
     /// Readiness: Redis answers *and* accepts writes. A Redis out of memory under
     /// `noeviction` (or a replica after a failover) still answers PING but refuses every
     /// intake, so it must turn the pod unready.
-    pub async fn writable(&self) -> redis::RedisResult<()> {
+    pub(crate) async fn writable(&self) -> StoreResult<()> {
         let mut c = self.conn.clone();
         redis::cmd("SET")
             .arg(format!("{}:readiness", self.prefix))
@@ -274,6 +276,7 @@ impl Store {
             .arg("PX")
             .arg(60_000)
             .query_async::<()>(&mut c)
-            .await
+            .await?;
+        Ok(())
     }
 }

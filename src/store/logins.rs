@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{digest, Store};
+use super::{digest, Store, StoreResult};
 
 impl Store {
     fn login_failures_key(&self, client: &str) -> String {
@@ -18,11 +18,11 @@ impl Store {
 
     /// How long `client` must wait before trying again, when it failed `allowed` times in
     /// the current window; `None` when it may try.
-    pub async fn login_throttled(
+    pub(crate) async fn login_throttled(
         &self,
         client: &str,
         allowed: u32,
-    ) -> redis::RedisResult<Option<Duration>> {
+    ) -> StoreResult<Option<Duration>> {
         let mut c = self.conn.clone();
         let (failures, ttl_ms): (Option<u32>, i64) = redis::pipe()
             .get(self.login_failures_key(client))
@@ -35,11 +35,11 @@ impl Store {
 
     /// Counts one failed login of `client` in a window of `window` that starts with its
     /// first failure; returns the failures so far.
-    pub async fn count_login_failure(
+    pub(crate) async fn count_login_failure(
         &self,
         client: &str,
         window: Duration,
-    ) -> redis::RedisResult<u32> {
+    ) -> StoreResult<u32> {
         let key = self.login_failures_key(client);
         let mut c = self.conn.clone();
         let (failures,): (u32,) = redis::pipe()

@@ -626,20 +626,25 @@ async fn chaos_after_a_sigkill_mid_burst_every_reclaimed_job_runs_within_the_rec
     app.sandbox_control(serde_json::json!({"action": "set_latency", "ms": 700}))
         .await;
     let load = enqueue(&app, "reclaim").await;
-    let store = kyc_worker::store::Store::new(
-        kyc_worker::queue::connect(&app.redis.url())
-            .await
-            .expect("redis"),
-        "kyc",
-        app.settings().events,
-    );
+    let c = app.redis.connection().await;
     let mut victim = Worker::start(&app, &load);
     let mid_create = eventually("the victim mid-create", Duration::from_secs(30), || async {
+        // Request records (`kyc:request:<hash>`, beside their `:lock` keys) whose intent is
+        // recorded and whose session is not yet.
+        let mut c = c.clone();
+        let keys: Vec<String> = redis::AsyncCommands::keys(&mut c, "kyc:request:*")
+            .await
+            .ok()?;
         let mut mid_create = 0;
-        for id in load.requests.keys() {
-            let id = kyc_worker::domain::RequestId::parse(id).ok()?;
-            let record = store.request(&id).await.ok()?;
-            if record.is_some_and(|r| r.intent && r.session_id.is_none()) {
+        for key in keys.iter().filter(|k| !k.ends_with(":lock")) {
+            let (intent, session): (Option<String>, Option<String>) = redis::cmd("HMGET")
+                .arg(key)
+                .arg("intent_at_ms")
+                .arg("session_id")
+                .query_async(&mut c)
+                .await
+                .ok()?;
+            if intent.is_some() && session.is_none() {
                 mid_create += 1;
             }
         }
