@@ -255,28 +255,4 @@ impl Store {
             .await?;
         Ok(())
     }
-
-    /// Forgets a request's intent: its create certainly did not reach Didit (or Didit
-    /// refused it unprocessed), so the next attempt creates without looking first.
-    pub(crate) async fn forget_intent(&self, id: &RequestId) -> StoreResult<()> {
-        let mut c = self.conn.clone();
-        redis::AsyncCommands::hdel::<_, _, ()>(&mut c, self.request_key(id), "intent_at_ms")
-            .await?;
-        Ok(())
-    }
-
-    /// Readiness: Redis answers *and* accepts writes. A Redis out of memory under
-    /// `noeviction` (or a replica after a failover) still answers PING but refuses every
-    /// intake, so it must turn the pod unready.
-    pub(crate) async fn writable(&self) -> StoreResult<()> {
-        let mut c = self.conn.clone();
-        redis::cmd("SET")
-            .arg(format!("{}:readiness", self.prefix))
-            .arg(now_ms())
-            .arg("PX")
-            .arg(60_000)
-            .query_async::<()>(&mut c)
-            .await?;
-        Ok(())
-    }
 }

@@ -16,7 +16,7 @@
 //! - `pause`: the fleet-wide pause of Didit calls;
 //! - `claims`: what is decided inside Redis in one step: a request id's first body (the
 //!   record and the job written together), a webhook's adoption of a session, the
-//!   per-request lock that belongs to a delivery; and whether Redis accepts writes;
+//!   per-request lock that belongs to a delivery;
 //! - `logins`: failed console logins per client address (the login throttle);
 //! - `dedupe`: webhook deliveries already seen;
 //! - `console`: what the operator console reads beside those (review queue, heartbeats,
@@ -138,6 +138,21 @@ impl Store {
     /// How long every record lives, in seconds (Redis `EXPIRE`).
     fn ttl(&self) -> i64 {
         self.settings.record_retention.as_secs() as i64
+    }
+
+    /// Readiness: Redis answers *and* accepts writes. A Redis out of memory under
+    /// `noeviction` (or a replica after a failover) still answers PING but refuses every
+    /// intake, so it must turn the pod unready.
+    pub(crate) async fn writable(&self) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        redis::cmd("SET")
+            .arg(format!("{}:readiness", self.prefix))
+            .arg(crate::queue::now_ms())
+            .arg("PX")
+            .arg(60_000)
+            .query_async::<()>(&mut c)
+            .await?;
+        Ok(())
     }
 
     /// Runs a pipeline whose replies are all ignored.

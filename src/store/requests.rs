@@ -143,6 +143,15 @@ impl Store {
         self.run(&pipe).await
     }
 
+    /// Forgets a request's intent: its create certainly did not reach Didit (or Didit
+    /// refused it unprocessed), so the next attempt creates without looking first.
+    pub(crate) async fn forget_intent(&self, id: &RequestId) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        c.hdel::<_, _, ()>(self.request_key(id), "intent_at_ms")
+            .await?;
+        Ok(())
+    }
+
     /// Records the session Didit created (or reused) for this request, and the reverse map
     /// (the session record's `r:<request id>` fields), with the audit step `step`.
     ///
