@@ -17,7 +17,7 @@ use crate::{
     jobs::StartKyc,
     queue::{Queue, QueueError},
     settings::Settings,
-    store::Store,
+    store::{Store, StoreError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +26,10 @@ pub enum ProducerError {
     Invalid(#[from] RequestError),
     #[error("cannot enqueue: {0}")]
     Queue(#[from] QueueError),
+    #[error("cannot connect to Redis: {0}")]
+    Connect(#[from] redis::RedisError),
     #[error("cannot record the request: {0}")]
-    Record(#[from] redis::RedisError),
+    Record(#[from] StoreError),
     /// Too much work is waiting; try again after `retry_after`.
     #[error("the fleet is behind ({waiting} start requests waiting); retry in {} s", retry_after.as_secs())]
     Backpressure {

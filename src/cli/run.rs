@@ -9,13 +9,12 @@ use uuid::Uuid;
 
 use super::CliError;
 use crate::{
-    domain::StartRequest,
+    domain::{ContactDetails, StartRequest},
     producer::{Producer, ProducerError},
     rules::RuleSet,
     settings::Settings,
     startup::{shutdown_signal, Application},
 };
-use didit::types::ContactDetails;
 
 /// Runs the fleet process until SIGTERM or ctrl-c, then drains and exits 0.
 pub async fn run(settings: Settings) -> Result<(), CliError> {

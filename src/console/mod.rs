@@ -260,6 +260,8 @@ pub enum ConsoleError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
     Queue(#[from] crate::queue::QueueError),
 }
 
@@ -271,13 +273,13 @@ impl IntoResponse for ConsoleError {
             ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
             ConsoleError::Conflict(_) => StatusCode::CONFLICT,
-            ConsoleError::Redis(_) | ConsoleError::Queue(_) => {
+            ConsoleError::Redis(_) | ConsoleError::Store(_) | ConsoleError::Queue(_) => {
                 tracing::error!(error = %self, "console request failed");
                 StatusCode::SERVICE_UNAVAILABLE
             }
         };
         let message = match &self {
-            ConsoleError::Redis(_) | ConsoleError::Queue(_) => {
+            ConsoleError::Redis(_) | ConsoleError::Store(_) | ConsoleError::Queue(_) => {
                 "Redis is unreachable; try again.".to_owned()
             }
             other => other.to_string(),

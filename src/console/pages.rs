@@ -174,7 +174,7 @@ pub async fn sessions(
                 .session_id
                 .map(|s| s.to_string())
                 .unwrap_or_else(|| "none yet".into()),
-            esc(record.last_status.as_deref().unwrap_or("—")),
+            esc(record.last_status.as_ref().map_or("—", |s| s.as_str())),
             esc(record.decided_by.as_deref().unwrap_or("—")),
             esc(session
                 .as_ref()

@@ -8,6 +8,6 @@ mod schedule;
 /// Didit's vocabulary, owned by the SDK: the ten session statuses, and why an account's calls
 /// are paused.
 pub use didit::{AccountPause, SessionStatus};
-pub use event::{event_id, Decider, EventType, FailureReason, OutcomeEvent};
-pub use request::{RequestError, RequestId, StartRequest};
+pub use event::{event_id, Decider, EventStatus, EventType, FailureReason, OutcomeEvent};
+pub use request::{ContactDetails, ExpectedDetails, RequestError, RequestId, StartRequest};
 pub use schedule::PollSchedule;

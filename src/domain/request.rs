@@ -8,8 +8,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use didit::types::{ContactDetails, ExpectedDetails};
-
 /// The caller's idempotency key for one verification. Generated when absent. It may be the
 /// caller's own id, so the fleet never puts it in a Redis key name (see `records`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -70,6 +68,51 @@ pub struct StartRequest {
     pub metadata: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox_scenario: Option<String>,
+}
+
+/// How Didit may reach the person (`contact_details`): the same shape as Didit's own field,
+/// so a request passes through unchanged, but owned here so the request's wire format does
+/// not move when the SDK's types do.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContactDetails {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_notification_emails: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_lang: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+}
+
+/// What the caller already knows about the person (`expected_details`), for Didit to
+/// compare with what the documents say. Same shape as Didit's field.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExpectedDetails {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub date_of_birth: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gender: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nationality: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_country: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poa_country: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identification_number: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_document_types: Option<Vec<String>>,
 }
 
 /// A start request that cannot be accepted, naming the field.
@@ -203,6 +246,23 @@ mod tests {
         for (req, field) in cases {
             assert_eq!(req.validate().expect_err(field).field, field);
         }
+    }
+
+    #[test]
+    fn details_keep_their_wire_shape() {
+        let raw = serde_json::json!({
+            "vendor_data": "u",
+            "contact_details": {"email": "a@example.org", "send_notification_emails": true},
+            "expected_details": {"first_name": "Ana", "expected_document_types": ["passport"]}
+        });
+        let req: StartRequest = serde_json::from_value(raw.clone()).expect("request");
+        assert_eq!(
+            req.expected_details
+                .as_ref()
+                .and_then(|d| d.first_name.as_deref()),
+            Some("Ana")
+        );
+        assert_eq!(serde_json::to_value(&req).expect("json"), raw);
     }
 
     #[test]

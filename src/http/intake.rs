@@ -175,7 +175,7 @@ pub async fn status(
         }
     };
     let status = match (&record.last_status, record.session_id) {
-        (Some(status), _) => status.clone(),
+        (Some(status), _) => status.to_string(),
         (None, Some(_)) => "created".to_owned(),
         (None, None) => "queued".to_owned(),
     };

@@ -164,7 +164,7 @@ async fn adopt(
     state: &AppState,
     session_id: Uuid,
     payload: &serde_json::Value,
-) -> redis::RedisResult<bool> {
+) -> Result<bool, crate::store::StoreError> {
     let request = payload
         .get("metadata")
         .and_then(|m| m.get(REQUEST_ID_METADATA))

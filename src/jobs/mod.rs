@@ -44,8 +44,8 @@ pub const QUEUES: [&str; 4] = [
 pub enum CancelError {
     #[error("no request {0}")]
     Unknown(String),
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Queue(#[from] crate::queue::QueueError),
 }
@@ -58,7 +58,7 @@ pub async fn cancel(
     store: &crate::store::Store,
     request: &crate::domain::RequestId,
 ) -> Result<bool, CancelError> {
-    use crate::domain::{Decider, EventType, FailureReason, OutcomeEvent};
+    use crate::domain::{Decider, EventStatus, EventType, FailureReason, OutcomeEvent};
     let record = store
         .request(request)
         .await?
@@ -78,7 +78,7 @@ pub async fn cancel(
         request.clone(),
         record.session_id,
         record.vendor_data.clone(),
-        "failed",
+        EventStatus::Failed,
         &Decider::Fleet,
         serde_json::json!({"reason": FailureReason::Cancelled.as_str()}),
     );

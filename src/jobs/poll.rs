@@ -14,7 +14,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::{
-    context::{decision_summary, redis_failure},
+    context::decision_summary,
     decide::{decide, After},
     Pipeline,
 };
@@ -24,7 +24,7 @@ use crate::{
     ratelimit::Priority,
     store::SessionRecord,
 };
-use didit::{Endpoint, ErrorClass};
+use didit::Endpoint;
 
 /// Job: read the decision of one session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,13 +64,13 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
         return Ok(again(wait, job.polls));
     }
     let sid = job.session_id;
-    let Some(session) = p.store.session(sid).await.map_err(redis_failure)? else {
+    let Some(session) = p.store.session(sid).await? else {
         tracing::info!(session = %sid, "no record of this session any more; not following it");
         return Ok(Completion::Done);
     };
     // Cancelled requests are not followed any more; a session serving none is left alone.
     if session.requests.is_empty() {
-        p.store.close_session(sid).await.map_err(redis_failure)?;
+        p.store.close_session(sid).await?;
         return Ok(Completion::Done);
     }
     let priority = if job.urgent {
@@ -85,10 +85,10 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
         .await?;
     let decision = match read {
         Ok(d) => d,
-        Err(e) if e.class() == ErrorClass::Request => {
+        Err(e) if e.is_request_error() => {
             // Deleted at Didit, or never ours: nothing will ever be decided.
             fail_all(&p, sid, &session, FailureReason::BadRequest, &e.to_string()).await?;
-            p.store.close_session(sid).await.map_err(redis_failure)?;
+            p.store.close_session(sid).await?;
             return Ok(Completion::Done);
         }
         Err(e) => {
@@ -112,8 +112,7 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
     let fetches = p
         .store
         .record_read(sid, &session.requests, &decision.status, change)
-        .await
-        .map_err(redis_failure)?;
+        .await?;
     let status = decision.status.clone();
     let now = now_ms();
     if EventType::for_status(&status).is_some() {
@@ -132,7 +131,7 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
         data["url"] = json!(decision.session_url);
         match decide(&p, sid, &session, &decision, data).await? {
             After::Settled => {
-                p.store.close_session(sid).await.map_err(redis_failure)?;
+                p.store.close_session(sid).await?;
                 return Ok(Completion::Done);
             }
             After::Follow => return Ok(again(p.schedule().interval(0, sid.as_u128()), 1)),
@@ -143,7 +142,7 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
                     // A person decides later; keep reading slowly so that decision has its event.
                     return Ok(again(p.settings.poll.review_interval, job.polls + 1));
                 }
-                p.store.close_session(sid).await.map_err(redis_failure)?;
+                p.store.close_session(sid).await?;
                 return Ok(Completion::Done);
             }
         }
@@ -154,10 +153,7 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
     {
         if let Some(workflow) = decision.workflow_id {
             deadline = p.deadline_for(workflow).await;
-            p.store
-                .set_session_deadline(sid, deadline)
-                .await
-                .map_err(redis_failure)?;
+            p.store.set_session_deadline(sid, deadline).await?;
         }
     }
     if now > deadline {
@@ -168,13 +164,13 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
                 rid.clone(),
                 Some(sid),
                 vendor_data,
-                SessionStatus::Expired.as_str(),
+                SessionStatus::Expired.into(),
                 &Decider::Fleet,
                 json!({"reason": "deadline", "last_status": status.as_str()}),
             );
             p.publish(&event).await?;
         }
-        p.store.close_session(sid).await.map_err(redis_failure)?;
+        p.store.close_session(sid).await?;
         return Ok(Completion::Done);
     }
     Ok(again(

@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{context::redis_failure, Pipeline};
+use super::Pipeline;
 use crate::{
     domain::{
-        Decider, EventType, FailureReason, OutcomeEvent, RequestId, SessionStatus, StartRequest,
+        ContactDetails, Decider, EventType, ExpectedDetails, FailureReason, OutcomeEvent,
+        RequestId, SessionStatus, StartRequest,
     },
     queue::{Completion, Delivery, Job, JobError},
     ratelimit::Priority,
@@ -24,7 +25,7 @@ use crate::{
 };
 use didit::{
     types::{CreateSessionRequest, SessionQuery},
-    Endpoint, ErrorClass,
+    Endpoint,
 };
 
 /// The metadata key that carries our request id through Didit.
@@ -59,12 +60,7 @@ pub async fn handle(job: StartKyc, delivery: Data<Delivery>, p: Data<Pipeline>) 
     // Long enough for a few Didit calls; short enough that a dead holder does not stall
     // the request for long.
     let lock_ttl = p.settings.didit.request_timeout * 2;
-    if !p
-        .store
-        .lock_request(&rid, lock_ttl)
-        .await
-        .map_err(redis_failure)?
-    {
+    if !p.store.lock_request(&rid, lock_ttl).await? {
         return Ok(later(Duration::from_millis(500)));
     }
     let outcome = start(&p, &rid, &request, &delivery).await;
@@ -88,7 +84,7 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
         .await?;
         return Ok(Completion::Done);
     };
-    let record = p.store.request(rid).await.map_err(redis_failure)?;
+    let record = p.store.request(rid).await?;
     if record.as_ref().is_some_and(|r| r.cancelled) {
         tracing::info!("request cancelled before its session was created");
         return Ok(Completion::Done);
@@ -115,8 +111,7 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
                 .is_some_and(|r| r.vendor_data == vendor_data);
             p.store
                 .record_intent(rid, &vendor_data, workflow_id, indexed)
-                .await
-                .map_err(redis_failure)?;
+                .await?;
             let request = create_request(rid, req, workflow_id);
             let created = p
                 .call(Endpoint::CreateSession, Priority::High, |d| async move {
@@ -140,8 +135,7 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
     // The intent (this run's or an earlier one's) wrote the request record and its index.
     p.store
         .record_session(rid, &vendor_data, session, true, json!({"session_id": sid}))
-        .await
-        .map_err(redis_failure)?;
+        .await?;
     // Didit answered with a new session or one it reuses because it is unfinished: either
     // way it is followed.
     announce(p, rid, &vendor_data, sid, &url, false).await?;
@@ -168,10 +162,42 @@ fn create_request(rid: &RequestId, req: &StartRequest, workflow_id: Uuid) -> Cre
         callback: req.callback.clone(),
         metadata: Some(Value::Object(metadata)),
         language: req.language.clone(),
-        contact_details: req.contact_details.clone(),
-        expected_details: req.expected_details.clone(),
+        contact_details: req.contact_details.clone().map(Into::into),
+        expected_details: req.expected_details.clone().map(Into::into),
         sandbox_scenario: req.sandbox_scenario.clone(),
         ..Default::default()
+    }
+}
+
+/// The request's contact details as Didit's create call takes them.
+impl From<ContactDetails> for didit::types::ContactDetails {
+    fn from(c: ContactDetails) -> Self {
+        Self {
+            email: c.email,
+            send_notification_emails: c.send_notification_emails,
+            email_lang: c.email_lang,
+            phone: c.phone,
+        }
+    }
+}
+
+/// The request's expected details as Didit's create call takes them.
+impl From<ExpectedDetails> for didit::types::ExpectedDetails {
+    fn from(e: ExpectedDetails) -> Self {
+        Self {
+            first_name: e.first_name,
+            last_name: e.last_name,
+            date_of_birth: e.date_of_birth,
+            gender: e.gender,
+            nationality: e.nationality,
+            country: e.country,
+            id_country: e.id_country,
+            poa_country: e.poa_country,
+            address: e.address,
+            identification_number: e.identification_number,
+            ip_address: e.ip_address,
+            expected_document_types: e.expected_document_types,
+        }
     }
 }
 
@@ -241,8 +267,7 @@ async fn announce(
     let settled = may_be_settled
         && p.store
             .session(sid)
-            .await
-            .map_err(redis_failure)?
+            .await?
             .and_then(|s| s.status)
             .is_some_and(|s| s.is_final() && s != SessionStatus::InReview);
     if !settled {
@@ -254,7 +279,7 @@ async fn announce(
         rid.clone(),
         Some(sid),
         vendor_data.to_owned(),
-        "Not Started",
+        SessionStatus::NotStarted.into(),
         &Decider::Didit,
         json!({"url": url}),
     );
@@ -270,9 +295,8 @@ async fn create_failed(
     error: didit::DiditError,
     delivery: &Delivery,
 ) -> Outcome {
-    if error.class() == ErrorClass::Request {
-        let blocked = error.to_string().contains("blocked");
-        let reason = if blocked {
+    if error.is_request_error() {
+        let reason = if error.is_blocklisted() {
             FailureReason::Blocklisted
         } else {
             FailureReason::BadRequest

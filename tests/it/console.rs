@@ -846,7 +846,7 @@ async fn a_read_only_viewer_sees_no_personal_data_and_the_login_cookie_holds_no_
     // Arrange: a review whose request carries personal details, and a dead start job with
     // the same details in its payload (refused for its language).
     let app = console_app().await;
-    let details = didit::types::ExpectedDetails {
+    let details = kyc_worker::domain::ExpectedDetails {
         first_name: Some("Zebulon".into()),
         last_name: Some("Quixotewright".into()),
         identification_number: Some("ZX4455667".into()),

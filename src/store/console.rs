@@ -19,7 +19,7 @@ use redis::AsyncCommands;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::Store;
+use super::{sessions::SessionRecord, Store, StoreResult};
 use crate::{
     domain::{RequestId, SessionStatus},
     queue::now_ms,
@@ -44,7 +44,7 @@ pub struct ReviewItem {
 }
 
 impl Store {
-    pub(super) fn reviews_key(&self) -> String {
+    fn reviews_key(&self) -> String {
         format!("{}:reviews", self.prefix)
     }
 
@@ -72,11 +72,11 @@ impl Store {
     pub async fn track_review(
         &self,
         id: Uuid,
-        session: &super::SessionRecord,
+        session: &SessionRecord,
         status: &SessionStatus,
         decided_by: &str,
         data: &Value,
-    ) -> redis::RedisResult<()> {
+    ) -> StoreResult<()> {
         let mut pipe = redis::pipe();
         if status == &SessionStatus::InReview {
             let key = self.review_key(id);
@@ -104,13 +104,12 @@ impl Store {
         } else {
             return Ok(());
         }
-        let mut c = self.conn.clone();
-        pipe.query_async(&mut c).await
+        self.run(&pipe).await
     }
 
     /// Sessions held In Review, oldest first (at most `limit`). Entries whose session
     /// record expired or moved on are dropped from the index as they are met.
-    pub async fn reviews(&self, limit: usize) -> redis::RedisResult<Vec<ReviewItem>> {
+    pub async fn reviews(&self, limit: usize) -> StoreResult<Vec<ReviewItem>> {
         let mut c = self.conn.clone();
         let ids: Vec<String> = c
             .zrange(self.reviews_key(), 0, limit.saturating_sub(1) as isize)
@@ -132,7 +131,7 @@ impl Store {
     }
 
     /// One session of the review queue, when it is still held In Review.
-    pub async fn review(&self, id: Uuid) -> redis::RedisResult<Option<ReviewItem>> {
+    pub async fn review(&self, id: Uuid) -> StoreResult<Option<ReviewItem>> {
         let Some(session) = self.session(id).await? else {
             return Ok(None);
         };
@@ -161,26 +160,28 @@ impl Store {
 
     /// How many sessions the review index holds (an upper bound: stale entries are dropped
     /// only when listed).
-    pub async fn review_count(&self) -> redis::RedisResult<u64> {
+    pub async fn review_count(&self) -> StoreResult<u64> {
         let mut c = self.conn.clone();
-        c.zcard(self.reviews_key()).await
+        Ok(c.zcard(self.reviews_key()).await?)
     }
 
     /// Says this process is alive for `ttl`.
-    pub async fn heartbeat(&self, process: Uuid, ttl: Duration) -> redis::RedisResult<()> {
+    pub async fn heartbeat(&self, process: Uuid, ttl: Duration) -> StoreResult<()> {
         let mut c = self.conn.clone();
-        c.set_ex(self.process_key(process), now_ms(), ttl.as_secs().max(1))
-            .await
+        c.set_ex::<_, _, ()>(self.process_key(process), now_ms(), ttl.as_secs().max(1))
+            .await?;
+        Ok(())
     }
 
     /// Removes this process's heartbeat (it is stopping).
-    pub async fn forget_process(&self, process: Uuid) -> redis::RedisResult<()> {
+    pub async fn forget_process(&self, process: Uuid) -> StoreResult<()> {
         let mut c = self.conn.clone();
-        c.del(self.process_key(process)).await
+        c.del::<_, ()>(self.process_key(process)).await?;
+        Ok(())
     }
 
     /// How many fleet processes refreshed their heartbeat lately (a `SCAN`: console only).
-    pub async fn processes_alive(&self) -> redis::RedisResult<usize> {
+    pub async fn processes_alive(&self) -> StoreResult<usize> {
         let mut c = self.conn.clone();
         let pattern = format!("{}:process:*", self.prefix);
         let mut keys: redis::AsyncIter<'_, String> = c.scan_match(&pattern).await?;
@@ -193,23 +194,21 @@ impl Store {
     }
 
     /// Appends one console action to the shared log (no personal data in `entry`).
-    pub async fn console_log(&self, mut entry: Value) -> redis::RedisResult<()> {
+    pub async fn console_log(&self, mut entry: Value) -> StoreResult<()> {
         entry["at_ms"] = now_ms().into();
         let key = self.console_log_key();
-        let mut c = self.conn.clone();
-        redis::pipe()
-            .lpush(&key, entry.to_string())
+        let mut pipe = redis::pipe();
+        pipe.lpush(&key, entry.to_string())
             .ignore()
             .ltrim(&key, 0, CONSOLE_LOG_LENGTH - 1)
             .ignore()
             .expire(&key, self.ttl())
-            .ignore()
-            .query_async(&mut c)
-            .await
+            .ignore();
+        self.run(&pipe).await
     }
 
     /// The newest `n` console actions, newest first.
-    pub async fn console_log_recent(&self, n: usize) -> redis::RedisResult<Vec<Value>> {
+    pub async fn console_log_recent(&self, n: usize) -> StoreResult<Vec<Value>> {
         let mut c = self.conn.clone();
         let lines: Vec<String> = c
             .lrange(self.console_log_key(), 0, n.saturating_sub(1) as isize)
