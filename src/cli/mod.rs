@@ -41,7 +41,7 @@ pub enum Command {
     Sandbox(Box<sandbox::SandboxArgs>),
     /// Call the Didit API directly: workflows, sessions, decisions, reviews, billing
     Didit(Box<didit::DiditArgs>),
-    /// Stop following a verification (no more polls; emits kyc.session.failed, reason cancelled)
+    /// Stop following a verification still open (no more polls; emits kyc.session.failed, reason cancelled); exit 1 naming the outcome when it already ended
     Cancel {
         /// The request id given (or printed) at enqueue
         request_id: String,

@@ -24,6 +24,7 @@ use std::time::Duration;
 use apalis::prelude::*;
 
 pub use context::Pipeline;
+pub use decide::email_the_person;
 pub use erase::EraseSubject;
 pub use operator::{OperatorAction, OperatorDecision};
 pub use poll::PollDecision;
@@ -44,25 +45,47 @@ pub const QUEUES: [&str; 4] = [
 pub enum CancelError {
     #[error("no request {0}")]
     Unknown(String),
+    /// The verification already ended: cancelling would rewrite its outcome.
+    #[error("{request} is already {status}: only an open verification can be cancelled")]
+    Settled { request: String, status: String },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Queue(#[from] crate::queue::QueueError),
 }
 
-/// Stops following a verification: no more polls, and `kyc.session.failed` with
-/// `data.reason` = `cancelled`. Returns `false` when it was cancelled before. Needs no Didit
-/// call: the session at Didit is left as it is.
+/// Stops following a verification that is still open (queued, created, in progress,
+/// resubmitted or In Review): no more polls, out of the review queue, and
+/// `kyc.session.failed` with `data.reason` = `cancelled`. A verification that reached its
+/// outcome (Approved, Declined, expired, failed) is refused with
+/// [`CancelError::Settled`]: its outcome was published and stands. Returns `false` when it
+/// was cancelled before. Needs no Didit call: the session at Didit is left as it is.
 pub async fn cancel(
     queue: &crate::queue::Queue,
     store: &crate::store::Store,
     request: &crate::domain::RequestId,
 ) -> Result<bool, CancelError> {
-    use crate::domain::{Decider, EventStatus, EventType, FailureReason, OutcomeEvent};
+    use crate::domain::{
+        Decider, EventStatus, EventType, FailureReason, OutcomeEvent, SessionStatus,
+    };
     let record = store
         .request(request)
         .await?
         .ok_or_else(|| CancelError::Unknown(request.to_string()))?;
+    if record.cancelled {
+        return Ok(false);
+    }
+    let settled = match &record.last_status {
+        Some(EventStatus::Session(s)) => s.is_final() && *s != SessionStatus::InReview,
+        Some(EventStatus::Failed | EventStatus::Erased) => true,
+        None => false,
+    };
+    if let (true, Some(status)) = (settled, &record.last_status) {
+        return Err(CancelError::Settled {
+            request: request.to_string(),
+            status: status.to_string(),
+        });
+    }
     if !store.cancel_request(request, record.session_id).await? {
         return Ok(false);
     }
@@ -96,6 +119,7 @@ pub async fn cancel(
                 )
                 .await?;
             store.close_session(sid).await?;
+            store.unlist_review(sid).await?;
         }
     }
     Ok(true)

@@ -107,6 +107,15 @@ impl Store {
         self.run(&pipe).await
     }
 
+    /// Takes a session out of the review queue (nothing follows it any more: its requests
+    /// were cancelled).
+    pub async fn unlist_review(&self, id: Uuid) -> StoreResult<()> {
+        let mut pipe = redis::pipe();
+        self.forget_review(&mut pipe, id);
+        pipe.hdel(self.session_key(id), LISTED_FIELD).ignore();
+        self.run(&pipe).await
+    }
+
     /// Sessions held In Review, oldest first (at most `limit`). Entries whose session
     /// record expired or moved on are dropped from the index as they are met.
     pub async fn reviews(&self, limit: usize) -> StoreResult<Vec<ReviewItem>> {
