@@ -53,7 +53,7 @@ pub enum Command {
         #[arg(long)]
         vendor_data: String,
     },
-    /// A verification's audit trail (`session show REQUEST_ID|SESSION_ID`)
+    /// A verification's audit trail (`session show`), or a decision read now (`session refresh`)
     Session(session::SessionArgs),
     /// Queue depths and the dead set (list, replay, purge)
     Queue(queue::QueueArgs),

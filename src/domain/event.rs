@@ -277,7 +277,13 @@ mod tests {
         );
         assert_ne!(
             event_id(&r, s, 0, EventType::Decided, &APPROVED),
-            event_id(&r, s, 0, EventType::Decided, &SessionStatus::InReview.into())
+            event_id(
+                &r,
+                s,
+                0,
+                EventType::Decided,
+                &SessionStatus::InReview.into()
+            )
         );
         let other = RequestId::parse("r-2").expect("id");
         assert_ne!(

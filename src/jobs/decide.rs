@@ -83,7 +83,9 @@ pub async fn decide(
     };
     let target = action.status().unwrap_or_else(|| status.clone());
     let blocklist = matches!(action, Action::Blocklist { .. });
-    if p.settings.rules.dry_run || (target == status && !blocklist) || matches!(action, Action::None)
+    if p.settings.rules.dry_run
+        || (target == status && !blocklist)
+        || matches!(action, Action::None)
     {
         // Dry run, or the rule agrees with Didit: Didit's decision stands.
         p.publish_status(sid, session, &status, &Decider::Didit, data)

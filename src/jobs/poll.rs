@@ -207,8 +207,8 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
 /// When an unfinished session expires at Didit, from the decision's `expires_at` (Unix ms).
 fn expires_at_ms(decision: &didit::types::Decision) -> Option<u64> {
     let text = decision.expires_at.as_deref()?;
-    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .ok()?;
+    let at =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
     u64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
 }
 

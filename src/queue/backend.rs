@@ -661,8 +661,12 @@ fn decide<A: Job>(
                 }
             };
             let finish = decide_failure(delivery, job_error, settings);
-            if let (JobError::Retry { reason, .. }, Finish::Schedule { at_ms, envelope, .. }) =
-                (job_error, &finish)
+            if let (
+                JobError::Retry { reason, .. },
+                Finish::Schedule {
+                    at_ms, envelope, ..
+                },
+            ) = (job_error, &finish)
             {
                 // Every retry says why, with ids only: a reason is an error's text (Redis's,
                 // Didit's status and field names), never a record's values.

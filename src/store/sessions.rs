@@ -98,11 +98,10 @@ impl Store {
         if let Some(version) = session.workflow_version {
             pipe.hset_nx(&key, "workflow_version", version).ignore();
         }
-        pipe
-        .expire(&key, self.ttl())
-        .ignore()
-        .zadd(self.open_sessions_key(), session.id.to_string(), now)
-        .ignore();
+        pipe.expire(&key, self.ttl())
+            .ignore()
+            .zadd(self.open_sessions_key(), session.id.to_string(), now)
+            .ignore();
     }
 
     /// Marks a request as no longer followed in its session's record.

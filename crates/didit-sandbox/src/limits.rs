@@ -363,6 +363,9 @@ pub struct Stats {
     responses: BTreeMap<String, BTreeMap<u16, u64>>,
     pub sessions_created: u64,
     pub sessions_reused: u64,
+    /// The e-mails Didit would have sent (update-status with `send_email`), oldest first:
+    /// `{"session_id", "status", "email_address", "email_language"}`.
+    pub emails: Vec<Value>,
 }
 
 impl Stats {
@@ -401,6 +404,7 @@ impl Stats {
             "responses": responses,
             "sessions_created": self.sessions_created,
             "sessions_reused": self.sessions_reused,
+            "emails": self.emails,
         })
     }
 }

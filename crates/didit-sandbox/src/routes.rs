@@ -41,6 +41,7 @@ pub enum Op {
     CreateWorkflow,
     ListWorkflows,
     GetWorkflow(Uuid),
+    UpdateWorkflow(Uuid),
     CreateDestination,
     ListDestinations,
     Balance,
@@ -52,7 +53,7 @@ pub enum Op {
 }
 
 /// Endpoint names as `/sandbox/stats` and `fail_next` spell them (the client's metric labels).
-pub const ENDPOINT_NAMES: [&str; 16] = [
+pub const ENDPOINT_NAMES: [&str; 17] = [
     "session_create",
     "decision",
     "session_list",
@@ -63,6 +64,7 @@ pub const ENDPOINT_NAMES: [&str; 16] = [
     "workflow_create",
     "workflow_list",
     "workflow_get",
+    "workflow_update",
     "webhook_destination_create",
     "webhook_destination_list",
     "balance",
@@ -84,6 +86,7 @@ impl Op {
             Op::CreateWorkflow => "workflow_create",
             Op::ListWorkflows => "workflow_list",
             Op::GetWorkflow(_) => "workflow_get",
+            Op::UpdateWorkflow(_) => "workflow_update",
             Op::CreateDestination => "webhook_destination_create",
             Op::ListDestinations => "webhook_destination_list",
             Op::Balance => "balance",
@@ -124,6 +127,7 @@ impl Op {
             | Op::BlocklistAdd
             | Op::DeleteSession(_)
             | Op::CreateWorkflow
+            | Op::UpdateWorkflow(_)
             | Op::CreateDestination
             | Op::TopUp => &[RateScope::Write],
             Op::Register | Op::VerifyEmail | Op::Stats | Op::Control => &[],
@@ -345,6 +349,7 @@ fn resolve(method: &Method, path: &str) -> Resolved {
         ("/v3/workflows/", "POST", _) => Op::CreateWorkflow,
         ("/v3/workflows/", "GET", _) => Op::ListWorkflows,
         ("/v3/workflows/{id}/", "GET", Some(id)) => Op::GetWorkflow(id),
+        ("/v3/workflows/{id}/", "PATCH", Some(id)) => Op::UpdateWorkflow(id),
         ("/v3/webhook/destinations/", "POST", _) => Op::CreateDestination,
         ("/v3/webhook/destinations/", "GET", _) => Op::ListDestinations,
         ("/v3/billing/balance/", "GET", _) => Op::Balance,
