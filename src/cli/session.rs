@@ -100,9 +100,18 @@ pub async fn run(args: SessionArgs, settings: &Settings) -> Result<(), CliError>
 
 /// Queues an immediate decision read of the session a request id or session id names.
 async fn refresh(id: &str, store: &Store, settings: &Settings) -> Result<(), CliError> {
-    let sid = match Uuid::parse_str(id) {
-        Ok(sid) => sid,
-        Err(_) => {
+    // Request ids are often UUIDs too: a UUID names a session when one is recorded under it.
+    let as_session = match Uuid::parse_str(id) {
+        Ok(sid) => store
+            .session(sid)
+            .await
+            .context("cannot read the session")?
+            .map(|_| sid),
+        Err(_) => None,
+    };
+    let sid = match as_session {
+        Some(sid) => sid,
+        None => {
             let request = RequestId::parse(id).map_err(|e| CliError::Usage(e.to_string()))?;
             store
                 .request(&request)

@@ -114,7 +114,8 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-#[tokio::test]
+// The CLI runs as a child process while this runtime serves the sandbox it calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cli_resubmission_is_announced_emailed_and_a_second_declined_is_a_new_event() {
     let app = spawn_app(AppOptions {
         complete_after: Duration::from_secs(4),
@@ -333,7 +334,8 @@ on = ["Declined"]
     app.stop().await;
 }
 
-#[tokio::test]
+// The CLI runs as a child process while this runtime serves the sandbox it calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_keeps_a_settled_outcome_and_a_cancelled_review_leaves_the_queue_quietly() {
     let app = spawn_app(AppOptions {
         env: vec![("KYC__HTTP__ADMIN_TOKEN".into(), ADMIN_TOKEN.into())],
@@ -524,7 +526,8 @@ async fn deadlines_follow_the_workflow_version_each_session_runs() {
     app.stop().await;
 }
 
-#[tokio::test]
+// The CLI runs as a child process while this runtime serves the sandbox it calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_didit_cli_saves_the_webhook_secret_and_lists_what_the_account_holds() {
     let app = spawn_app(AppOptions::default()).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -647,7 +650,8 @@ async fn the_didit_cli_saves_the_webhook_secret_and_lists_what_the_account_holds
     app.stop().await;
 }
 
-#[tokio::test]
+// The CLI runs as a child process while this runtime serves the sandbox it calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_refresh_reads_a_change_no_webhook_announced() {
     // Didit's webhooks are lost; the safety-net poll is 20 s away.
     let app = spawn_app(AppOptions {

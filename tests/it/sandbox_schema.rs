@@ -389,7 +389,7 @@ async fn workflow_versions_and_resubmission_e_mails_match_didits_schemas() {
     let (_, one) = raw.get(&format!("/v3/workflows/{v1_uuid}/")).await;
     assert_eq!(one["session_expiration_time"], 3600);
 
-    // A session on the stable id runs the latest version; one on a version's id runs it.
+    // A session on the stable id runs the latest version; one on a version's id runs that.
     let (status, latest) = raw
         .post(
             "/v3/session/",
@@ -403,15 +403,22 @@ async fn workflow_versions_and_resubmission_e_mails_match_didits_schemas() {
         (&latest["workflow_id"], &latest["workflow_version"]),
         (&stable, &json!(2))
     );
+    let (status, v3) = raw
+        .patch(
+            &format!("/v3/workflows/{v2_uuid}/"),
+            json!({"status": "published"}),
+        )
+        .await;
+    assert_eq!((status, &v3["version"]), (200, &json!(3)));
     let (_, pinned) = raw
         .post(
             "/v3/session/",
-            json!({"workflow_id": v1_uuid, "vendor_data": "versioned-2"}),
+            json!({"workflow_id": v2_uuid, "vendor_data": "versioned-2"}),
         )
         .await;
     assert_eq!(
         (&pinned["workflow_id"], &pinned["workflow_version"]),
-        (&stable, &json!(1))
+        (&stable, &json!(2))
     );
 
     // update-status asks Didit to e-mail the person, in the language asked for.

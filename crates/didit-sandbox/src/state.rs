@@ -524,10 +524,11 @@ impl Inner {
         self.workflows.iter().find(|w| w.uuid == id)
     }
 
-    /// The version a session created with `id` runs: that version when `id` is a version's
-    /// own id, else the latest version of the workflow whose stable id it is.
+    /// The version a session created with `id` runs: the latest version of the workflow
+    /// whose stable id it is (a first version's `uuid` is that id too), else the version
+    /// whose own id it is.
     pub fn version_for(&self, id: Uuid) -> Option<&Workflow> {
-        self.workflow(id).or_else(|| self.latest_version(id))
+        self.latest_version(id).or_else(|| self.workflow(id))
     }
 
     /// The latest version of a workflow, by its stable id.
