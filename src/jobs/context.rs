@@ -552,6 +552,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn event_scores_are_the_latest_attempts_and_the_lowest_has_its_own_name() {
+        let decision: Decision = serde_json::from_value(json!({
+            "session_id": "11111111-2222-3333-4444-555555555555",
+            "status": "Approved",
+            "face_matches": [{"status": "Declined", "score": 31.0}, {"status": "Approved", "score": 93.5}],
+            "liveness_checks": [{"status": "Approved", "score": 97.0}],
+        }))
+        .expect("decision");
+        let summary = decision_summary(&decision);
+        assert_eq!(summary["scores"]["face_match"], json!(93.5));
+        assert_eq!(summary["scores"]["face_match_lowest"], json!(31.0));
+        assert_eq!(summary["scores"]["liveness"], json!(97.0));
+        assert!(summary["scores"].get("liveness_lowest").is_none());
+        assert_eq!(summary["features"]["face_match"], json!("Approved"));
+    }
+
+    #[test]
     fn a_store_failure_retries_unless_the_record_is_corrupt() {
         let io = StoreError::from(redis::RedisError::from(std::io::Error::new(
             std::io::ErrorKind::ConnectionRefused,
