@@ -4,18 +4,18 @@
 //! its session, which requests a session answers, or whether an outcome was announced: those
 //! facts live here, one file per concern.
 //!
-//! - [`requests`]: the request record, one per request id, what was asked and how far it
+//! - `requests`: the request record, one per request id, what was asked and how far it
 //!   got. Written before the Didit call (the intent) and right after it (the session), so a
 //!   retry never creates a second session; each request's audit trail, written in the same
 //!   round trip as the change it describes; a person's index, for erasure;
-//! - [`sessions`]: the session record: which requests a Didit session answers (Didit reuses
+//! - `sessions`: the session record: which requests a Didit session answers (Didit reuses
 //!   an unfinished session for the same vendor_data), its last status and its deadline; and
 //!   the sweep of open sessions;
-//! - [`events`]: the `<prefix>:events` stream and each request's "published" markers,
+//! - `events`: the `<prefix>:events` stream and each request's "published" markers,
 //!   written together by one script;
-//! - [`pause`]: the fleet-wide pause of Didit calls;
-//! - [`dedupe`]: webhook deliveries already seen;
-//! - [`console`]: what the operator console reads beside those (review queue, heartbeats,
+//! - `pause`: the fleet-wide pause of Didit calls;
+//! - `dedupe`: webhook deliveries already seen;
+//! - `console`: what the operator console reads beside those (review queue, heartbeats,
 //!   the console's own log).
 //!
 //! Request ids may be the caller's own identifiers, so key names carry a hash of them,
