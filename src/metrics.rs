@@ -13,7 +13,7 @@ use prometheus::{
     IntGauge, Opts, Registry, TextEncoder,
 };
 
-use crate::domain::{AccountPause, EventType, SessionStatus};
+use crate::domain::{AccountPause, EventType, Refusal, SessionStatus};
 
 /// Outcomes of one job delivery (`kyc_jobs_total{outcome}`).
 pub const JOB_OUTCOMES: [&str; 5] = ["done", "run_again", "retried", "waited", "dead"];
@@ -32,7 +32,7 @@ const QUEUE_STATES: [&str; 4] = ["ready", "scheduled", "in_flight", "dead"];
 const STATUS_CLASSES: [&str; 5] = ["2xx", "4xx", "5xx", "429", "error"];
 const DECIDERS: [&str; 4] = ["didit", "rule", "operator", "kyc-worker"];
 /// What an operator did in the console (`kyc_console_actions_total{action}`).
-pub const CONSOLE_ACTIONS: [&str; 8] = [
+pub const CONSOLE_ACTIONS: [&str; 9] = [
     "login",
     "login_refused",
     "approve",
@@ -41,6 +41,7 @@ pub const CONSOLE_ACTIONS: [&str; 8] = [
     "replay",
     "replay_all",
     "purge",
+    "delete",
 ];
 
 /// Every metric the fleet exports.
@@ -65,7 +66,12 @@ pub struct Metrics {
     pub decision_fetches: Histogram,
     pub events_published: IntCounterVec,
     pub events_consumer_lag: GaugeVec,
+    pub webhook_last_received: Gauge,
+    pub webhooks_expected: IntGauge,
     pub console_actions: IntCounterVec,
+    /// 0 when Redis is seen to evict keys under memory pressure (`maxmemory-policy` is not
+    /// `noeviction`): jobs and records could vanish. 1 otherwise, until a reading says so.
+    pub redis_eviction_policy_ok: IntGauge,
     pub up: IntGauge,
 }
 
@@ -249,11 +255,34 @@ impl Metrics {
                 "Events not yet read by each consumer group of the outcome stream.",
                 &["group"],
             ),
+            webhook_last_received: register(
+                r,
+                Gauge::new(
+                    "kyc_webhook_last_received_timestamp_seconds",
+                    "Unix time of the last Didit webhook with a valid signature this process \
+                     received (0: none since it started).",
+                ),
+            ),
+            webhooks_expected: register(
+                r,
+                IntGauge::new(
+                    "kyc_webhooks_expected",
+                    "1 when didit.webhooks is on: decisions are expected by webhook, and polls \
+                     are only a slow safety net.",
+                ),
+            ),
             console_actions: counter(
                 r,
                 "kyc_console_actions_total",
                 "Operator console actions accepted, by action.",
                 &["action"],
+            ),
+            redis_eviction_policy_ok: register(
+                r,
+                IntGauge::new(
+                    "kyc_redis_eviction_policy_ok",
+                    "1 unless Redis's maxmemory-policy was read and is not noeviction.",
+                ),
             ),
             up: register(
                 r,
@@ -295,7 +324,8 @@ impl Metrics {
             self.webhooks.with_label_values(&[result]);
         }
         for source in ["http", "intake_stream"] {
-            for reason in ["invalid", "malformed", "backpressure"] {
+            let refusals = Refusal::ALL.iter().map(|r| r.as_str());
+            for reason in refusals.chain(["malformed", "backpressure"]) {
                 self.intake_rejected.with_label_values(&[source, reason]);
             }
         }
@@ -314,6 +344,7 @@ impl Metrics {
         for action in CONSOLE_ACTIONS {
             self.console_actions.with_label_values(&[action]);
         }
+        self.redis_eviction_policy_ok.set(1);
         self.up.set(1);
     }
 

@@ -36,13 +36,15 @@ enum SessionCommand {
 }
 
 pub async fn run(args: SessionArgs, settings: &Settings) -> Result<(), CliError> {
-    let conn = crate::queue::connect(settings.redis.url())
-        .await
-        .context("cannot connect to Redis")?;
-    let store = Store::new(conn, &settings.redis.prefix, settings.events.clone());
+    let conn = super::redis(settings).await?.connect();
+    let store = Store::new(
+        conn.clone(),
+        &settings.redis.prefix,
+        settings.events.clone(),
+    );
     let (id, json) = match args.command {
         SessionCommand::Show { id, json } => (id, json),
-        SessionCommand::Refresh { id } => return refresh(&id, &store, settings).await,
+        SessionCommand::Refresh { id } => return refresh(&id, &store, conn, settings).await,
     };
     let session = match Uuid::parse_str(&id) {
         Ok(sid) => store
@@ -73,14 +75,7 @@ pub async fn run(args: SessionArgs, settings: &Settings) -> Result<(), CliError>
                 println!("{step}");
                 continue;
             }
-            let at = step["at_ms"].as_u64().unwrap_or(0);
-            let when = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(at) * 1_000_000)
-                .ok()
-                .and_then(|t| {
-                    t.format(&time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .unwrap_or_default();
+            let when = timestamp(step["at_ms"].as_u64().unwrap_or(0));
             let name = step["step"].as_str().unwrap_or("?").to_owned();
             let mut rest = step.clone();
             if let Some(map) = rest.as_object_mut() {
@@ -99,7 +94,12 @@ pub async fn run(args: SessionArgs, settings: &Settings) -> Result<(), CliError>
 }
 
 /// Queues an immediate decision read of the session a request id or session id names.
-async fn refresh(id: &str, store: &Store, settings: &Settings) -> Result<(), CliError> {
+async fn refresh(
+    id: &str,
+    store: &Store,
+    conn: crate::queue::RedisConnection,
+    settings: &Settings,
+) -> Result<(), CliError> {
     // Request ids are often UUIDs too: a UUID names a session when one is recorded under it.
     let as_session = match Uuid::parse_str(id) {
         Ok(sid) => store
@@ -140,13 +140,7 @@ async fn refresh(id: &str, store: &Store, settings: &Settings) -> Result<(), Cli
             "session {sid} serves no open request (all cancelled): nothing to refresh"
         )));
     }
-    let queue = crate::queue::Queue::connect(
-        settings.redis.url(),
-        &settings.redis.prefix,
-        settings.queue.clone(),
-    )
-    .await
-    .context("cannot connect to Redis")?;
+    let queue = crate::queue::Queue::new(conn, &settings.redis.prefix, settings.queue.clone());
     let job = PollDecision {
         session_id: sid,
         polls: 0,
@@ -160,4 +154,28 @@ async fn refresh(id: &str, store: &Store, settings: &Settings) -> Result<(), Cli
         "session {sid}: decision read queued; a worker runs it through the rules and publishes what changed (see `kyc-worker session show {sid}`)"
     );
     Ok(())
+}
+
+/// Unix ms as `2026-11-26T15:04:05.120Z`: always millisecond precision, so the steps'
+/// columns line up (RFC 3339 alone drops trailing zeros of the fraction).
+fn timestamp(ms: u64) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| format!("{ms:>24}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_have_one_width() {
+        assert_eq!(timestamp(1_764_169_445_000), "2025-11-26T15:04:05.000Z");
+        assert_eq!(timestamp(1_764_169_445_120), "2025-11-26T15:04:05.120Z");
+        assert_eq!(timestamp(1_764_169_445_123), "2025-11-26T15:04:05.123Z");
+    }
 }

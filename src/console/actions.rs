@@ -18,18 +18,36 @@ use super::{
     ConsoleError, OPERATOR_COOKIE, TOKEN_COOKIE,
 };
 use crate::{
-    http::AppState,
     jobs::{OperatorAction, OperatorDecision, QUEUES},
+    state::AppState,
 };
 
-/// Checks that the caller may act: the admin token, and a same-origin request.
-fn admin(state: &AppState, headers: &HeaderMap) -> Result<Access, ConsoleError> {
+/// What an action's refusal says when it names no valid operator.
+const NAME_THE_OPERATOR: &str = "name the operator: X-Operator (or the login form's name), \
+     1-64 characters of letters, digits, '.', '_', '@', '-'";
+
+/// Checks that the caller may act and says who does: the admin token, a same-origin
+/// request, and an operator name (`named` — a form's field — else `X-Operator` or the login
+/// cookie). Every action is recorded under that name, so an action without one is refused
+/// rather than audited as nobody's.
+fn admin(
+    state: &AppState,
+    headers: &HeaderMap,
+    named: Option<&str>,
+) -> Result<String, ConsoleError> {
     let access = Access::of(&state.console, headers);
     if !access.admin {
         return Err(ConsoleError::Unauthorized);
     }
     same_origin(headers, &access)?;
-    Ok(access)
+    let operator = match named.map(str::trim).filter(|n| !n.is_empty()) {
+        Some(name) => Some(name.to_owned()),
+        None => access.operator.clone(),
+    };
+    match operator {
+        Some(name) if valid_operator(&name) => Ok(name),
+        _ => Err(ConsoleError::BadRequest(NAME_THE_OPERATOR.into())),
+    }
 }
 
 fn back(path: &str, notice: &str) -> Redirect {
@@ -83,24 +101,13 @@ pub async fn review(
     headers: HeaderMap,
     Form(form): Form<ReviewForm>,
 ) -> Result<Redirect, ConsoleError> {
-    let access = admin(&state, &headers)?;
+    let operator = admin(&state, &headers, form.operator.as_deref())?;
     let sid: Uuid = session_id
         .parse()
         .map_err(|_| ConsoleError::BadRequest("not a session id".into()))?;
     let action = OperatorDecision::parse(&form.action).ok_or_else(|| {
         ConsoleError::BadRequest("action must be approve, decline or resubmit".into())
     })?;
-    let operator = form
-        .operator
-        .filter(|o| !o.trim().is_empty())
-        .map(|o| o.trim().to_owned())
-        .or(access.operator)
-        .ok_or_else(|| ConsoleError::BadRequest("name the operator (X-Operator)".into()))?;
-    if !valid_operator(&operator) {
-        return Err(ConsoleError::BadRequest(
-            "operator: 1-64 characters of letters, digits, '.', '_', '@', '-'".into(),
-        ));
-    }
     let note = form
         .note
         .map(|n| n.trim().chars().take(200).collect::<String>())
@@ -110,14 +117,27 @@ pub async fn review(
             "this session is not held for review (any more)".into(),
         ));
     };
-    let job = state
+    // Marked before the job is queued: a job that runs at once then clears the mark with
+    // the session's review entry, instead of leaving a mark behind it.
+    let job = Uuid::new_v4().to_string();
+    state
+        .store
+        .mark_review_pending(
+            sid,
+            &json!({"action": action.as_str(), "operator": operator, "job_id": job, "at_ms": crate::queue::now_ms()}),
+        )
+        .await?;
+    state
         .queue
-        .push(&OperatorAction {
-            session_id: sid,
-            action,
-            operator: operator.clone(),
-            note,
-        })
+        .push_with_id(
+            &job,
+            &OperatorAction {
+                session_id: sid,
+                action,
+                operator: operator.clone(),
+                note,
+            },
+        )
         .await?;
     state
         .store
@@ -130,7 +150,10 @@ pub async fn review(
     record(&state, action.as_str(), &operator, &sid.to_string()).await?;
     Ok(back(
         "/console/reviews",
-        &format!("{} of session {sid} queued", action.as_str()),
+        &format!(
+            "{} of session {sid} queued: pending until its job has run",
+            action.as_str()
+        ),
     ))
 }
 
@@ -146,23 +169,52 @@ pub async fn replay(
     headers: HeaderMap,
     Form(form): Form<ReplayForm>,
 ) -> Result<Redirect, ConsoleError> {
-    let access = admin(&state, &headers)?;
+    let operator = admin(&state, &headers, None)?;
     let queue = dead_queue(&queue)?;
-    let entry = form.entry_id.trim();
-    let valid = !entry.is_empty()
-        && entry.len() <= 40
-        && entry.chars().all(|c| c.is_ascii_digit() || c == '-');
-    if !valid {
-        return Err(ConsoleError::BadRequest("not a dead entry id".into()));
-    }
+    let entry = dead_entry(&form.entry_id)?;
     if !state.queue.dead_replay(queue, entry).await? {
         return Err(ConsoleError::NotFound(
             "no such dead job (replayed or purged meanwhile)".into(),
         ));
     }
-    let operator = access.operator.unwrap_or_default();
     record(&state, "replay", &operator, &format!("{queue}/{entry}")).await?;
     Ok(back("/console/dead", &format!("replayed 1 {queue} job")))
+}
+
+/// A dead entry id from a form (`<ms>-<seq>`), or a 400.
+fn dead_entry(raw: &str) -> Result<&str, ConsoleError> {
+    let entry = raw.trim();
+    let valid = !entry.is_empty()
+        && entry.len() <= 40
+        && entry.chars().all(|c| c.is_ascii_digit() || c == '-');
+    if valid {
+        Ok(entry)
+    } else {
+        Err(ConsoleError::BadRequest("not a dead entry id".into()))
+    }
+}
+
+/// Deletes one dead job for good (the job's outcome event, if any, was published when it
+/// died).
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<ReplayForm>,
+) -> Result<Redirect, ConsoleError> {
+    let operator = admin(&state, &headers, None)?;
+    let queue = dead_queue(&queue)?;
+    let entry = dead_entry(&form.entry_id)?;
+    if !state.queue.dead_delete(queue, entry).await? {
+        return Err(ConsoleError::NotFound(
+            "no such dead job (replayed or deleted meanwhile)".into(),
+        ));
+    }
+    record(&state, "delete", &operator, &format!("{queue}/{entry}")).await?;
+    Ok(back(
+        "/console/dead",
+        &format!("deleted 1 dead {queue} job"),
+    ))
 }
 
 /// Replays every job dead in a queue now.
@@ -171,10 +223,9 @@ pub async fn replay_all(
     Path(queue): Path<String>,
     headers: HeaderMap,
 ) -> Result<Redirect, ConsoleError> {
-    let access = admin(&state, &headers)?;
+    let operator = admin(&state, &headers, None)?;
     let queue = dead_queue(&queue)?;
     let n = state.queue.dead_replay_all(queue).await?;
-    let operator = access.operator.unwrap_or_default();
     record(
         &state,
         "replay_all",
@@ -198,13 +249,12 @@ pub async fn purge(
     headers: HeaderMap,
     Form(form): Form<PurgeForm>,
 ) -> Result<Redirect, ConsoleError> {
-    let access = admin(&state, &headers)?;
+    let operator = admin(&state, &headers, None)?;
     let queue = dead_queue(&queue)?;
     let n = state
         .queue
         .dead_purge(queue, Duration::from_secs(form.older_than_s))
         .await?;
-    let operator = access.operator.unwrap_or_default();
     record(&state, "purge", &operator, &format!("{queue} ({n} jobs)")).await?;
     Ok(back("/console/dead", &format!("purged {n} {queue} jobs")))
 }
@@ -245,8 +295,8 @@ pub async fn login(
             ""
         };
         record(&state, "login_refused", operator_shown, "console").await?;
-        let body = html::page("Log in", Some(&access), &login_form(&state, Some(reason)));
-        return Ok((StatusCode::UNAUTHORIZED, html_headers(), body).into_response());
+        let body = html::page("Log in", Some(&access), login_form(&state, Some(reason)));
+        return Ok((StatusCode::UNAUTHORIZED, html_headers(), body.into_string()).into_response());
     }
     record(&state, "login", operator, "console").await?;
     let attributes = "Path=/console; HttpOnly; SameSite=Strict";

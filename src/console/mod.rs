@@ -2,8 +2,10 @@
 //!
 //! Grafana shows trends; operators also need to see items and act on them: which
 //! verifications wait, which a rule held for review, why a job failed. The console is
-//! server-rendered HTML (every value escaped by `html::esc`) with a little plain JS, its
-//! assets compiled into the binary, served under `/console/` on the internal port.
+//! server-rendered HTML from compile-time `maud` templates (which escape every value they
+//! are given) with a little plain JS, its assets compiled into the binary, served under
+//! `/console/` on the internal port. Every list pages, and can re-read itself every few
+//! seconds (a switch on the page; `console.js`).
 //!
 //! **Access.** Without the admin token (`http.admin_token`) it is read-only and masks PII
 //! (vendor_data, payload values). The token is presented as `Authorization: Bearer` or by the
@@ -13,19 +15,14 @@
 //! SameSite cookie are the CSRF protection.
 //!
 //! **Actions** only read, verify and enqueue, like every HTTP handler: approve / decline /
-//! resubmit enqueue an [`OperatorAction`](crate::jobs::OperatorAction) job; replay and purge
-//! act on the dead set. Each is audited (the request's trail when it names one, and the
+//! resubmit enqueue an [`OperatorAction`](crate::jobs::OperatorAction) job, and the review
+//! queue shows it pending until that job has run; replay, delete and purge act on the dead
+//! set. Each is audited (the request's trail when it names one, and the
 //! shared console log) and counted in `kyc_console_actions_total{action}`.
 
 mod actions;
 mod html;
 mod pages;
-
-use std::{
-    collections::VecDeque,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
 
 use axum::{
     http::{header, HeaderMap, HeaderValue, StatusCode},
@@ -37,61 +34,12 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::{http::AppState, metrics::Metrics, ratelimit::RateLimiter};
+use crate::state::{AppState, ConsoleState};
 
 /// Name of the cookie that carries the hash of the admin token.
 const TOKEN_COOKIE: &str = "kyc_console";
 /// Name of the cookie that remembers the operator's name after login.
 const OPERATOR_COOKIE: &str = "kyc_operator";
-
-/// What the console needs beyond the other handlers' state.
-#[derive(Clone)]
-pub struct ConsoleState {
-    /// Serve `/console/` at all (`http.console`).
-    pub enabled: bool,
-    pub admin_token: Option<SecretString>,
-    pub limiter: RateLimiter,
-    pub throughput: Arc<Throughput>,
-}
-
-/// Finished jobs per queue over the last hour, counted by this process: samples of
-/// `kyc_jobs_total{outcome="done"}` taken once a minute by the fleet's sampler.
-#[derive(Debug, Default)]
-pub struct Throughput {
-    samples: Mutex<VecDeque<(tokio::time::Instant, Vec<u64>)>>,
-}
-
-/// How many per-minute samples cover the hour the overview shows.
-const SAMPLES_PER_HOUR: usize = 61;
-
-impl Throughput {
-    /// Takes one sample of every queue's finished-job counter.
-    pub fn sample(&self, metrics: &Metrics, queues: &[&str]) {
-        let counts = queues
-            .iter()
-            .map(|q| metrics.jobs.with_label_values(&[q, "done"]).get())
-            .collect();
-        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        samples.push_back((tokio::time::Instant::now(), counts));
-        while samples.len() > SAMPLES_PER_HOUR {
-            samples.pop_front();
-        }
-    }
-
-    /// Jobs of `queues[index]` finished since the oldest sample (at most an hour ago), and
-    /// how long ago that sample was taken.
-    fn since_oldest(&self, metrics: &Metrics, queue: &str, index: usize) -> (u64, Duration) {
-        let now = metrics.jobs.with_label_values(&[queue, "done"]).get();
-        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        match samples.front() {
-            Some((at, counts)) => (
-                now.saturating_sub(counts.get(index).copied().unwrap_or(0)),
-                at.elapsed(),
-            ),
-            None => (now, Duration::ZERO),
-        }
-    }
-}
 
 /// The console's routes (empty when `http.console` is off).
 pub fn router(state: AppState) -> Router {
@@ -111,6 +59,7 @@ pub fn router(state: AppState) -> Router {
             post(actions::replay_all),
         )
         .route("/console/dead/{queue}/purge", post(actions::purge))
+        .route("/console/dead/{queue}/delete", post(actions::delete))
         .route("/console/login", get(pages::login).post(actions::login))
         .route("/console/logout", post(actions::logout))
         .route("/console/assets/console.css", get(css))
@@ -175,12 +124,13 @@ impl Access {
             && cookie(headers, TOKEN_COOKIE).is_some_and(|c| {
                 bool::from(c.as_bytes().ct_eq(token_cookie_value(token).as_bytes()))
             });
-        let operator = headers
-            .get("x-operator")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| cookie(headers, OPERATOR_COOKIE).map(str::to_owned))
-            .filter(|o| valid_operator(o));
+        // A request that names an operator is taken at its word: an invalid `X-Operator`
+        // leaves it nameless rather than falling back to the login cookie's name.
+        let operator = match headers.get("x-operator") {
+            Some(v) => v.to_str().ok().map(str::to_owned),
+            None => cookie(headers, OPERATOR_COOKIE).map(str::to_owned),
+        }
+        .filter(|o| valid_operator(o));
         Access {
             admin: by_bearer || by_cookie,
             via_cookie: by_cookie,
@@ -287,13 +237,13 @@ impl IntoResponse for ConsoleError {
         let body = html::page(
             "Error",
             None,
-            &format!(
-                "<h1>{}</h1><p class=\"error\">{}</p><p><a href=\"/console/\">Back to the overview</a></p>",
-                status.as_u16(),
-                html::esc(&message)
-            ),
+            maud::html! {
+                h1 { (status.as_u16()) }
+                p.error { (message) }
+                p { a href="/console/" { "Back to the overview" } }
+            },
         );
-        (status, html_headers(), body).into_response()
+        (status, html_headers(), body.into_string()).into_response()
     }
 }
 

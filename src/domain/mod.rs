@@ -9,5 +9,8 @@ mod schedule;
 /// are paused.
 pub use didit::{AccountPause, SessionStatus};
 pub use event::{event_id, Decider, EventStatus, EventType, FailureReason, OutcomeEvent};
-pub use request::{ContactDetails, ExpectedDetails, RequestError, RequestId, StartRequest};
+pub use request::{
+    first_problem, Admission, ContactDetails, ExpectedDetails, Refusal, RequestError, RequestId,
+    StartRequest,
+};
 pub use schedule::PollSchedule;

@@ -115,12 +115,59 @@ pub struct ExpectedDetails {
     pub expected_document_types: Option<Vec<String>>,
 }
 
-/// A start request that cannot be accepted, naming the field.
+impl StartRequest {
+    /// The fields a start request may carry, as producers spell them (JSON keys, intake
+    /// stream fields, CSV columns).
+    pub const FIELDS: [&'static str; 10] = [
+        "request_id",
+        "vendor_data",
+        "workflow",
+        "workflow_id",
+        "callback",
+        "language",
+        "contact_details",
+        "expected_details",
+        "metadata",
+        "sandbox_scenario",
+    ];
+}
+
+/// Why a start request was refused, as `kyc_intake_rejected_total` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A field breaks the request's own rules.
+    Invalid,
+    /// `workflow` names no workflow of the deployment's settings.
+    UnknownWorkflow,
+    /// `sandbox_scenario` names no scenario of the sandbox the deployment talks to.
+    UnknownScenario,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 3] = [
+        Refusal::Invalid,
+        Refusal::UnknownWorkflow,
+        Refusal::UnknownScenario,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Invalid => "invalid",
+            Refusal::UnknownWorkflow => "unknown_workflow",
+            Refusal::UnknownScenario => "unknown_scenario",
+        }
+    }
+}
+
+/// A start request that cannot be accepted, naming the field. The reason names what was
+/// expected, never the value given (it may be personal data).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
 pub struct RequestError {
     pub field: &'static str,
     pub reason: String,
+    pub refusal: Refusal,
 }
 
 impl RequestError {
@@ -128,37 +175,121 @@ impl RequestError {
         Self {
             field,
             reason: reason.into(),
+            refusal: Refusal::Invalid,
         }
     }
 }
 
+/// What a deployment can start: the workflows its settings name and, when it talks to the
+/// sandbox, the sandbox's scenarios. A request naming anything else would be queued and fail
+/// minutes later in a worker; checked at the door, the producer hears why at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Admission {
+    /// Sorted, so the expected names read the same every time.
+    workflows: Vec<String>,
+    /// `Some` only when the target is the sandbox; a real Didit account decides for itself.
+    scenarios: Option<Vec<String>>,
+}
+
+impl Admission {
+    pub fn new(
+        workflows: impl IntoIterator<Item = String>,
+        sandbox_scenarios: Option<Vec<String>>,
+    ) -> Self {
+        let mut workflows: Vec<String> = workflows.into_iter().collect();
+        workflows.sort();
+        Self {
+            workflows,
+            scenarios: sandbox_scenarios,
+        }
+    }
+
+    /// Refuses a request naming a workflow or a sandbox scenario this deployment lacks.
+    pub fn check(&self, request: &StartRequest) -> Result<(), RequestError> {
+        match self.refusals(request) {
+            refusals if refusals.is_empty() => Ok(()),
+            refusals => Err(first_problem(refusals)),
+        }
+    }
+
+    /// Every reason [`Admission::check`] would give.
+    pub fn refusals(&self, request: &StartRequest) -> Vec<RequestError> {
+        let mut refusals = Vec::new();
+        if let Some(name) = &request.workflow {
+            if !self.workflows.contains(name) {
+                let reason = if self.workflows.is_empty() {
+                    "not a workflow of this deployment: its settings name none ([workflows]); \
+                     give workflow_id or leave both out for the default workflow"
+                        .to_owned()
+                } else {
+                    format!(
+                        "not a workflow of this deployment; expected {} ([workflows] in settings)",
+                        one_of(&self.workflows)
+                    )
+                };
+                refusals.push(RequestError {
+                    field: "workflow",
+                    reason,
+                    refusal: Refusal::UnknownWorkflow,
+                });
+            }
+        }
+        if let (Some(scenario), Some(known)) = (&request.sandbox_scenario, &self.scenarios) {
+            if !known.contains(scenario) {
+                refusals.push(RequestError {
+                    field: "sandbox_scenario",
+                    reason: format!("not a sandbox scenario; expected {}", one_of(known)),
+                    refusal: Refusal::UnknownScenario,
+                });
+            }
+        }
+        refusals
+    }
+}
+
+/// `` `a` `` or `` one of `a`, `b`, … `` (serde's wording, which `redact_values` keeps).
+fn one_of(names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    match quoted.as_slice() {
+        [one] => one.clone(),
+        _ => format!("one of {}", quoted.join(", ")),
+    }
+}
+
 impl StartRequest {
-    /// Checks the request and fills in a generated request id when it has none.
-    pub fn validate(mut self) -> Result<(RequestId, StartRequest), RequestError> {
+    /// Checks the request and fills in a generated request id when it has none; the first
+    /// problem found when there are several.
+    pub fn validate(self) -> Result<(RequestId, StartRequest), RequestError> {
+        self.validate_all().map_err(first_problem)
+    }
+
+    /// As [`StartRequest::validate`], but names every field at fault (a batch lists them
+    /// all at once).
+    pub fn validate_all(mut self) -> Result<(RequestId, StartRequest), Vec<RequestError>> {
+        let mut errors = Vec::new();
         let id = match self.request_id.as_deref() {
-            Some(id) => RequestId::parse(id)?,
-            None => RequestId::generate(),
+            Some(id) => RequestId::parse(id).map_err(|e| errors.push(e)).ok(),
+            None => Some(RequestId::generate()),
         };
-        self.request_id = Some(id.as_str().to_owned());
         let vendor_data = self.vendor_data.trim();
         if vendor_data.is_empty() {
-            return Err(RequestError::new("vendor_data", "is required"));
-        }
-        if vendor_data.len() > 256 {
-            return Err(RequestError::new(
+            errors.push(RequestError::new("vendor_data", "is required"));
+        } else if vendor_data.len() > 256 {
+            errors.push(RequestError::new(
                 "vendor_data",
                 "must be at most 256 characters",
             ));
         }
         if self.workflow.is_some() && self.workflow_id.is_some() {
-            return Err(RequestError::new(
+            errors.push(RequestError::new(
                 "workflow",
                 "give either workflow or workflow_id, not both",
             ));
         }
         if let Some(callback) = &self.callback {
-            url::Url::parse(callback)
-                .map_err(|e| RequestError::new("callback", format!("not a URL: {e}")))?;
+            if let Err(e) = url::Url::parse(callback) {
+                errors.push(RequestError::new("callback", format!("not a URL: {e}")));
+            }
         }
         if let Some(language) = &self.language {
             let ok = (2..=5).contains(&language.len())
@@ -166,7 +297,7 @@ impl StartRequest {
                     .chars()
                     .all(|c| c.is_ascii_alphabetic() || c == '-');
             if !ok {
-                return Err(RequestError::new(
+                errors.push(RequestError::new(
                     "language",
                     "expected an ISO 639-1 code such as en or pt-BR",
                 ));
@@ -174,11 +305,25 @@ impl StartRequest {
         }
         if let Some(metadata) = &self.metadata {
             if !metadata.is_object() {
-                return Err(RequestError::new("metadata", "must be a JSON object"));
+                errors.push(RequestError::new("metadata", "must be a JSON object"));
             }
         }
-        Ok((id, self))
+        match id {
+            Some(id) if errors.is_empty() => {
+                self.request_id = Some(id.as_str().to_owned());
+                Ok((id, self))
+            }
+            _ => Err(errors),
+        }
     }
+}
+
+/// The first of a non-empty list of problems (every caller passes one).
+pub fn first_problem(errors: Vec<RequestError>) -> RequestError {
+    errors
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| RequestError::new("request", "is invalid"))
 }
 
 #[cfg(test)]
@@ -263,6 +408,92 @@ mod tests {
             Some("Ana")
         );
         assert_eq!(serde_json::to_value(&req).expect("json"), raw);
+    }
+
+    #[test]
+    fn validate_all_names_every_field_at_fault() {
+        let errors = StartRequest {
+            request_id: Some("has space".into()),
+            language: Some("english!".into()),
+            metadata: Some(Value::from(3)),
+            ..Default::default()
+        }
+        .validate_all()
+        .expect_err("four problems");
+        let fields: Vec<&str> = errors.iter().map(|e| e.field).collect();
+        assert_eq!(
+            fields,
+            ["request_id", "vendor_data", "language", "metadata"]
+        );
+    }
+
+    #[test]
+    fn the_field_list_is_the_one_serde_reads() {
+        let full = StartRequest {
+            request_id: Some("r".into()),
+            vendor_data: "u".into(),
+            workflow: Some("w".into()),
+            workflow_id: Some(Uuid::nil()),
+            callback: Some("https://example.com".into()),
+            language: Some("en".into()),
+            contact_details: Some(Default::default()),
+            expected_details: Some(Default::default()),
+            metadata: Some(Value::Object(Default::default())),
+            sandbox_scenario: Some("approve".into()),
+        };
+        let json = serde_json::to_value(&full).expect("serialises");
+        let keys: Vec<&str> = json
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut fields = StartRequest::FIELDS.to_vec();
+        fields.sort_unstable();
+        let mut keys = keys;
+        keys.sort_unstable();
+        assert_eq!(keys, fields);
+    }
+
+    #[test]
+    fn admission_refuses_unknown_workflows_and_sandbox_scenarios_naming_the_expected() {
+        let sandbox = Admission::new(
+            ["premium".to_owned(), "basic".to_owned()],
+            Some(vec!["approve".to_owned(), "expire".to_owned()]),
+        );
+        let asking = |workflow: Option<&str>, scenario: Option<&str>| StartRequest {
+            vendor_data: "u".into(),
+            workflow: workflow.map(Into::into),
+            sandbox_scenario: scenario.map(Into::into),
+            ..Default::default()
+        };
+        assert_eq!(
+            sandbox.check(&asking(Some("premium"), Some("expire"))),
+            Ok(())
+        );
+        let e = sandbox
+            .check(&asking(Some("gold"), None))
+            .expect_err("unknown workflow");
+        assert_eq!((e.field, e.refusal), ("workflow", Refusal::UnknownWorkflow));
+        assert!(e.reason.contains("one of `basic`, `premium`"), "{e}");
+        assert!(!e.reason.contains("gold"), "the value is not repeated: {e}");
+        let e = sandbox
+            .check(&asking(None, Some("approve_everyone")))
+            .expect_err("unknown scenario");
+        assert_eq!(
+            (e.field, e.refusal),
+            ("sandbox_scenario", Refusal::UnknownScenario)
+        );
+        assert!(e.reason.contains("`approve`, `expire`"), "{e}");
+
+        // Against Didit itself the scenario is Didit's business; no workflows named: any
+        // name is refused, and the reason says there are none.
+        let didit = Admission::new([], None);
+        assert_eq!(didit.check(&asking(None, Some("anything"))), Ok(()));
+        let e = didit
+            .check(&asking(Some("premium"), None))
+            .expect_err("no workflows");
+        assert!(e.reason.contains("name none"), "{e}");
     }
 
     #[test]

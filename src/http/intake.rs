@@ -119,7 +119,7 @@ async fn accept(state: &AppState, headers: &HeaderMap, body: axum::body::Bytes) 
     let id = match state.producer.start_kyc(request).await {
         Ok(id) => id,
         Err(ProducerError::Invalid(e)) => {
-            rejected(state, "invalid", Some(e.field));
+            rejected(state, e.refusal.as_str(), Some(e.field));
             return error(StatusCode::BAD_REQUEST, &e.to_string(), Some(e.field));
         }
         Err(ProducerError::Backpressure { .. }) => {
@@ -207,15 +207,19 @@ pub async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static
     )
 }
 
-/// `POST /v1/subjects/erase` `{"vendor_data": "…"}`: queues an erasure (202).
+/// `POST /v1/subjects/erase` `{"vendor_data": "…"}`: queues an erasure (202). The body is
+/// read by hand, as in `start`, so every refusal is the documented JSON error (axum's
+/// extractor would answer a missing content type or bad JSON in plain text, before the
+/// bearer token is even checked).
 pub async fn erase(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Json(body): Json<Value>,
+    body: axum::body::Bytes,
 ) -> Reply {
     if let Err(reply) = authorized(&state, &headers) {
         return reply;
     }
+    let body = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
     let Some(vendor_data) = body
         .get("vendor_data")
         .and_then(Value::as_str)
@@ -224,7 +228,7 @@ pub async fn erase(
     else {
         return error(
             StatusCode::BAD_REQUEST,
-            "vendor_data is required",
+            "vendor_data: is required (a JSON object with a non-empty string vendor_data)",
             Some("vendor_data"),
         );
     };
@@ -241,5 +245,48 @@ pub async fn erase(
                 None,
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::SessionStatus;
+
+    fn document() -> Value {
+        serde_json::from_str(OPENAPI).expect("the OpenAPI document is JSON")
+    }
+
+    #[test]
+    fn the_document_lists_every_start_request_field() {
+        let doc = document();
+        let mut documented: Vec<&str> = doc["components"]["schemas"]["StartRequest"]["properties"]
+            .as_object()
+            .expect("properties")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        documented.sort_unstable();
+        let mut fields = StartRequest::FIELDS.to_vec();
+        fields.sort_unstable();
+        assert_eq!(documented, fields);
+    }
+
+    #[test]
+    fn the_document_lists_every_status_a_verification_can_report() {
+        let doc = document();
+        let documented: Vec<&str> = doc["components"]["schemas"]["Verification"]["properties"]
+            ["status"]["enum"]
+            .as_array()
+            .expect("an enum")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let mut reported = vec!["queued", "created", "failed"];
+        reported.extend(SessionStatus::ALL.iter().map(SessionStatus::as_str));
+        for status in &reported {
+            assert!(documented.contains(status), "{status} is not documented");
+        }
+        assert_eq!(documented.len(), reported.len(), "{documented:?}");
     }
 }

@@ -6,31 +6,11 @@
 mod intake;
 mod webhook;
 
-use std::sync::{
-    atomic::{AtomicBool, Ordering},
-    Arc,
-};
+use std::sync::atomic::Ordering;
 
 use axum::{extract::State, http::StatusCode, routing::get, routing::post, Router};
-use didit::webhook::WebhookVerifier;
 
-use crate::{producer::Producer, queue::Queue, store::Store};
-
-/// What the handlers share.
-#[derive(Clone)]
-pub struct AppState {
-    pub store: Store,
-    pub queue: Queue,
-    pub producer: Producer,
-    pub verifier: Arc<WebhookVerifier>,
-    /// Bearer token of the HTTP intake; `None`: the intake is off.
-    pub api_token: Option<secrecy::SecretString>,
-    /// Cleared when the workers have died, so liveness fails and the pod is restarted.
-    pub workers_alive: Arc<AtomicBool>,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// The operator console's settings and readers.
-    pub console: crate::console::ConsoleState,
-}
+pub use crate::state::AppState;
 
 /// Largest webhook body accepted (Didit's decisions are tens of KiB).
 const WEBHOOK_BODY_LIMIT: usize = 1024 * 1024;

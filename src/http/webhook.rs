@@ -78,6 +78,8 @@ async fn receive(
             return (status, e.result_label());
         }
     };
+    // Proof that Didit reaches this fleet: the misconfiguration alert and warning watch it.
+    state.metrics.webhook_last_received.set(now as f64);
     let payload = &verified.payload;
     let text = |k: &str| {
         payload

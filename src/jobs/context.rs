@@ -27,7 +27,7 @@ use super::PollDecision;
 
 /// The handlers' shared state. Cheap to clone.
 #[derive(Clone)]
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     pub didit: DiditClient,
     pub queue: Queue,
     pub store: Store,

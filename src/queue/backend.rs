@@ -34,7 +34,7 @@ use apalis_core::{
     },
 };
 use futures_util::{future::BoxFuture, FutureExt};
-use redis::{aio::ConnectionManager, streams::StreamReadReply, AsyncCommands};
+use redis::{streams::StreamReadReply, AsyncCommands};
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::{
@@ -267,7 +267,7 @@ async fn give_back(
 
 /// Gives entries this consumer holds back to the queue (see [`scripts::REQUEUE`]).
 pub(super) async fn requeue(
-    conn: &mut ConnectionManager,
+    conn: &mut crate::queue::RedisConnection,
     keys: &QueueKeys,
     consumer: &str,
     ids: &[String],
@@ -368,7 +368,8 @@ struct Fetcher<A: Job> {
 
 impl<A: Job> Fetcher<A> {
     async fn run(self) {
-        let mut conn: Option<ConnectionManager> = None;
+        // A connection of its own: a blocking read must not hold up the shared one.
+        let mut conn = self.queue.connector().connect();
         let mut backoff = Backoff::new();
         while !self.shared.closing.load(Ordering::SeqCst) {
             // Wait for room, then ask for as many jobs as there is room for.
@@ -377,17 +378,7 @@ impl<A: Job> Fetcher<A> {
             };
             drop(permit);
             let count = self.tx.capacity().max(1);
-            let c = match conn.as_mut() {
-                Some(c) => c,
-                None => match super::connect(self.queue.redis_url()).await {
-                    Ok(c) => conn.insert(c),
-                    Err(e) => {
-                        tracing::warn!(error = %e, queue = A::QUEUE, "cannot connect to redis; retrying");
-                        backoff.wait().await;
-                        continue;
-                    }
-                },
-            };
+            let c = &mut conn;
             let options = redis::streams::StreamReadOptions::default()
                 .group(GROUP, &self.consumer)
                 .count(count)
@@ -472,7 +463,7 @@ pub(super) fn stream_field(entry: &redis::streams::StreamId, name: &str) -> Opti
 }
 
 pub(super) async fn ensure_group(
-    conn: &mut ConnectionManager,
+    conn: &mut crate::queue::RedisConnection,
     keys: &QueueKeys,
 ) -> redis::RedisResult<()> {
     let created: redis::RedisResult<()> =
@@ -520,7 +511,7 @@ async fn heartbeat(queue: Queue, keys: QueueKeys, consumer: String, shared: Arc<
 /// connection) are pending for us but held by nobody: give them back now rather than wait
 /// for a reclaim that would count them as abandoned.
 async fn recover_unreceived(
-    conn: &mut ConnectionManager,
+    conn: &mut crate::queue::RedisConnection,
     keys: &QueueKeys,
     consumer: &str,
     shared: &Shared,

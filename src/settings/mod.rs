@@ -34,7 +34,7 @@ pub use self::{
     poll::PollSettings,
     queue::QueueSettings,
     ratelimit::RateLimitSettings,
-    redis::RedisSettings,
+    redis::{RedisMode, RedisNode, RedisSettings},
     rules::{RulesSettings, RulesSource},
     worker::WorkerSettings,
 };

@@ -33,7 +33,7 @@ const CONSOLE_LOG_LENGTH: isize = 1000;
 
 /// A session held In Review, as the review queue shows it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ReviewItem {
+pub(crate) struct ReviewItem {
     pub session_id: Uuid,
     /// Unix ms when it was held.
     pub since_ms: u64,
@@ -44,11 +44,11 @@ pub struct ReviewItem {
 }
 
 impl Store {
-    fn reviews_key(&self) -> String {
+    pub(super) fn reviews_key(&self) -> String {
         format!("{}:reviews", self.prefix)
     }
 
-    fn review_key(&self, id: Uuid) -> String {
+    pub(super) fn review_key(&self, id: Uuid) -> String {
         format!("{}:review:{id}", self.prefix)
     }
 
@@ -69,7 +69,7 @@ impl Store {
     /// Keeps the review index in step with a published status: In Review enters it (with
     /// its summary), any other status leaves it. The session record remembers that it is
     /// listed, so a session never held costs nothing here.
-    pub async fn track_review(
+    pub(crate) async fn track_review(
         &self,
         id: Uuid,
         session: &SessionRecord,
@@ -109,38 +109,15 @@ impl Store {
 
     /// Takes a session out of the review queue (nothing follows it any more: its requests
     /// were cancelled).
-    pub async fn unlist_review(&self, id: Uuid) -> StoreResult<()> {
+    pub(crate) async fn unlist_review(&self, id: Uuid) -> StoreResult<()> {
         let mut pipe = redis::pipe();
         self.forget_review(&mut pipe, id);
         pipe.hdel(self.session_key(id), LISTED_FIELD).ignore();
         self.run(&pipe).await
     }
 
-    /// Sessions held In Review, oldest first (at most `limit`). Entries whose session
-    /// record expired or moved on are dropped from the index as they are met.
-    pub async fn reviews(&self, limit: usize) -> StoreResult<Vec<ReviewItem>> {
-        let mut c = self.conn.clone();
-        let ids: Vec<String> = c
-            .zrange(self.reviews_key(), 0, limit.saturating_sub(1) as isize)
-            .await?;
-        let mut items = Vec::with_capacity(ids.len());
-        for raw in ids {
-            let held = match raw.parse::<Uuid>() {
-                Ok(id) => self.review(id).await?,
-                Err(_) => None,
-            };
-            match held {
-                Some(item) => items.push(item),
-                None => {
-                    let _: () = c.zrem(self.reviews_key(), &raw).await?;
-                }
-            }
-        }
-        Ok(items)
-    }
-
     /// One session of the review queue, when it is still held In Review.
-    pub async fn review(&self, id: Uuid) -> StoreResult<Option<ReviewItem>> {
+    pub(crate) async fn review(&self, id: Uuid) -> StoreResult<Option<ReviewItem>> {
         let Some(session) = self.session(id).await? else {
             return Ok(None);
         };
@@ -169,13 +146,13 @@ impl Store {
 
     /// How many sessions the review index holds (an upper bound: stale entries are dropped
     /// only when listed).
-    pub async fn review_count(&self) -> StoreResult<u64> {
+    pub(crate) async fn review_count(&self) -> StoreResult<u64> {
         let mut c = self.conn.clone();
         Ok(c.zcard(self.reviews_key()).await?)
     }
 
     /// Says this process is alive for `ttl`.
-    pub async fn heartbeat(&self, process: Uuid, ttl: Duration) -> StoreResult<()> {
+    pub(crate) async fn heartbeat(&self, process: Uuid, ttl: Duration) -> StoreResult<()> {
         let mut c = self.conn.clone();
         c.set_ex::<_, _, ()>(self.process_key(process), now_ms(), ttl.as_secs().max(1))
             .await?;
@@ -183,14 +160,14 @@ impl Store {
     }
 
     /// Removes this process's heartbeat (it is stopping).
-    pub async fn forget_process(&self, process: Uuid) -> StoreResult<()> {
+    pub(crate) async fn forget_process(&self, process: Uuid) -> StoreResult<()> {
         let mut c = self.conn.clone();
         c.del::<_, ()>(self.process_key(process)).await?;
         Ok(())
     }
 
     /// How many fleet processes refreshed their heartbeat lately (a `SCAN`: console only).
-    pub async fn processes_alive(&self) -> StoreResult<usize> {
+    pub(crate) async fn processes_alive(&self) -> StoreResult<usize> {
         let mut c = self.conn.clone();
         let pattern = format!("{}:process:*", self.prefix);
         let mut keys: redis::AsyncIter<'_, String> = c.scan_match(&pattern).await?;
@@ -203,7 +180,7 @@ impl Store {
     }
 
     /// Appends one console action to the shared log (no personal data in `entry`).
-    pub async fn console_log(&self, mut entry: Value) -> StoreResult<()> {
+    pub(crate) async fn console_log(&self, mut entry: Value) -> StoreResult<()> {
         entry["at_ms"] = now_ms().into();
         let key = self.console_log_key();
         let mut pipe = redis::pipe();
@@ -217,7 +194,7 @@ impl Store {
     }
 
     /// The newest `n` console actions, newest first.
-    pub async fn console_log_recent(&self, n: usize) -> StoreResult<Vec<Value>> {
+    pub(crate) async fn console_log_recent(&self, n: usize) -> StoreResult<Vec<Value>> {
         let mut c = self.conn.clone();
         let lines: Vec<String> = c
             .lrange(self.console_log_key(), 0, n.saturating_sub(1) as isize)

@@ -17,12 +17,12 @@ impl Store {
 
     /// How long a webhook delivery id is remembered: Didit retries within minutes, and no
     /// key outlives the record retention.
-    pub fn dedupe_ttl(&self) -> Duration {
+    pub(crate) fn dedupe_ttl(&self) -> Duration {
         Duration::from_secs(24 * 3600).min(self.settings.record_retention)
     }
 
     /// Remembers a webhook delivery id; `false` when it was seen before.
-    pub async fn first_delivery(&self, key: &str, ttl: Duration) -> StoreResult<bool> {
+    pub(crate) async fn first_delivery(&self, key: &str, ttl: Duration) -> StoreResult<bool> {
         let mut c = self.conn.clone();
         let set: Option<String> = redis::cmd("SET")
             .arg(self.delivery_key(key))
@@ -36,7 +36,7 @@ impl Store {
     }
 
     /// Forgets a delivery id so a retry of it is processed.
-    pub async fn forget_delivery(&self, key: &str) -> StoreResult<()> {
+    pub(crate) async fn forget_delivery(&self, key: &str) -> StoreResult<()> {
         let mut c = self.conn.clone();
         c.del::<_, ()>(self.delivery_key(key)).await?;
         Ok(())

@@ -79,13 +79,13 @@ fn naming(entries: &[redis::streams::StreamId], vendor_data: &str) -> Vec<String
 }
 
 impl Store {
-    pub fn events_key(&self) -> String {
+    pub(crate) fn events_key(&self) -> String {
         format!("{}:events", self.prefix)
     }
 
     /// Publishes an event once per (request, session, change round, type, status) and
     /// records the step in the request's audit trail; `true` if it was new.
-    pub async fn publish(&self, event: &OutcomeEvent) -> StoreResult<bool> {
+    pub(crate) async fn publish(&self, event: &OutcomeEvent) -> StoreResult<bool> {
         let session = event.session_id.map(|s| s.to_string()).unwrap_or_default();
         let parts = [
             event.request_id.as_str(),
@@ -137,7 +137,7 @@ impl Store {
     }
 
     /// Removes outcome events that name this person (their `vendor_data`); returns how many.
-    pub async fn forget_events(&self, vendor_data: &str) -> StoreResult<usize> {
+    pub(crate) async fn forget_events(&self, vendor_data: &str) -> StoreResult<usize> {
         let mut c = self.conn.clone();
         let mut removed = 0;
         let mut start = "-".to_owned();
@@ -162,7 +162,7 @@ impl Store {
     }
 
     /// Removes unread intake-stream entries that name this person; returns how many.
-    pub async fn forget_intake(&self, vendor_data: &str) -> StoreResult<usize> {
+    pub(crate) async fn forget_intake(&self, vendor_data: &str) -> StoreResult<usize> {
         let key = format!("{}:intake", self.prefix);
         let mut c = self.conn.clone();
         let all: redis::streams::StreamRangeReply = c.xrange_all(&key).await?;
@@ -171,36 +171,5 @@ impl Store {
             return Ok(0);
         }
         Ok(c.xdel(&key, &ids).await?)
-    }
-
-    /// Unread events per consumer group of the outcome stream (Redis 7's `lag`; a group
-    /// whose lag Redis cannot compute counts every entry after its position).
-    pub async fn event_consumer_lag(&self) -> StoreResult<Vec<(String, u64)>> {
-        let mut c = self.conn.clone();
-        let groups: redis::Value = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(self.events_key())
-            .query_async(&mut c)
-            .await?;
-        let mut lags = Vec::new();
-        if let redis::Value::Array(groups) = groups {
-            for group in groups {
-                let fields: std::collections::HashMap<String, redis::Value> =
-                    match redis::from_redis_value(group) {
-                        Ok(f) => f,
-                        Err(_) => continue,
-                    };
-                let name: Option<String> = fields
-                    .get("name")
-                    .and_then(|v| redis::from_redis_value_ref(v).ok());
-                let lag: Option<u64> = fields
-                    .get("lag")
-                    .and_then(|v| redis::from_redis_value_ref(v).ok());
-                if let Some(name) = name {
-                    lags.push((name, lag.unwrap_or(0)));
-                }
-            }
-        }
-        Ok(lags)
     }
 }

@@ -22,20 +22,22 @@
 //! never the id itself; nothing here puts personal data in a key name.
 
 mod console;
+mod console_lists;
 mod dedupe;
 mod events;
+mod lag;
 mod pause;
 mod requests;
 mod sessions;
 
-use redis::aio::ConnectionManager;
+use crate::queue::RedisConnection;
 use sha2::{Digest, Sha256};
 
 use crate::settings::EventSettings;
 
-pub use console::ReviewItem;
-pub use requests::RequestRecord;
-pub use sessions::{NewSession, SessionRecord};
+pub(crate) use console::ReviewItem;
+pub(crate) use console_lists::StreamEvent;
+pub(crate) use sessions::{NewSession, SessionRecord};
 
 /// A store operation that failed, and whether trying it again can help.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +56,7 @@ pub enum StoreError {
 impl StoreError {
     /// `true` when the same call may succeed later (Redis I/O, a timeout, a server busy
     /// loading); `false` for a corrupt record or a key of a type the fleet never writes.
-    pub fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         match self {
             StoreError::Redis(e) => {
                 e.kind() != redis::ErrorKind::UnexpectedReturnType && e.code() != Some("WRONGTYPE")
@@ -68,7 +70,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     prefix: String,
     settings: EventSettings,
 }
@@ -104,7 +106,7 @@ fn field<T: std::str::FromStr>(
 }
 
 impl Store {
-    pub fn new(conn: ConnectionManager, prefix: &str, settings: EventSettings) -> Self {
+    pub fn new(conn: RedisConnection, prefix: &str, settings: EventSettings) -> Self {
         Self {
             conn,
             prefix: prefix.to_owned(),
@@ -129,7 +131,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn ping(&self) -> StoreResult<()> {
+    pub(crate) async fn ping(&self) -> StoreResult<()> {
         let mut c = self.conn.clone();
         redis::cmd("PING").query_async::<String>(&mut c).await?;
         Ok(())

@@ -15,7 +15,7 @@ impl Store {
     }
 
     /// The current fleet-wide pause of Didit calls, if any.
-    pub async fn pause(&self) -> StoreResult<Option<AccountPause>> {
+    pub(crate) async fn pause(&self) -> StoreResult<Option<AccountPause>> {
         let mut c = self.conn.clone();
         let reason: Option<String> = c.get(self.pause_key()).await?;
         Ok(reason.and_then(|r| AccountPause::parse(&r)))
@@ -23,12 +23,12 @@ impl Store {
 
     /// Pauses Didit calls for the whole fleet until [`Store::resume`]; `false` when they
     /// were paused already.
-    pub async fn set_pause(&self, pause: AccountPause) -> StoreResult<bool> {
+    pub(crate) async fn set_pause(&self, pause: AccountPause) -> StoreResult<bool> {
         let mut c = self.conn.clone();
         Ok(c.set_nx(self.pause_key(), pause.as_str()).await?)
     }
 
-    pub async fn resume(&self) -> StoreResult<()> {
+    pub(crate) async fn resume(&self) -> StoreResult<()> {
         let mut c = self.conn.clone();
         c.del::<_, ()>(self.pause_key()).await?;
         Ok(())

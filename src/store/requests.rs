@@ -19,7 +19,7 @@ use crate::{
 
 /// A request's progress.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RequestRecord {
+pub(crate) struct RequestRecord {
     pub vendor_data: String,
     pub workflow_id: Option<Uuid>,
     /// Set once Didit answered the create call (or a lookup found the session).
@@ -66,7 +66,7 @@ impl Store {
 
     /// The salted hash of a vendor_data: the only form of it that appears in a key name
     /// or in `kyc.subject.erased`.
-    pub fn subject_hash(&self, vendor_data: &str) -> String {
+    pub(crate) fn subject_hash(&self, vendor_data: &str) -> String {
         use secrecy::ExposeSecret;
         digest(&[self.settings.subject_salt.expose_secret(), vendor_data])
     }
@@ -88,7 +88,7 @@ impl Store {
             .ignore();
     }
 
-    pub async fn request(&self, id: &RequestId) -> StoreResult<Option<RequestRecord>> {
+    pub(crate) async fn request(&self, id: &RequestId) -> StoreResult<Option<RequestRecord>> {
         const RECORD: &str = "request";
         let mut c = self.conn.clone();
         let map: std::collections::HashMap<String, String> =
@@ -116,7 +116,11 @@ impl Store {
     /// takes it, and its first audit step. Never overwrites what a worker recorded. Runs
     /// before the job is queued: a failure after it leaves a record the caller's retry of
     /// the same request id completes.
-    pub async fn record_enqueued(&self, id: &RequestId, vendor_data: &str) -> StoreResult<()> {
+    pub(crate) async fn record_enqueued(
+        &self,
+        id: &RequestId,
+        vendor_data: &str,
+    ) -> StoreResult<()> {
         let key = self.request_key(id);
         let mut pipe = redis::pipe();
         pipe.hset_nx(&key, "request_id", id.as_str())
@@ -134,7 +138,7 @@ impl Store {
     ///
     /// `indexed` says the record already exists for this vendor_data (the producer wrote
     /// it, with its lifetime and the person's index): then only the new fields are written.
-    pub async fn record_intent(
+    pub(crate) async fn record_intent(
         &self,
         id: &RequestId,
         vendor_data: &str,
@@ -165,7 +169,7 @@ impl Store {
     ///
     /// `recorded` says the request record was written moments ago (the intent), with its
     /// lifetime and the person's index: then neither is written again.
-    pub async fn record_session(
+    pub(crate) async fn record_session(
         &self,
         id: &RequestId,
         vendor_data: &str,
@@ -202,7 +206,11 @@ impl Store {
 
     /// Marks a request cancelled, in its record and in its session's; `false` when it was
     /// already.
-    pub async fn cancel_request(&self, id: &RequestId, session: Option<Uuid>) -> StoreResult<bool> {
+    pub(crate) async fn cancel_request(
+        &self,
+        id: &RequestId,
+        session: Option<Uuid>,
+    ) -> StoreResult<bool> {
         let key = self.request_key(id);
         let mut c = self.conn.clone();
         let mut pipe = redis::pipe();
@@ -219,7 +227,7 @@ impl Store {
     /// Takes the per-request lock for `ttl` (released by [`Store::unlock_request`], or by
     /// expiry when its holder died); `false` when another delivery of the same request
     /// holds it.
-    pub async fn lock_request(&self, id: &RequestId, ttl: Duration) -> StoreResult<bool> {
+    pub(crate) async fn lock_request(&self, id: &RequestId, ttl: Duration) -> StoreResult<bool> {
         let mut c = self.conn.clone();
         let set: Option<String> = redis::cmd("SET")
             .arg(self.lock_key(id))
@@ -232,7 +240,7 @@ impl Store {
         Ok(set.is_some())
     }
 
-    pub async fn unlock_request(&self, id: &RequestId) -> StoreResult<()> {
+    pub(crate) async fn unlock_request(&self, id: &RequestId) -> StoreResult<()> {
         let mut c = self.conn.clone();
         c.del::<_, ()>(self.lock_key(id)).await?;
         Ok(())
@@ -244,7 +252,7 @@ impl Store {
     /// Steps are written on changes (a new status, a webhook, an event), never per routine
     /// poll, so a trail stays short; the publish script, which every outcome passes, keeps
     /// it to the last `AUDIT_MAX` steps whatever happens.
-    pub async fn audit(
+    pub(crate) async fn audit(
         &self,
         requests: &[RequestId],
         step: &str,
@@ -293,7 +301,10 @@ impl Store {
     }
 
     /// Request ids recorded for a person (by vendor_data), and their sessions.
-    pub async fn subject(&self, vendor_data: &str) -> StoreResult<(Vec<RequestId>, Vec<Uuid>)> {
+    pub(crate) async fn subject(
+        &self,
+        vendor_data: &str,
+    ) -> StoreResult<(Vec<RequestId>, Vec<Uuid>)> {
         let mut c = self.conn.clone();
         let ids: Vec<String> = c.hkeys(self.subject_key(vendor_data)).await?;
         let requests: Vec<RequestId> = ids
@@ -310,7 +321,7 @@ impl Store {
     }
 
     /// Deletes every local record of these requests and sessions and the person's index.
-    pub async fn forget(
+    pub(crate) async fn forget(
         &self,
         vendor_data: &str,
         requests: &[RequestId],

@@ -19,7 +19,7 @@ use crate::{
 
 /// What the fleet knows of one Didit session.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SessionRecord {
+pub(crate) struct SessionRecord {
     /// The requests it answers that are still followed (not cancelled).
     pub requests: Vec<RequestId>,
     /// The requests it answered until they were cancelled.
@@ -51,7 +51,7 @@ pub struct SessionRecord {
 
 /// A session Didit created (or reused), as [`Store::record_session`] records it.
 #[derive(Debug, Clone, Copy)]
-pub struct NewSession<'a> {
+pub(crate) struct NewSession<'a> {
     pub id: Uuid,
     pub url: &'a str,
     /// Unix ms after which the session is given up unless Didit finished it.
@@ -119,7 +119,7 @@ impl Store {
         pipe.zrem(self.open_sessions_key(), id.to_string()).ignore();
     }
 
-    pub async fn session(&self, id: Uuid) -> StoreResult<Option<SessionRecord>> {
+    pub(crate) async fn session(&self, id: Uuid) -> StoreResult<Option<SessionRecord>> {
         const RECORD: &str = "session";
         let mut c = self.conn.clone();
         let map: std::collections::HashMap<String, String> =
@@ -178,7 +178,7 @@ impl Store {
     /// step `decision_read` (`change`) is audited, and the status a rule or an operator
     /// set is forgotten once Didit moved past it (a later return to that status is not
     /// its echo). Returns the reads so far and the change round now.
-    pub async fn record_read(
+    pub(crate) async fn record_read(
         &self,
         id: Uuid,
         session: &SessionRecord,
@@ -213,7 +213,7 @@ impl Store {
     /// Records a resubmission the fleet asked for (a rule or an operator) as the session's
     /// status before Didit's echo is read: the change round moves on, and the echo is the
     /// same status, not a change. Returns the change round now.
-    pub async fn record_resubmission(&self, id: Uuid, by: &str) -> StoreResult<u64> {
+    pub(crate) async fn record_resubmission(&self, id: Uuid, by: &str) -> StoreResult<u64> {
         let key = self.session_key(id);
         let mut c = self.conn.clone();
         let (round,): (u64,) = redis::pipe()
@@ -235,7 +235,7 @@ impl Store {
     }
 
     /// Records that a rule set `status` at Didit, so the echo is recognised.
-    pub async fn set_rule_status(
+    pub(crate) async fn set_rule_status(
         &self,
         id: Uuid,
         status: &SessionStatus,
@@ -252,7 +252,12 @@ impl Store {
     }
 
     /// Holds a session for review by a rule while Didit's status stays `status`.
-    pub async fn set_hold(&self, id: Uuid, status: &SessionStatus, rule: &str) -> StoreResult<()> {
+    pub(crate) async fn set_hold(
+        &self,
+        id: Uuid,
+        status: &SessionStatus,
+        rule: &str,
+    ) -> StoreResult<()> {
         self.update_session(
             id,
             &[
@@ -264,7 +269,7 @@ impl Store {
     }
 
     /// Releases a rule's hold (Didit moved on).
-    pub async fn clear_hold(&self, id: Uuid) -> StoreResult<()> {
+    pub(crate) async fn clear_hold(&self, id: Uuid) -> StoreResult<()> {
         let mut c = self.conn.clone();
         c.hdel::<_, _, ()>(self.session_key(id), "hold_status")
             .await?;
@@ -272,7 +277,7 @@ impl Store {
     }
 
     /// Counts a resubmission a rule asked for; returns the count.
-    pub async fn count_resubmit(&self, id: Uuid) -> StoreResult<u32> {
+    pub(crate) async fn count_resubmit(&self, id: Uuid) -> StoreResult<u32> {
         let key = self.session_key(id);
         let mut c = self.conn.clone();
         let (n,): (u32,) = redis::pipe()
@@ -284,13 +289,13 @@ impl Store {
         Ok(n)
     }
 
-    pub async fn set_session_deadline(&self, id: Uuid, deadline_ms: u64) -> StoreResult<()> {
+    pub(crate) async fn set_session_deadline(&self, id: Uuid, deadline_ms: u64) -> StoreResult<()> {
         self.update_session(id, &[("deadline_ms", deadline_ms.to_string())])
             .await
     }
 
     /// Stops sweeping a session (it reached a status nothing follows).
-    pub async fn close_session(&self, id: Uuid) -> StoreResult<()> {
+    pub(crate) async fn close_session(&self, id: Uuid) -> StoreResult<()> {
         let mut c = self.conn.clone();
         c.zrem::<_, _, ()>(self.open_sessions_key(), id.to_string())
             .await?;
@@ -300,7 +305,11 @@ impl Store {
     /// Open sessions not looked at for `every` (oldest first, at most `limit`); each is
     /// marked as looked at now. The score of an open session is when it was last swept
     /// (or created).
-    pub async fn sessions_to_sweep(&self, limit: usize, every: Duration) -> StoreResult<Vec<Uuid>> {
+    pub(crate) async fn sessions_to_sweep(
+        &self,
+        limit: usize,
+        every: Duration,
+    ) -> StoreResult<Vec<Uuid>> {
         let mut c = self.conn.clone();
         let now = now_ms();
         let before = now.saturating_sub(every.as_millis() as u64);
@@ -319,7 +328,7 @@ impl Store {
     }
 
     /// Takes the fleet-wide sweep turn for `every`; `false` when another process has it.
-    pub async fn take_sweep_turn(&self, every: Duration) -> StoreResult<bool> {
+    pub(crate) async fn take_sweep_turn(&self, every: Duration) -> StoreResult<bool> {
         let mut c = self.conn.clone();
         let set: Option<String> = redis::cmd("SET")
             .arg(format!("{}:sweep:turn", self.prefix))

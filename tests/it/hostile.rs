@@ -21,7 +21,7 @@ fn now_s() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
 
-async fn scrape(app: &TestApp) -> String {
+pub(crate) async fn scrape(app: &TestApp) -> String {
     reqwest::get(app.url("/metrics"))
         .await
         .expect("scrape")
@@ -31,7 +31,7 @@ async fn scrape(app: &TestApp) -> String {
 }
 
 /// The value of one series in a scrape (0 when absent).
-fn value(scrape: &str, series: &str) -> f64 {
+pub(crate) fn value(scrape: &str, series: &str) -> f64 {
     scrape
         .lines()
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
@@ -53,7 +53,7 @@ fn series(scrape: &str, name: &str) -> Vec<(String, f64)> {
 }
 
 /// Nothing reached the queues, the event stream or Didit.
-async fn assert_nothing_enqueued(app: &TestApp, what: &str) {
+pub(crate) async fn assert_nothing_enqueued(app: &TestApp, what: &str) {
     let mut c = app.redis.connection().await;
     let events: u64 = c.xlen("kyc:events").await.expect("xlen");
     assert_eq!(events, 0, "{what}: an event was published");

@@ -10,15 +10,22 @@
 //! # Ok(()) }
 //! ```
 //! The request is validated here, so a caller gets a clear error at once instead of a job in
-//! the dead set later.
+//! the dead set later: its own rules, and what this deployment can start (a workflow its
+//! settings name; against the sandbox, one of the sandbox's scenarios). Services in other
+//! languages write to the intake stream instead; its reader (`intake`) turns each entry into
+//! the same call.
+
+mod intake;
 
 use crate::{
-    domain::{RequestError, RequestId, StartRequest},
+    domain::{Admission, RequestError, RequestId, StartRequest},
     jobs::StartKyc,
-    queue::{Queue, QueueError},
+    queue::{ConnectError, Connector, Queue, QueueError},
     settings::Settings,
     store::{Store, StoreError},
 };
+
+pub(crate) use intake::read_intake;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProducerError {
@@ -26,8 +33,9 @@ pub enum ProducerError {
     Invalid(#[from] RequestError),
     #[error("cannot enqueue: {0}")]
     Queue(#[from] QueueError),
-    #[error("cannot connect to Redis: {0}")]
-    Connect(#[from] redis::RedisError),
+    /// Redis cannot be used: a setting to fix, or an outage (see [`ConnectError::is_retryable`]).
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("cannot record the request: {0}")]
     Record(#[from] StoreError),
     /// Too much work is waiting; try again after `retry_after`.
@@ -41,33 +49,40 @@ pub enum ProducerError {
 /// How long a backpressure reading is reused (keeps the check off the hot path).
 const BACKPRESSURE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 /// What producers are told to wait while the fleet is behind.
-pub const BACKPRESSURE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const BACKPRESSURE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct Producer {
     queue: Queue,
     store: Store,
+    admission: Admission,
     /// The last reading of waiting start requests and when it was taken.
     waiting: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, u64)>>>,
 }
 
 impl Producer {
+    /// Connects with the `[redis]` settings and checks that Redis answers.
     pub async fn connect(settings: &Settings) -> Result<Self, ProducerError> {
-        let queue = Queue::connect(
-            settings.redis.url(),
+        let connector = Connector::new(&settings.redis).map_err(ConnectError::from)?;
+        connector.check().await?;
+        let queue = Queue::new(
+            connector.connect(),
             &settings.redis.prefix,
             settings.queue.clone(),
-        )
-        .await?;
-        let conn = crate::queue::connect(settings.redis.url()).await?;
-        let store = Store::new(conn, &settings.redis.prefix, settings.events.clone());
-        Ok(Self::new(queue, store))
+        );
+        let store = Store::new(
+            connector.connect(),
+            &settings.redis.prefix,
+            settings.events.clone(),
+        );
+        Ok(Self::new(queue, store, admission(settings)))
     }
 
-    pub fn new(queue: Queue, store: Store) -> Self {
+    pub fn new(queue: Queue, store: Store, admission: Admission) -> Self {
         Self {
             queue,
             store,
+            admission,
             waiting: Default::default(),
         }
     }
@@ -102,10 +117,34 @@ impl Producer {
         Ok(())
     }
 
+    /// What [`Producer::start_kyc`] would refuse, without queuing anything: the request's
+    /// own rules, then what this deployment can start. Returns the request with its id
+    /// filled in (a batch checks every row before it queues one).
+    pub fn check(&self, request: StartRequest) -> Result<(RequestId, StartRequest), RequestError> {
+        self.check_all(request)
+            .map_err(crate::domain::first_problem)
+    }
+
+    /// As [`Producer::check`], naming every field at fault.
+    pub fn check_all(
+        &self,
+        request: StartRequest,
+    ) -> Result<(RequestId, StartRequest), Vec<RequestError>> {
+        let mut refusals = self.admission.refusals(&request);
+        match request.validate_all() {
+            Ok(valid) if refusals.is_empty() => Ok(valid),
+            Ok(_) => Err(refusals),
+            Err(mut errors) => {
+                errors.append(&mut refusals);
+                Err(errors)
+            }
+        }
+    }
+
     /// Queues a verification; returns its request id (generated when the request has none).
     /// Enqueuing the same request id again never creates a second Didit session.
     pub async fn start_kyc(&self, request: StartRequest) -> Result<RequestId, ProducerError> {
-        let (id, request) = request.validate()?;
+        let (id, request) = self.check(request)?;
         self.check_capacity().await?;
         self.store
             .record_enqueued(&id, request.vendor_data.trim())
@@ -113,4 +152,16 @@ impl Producer {
         self.queue.push(&StartKyc { request }).await?;
         Ok(id)
     }
+}
+
+/// What the deployment these settings describe can start: the workflows of `[workflows]`
+/// and, when `didit.base_url` is this machine (the sandbox), the sandbox's scenarios.
+pub fn admission(settings: &Settings) -> Admission {
+    let scenarios = settings.didit.is_sandbox().then(|| {
+        didit_sandbox::Scenario::ALL
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect()
+    });
+    Admission::new(settings.workflows.keys().cloned(), scenarios)
 }
