@@ -3,10 +3,10 @@
 //! - [`StartKyc`]: one Didit session per request, the user's link, the first poll.
 //! - [`PollDecision`]: reads a session's decision; "not yet" re-schedules on the poll
 //!   schedule (never an attempt), a final status publishes its event.
-//! - [`EraseSubject`]: a person's right to erasure, at Didit and here.
+//! - `EraseSubject`: a person's right to erasure, at Didit and here.
 //! - [`OperatorAction`]: a person's decision from the console, carried out at Didit.
 //!
-//! Handlers turn every Didit failure into the queue's language through [`Pipeline::didit_failure`]:
+//! Handlers turn every Didit failure into the queue's language through `Pipeline::didit_failure`:
 //! 429/5xx wait without using attempts, account problems pause the fleet, request problems
 //! fail the request with an event.
 
