@@ -18,7 +18,7 @@ use crate::domain::{AccountPause, EventType, Refusal, SessionStatus};
 /// Outcomes of one job delivery (`kyc_jobs_total{outcome}`).
 pub const JOB_OUTCOMES: [&str; 5] = ["done", "run_again", "retried", "waited", "dead"];
 /// Results of one webhook delivery (`kyc_webhooks_total{result}`).
-pub const WEBHOOK_RESULTS: [&str; 8] = [
+pub const WEBHOOK_RESULTS: [&str; 9] = [
     "accepted",
     "bad_signature",
     "stale",
@@ -26,15 +26,25 @@ pub const WEBHOOK_RESULTS: [&str; 8] = [
     "malformed",
     "too_large",
     "unknown_session",
+    "adoption_refused",
     "error",
+];
+/// Why a console login failed (`kyc_console_login_failures_total{reason}`).
+pub const LOGIN_FAILURES: [&str; 3] = ["wrong_token", "bad_operator", "throttled"];
+/// Why a start request was refused (`kyc_intake_rejected_total{reason}`), besides the
+/// field refusals of [`Refusal`].
+const INTAKE_REJECTIONS: [&str; 4] = [
+    "malformed",
+    "backpressure",
+    "idempotency_mismatch",
+    "content_type",
 ];
 const QUEUE_STATES: [&str; 4] = ["ready", "scheduled", "in_flight", "dead"];
 const STATUS_CLASSES: [&str; 5] = ["2xx", "4xx", "5xx", "429", "error"];
 const DECIDERS: [&str; 4] = ["didit", "rule", "operator", "kyc-worker"];
 /// What an operator did in the console (`kyc_console_actions_total{action}`).
-pub const CONSOLE_ACTIONS: [&str; 9] = [
+pub const CONSOLE_ACTIONS: [&str; 8] = [
     "login",
-    "login_refused",
     "approve",
     "decline",
     "resubmit",
@@ -72,6 +82,7 @@ pub struct Metrics {
     pub deliveries: IntCounterVec,
     pub delivery_duration: HistogramVec,
     pub delivery_lag: GaugeVec,
+    pub console_login_failures: IntCounterVec,
     /// 0 when Redis is seen to evict keys under memory pressure (`maxmemory-policy` is not
     /// `noeviction`): jobs and records could vanish. 1 otherwise, until a reading says so.
     pub redis_eviction_policy_ok: IntGauge,
@@ -300,6 +311,12 @@ impl Metrics {
                 "Age of the oldest event not yet delivered to a subscriber.",
                 &["subscriber"],
             ),
+            console_login_failures: counter(
+                r,
+                "kyc_console_login_failures_total",
+                "Console logins refused (wrong token, bad operator name, throttled), by reason.",
+                &["reason"],
+            ),
             redis_eviction_policy_ok: register(
                 r,
                 IntGauge::new(
@@ -348,7 +365,7 @@ impl Metrics {
         }
         for source in ["http", "intake_stream"] {
             let refusals = Refusal::ALL.iter().map(|r| r.as_str());
-            for reason in refusals.chain(["malformed", "backpressure"]) {
+            for reason in refusals.chain(INTAKE_REJECTIONS) {
                 self.intake_rejected.with_label_values(&[source, reason]);
             }
         }
@@ -363,6 +380,9 @@ impl Metrics {
         }
         for kind in EventType::ALL {
             self.events_published.with_label_values(&[kind.as_str()]);
+        }
+        for reason in LOGIN_FAILURES {
+            self.console_login_failures.with_label_values(&[reason]);
         }
         for action in CONSOLE_ACTIONS {
             self.console_actions.with_label_values(&[action]);

@@ -77,6 +77,7 @@ impl Application {
             admin_token: settings.http.admin_token.clone(),
             limiter: limiter.clone(),
             throughput: Arc::new(Throughput::default()),
+            trusted_proxies: settings.http.trusted_proxies.clone(),
         };
         let didit =
             DiditClient::new(&settings.didit.client_config())?.with_observer(metrics.clone());
@@ -97,7 +98,8 @@ impl Application {
                 queue.clone(),
                 store.clone(),
                 crate::producer::admission(&settings),
-            ),
+            )
+            .with_limits(settings.intake),
             store,
             queue,
             verifier: Arc::new(WebhookVerifier::new(
@@ -279,7 +281,9 @@ async fn serve(
     router: axum::Router,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
+    // The peer's address reaches handlers (the console's login throttle).
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|stop| *stop).await;
         })

@@ -40,6 +40,8 @@ pub struct ConsoleState {
     pub admin_token: Option<SecretString>,
     pub limiter: RateLimiter,
     pub throughput: Arc<Throughput>,
+    /// Proxies whose `X-Forwarded-For` names the client (the login throttle's address).
+    pub trusted_proxies: crate::domain::TrustedProxies,
 }
 
 /// Finished jobs per queue over the last hour, counted by this process: samples of

@@ -1,11 +1,11 @@
 //! The console's actions: verify the token and the origin, enqueue or act on the dead set,
 //! audit, count, and redirect back to the page (POST/redirect/GET).
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use axum::{
-    extract::{Path, State},
-    http::{header, HeaderMap, HeaderValue, StatusCode},
+    extract::{ConnectInfo, Path, State},
+    http::{header, Extensions, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Redirect, Response},
     Form,
 };
@@ -265,10 +265,44 @@ pub struct LoginForm {
     operator: String,
 }
 
+/// Failed logins one client address may make per [`LOGIN_FAILURE_WINDOW`] before it is
+/// answered 429 (a person mistyping gets plenty; a flood is stopped after these).
+/// docs/console.md states these numbers.
+const LOGIN_FAILURES_ALLOWED: u32 = 10;
+/// The window of [`LOGIN_FAILURES_ALLOWED`], from the first failure.
+const LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(300);
+
+/// The client's address: the peer, or the client a trusted proxy names.
+fn client_address(state: &AppState, headers: &HeaderMap, extensions: &Extensions) -> String {
+    let Some(ConnectInfo(peer)) = extensions.get::<ConnectInfo<SocketAddr>>() else {
+        return "unknown".to_owned();
+    };
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    state
+        .console
+        .trusted_proxies
+        .client_address(peer.ip(), forwarded)
+        .to_string()
+}
+
+/// Counts a refused login (never in the operators' action log: anyone can cause one).
+fn login_failed(state: &AppState, reason: &'static str) {
+    state
+        .metrics
+        .console_login_failures
+        .with_label_values(&[reason])
+        .inc();
+    tracing::info!(reason, "console login refused");
+}
+
 /// Checks the admin token and sets the login cookies (HttpOnly, SameSite=Strict).
 pub async fn login(
     State(state): State<AppState>,
     headers: HeaderMap,
+    extensions: Extensions,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, ConsoleError> {
     let access = Access::of(&state.console, &headers);
@@ -278,6 +312,15 @@ pub async fn login(
             "no admin token is configured: the console is read-only",
         ));
     };
+    let client = client_address(&state, &headers, &extensions);
+    if let Some(wait) = state
+        .store
+        .login_throttled(&client, LOGIN_FAILURES_ALLOWED)
+        .await?
+    {
+        login_failed(&state, "throttled");
+        return Err(ConsoleError::Throttled(wait));
+    }
     let operator = form.operator.trim();
     let matches = bool::from(subtle::ConstantTimeEq::ct_eq(
         form.token.trim().as_bytes(),
@@ -289,12 +332,18 @@ pub async fn login(
         } else {
             "Wrong token."
         };
-        let operator_shown = if valid_operator(operator) {
-            operator
-        } else {
-            ""
-        };
-        record(&state, "login_refused", operator_shown, "console").await?;
+        login_failed(
+            &state,
+            if matches {
+                "bad_operator"
+            } else {
+                "wrong_token"
+            },
+        );
+        state
+            .store
+            .count_login_failure(&client, LOGIN_FAILURE_WINDOW)
+            .await?;
         let body = html::page("Log in", Some(&access), login_form(&state, Some(reason)));
         return Ok((StatusCode::UNAUTHORIZED, html_headers(), body.into_string()).into_response());
     }

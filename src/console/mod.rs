@@ -11,8 +11,12 @@
 //! (vendor_data, payload values). The token is presented as `Authorization: Bearer` or by the
 //! login form, which sets an HttpOnly `SameSite=Strict` cookie holding a hash of it (never
 //! the token itself). Actions are POST only, need the token, and a cookie-authenticated POST
-//! must come from the console's own origin (`Origin` / `Sec-Fetch-Site`): that and the
-//! SameSite cookie are the CSRF protection.
+//! must come from the console's own origin (`Origin` / `Sec-Fetch-Site`; scheme, host and
+//! port): that and the SameSite cookie are the CSRF protection. Failed logins are throttled
+//! per client address (`http.trusted_proxies` says whose `X-Forwarded-For` is believed),
+//! answered 429 with `Retry-After` past the limit, counted in
+//! `kyc_console_login_failures_total{reason}` and kept out of the operators' action log, so
+//! a flood of wrong tokens can neither guess the token nor push real actions out of the log.
 //!
 //! **Actions** only read, verify and enqueue, like every HTTP handler: approve / decline /
 //! resubmit enqueue an [`OperatorAction`](crate::jobs::OperatorAction) job, and the review
@@ -23,6 +27,8 @@
 mod actions;
 mod html;
 mod pages;
+
+use std::time::Duration;
 
 use axum::{
     http::{header, HeaderMap, HeaderValue, StatusCode},
@@ -177,13 +183,23 @@ fn same_origin(headers: &HeaderMap, access: &Access) -> Result<(), ConsoleError>
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     if let Some(origin) = origin {
-        let origin_host = url::Url::parse(origin).ok().and_then(|u| {
+        let origin = url::Url::parse(origin).ok();
+        let origin_host = origin.as_ref().and_then(|u| {
             u.host_str().map(|h| match u.port() {
                 Some(p) => format!("{h}:{p}"),
                 None => h.to_owned(),
             })
         });
-        if origin_host.is_none() || origin_host.as_deref() != host {
+        // This server speaks plain HTTP; behind a TLS-terminating proxy the proxy says so.
+        // (A browser cannot set X-Forwarded-Proto on a cross-site request.)
+        let scheme = headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(|v| v.trim().to_ascii_lowercase())
+            .unwrap_or_else(|| "http".to_owned());
+        let same_scheme = origin.as_ref().is_some_and(|u| u.scheme() == scheme);
+        if origin_host.is_none() || origin_host.as_deref() != host || !same_scheme {
             return Err(ConsoleError::Forbidden("cross-origin request refused"));
         }
     } else if access.via_cookie && fetch_site.is_none() {
@@ -207,6 +223,9 @@ pub enum ConsoleError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// Too many failed logins from this address: wait this long.
+    #[error("too many failed logins from this address; try again in {} s", .0.as_secs().max(1))]
+    Throttled(Duration),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error(transparent)]
@@ -223,6 +242,7 @@ impl IntoResponse for ConsoleError {
             ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
             ConsoleError::Conflict(_) => StatusCode::CONFLICT,
+            ConsoleError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             ConsoleError::Redis(_) | ConsoleError::Store(_) | ConsoleError::Queue(_) => {
                 tracing::error!(error = %self, "console request failed");
                 StatusCode::SERVICE_UNAVAILABLE
@@ -243,7 +263,13 @@ impl IntoResponse for ConsoleError {
                 p { a href="/console/" { "Back to the overview" } }
             },
         );
-        (status, html_headers(), body.into_string()).into_response()
+        let mut response = (status, html_headers(), body.into_string()).into_response();
+        if let ConsoleError::Throttled(wait) = &self {
+            if let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
     }
 }
 
@@ -299,6 +325,14 @@ mod tests {
             HeaderValue::from_static("http://evil.example"),
         );
         assert!(same_origin(&headers, &cookie_access).is_err());
+        // Same host and port, another scheme: another origin.
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://127.0.0.1:9090"),
+        );
+        assert!(same_origin(&headers, &cookie_access).is_err());
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        assert!(same_origin(&headers, &cookie_access).is_ok());
         let mut cross = HeaderMap::new();
         cross.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
         let bearer = Access {

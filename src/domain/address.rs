@@ -1,129 +1,167 @@
-//! Which addresses a subscriber URL may name: the fleet runs inside a private network, and a
-//! URL from a config file must not turn it into a proxy to the cloud's metadata service, the
-//! Redis next door or an admin page on loopback (server-side request forgery).
+//! Who is calling: the client address behind our reverse proxies.
 //!
-//! The policy is pure: the settings check URLs whose host is an IP literal with it when they
-//! are read, and the subscriber client's resolver applies it to every address a name
-//! resolves to at connect time.
+//! Throttling failed console logins per client needs the client's address. Behind a load
+//! balancer every connection comes from the balancer, and the client is named in
+//! `X-Forwarded-For` — a header anyone can write. So the header is believed only when the
+//! connection comes from a proxy the operator listed (`http.trusted_proxies`), and only as
+//! far as the chain of trusted proxies reaches: reading right to left, the first address
+//! that is not a trusted proxy is the client.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
-/// Whether an address is private, loopback, link-local, a metadata endpoint or otherwise
-/// not a public unicast address.
-pub(crate) fn is_forbidden(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => forbidden_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return forbidden_v4(v4);
+/// One trusted network: an address and a prefix length (`10.0.0.0/8`, `::1/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Network {
+    base: IpAddr,
+    prefix: u8,
+}
+
+impl Network {
+    fn contains(&self, ip: IpAddr) -> bool {
+        match (self.base, canonical(ip)) {
+            (IpAddr::V4(base), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(base) & mask == u32::from(ip) & mask
             }
-            forbidden_v6(v6)
+            (IpAddr::V6(base), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(base) & mask == u128::from(ip) & mask
+            }
+            _ => false,
         }
     }
 }
 
-fn forbidden_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
-    ip.is_private()
-        || ip.is_loopback()
-        // 169.254.0.0/16 holds the cloud metadata service (169.254.169.254).
-        || ip.is_link_local()
-        || ip.is_unspecified()
-        || ip.is_broadcast()
-        || ip.is_multicast()
-        || ip.is_documentation()
-        // 0.0.0.0/8 ("this network").
-        || a == 0
-        // 100.64.0.0/10, carrier-grade NAT (Alibaba's metadata service is 100.100.100.200).
-        || (a == 100 && (64..128).contains(&b))
-        // 192.0.0.0/24, IETF protocol assignments.
-        || (a == 192 && b == 0 && ip.octets()[2] == 0)
-        // 198.18.0.0/15, benchmarking.
-        || (a == 198 && (b == 18 || b == 19))
-        // 240.0.0.0/4, reserved.
-        || a >= 240
-}
-
-fn forbidden_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
-    ip.is_loopback()
-        || ip.is_unspecified()
-        || ip.is_multicast()
-        // fc00::/7, unique local (AWS's IPv6 metadata service is fd00:ec2::254).
-        || (first & 0xfe00) == 0xfc00
-        // fe80::/10, link-local.
-        || (first & 0xffc0) == 0xfe80
-        // ::/96 IPv4-compatible and 64:ff9b::/96 NAT64 embed an IPv4 address: judge that.
-        || embedded_v4(ip).is_some_and(forbidden_v4)
-}
-
-fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
-    let s = ip.segments();
-    let tail = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
-    let compatible = s[..6].iter().all(|x| *x == 0);
-    let nat64 = s[0] == 0x64 && s[1] == 0xff9b && s[2..6].iter().all(|x| *x == 0);
-    (compatible || nat64).then_some(tail)
-}
-
-/// A target the policy refuses.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct Refused(pub(crate) String);
-
-/// Refuses a URL whose host is a forbidden IP literal (a name is checked when resolved).
-pub(crate) fn check_literal(url: &url::Url) -> Result<(), Refused> {
-    let ip = match url.host() {
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
-        _ => return Ok(()),
-    };
-    if is_forbidden(ip) {
-        return Err(Refused(format!(
-            "{ip} is a private, loopback, link-local or reserved address (set allow_private = true for a target inside your network)"
-        )));
+/// An IPv4 address seen through an IPv6 socket (`::ffff:1.2.3.4`) is that IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     }
-    Ok(())
+}
+
+/// The proxies whose `X-Forwarded-For` is believed (settings `http.trusted_proxies`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<Network>);
+
+impl TrustedProxies {
+    /// Parses a comma-separated list of addresses and CIDR networks; empty: none.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let mut networks = Vec::new();
+        for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (address, prefix) = match item.split_once('/') {
+                Some((a, p)) => (a, Some(p)),
+                None => (item, None),
+            };
+            let base: IpAddr = address
+                .parse()
+                .map_err(|_| format!("\"{item}\" is not an IP address or CIDR network"))?;
+            let base = canonical(base);
+            let max = if base.is_ipv4() { 32 } else { 128 };
+            let prefix = match prefix {
+                None => max,
+                Some(p) => p
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|p| *p <= max)
+                    .ok_or_else(|| format!("\"{item}\": the prefix length must be 0-{max}"))?,
+            };
+            networks.push(Network { base, prefix });
+        }
+        Ok(Self(networks))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|n| n.contains(ip))
+    }
+
+    /// The client's address: the peer itself, unless the peer is a trusted proxy; then
+    /// the right-most `X-Forwarded-For` entry that is not a trusted proxy (or the left-most
+    /// when all are). Unparsable entries end the walk: nothing left of them is believed.
+    pub fn client_address<'a>(
+        &self,
+        peer: IpAddr,
+        forwarded_for: impl IntoIterator<Item = &'a str>,
+    ) -> IpAddr {
+        let peer = canonical(peer);
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let chain: Vec<&str> = forwarded_for
+            .into_iter()
+            .flat_map(|h| h.split(','))
+            .map(str::trim)
+            .collect();
+        let mut client = peer;
+        for entry in chain.iter().rev() {
+            let Ok(ip) = entry.parse::<IpAddr>().map(canonical) else {
+                break;
+            };
+            client = ip;
+            if !self.trusts(ip) {
+                break;
+            }
+        }
+        client
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn private_loopback_link_local_and_metadata_addresses_are_forbidden() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.100.100.200",
-            "0.0.0.0",
-            "255.255.255.255",
-            "::1",
-            "::",
-            "fd00:ec2::254",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1",
-            "64:ff9b::a9fe:a9fe",
-        ] {
-            let ip: IpAddr = ip.parse().expect(ip);
-            assert!(is_forbidden(ip), "{ip} must be forbidden");
-        }
-        for ip in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"] {
-            let ip: IpAddr = ip.parse().expect(ip);
-            assert!(!is_forbidden(ip), "{ip} is public");
-        }
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
     }
 
     #[test]
-    fn literal_hosts_are_checked_and_names_are_left_to_the_resolver() {
-        let url = |u: &str| url::Url::parse(u).expect(u);
-        assert!(check_literal(&url("https://127.0.0.1/hook")).is_err());
-        assert!(check_literal(&url("https://[::1]:8443/hook")).is_err());
-        assert!(check_literal(&url("https://169.254.169.254/latest")).is_err());
-        assert!(check_literal(&url("https://1.1.1.1/hook")).is_ok());
-        assert!(check_literal(&url("https://hooks.example.com/x")).is_ok());
+    fn forwarded_for_is_believed_only_from_a_trusted_peer() {
+        let none = TrustedProxies::default();
+        assert_eq!(
+            none.client_address(ip("127.0.0.1"), ["203.0.113.9"]),
+            ip("127.0.0.1")
+        );
+        let lb = TrustedProxies::parse("10.0.0.0/8, 127.0.0.1").expect("list");
+        assert_eq!(
+            lb.client_address(ip("127.0.0.1"), ["203.0.113.9"]),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            lb.client_address(ip("192.0.2.1"), ["203.0.113.9"]),
+            ip("192.0.2.1"),
+            "an untrusted peer's header is ignored"
+        );
+        // The client forged the left-most entry; the trusted chain names the real one.
+        assert_eq!(
+            lb.client_address(ip("10.1.2.3"), ["6.6.6.6, 198.51.100.7, 10.9.9.9"]),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            lb.client_address(ip("10.1.2.3"), ["garbage, 10.9.9.9"]),
+            ip("10.9.9.9")
+        );
+        assert_eq!(
+            lb.client_address(ip("::ffff:127.0.0.1"), Vec::<&str>::new()),
+            ip("127.0.0.1")
+        );
+        let v6 = TrustedProxies::parse("fd00::/8").expect("v6");
+        assert!(v6.trusts(ip("fd12::1")));
+        assert!(!v6.trusts(ip("fe80::1")));
+    }
+
+    #[test]
+    fn bad_lists_are_refused_with_the_item() {
+        assert!(TrustedProxies::parse("").expect("empty").is_empty());
+        for bad in ["10.0.0.0/33", "nope", "::1/129", "1.2.3.4/x"] {
+            assert!(TrustedProxies::parse(bad).is_err(), "{bad}");
+        }
     }
 }

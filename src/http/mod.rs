@@ -62,14 +62,17 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
     }
 }
 
-/// Readiness: Redis answers and the workers run. An account pause is not unreadiness:
-/// webhooks must keep arriving.
+/// Readiness: Redis answers and accepts writes, and the workers run. A Redis that refuses
+/// writes (out of memory under `noeviction`, a read-only replica) answers PING but fails
+/// every intake: unready too. An account pause is not unreadiness: webhooks must keep
+/// arriving.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
     if !state.workers_alive.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "workers stopped");
     }
-    match state.store.ping().await {
+    match state.store.writable().await {
         Ok(()) => (StatusCode::OK, "ready"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable"),
+        Err(e) if e.is_unreachable() => (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "redis refuses writes"),
     }
 }

@@ -105,6 +105,10 @@ async fn take(
         Ok(request) => match producer.start_kyc(request).await {
             Ok(_) => None,
             Err(ProducerError::Invalid(e)) => Some((e.refusal.as_str(), e.to_string())),
+            // The reason starts with `idempotency_mismatch:` and names the fields.
+            Err(e @ ProducerError::IdempotencyMismatch { .. }) => {
+                Some(("idempotency_mismatch", e.to_string()))
+            }
             Err(other) => return Err(other),
         },
         Err(reason) => Some(("malformed", reason)),

@@ -18,11 +18,11 @@
 mod intake;
 
 use crate::{
-    domain::{Admission, RequestError, RequestId, StartRequest},
+    domain::{Admission, IntakeLimits, RequestError, RequestId, StartRequest},
     jobs::StartKyc,
     queue::{ConnectError, Connector, Queue, QueueError},
     settings::Settings,
-    store::{Store, StoreError},
+    store::{Enqueued, Store, StoreError},
 };
 
 pub(crate) use intake::read_intake;
@@ -31,6 +31,10 @@ pub(crate) use intake::read_intake;
 pub enum ProducerError {
     #[error("invalid start request: {0}")]
     Invalid(#[from] RequestError),
+    /// The request id was accepted before for another request: nothing was queued. Not
+    /// retryable: send the original body again, or use a new id.
+    #[error("idempotency_mismatch: the request id was already used for a different request ({} differ)", fields.join(", "))]
+    IdempotencyMismatch { fields: Vec<&'static str> },
     #[error("cannot enqueue: {0}")]
     Queue(#[from] QueueError),
     /// Redis cannot be used: a setting to fix, or an outage (see [`ConnectError::is_retryable`]).
@@ -56,6 +60,7 @@ pub struct Producer {
     queue: Queue,
     store: Store,
     admission: Admission,
+    limits: IntakeLimits,
     /// The last reading of waiting start requests and when it was taken.
     waiting: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, u64)>>>,
 }
@@ -75,7 +80,7 @@ impl Producer {
             &settings.redis.prefix,
             settings.events.clone(),
         );
-        Ok(Self::new(queue, store, admission(settings)))
+        Ok(Self::new(queue, store, admission(settings)).with_limits(settings.intake))
     }
 
     pub fn new(queue: Queue, store: Store, admission: Admission) -> Self {
@@ -83,8 +88,15 @@ impl Producer {
             queue,
             store,
             admission,
+            limits: IntakeLimits::default(),
             waiting: Default::default(),
         }
+    }
+
+    /// Applies the settings' size limits (`[intake]`) instead of the defaults.
+    pub fn with_limits(mut self, limits: IntakeLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Start requests waiting (ready + scheduled), read at most once a second.
@@ -131,7 +143,7 @@ impl Producer {
         request: StartRequest,
     ) -> Result<(RequestId, StartRequest), Vec<RequestError>> {
         let mut refusals = self.admission.refusals(&request);
-        match request.validate_all() {
+        match request.validate_all(&self.limits) {
             Ok(valid) if refusals.is_empty() => Ok(valid),
             Ok(_) => Err(refusals),
             Err(mut errors) => {
@@ -142,15 +154,32 @@ impl Producer {
     }
 
     /// Queues a verification; returns its request id (generated when the request has none).
-    /// Enqueuing the same request id again never creates a second Didit session.
+    ///
+    /// Idempotent on the request id: the same request again is accepted with the same
+    /// answer and never creates a second Didit session; the id with another body is
+    /// refused ([`ProducerError::IdempotencyMismatch`]). The request record and the job are
+    /// written in one step, so an error leaves nothing behind.
     pub async fn start_kyc(&self, request: StartRequest) -> Result<RequestId, ProducerError> {
         let (id, request) = self.check(request)?;
         self.check_capacity().await?;
-        self.store
-            .record_enqueued(&id, request.vendor_data.trim())
+        let fingerprint = request.fingerprint();
+        let vendor_data = request.vendor_data.trim().to_owned();
+        let (ready, envelope) = self.queue.prepare(&StartKyc { request })?;
+        let enqueued = self
+            .store
+            .enqueue_start(&id, &vendor_data, &fingerprint.encode(), &ready, &envelope)
             .await?;
-        self.queue.push(&StartKyc { request }).await?;
-        Ok(id)
+        match enqueued {
+            Enqueued::New | Enqueued::Again => Ok(id),
+            Enqueued::Mismatch { recorded } => {
+                let mut fields = fingerprint.differing(recorded.as_deref());
+                if fields.is_empty() {
+                    // Recorded by a build that fingerprinted fields this one does not know.
+                    fields.push("body");
+                }
+                Err(ProducerError::IdempotencyMismatch { fields })
+            }
+        }
     }
 }
 

@@ -169,6 +169,14 @@ impl Queue {
         Ok(())
     }
 
+    /// A job to run now as [`Queue::push`] would add it — the ready stream's key and the
+    /// envelope — for a script that adds it together with other writes, atomically.
+    pub fn prepare<A: Job>(&self, args: &A) -> Result<(String, String), QueueError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let envelope = Envelope::new(id, args, self.deadline_from_now())?;
+        Ok((self.keys(A::QUEUE).ready, envelope.encode()))
+    }
+
     /// Adds many jobs to run now in one round trip; returns their ids.
     pub async fn push_many<A: Job>(&self, jobs: &[A]) -> Result<Vec<String>, QueueError> {
         let keys = self.keys(A::QUEUE);

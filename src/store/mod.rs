@@ -14,6 +14,10 @@
 //! - `events`: the `<prefix>:events` stream and each request's "published" markers,
 //!   written together by one script;
 //! - `pause`: the fleet-wide pause of Didit calls;
+//! - `claims`: what is decided inside Redis in one step: a request id's first body (the
+//!   record and the job written together), a webhook's adoption of a session, the
+//!   per-request lock that belongs to a delivery;
+//! - `logins`: failed console logins per client address (the login throttle);
 //! - `dedupe`: webhook deliveries already seen;
 //! - `console`: what the operator console reads beside those (review queue, heartbeats,
 //!   the console's own log);
@@ -23,11 +27,13 @@
 //! Request ids may be the caller's own identifiers, so key names carry a hash of them,
 //! never the id itself; nothing here puts personal data in a key name.
 
+mod claims;
 mod console;
 mod console_lists;
 mod dedupe;
 mod events;
 mod lag;
+mod logins;
 mod pause;
 mod requests;
 mod sessions;
@@ -38,6 +44,7 @@ use sha2::{Digest, Sha256};
 
 use crate::settings::EventSettings;
 
+pub(crate) use claims::Enqueued;
 pub(crate) use console::ReviewItem;
 pub(crate) use console_lists::StreamEvent;
 pub(crate) use sessions::{NewSession, SessionRecord};
@@ -64,6 +71,20 @@ impl StoreError {
         match self {
             StoreError::Redis(e) => {
                 e.kind() != redis::ErrorKind::UnexpectedReturnType && e.code() != Some("WRONGTYPE")
+            }
+            StoreError::Corrupt { .. } => false,
+        }
+    }
+
+    /// `true` when Redis did not answer at all (refused, dropped, timed out), as opposed
+    /// to answering with an error (out of memory, read-only).
+    pub(crate) fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
             }
             StoreError::Corrupt { .. } => false,
         }
@@ -123,16 +144,30 @@ impl Store {
         self.settings.record_retention.as_secs() as i64
     }
 
-    /// Runs a pipeline whose replies are all ignored.
-    async fn run(&self, pipe: &redis::Pipeline) -> StoreResult<()> {
+    /// Readiness: Redis answers *and* accepts writes. A Redis out of memory under
+    /// `noeviction` (or a replica after a failover) still answers PING but refuses every
+    /// intake, so it must turn the pod unready.
+    pub(crate) async fn writable(&self) -> StoreResult<()> {
         let mut c = self.conn.clone();
-        pipe.query_async::<()>(&mut c).await?;
+        redis::cmd("SET")
+            .arg(format!("{}:readiness", self.prefix))
+            .arg(crate::queue::now_ms())
+            .arg("PX")
+            .arg(60_000)
+            .query_async::<()>(&mut c)
+            .await?;
         Ok(())
     }
 
-    pub(crate) async fn ping(&self) -> StoreResult<()> {
+    /// Runs a pipeline whose replies are all ignored. An empty pipeline (an audit step for
+    /// a session whose requests were all cancelled, say) sends nothing: Redis would refuse
+    /// it as an empty command.
+    async fn run(&self, pipe: &redis::Pipeline) -> StoreResult<()> {
+        if pipe.is_empty() {
+            return Ok(());
+        }
         let mut c = self.conn.clone();
-        redis::cmd("PING").query_async::<String>(&mut c).await?;
+        pipe.query_async::<()>(&mut c).await?;
         Ok(())
     }
 }

@@ -1,11 +1,10 @@
-//! The request record, the per-request lock, the audit trail and a person's index.
+//! The request record, the audit trail and a person's index (the per-request lock and
+//! the atomic intake are in `claims`).
 //!
 //! A request record exists before its Didit session does (the intent), so a retried start
 //! finds out whether a session may already exist instead of creating a second one. The
 //! audit trail tells an operator what happened to a request without any personal data;
 //! the person's index is what erasure walks.
-
-use std::time::Duration;
 
 use redis::AsyncCommands;
 use serde_json::Value;
@@ -13,7 +12,7 @@ use uuid::Uuid;
 
 use super::{digest, field, sessions::NewSession, Store, StoreResult};
 use crate::{
-    domain::{EventStatus, RequestId},
+    domain::{EventStatus, RequestId, SessionStatus},
     queue::now_ms,
 };
 
@@ -25,6 +24,9 @@ pub(crate) struct RequestRecord {
     /// Set once Didit answered the create call (or a lookup found the session).
     pub session_id: Option<Uuid>,
     pub url: Option<String>,
+    /// The session's status when Didit created it, or returned it as an unfinished session
+    /// of the same person (what `kyc.session.created` says).
+    pub created_status: Option<SessionStatus>,
     /// The status of the last event published for it (the next one's `previous_status`).
     pub last_status: Option<EventStatus>,
     pub decided_by: Option<String>,
@@ -35,6 +37,10 @@ pub(crate) struct RequestRecord {
     pub intent: bool,
     /// An operator cancelled the request: nothing follows it any more.
     pub cancelled: bool,
+    /// When the intent was recorded (Unix ms): a create sent then may still be answered.
+    pub intent_at_ms: Option<u64>,
+    /// The request's content as first accepted ([`crate::domain::RequestFingerprint`]).
+    pub fingerprint: Option<String>,
 }
 
 /// The longest audit trail kept per request (older steps are dropped first).
@@ -53,7 +59,7 @@ impl Store {
         format!("{}:request:{}", self.prefix, digest(&[id.as_str()]))
     }
 
-    fn lock_key(&self, id: &RequestId) -> String {
+    pub(super) fn lock_key(&self, id: &RequestId) -> String {
         format!("{}:lock", self.request_key(id))
     }
 
@@ -70,7 +76,7 @@ impl Store {
 
     /// The person's index: a hash whose fields are their request ids (a small hash is the
     /// most compact container Redis has for a few short strings).
-    fn subject_key(&self, vendor_data: &str) -> String {
+    pub(super) fn subject_key(&self, vendor_data: &str) -> String {
         format!("{}:subject:{}", self.prefix, self.subject_hash(vendor_data))
     }
 
@@ -98,6 +104,7 @@ impl Store {
             workflow_id: field(&map, RECORD, "workflow_id")?,
             session_id: field(&map, RECORD, "session_id")?,
             url: map.get("url").cloned(),
+            created_status: map.get("created_status").map(|s| SessionStatus::parse(s)),
             last_status: map.get("last_status").and_then(|s| EventStatus::parse(s)),
             decided_by: map.get("decided_by").cloned(),
             enqueued_at_ms: field(&map, RECORD, "enqueued_at_ms")?,
@@ -105,29 +112,9 @@ impl Store {
             updated_at_ms: field(&map, RECORD, "updated_at_ms")?,
             intent: map.contains_key("intent_at_ms"),
             cancelled: map.contains_key("cancelled_at_ms"),
+            intent_at_ms: field(&map, RECORD, "intent_at_ms")?,
+            fingerprint: map.get("fingerprint").cloned(),
         }))
-    }
-
-    /// Records that a request was accepted, so its status can be read before a worker
-    /// takes it, and its first audit step. Never overwrites what a worker recorded. Runs
-    /// before the job is queued: a failure after it leaves a record the caller's retry of
-    /// the same request id completes.
-    pub(crate) async fn record_enqueued(
-        &self,
-        id: &RequestId,
-        vendor_data: &str,
-    ) -> StoreResult<()> {
-        let key = self.request_key(id);
-        let mut pipe = redis::pipe();
-        pipe.hset_nx(&key, "request_id", id.as_str())
-            .ignore()
-            .hset_nx(&key, "vendor_data", vendor_data)
-            .ignore()
-            .hset_nx(&key, "enqueued_at_ms", now_ms())
-            .ignore();
-        self.index_request(&mut pipe, id, vendor_data);
-        self.start_trail(&mut pipe, id, "enqueued", serde_json::json!({}));
-        self.run(&pipe).await
     }
 
     /// Records that a session is about to be created for this request.
@@ -160,6 +147,15 @@ impl Store {
         self.run(&pipe).await
     }
 
+    /// Forgets a request's intent: its create certainly did not reach Didit (or Didit
+    /// refused it unprocessed), so the next attempt creates without looking first.
+    pub(crate) async fn forget_intent(&self, id: &RequestId) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        c.hdel::<_, _, ()>(self.request_key(id), "intent_at_ms")
+            .await?;
+        Ok(())
+    }
+
     /// Records the session Didit created (or reused) for this request, and the reverse map
     /// (the session record's `r:<request id>` fields), with the audit step `step`.
     ///
@@ -183,6 +179,7 @@ impl Store {
                 ("vendor_data", vendor_data.to_owned()),
                 ("session_id", session.id.to_string()),
                 ("url", session.url.to_owned()),
+                ("created_status", session.status.as_str().to_owned()),
                 ("created_at_ms", now.clone()),
             ],
         )
@@ -217,28 +214,6 @@ impl Store {
         }
         let (set,): (bool,) = pipe.query_async(&mut c).await?;
         Ok(set)
-    }
-
-    /// Takes the per-request lock for `ttl` (released by [`Store::unlock_request`], or by
-    /// expiry when its holder died); `false` when another delivery of the same request
-    /// holds it.
-    pub(crate) async fn lock_request(&self, id: &RequestId, ttl: Duration) -> StoreResult<bool> {
-        let mut c = self.conn.clone();
-        let set: Option<String> = redis::cmd("SET")
-            .arg(self.lock_key(id))
-            .arg(1)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl.as_millis().max(1) as u64)
-            .query_async(&mut c)
-            .await?;
-        Ok(set.is_some())
-    }
-
-    pub(crate) async fn unlock_request(&self, id: &RequestId) -> StoreResult<()> {
-        let mut c = self.conn.clone();
-        c.del::<_, ()>(self.lock_key(id)).await?;
-        Ok(())
     }
 
     /// Appends one step to the PII-free audit trail of each request (kept as long as the

@@ -102,6 +102,8 @@ fn an_unreachable_base_url_gives_one_clear_line_and_exit_code_1() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// One-shot commands fail at once (exit 1) naming where Redis was expected; `kyc-worker run`
+/// instead waits for Redis with readiness red (`redis_topologies`).
 #[test]
 fn an_unreachable_redis_is_named_by_host_and_port_and_never_by_its_password() {
     let port = free_port();
@@ -111,7 +113,6 @@ fn an_unreachable_redis_is_named_by_host_and_port_and_never_by_its_password() {
         vec!["session", "show", "some-request"],
         vec!["enqueue", "--vendor-data", "nobody"],
         vec!["erase", "--vendor-data", "nobody"],
-        vec!["run"],
     ] {
         let out = kyc_worker(
             &args,

@@ -225,7 +225,7 @@ async fn without_the_admin_token_the_console_is_read_only_and_masks_pii() {
         .text()
         .await
         .expect("metrics text");
-    assert!(metrics.contains("kyc_console_actions_total{action=\"login_refused\"} 1"));
+    assert!(metrics.contains("kyc_console_login_failures_total{reason=\"wrong_token\"} 1"));
     assert!(metrics.contains("kyc_console_actions_total{action=\"approve\"} 0"));
     app.stop().await;
 }

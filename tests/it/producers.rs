@@ -304,14 +304,15 @@ async fn enqueue_from_csv_reads_real_csv_refuses_a_bad_file_whole_and_reports_ea
     let dir = tempfile::tempdir().expect("tempdir");
     let path = |name: &str| dir.path().join(name).to_str().expect("utf-8").to_owned();
 
-    // Quoted commas, quotes and newlines, a byte order mark, a blank line.
+    // Quoted commas, quotes and newlines (in a JSON cell: a vendor_data may not hold
+    // control characters), a byte order mark, a blank line.
     let good = path("good.csv");
     std::fs::write(
         &good,
         "\u{feff}vendor_data,request_id,metadata\r\n\
          \"Smith, John\",q1,\"{\"\"team\"\": \"\"a,b\"\"}\"\r\n\
          \r\n\
-         \"two\nlines\",q2,\r\n",
+         two,q2,\"{\n\"\"lines\"\": 2\n}\"\r\n",
     )
     .expect("write");
     let out = app.cli(&["enqueue", "--from-csv", &good]);
@@ -331,7 +332,8 @@ async fn enqueue_from_csv_reads_real_csv_refuses_a_bad_file_whole_and_reports_ea
     assert_eq!(queued.len(), 2);
     assert_eq!(queued["q1"]["vendor_data"], "Smith, John");
     assert_eq!(queued["q1"]["metadata"], json!({"team": "a,b"}));
-    assert_eq!(queued["q2"]["vendor_data"], "two\nlines");
+    assert_eq!(queued["q2"]["vendor_data"], "two");
+    assert_eq!(queued["q2"]["metadata"], json!({"lines": 2}));
 
     // One invalid row: nothing is queued, every bad row and field is named.
     let bad = path("bad.csv");

@@ -197,6 +197,13 @@ impl DiditError {
         self.status() == Some(429)
     }
 
+    /// Didit certainly did not act on the call: it never reached Didit (the connection
+    /// could not be opened) or Didit refused it unprocessed (`429`). A create that failed
+    /// so can be sent again without first looking for the session it might have made.
+    pub fn was_not_processed(&self) -> bool {
+        self.is_rate_limited() || matches!(self.kind, DiditErrorKind::Connect(_))
+    }
+
     /// How long Didit asked to wait (`Retry-After`), when it did.
     pub fn retry_after(&self) -> Option<Duration> {
         match &self.kind {
@@ -536,8 +543,15 @@ mod tests {
                 retry_after: Some(Duration::from_secs(7)),
             },
         );
-        assert!(throttled.is_rate_limited());
+        assert!(throttled.is_rate_limited() && throttled.was_not_processed());
         assert_eq!(throttled.retry_after(), Some(Duration::from_secs(7)));
+        let refused = DiditError::new(
+            Endpoint::CreateSession,
+            DiditErrorKind::Connect("connection refused".into()),
+        );
+        assert!(refused.was_not_processed() && !refused.is_rate_limited());
+        let outage = status_error(Endpoint::CreateSession, 503, "{}");
+        assert!(!outage.was_not_processed(), "a 5xx may have been processed");
         assert_eq!(
             status_error(Endpoint::Decision, 503, "{}").retry_after(),
             None
@@ -546,6 +560,10 @@ mod tests {
         assert!(garbled.is_malformed_response() && !garbled.is_rate_limited());
         let timeout = DiditError::new(Endpoint::Decision, DiditErrorKind::Timeout);
         assert!(!timeout.is_malformed_response() && timeout.retry_after().is_none());
+        assert!(
+            !timeout.was_not_processed(),
+            "a timed-out call may have been processed"
+        );
     }
 
     #[test]
