@@ -1,6 +1,7 @@
 //! The intake stream: producers in any language start verifications with
 //! `XADD <prefix>:intake * vendor_data u-1 request_id r-1 …` (fields as the start request;
-//! JSON-valued fields — `contact_details`, `expected_details`, `metadata` — as JSON strings).
+//! JSON-valued fields — `contact_details`, `expected_details`, `metadata` — as JSON strings;
+//! an optional `traceparent` field continues the producer's trace).
 //!
 //! Entries are read through a consumer group, so several processes share the stream and a
 //! dead reader's entries are reclaimed. A valid entry becomes a StartKyc job; an invalid one
@@ -16,6 +17,7 @@ use serde_json::{Map, Value};
 use crate::{
     domain::StartRequest,
     producer::{Producer, ProducerError},
+    telemetry::TraceParent,
 };
 
 const GROUP: &str = "workers";
@@ -104,11 +106,21 @@ async fn take(
     entry: StreamId,
 ) -> Result<(), ProducerError> {
     let refusal = match parse_entry(&entry) {
-        Ok(request) => match producer.start_kyc(request).await {
-            Ok(_) => None,
-            Err(ProducerError::Invalid(e)) => Some(("invalid", e.to_string())),
-            Err(other) => return Err(other),
-        },
+        Ok((request, parent)) => {
+            let span = tracing::info_span!(
+                "intake",
+                otel.name = "process intake",
+                otel.kind = "consumer",
+                messaging.operation.type = "process",
+                messaging.destination.name = "intake",
+                trace_id = tracing::field::Empty,
+            );
+            match crate::telemetry::within(span, parent, producer.start_kyc(request)).await {
+                Ok(_) => None,
+                Err(ProducerError::Invalid(e)) => Some(("invalid", e.to_string())),
+                Err(other) => return Err(other),
+            }
+        }
         Err(reason) => Some(("malformed", reason)),
     };
     if let Some((kind, reason)) = refusal {
@@ -150,12 +162,18 @@ async fn reject(
         .map(drop)
 }
 
-/// Turns an entry's fields into a start request (not yet validated).
-fn parse_entry(entry: &StreamId) -> Result<StartRequest, String> {
+/// Turns an entry's fields into a start request (not yet validated) and the trace it
+/// continues (its `traceparent` field; a malformed one is ignored, as W3C asks).
+fn parse_entry(entry: &StreamId) -> Result<(StartRequest, Option<TraceParent>), String> {
     let mut object = Map::new();
+    let mut parent = None;
     for (name, value) in &entry.map {
         let text: String =
             redis::from_redis_value_ref(value).map_err(|_| format!("field {name} is not text"))?;
+        if name == crate::telemetry::TRACEPARENT {
+            parent = TraceParent::parse(&text).ok();
+            continue;
+        }
         let value = if JSON_FIELDS.contains(&name.as_str()) {
             serde_json::from_str(&text).map_err(|_| format!("field {name} is not JSON"))?
         } else {
@@ -166,6 +184,7 @@ fn parse_entry(entry: &StreamId) -> Result<StartRequest, String> {
     object
         .entry("request_id")
         .or_insert_with(|| Value::from(format!("intake-{}", entry.id)));
-    serde_json::from_value(Value::Object(object))
-        .map_err(|e| crate::telemetry::redact_values(&e.to_string()))
+    let request = serde_json::from_value(Value::Object(object))
+        .map_err(|e| crate::telemetry::redact_values(&e.to_string()))?;
+    Ok((request, parent))
 }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::{context::redis_failure, decide::update_status, Pipeline};
 use crate::{
     domain::{Decider, SessionStatus},
-    queue::{Completion, Job, JobError},
+    queue::{Completion, Delivery, Job, JobError},
 };
 use didit::types::UpdateStatusRequest;
 
@@ -74,6 +74,14 @@ impl Job for OperatorAction {
 }
 
 pub async fn handle(
+    job: OperatorAction,
+    delivery: Data<Delivery>,
+    p: Data<Pipeline>,
+) -> Result<Completion<OperatorAction>, JobError> {
+    crate::telemetry::job(OperatorAction::QUEUE, delivery.trace(), run(job, p)).await
+}
+
+async fn run(
     job: OperatorAction,
     p: Data<Pipeline>,
 ) -> Result<Completion<OperatorAction>, JobError> {

@@ -3,7 +3,9 @@
 //! The envelope carries what the queue needs to decide without decoding the arguments:
 //! the job id (stable across retries, so a delayed retry replaces rather than duplicates),
 //! the attempt count, and the retry deadline. `v` is the job type's schema version: a worker
-//! that meets a version it does not know dead-letters the job instead of guessing.
+//! that meets a version it does not know dead-letters the job instead of guessing. `tp` is
+//! the trace the job belongs to (a W3C `traceparent`, taken from the work that queued it), so
+//! its run continues that trace in whichever process takes it.
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -26,16 +28,21 @@ pub struct Envelope {
     pub attempt: u32,
     /// Unix ms after which a failing job is dead-lettered instead of retried.
     pub deadline_ms: u64,
+    /// The trace this job continues; absent outside any trace.
+    #[serde(default, rename = "tp", skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::telemetry::TraceParent>,
     pub args: Box<RawValue>,
 }
 
 impl Envelope {
+    /// A new job in the current trace ([`crate::telemetry::current`]).
     pub fn new<A: Job>(id: String, args: &A, deadline_ms: u64) -> Result<Self, serde_json::Error> {
         Ok(Self {
             v: A::VERSION,
             id,
             attempt: 0,
             deadline_ms,
+            trace: crate::telemetry::current(),
             args: serde_json::value::to_raw_value(args)?,
         })
     }

@@ -19,6 +19,7 @@ mod queue;
 mod ratelimit;
 mod redis;
 mod rules;
+mod telemetry;
 mod worker;
 
 use std::{collections::HashMap, path::Path, str::FromStr};
@@ -36,6 +37,7 @@ pub use self::{
     ratelimit::RateLimitSettings,
     redis::{RedisMode, RedisNode, RedisSettings},
     rules::{RulesSettings, RulesSource},
+    telemetry::TelemetrySettings,
     worker::WorkerSettings,
 };
 
@@ -59,6 +61,7 @@ pub struct Settings {
     /// Named workflows a start request may ask for (`workflow = "premium"`).
     pub workflows: HashMap<String, uuid::Uuid>,
     pub rules: RulesSettings,
+    pub telemetry: TelemetrySettings,
 }
 
 /// A setting that cannot be used, with the key to fix and why.
@@ -126,6 +129,11 @@ impl Settings {
         if overlay.is_file() {
             builder = builder.add_source(config::File::from(overlay.as_path()));
         }
+        let standard: HashMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("OTEL_"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let env_source = config::Environment::with_prefix("KYC")
             .prefix_separator("__")
             .separator("__")
@@ -139,7 +147,7 @@ impl Settings {
             .build()
             .and_then(config::Config::try_deserialize)
             .map_err(from_config_error)?;
-        raw.validate()
+        raw.validate(&standard)
     }
 }
 
@@ -185,11 +193,13 @@ struct RawSettings {
     #[serde(default)]
     workflows: HashMap<String, String>,
     rules: rules::RawRules,
+    telemetry: telemetry::RawTelemetry,
 }
 
 impl RawSettings {
     /// Validates section by section, in the order of the file, so the first bad key wins.
-    fn validate(self) -> Result<Settings, SettingsError> {
+    /// `standard` holds the `OTEL_…` environment variables `[telemetry]` falls back to.
+    fn validate(self, standard: &HashMap<String, String>) -> Result<Settings, SettingsError> {
         let log = self.log.validate()?;
         let redis = self.redis.validate()?;
         let http = self.http.validate()?;
@@ -201,6 +211,7 @@ impl RawSettings {
         let ratelimit = self.ratelimit.validate()?;
         let workflows = validate_workflows(self.workflows)?;
         let rules = self.rules.validate()?;
+        let telemetry = self.telemetry.validate(standard)?;
         Ok(Settings {
             log,
             redis,
@@ -213,6 +224,7 @@ impl RawSettings {
             ratelimit,
             workflows,
             rules,
+            telemetry,
         })
     }
 }

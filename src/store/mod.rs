@@ -106,6 +106,9 @@ pub struct SessionRecord {
     pub resubmits: u32,
     /// Listed in the review queue (the console's); see [`Store::track_review`].
     pub listed_for_review: bool,
+    /// The trace of the verification that created it, for the webhook that ends its wait
+    /// (55 bytes while the session waits; dropped by [`Store::finish_session`]).
+    pub trace: Option<crate::telemetry::TraceParent>,
 }
 
 #[derive(Clone)]
@@ -122,6 +125,9 @@ impl std::fmt::Debug for Store {
             .finish()
     }
 }
+
+/// The session record's field holding its trace context (a `traceparent`).
+const TRACE_FIELD: &str = "tp";
 
 /// The longest audit trail kept per request (older steps are dropped first).
 const AUDIT_MAX: isize = 500;
@@ -141,6 +147,9 @@ pub struct NewSession<'a> {
     pub url: &'a str,
     /// Unix ms after which the session is given up unless Didit finished it.
     pub deadline_ms: u64,
+    /// The trace the session belongs to, kept while it waits (the first request's, when
+    /// Didit reuses the session).
+    pub trace: Option<crate::telemetry::TraceParent>,
 }
 
 fn digest(parts: &[&str]) -> String {
@@ -252,6 +261,26 @@ impl Store {
     pub async fn close_session(&self, id: Uuid) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
         c.zrem(self.open_sessions_key(), id.to_string()).await
+    }
+
+    /// Closes a session (as [`Store::close_session`]) and drops the trace context kept for
+    /// its wait, when it has one, in the same round trip.
+    pub async fn finish_session(
+        &self,
+        id: Uuid,
+        session: &SessionRecord,
+    ) -> redis::RedisResult<()> {
+        if session.trace.is_none() {
+            return self.close_session(id).await;
+        }
+        let mut c = self.conn.clone();
+        redis::pipe()
+            .zrem(self.open_sessions_key(), id.to_string())
+            .ignore()
+            .hdel(self.session_key(id), TRACE_FIELD)
+            .ignore()
+            .query_async(&mut c)
+            .await
     }
 
     /// Open sessions not looked at for `every` (oldest first, at most `limit`); each is
@@ -596,11 +625,14 @@ impl Store {
         .hset_nx(&skey, "created_at_ms", &now)
         .ignore()
         .hset_nx(&skey, "deadline_ms", session.deadline_ms)
-        .ignore()
-        .expire(&skey, self.ttl())
-        .ignore()
-        .zadd(self.open_sessions_key(), session.id.to_string(), &now)
         .ignore();
+        if let Some(trace) = session.trace {
+            pipe.hset_nx(&skey, TRACE_FIELD, trace.to_string()).ignore();
+        }
+        pipe.expire(&skey, self.ttl())
+            .ignore()
+            .zadd(self.open_sessions_key(), session.id.to_string(), &now)
+            .ignore();
         if recorded {
             self.audit_into(&mut pipe, std::slice::from_ref(id), "session_created", step);
         } else {
@@ -655,6 +687,7 @@ impl Store {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0),
             listed_for_review: map.contains_key(review::LISTED_FIELD),
+            trace: map.get(TRACE_FIELD).and_then(|t| t.parse().ok()),
         }))
     }
 
@@ -757,6 +790,15 @@ impl Store {
         );
         let tracks_status = event.kind != crate::domain::EventType::Created.as_str();
         let minid = now_ms().saturating_sub(self.settings.retention.as_millis() as u64);
+        // The trace the work that publishes belongs to, so a consumer can open it.
+        let data = match crate::telemetry::current() {
+            Some(trace) if event.data.is_object() => {
+                let mut data = event.data.clone();
+                data["trace_id"] = serde_json::Value::from(trace.trace_id());
+                data.to_string()
+            }
+            _ => event.data.to_string(),
+        };
         let mut c = self.conn.clone();
         let published: i64 = PUBLISH
             .key(self.request_key(&event.request_id))
@@ -769,7 +811,7 @@ impl Store {
             .arg(&event.vendor_data)
             .arg(&event.status)
             .arg(&event.decided_by)
-            .arg(event.data.to_string())
+            .arg(data)
             .arg(self.ttl())
             .arg(minid)
             .arg(if tracks_status { "1" } else { "0" })
