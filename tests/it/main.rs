@@ -17,3 +17,4 @@ mod rules;
 mod sandbox;
 mod sandbox_schema;
 mod secrets;
+mod traces;
