@@ -273,3 +273,100 @@ async fn one_verification_is_one_trace_across_two_processes_with_no_personal_dat
     drop(webhook_process);
     drop(intake_process);
 }
+
+#[tokio::test]
+async fn without_a_receiver_an_intake_stream_traceparent_is_passed_along_to_the_events() {
+    // Arrange: a fleet with no OTLP endpoint (nothing is exported from this process).
+    let app = spawn_app(AppOptions::default()).await;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let mut redis = app.redis.connection().await;
+
+    // Act: a producer in another language adds an entry with its traceparent.
+    let _: String = redis::AsyncCommands::xadd(
+        &mut redis,
+        "kyc:intake",
+        "*",
+        &[
+            ("vendor_data", "stream-person-1"),
+            ("sandbox_scenario", "approve"),
+            ("traceparent", &format!("00-{trace_id}-b7ad6b7169203331-01")),
+        ],
+    )
+    .await
+    .expect("xadd");
+    let decided = app.wait_events("kyc.session.decided", 1).await;
+
+    // Assert: the caller's trace id reaches the outcome event through the start job, the
+    // waiting session, the webhook and the poll.
+    let data: serde_json::Value = serde_json::from_str(&decided[0]["data"]).expect("data");
+    assert_eq!(data["trace_id"], trace_id, "{data}");
+    // The waiting session's trace context is dropped once the session is decided.
+    let session_key = format!("kyc:session:{}", decided[0]["session_id"]);
+    let kept: Option<String> = eventually(
+        "the finished session's trace context dropped",
+        Duration::from_secs(10),
+        || {
+            let mut redis = redis.clone();
+            let session_key = session_key.clone();
+            async move {
+                let tp: Option<String> =
+                    redis::AsyncCommands::hget(&mut redis, &session_key, "tp")
+                        .await
+                        .expect("hget");
+                tp.is_none().then_some(tp)
+            }
+        },
+    )
+    .await;
+    assert_eq!(kept, None);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_rust_producer_continues_the_callers_current_span() {
+    use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+    use tracing::Instrument;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    // Arrange: a caller that traces with tracing-opentelemetry (no exporter needed).
+    let app = spawn_app(AppOptions {
+        in_process: false,
+        ..Default::default()
+    })
+    .await;
+    let producer = app.producer().await;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("caller")));
+    let _caller = tracing::subscriber::set_default(subscriber);
+    let span = tracing::info_span!("caller's request");
+    let caller_trace = span.context().span().span_context().trace_id().to_string();
+
+    // Act
+    producer
+        .start_kyc(kyc_worker::domain::StartRequest {
+            vendor_data: "rust-caller-1".into(),
+            ..Default::default()
+        })
+        .instrument(span)
+        .await
+        .expect("enqueued");
+
+    // Assert: the start job's envelope continues the caller's trace.
+    let mut redis = app.redis.connection().await;
+    let ready: redis::streams::StreamRangeReply =
+        redis::AsyncCommands::xrange_all(&mut redis, "kyc:queue:start:ready")
+            .await
+            .expect("xrange");
+    let envelope: serde_json::Value = ready
+        .ids
+        .first()
+        .and_then(|e| e.map.get("j"))
+        .and_then(|j| redis::from_redis_value_ref::<String>(j).ok())
+        .and_then(|j| serde_json::from_str(&j).ok())
+        .expect("one start job");
+    let tp = envelope["tp"].as_str().expect("a traceparent in the envelope");
+    assert_eq!(tp.len(), 55);
+    assert_eq!(&tp[3..35], caller_trace, "{envelope}");
+}
