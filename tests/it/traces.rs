@@ -135,10 +135,7 @@ async fn one_verification_is_one_trace_across_two_processes_with_no_personal_dat
         api_key: Some(api_key.into()),
         webhook_secret: Some(webhook_secret.into()),
         env: vec![
-            (
-                "KYC__TELEMETRY__OTLP_ENDPOINT".into(),
-                receiver.endpoint(),
-            ),
+            ("KYC__TELEMETRY__OTLP_ENDPOINT".into(), receiver.endpoint()),
             ("KYC__EVENTS__SUBJECT_SALT".into(), salt.into()),
             ("OTEL_SERVICE_NAME".into(), "kyc-under-test".into()),
         ],
@@ -149,12 +146,16 @@ async fn one_verification_is_one_trace_across_two_processes_with_no_personal_dat
     let intake_port = free_port();
     let intake_process = app.spawn_worker(&[("KYC__HTTP__PORT", intake_port.to_string())], None);
     for port in [app.port, intake_port] {
-        eventually("both processes answer /healthz", Duration::from_secs(30), || async move {
-            reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-        })
+        eventually(
+            "both processes answer /healthz",
+            Duration::from_secs(30),
+            || async move {
+                reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            },
+        )
         .await;
     }
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -188,8 +189,7 @@ async fn one_verification_is_one_trace_across_two_processes_with_no_personal_dat
     let data: serde_json::Value = serde_json::from_str(&event["data"]).expect("data");
     assert_eq!(data["trace_id"], trace_id, "decided event: {data}");
     let created = app.wait_events("kyc.session.created", 1).await;
-    let created_data: serde_json::Value =
-        serde_json::from_str(&created[0]["data"]).expect("data");
+    let created_data: serde_json::Value = serde_json::from_str(&created[0]["data"]).expect("data");
     assert_eq!(created_data["trace_id"], trace_id);
     let session_id = event["session_id"].clone();
 
@@ -206,8 +206,7 @@ async fn one_verification_is_one_trace_across_two_processes_with_no_personal_dat
                     .filter(|s| s.trace_id == trace_id)
                     .collect();
                 let names: BTreeSet<&str> = spans.iter().map(|s| s.name.as_str()).collect();
-                let instances: BTreeSet<&str> =
-                    spans.iter().map(|s| s.instance.as_str()).collect();
+                let instances: BTreeSet<&str> = spans.iter().map(|s| s.instance.as_str()).collect();
                 let complete = [
                     "POST /v1/verifications",
                     "process start",
@@ -309,10 +308,9 @@ async fn without_a_receiver_an_intake_stream_traceparent_is_passed_along_to_the_
             let mut redis = redis.clone();
             let session_key = session_key.clone();
             async move {
-                let tp: Option<String> =
-                    redis::AsyncCommands::hget(&mut redis, &session_key, "tp")
-                        .await
-                        .expect("hget");
+                let tp: Option<String> = redis::AsyncCommands::hget(&mut redis, &session_key, "tp")
+                    .await
+                    .expect("hget");
                 tp.is_none().then_some(tp)
             }
         },
@@ -366,7 +364,9 @@ async fn the_rust_producer_continues_the_callers_current_span() {
         .and_then(|j| redis::from_redis_value_ref::<String>(j).ok())
         .and_then(|j| serde_json::from_str(&j).ok())
         .expect("one start job");
-    let tp = envelope["tp"].as_str().expect("a traceparent in the envelope");
+    let tp = envelope["tp"]
+        .as_str()
+        .expect("a traceparent in the envelope");
     assert_eq!(tp.len(), 55);
     assert_eq!(&tp[3..35], caller_trace, "{envelope}");
 }

@@ -40,6 +40,10 @@ struct BenchOptions {
     /// The redis-server binary to start
     #[arg(long, default_value = "redis-server")]
     redis_server: String,
+    /// A `kyc-worker` built without tracing code, whose worker CPU per session the tracing
+    /// runs of `lifecycle` are compared with
+    #[arg(long)]
+    baseline_worker: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +87,7 @@ async fn lifecycle(options: &BenchOptions) -> anyhow::Result<()> {
     };
     lifecycle_options.redis_server = options.redis_server.clone();
     lifecycle_options.profile = options.profile;
+    lifecycle_options.baseline_worker = options.baseline_worker.clone();
     let measured = lifecycle::run(&lifecycle_options).await?;
     let merged = report::build(&options.out, measured)?;
     report::write(&options.out, &merged)?;
