@@ -67,9 +67,13 @@ pub enum DecodeError {
     Args { queue: &'static str, reason: String },
 }
 
+/// A job that cannot be run: its envelope when that much was readable (boxed: the failure
+/// path is rare, the success path hot), and why.
+pub type Undecodable = (Option<Box<Envelope>>, DecodeError);
+
 /// Decodes a stored job; the envelope is returned even when the arguments fail, so the
 /// dead-letter entry can name the job.
-pub fn decode<A: Job>(raw: &str) -> Result<(Envelope, A), (Option<Envelope>, DecodeError)> {
+pub fn decode<A: Job>(raw: &str) -> Result<(Envelope, A), Undecodable> {
     // serde quotes the values it fails on; a producer's payload may carry personal data.
     let redacted = |e: serde_json::Error| crate::telemetry::redact_values(&e.to_string());
     let envelope: Envelope =
@@ -80,7 +84,7 @@ pub fn decode<A: Job>(raw: &str) -> Result<(Envelope, A), (Option<Envelope>, Dec
             found: envelope.v,
             known: A::VERSION,
         };
-        return Err((Some(envelope), err));
+        return Err((Some(Box::new(envelope)), err));
     }
     match serde_json::from_str::<A>(envelope.args.get()) {
         Ok(args) => Ok((envelope, args)),
@@ -89,7 +93,7 @@ pub fn decode<A: Job>(raw: &str) -> Result<(Envelope, A), (Option<Envelope>, Dec
                 queue: A::QUEUE,
                 reason: redacted(e),
             };
-            Err((Some(envelope), err))
+            Err((Some(Box::new(envelope)), err))
         }
     }
 }

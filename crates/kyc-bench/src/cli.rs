@@ -1,5 +1,6 @@
 //! The `kyc-bench` command line: which benchmark, how big, where the reports go.
 
+use anyhow::Context;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -87,7 +88,15 @@ async fn lifecycle(options: &BenchOptions) -> anyhow::Result<()> {
     };
     lifecycle_options.redis_server = options.redis_server.clone();
     lifecycle_options.profile = options.profile;
-    lifecycle_options.baseline_worker = options.baseline_worker.clone();
+    // Absolute: the child processes run in the temp directory.
+    lifecycle_options.baseline_worker = options
+        .baseline_worker
+        .as_ref()
+        .map(|path| {
+            path.canonicalize()
+                .with_context(|| format!("--baseline-worker {}", path.display()))
+        })
+        .transpose()?;
     let measured = lifecycle::run(&lifecycle_options).await?;
     let merged = report::build(&options.out, measured)?;
     report::write(&options.out, &merged)?;

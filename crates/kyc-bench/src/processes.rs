@@ -48,7 +48,7 @@ impl WorkerProcess {
         env: &[(String, String)],
         port: u16,
     ) -> anyhow::Result<Self> {
-        let mut command = Command::new(&exe);
+        let mut command = Command::new(exe);
         command
             .arg("run")
             .current_dir(std::env::temp_dir())
