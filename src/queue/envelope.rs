@@ -122,6 +122,25 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_job_queued_in_a_trace_carries_its_traceparent_and_none_otherwise() {
+        let outside = Envelope::new("j1".into(), &Ping { n: 1 }, 9).expect("encode");
+        assert!(!outside.encode().contains("\"tp\""), "{}", outside.encode());
+        let caller = crate::telemetry::TraceParent::parse(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .expect("valid");
+        let inside = crate::telemetry::within(
+            tracing::info_span!("test", trace_id = tracing::field::Empty),
+            Some(caller),
+            async { Envelope::new("j2".into(), &Ping { n: 2 }, 9).expect("encode") },
+        )
+        .await;
+        let (back, _) = decode::<Ping>(&inside.encode()).expect("decode");
+        assert_eq!(back.trace, Some(caller));
+        assert!(inside.encode().contains(&format!("\"tp\":\"{caller}\"")));
+    }
+
     #[test]
     fn garbage_wrong_versions_and_wrong_args_are_told_apart() {
         assert!(matches!(
