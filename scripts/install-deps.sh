@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Installs what the tests and the demo need on a Debian/Ubuntu machine: redis-server,
-# chromium and chromium-driver (the console's browser tests), rustfmt/clippy for
-# `make lint` and cargo-deny for `make deny`. As root it installs with apt-get/rustup; otherwise it says
+# Installs what the tests and the demo need on a Debian/Ubuntu machine: redis-server and
+# redis-cli (the quickstart test reads events with it), chromium and chromium-driver (the
+# console's browser tests), rustfmt/clippy for `make lint` and cargo-deny for `make deny`. As
+# root it installs with apt-get/rustup; otherwise it says
 # exactly what to install and fails.
 set -euo pipefail
 
 missing_apt=()
 command -v redis-server >/dev/null 2>&1 || missing_apt+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing_apt+=(redis-tools)
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
   missing_apt+=(chromium chromium-driver)
 fi

@@ -19,7 +19,13 @@
 mod export;
 mod traceparent;
 
-use std::{future::Future, sync::LazyLock};
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        LazyLock,
+    },
+};
 
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
@@ -33,7 +39,7 @@ use tracing_subscriber::{
 use crate::settings::{LogFormat, LogSettings, TelemetrySettings};
 
 pub use didit::redact_values;
-pub use traceparent::{TraceParent, TraceParentError, TRACEPARENT_LEN};
+pub use traceparent::TraceParent;
 
 /// The header and intake-stream field a caller's trace context arrives in.
 pub const TRACEPARENT: &str = "traceparent";
@@ -48,6 +54,14 @@ pub static SPANS_DROPPED: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     .expect("a constant metric name is valid")
 });
 
+/// Whether this process installed its tracer (spans are exported). Without it, a job outside
+/// any trace has no trace to continue or start, so it runs without its span (see [`job`]).
+static TRACER_INSTALLED: AtomicBool = AtomicBool::new(false);
+
+fn tracer_installed() -> bool {
+    TRACER_INSTALLED.load(Ordering::Relaxed)
+}
+
 tokio::task_local! {
     /// The trace context of the work this task does, for when no tracer is installed (then
     /// a caller's `traceparent` is passed along as it came).
@@ -61,11 +75,6 @@ pub struct Tracing {
 }
 
 impl Tracing {
-    /// Whether spans are exported.
-    pub fn exporting(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Exports what is queued (bounded by `telemetry.export_timeout`) and stops.
     pub fn shutdown(&mut self) {
         if let Some(provider) = self.provider.take() {
@@ -83,14 +92,16 @@ impl Drop for Tracing {
 }
 
 /// Installs the global subscriber writing logs to `sink` and, when `telemetry` names a
-/// receiver, exporting spans. Call once, before anything logs; a second call returns an error
-/// instead of replacing the first subscriber. `instance` tells this process's spans apart
-/// from other processes' (`service.instance.id`).
+/// receiver, exporting spans. ANSI colours go in the pretty format only when `colours` (a
+/// terminal: escape codes in a file or a log shipper are noise). Call once, before anything
+/// logs; a second call returns an error instead of replacing the first subscriber. `instance`
+/// tells this process's spans apart from other processes' (`service.instance.id`).
 pub fn init_subscriber<W>(
     settings: &LogSettings,
     telemetry: &TelemetrySettings,
     instance: &str,
     sink: W,
+    colours: bool,
 ) -> anyhow::Result<Tracing>
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
@@ -102,6 +113,7 @@ where
     let logs = match settings.format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
+            .with_ansi(false)
             .flatten_event(true)
             .with_current_span(false)
             .with_writer(sink)
@@ -109,6 +121,7 @@ where
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_target(false)
+            .with_ansi(colours)
             .with_writer(sink)
             .with_filter(filter)
             .boxed(),
@@ -138,6 +151,7 @@ where
         .with(logs)
         .with(traces)
         .try_init()?;
+    TRACER_INSTALLED.store(provider.is_some(), Ordering::Relaxed);
     Ok(Tracing { provider })
 }
 
@@ -207,12 +221,16 @@ pub async fn within<F: Future>(span: Span, parent: Option<TraceParent>, work: F)
 }
 
 /// Runs one job of `queue` in its span (a consumer span named `process <queue>`), continuing
-/// the trace its envelope carries.
+/// the trace its envelope carries. Without this process's tracer, a job outside any trace runs
+/// bare: no span, no context lookup, no task-local scope (what tracing costs it is one load).
 pub async fn job<F: Future>(
     queue: &'static str,
     parent: Option<TraceParent>,
     work: F,
 ) -> F::Output {
+    if parent.is_none() && !tracer_installed() {
+        return work.await;
+    }
     let span = tracing::info_span!(
         "job",
         otel.name = %format_args!("process {queue}"),
@@ -222,4 +240,21 @@ pub async fn job<F: Future>(
         trace_id = tracing::field::Empty,
     );
     within(span, parent, work).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn without_a_tracer_a_job_passes_its_callers_trace_along_and_none_outside_one() {
+        let caller = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .expect("valid");
+        assert!(!tracer_installed());
+        assert_eq!(
+            job("start", Some(caller), async { current() }).await,
+            Some(caller)
+        );
+        assert_eq!(job("start", None, async { current() }).await, None);
+    }
 }

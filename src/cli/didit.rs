@@ -125,27 +125,34 @@ enum DiditCommand {
 
 #[derive(Debug, Args)]
 struct SetupArgs {
+    /// The workflow's name in Didit's console
     #[arg(long, default_value = "kyc-worker")]
     label: String,
+    /// Add a liveness check (LIVENESS): the user records a selfie video
     #[arg(long)]
     liveness: bool,
+    /// Add a face match (FACE_MATCH): the selfie against the document's photo
     #[arg(long)]
     face_match: bool,
+    /// Add an AML screening (AML) of the document's name and date of birth
     #[arg(long)]
     aml: bool,
+    /// Add NFC (NFC): read the passport's chip
     #[arg(long)]
     nfc: bool,
+    /// Add a phone verification (PHONE_VERIFICATION)
     #[arg(long)]
     phone: bool,
+    /// Add an e-mail verification (EMAIL_VERIFICATION)
     #[arg(long)]
     email: bool,
-    /// Face-match score below which Didit declines (0-100)
-    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    /// Face-match score below which Didit declines (0-100; needs --face-match)
+    #[arg(long, requires = "face_match", value_parser = clap::value_parser!(u8).range(0..=100))]
     face_match_threshold: Option<u8>,
-    /// Attempts a user gets (0-10)
+    /// Attempts a user gets (0-10; Didit's default when absent)
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=10))]
     max_retries: Option<u32>,
-    /// Seconds before an unfinished session expires (3600-2419200)
+    /// Seconds before an unfinished session expires (3600-2419200; Didit's default: 7 days)
     #[arg(long, value_parser = clap::value_parser!(u64).range(3600..=2_419_200))]
     expiration: Option<u64>,
 }

@@ -4,6 +4,7 @@
 //! unreachable host), 2 bad usage, an invalid setting or an invalid rules file (before anything
 //! touched Redis or Didit).
 
+mod batch;
 mod didit;
 mod queue;
 mod rules;
@@ -177,15 +178,19 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-/// Logs go to stderr so a command's own output on stdout stays machine-readable. Spans are
-/// exported when `[telemetry]` names a receiver, until the returned guard is dropped.
+/// Logs go to stderr so a command's own output on stdout stays machine-readable; in colour
+/// only when stderr is a terminal and `NO_COLOR` is not set. Spans are exported when
+/// `[telemetry]` names a receiver, until the returned guard is dropped.
 fn init_logs(settings: &Settings) -> Result<crate::telemetry::Tracing, CliError> {
+    use std::io::IsTerminal;
+    let colours = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let instance = uuid::Uuid::new_v4().to_string();
     crate::telemetry::init_subscriber(
         &settings.log,
         &settings.telemetry,
         &instance,
         std::io::stderr,
+        colours,
     )
     .map_err(|e| CliError::Failed(e.context("cannot start logging")))
 }

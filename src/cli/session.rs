@@ -59,14 +59,7 @@ pub async fn run(args: SessionArgs, settings: &Settings) -> Result<(), CliError>
                 println!("{step}");
                 continue;
             }
-            let at = step["at_ms"].as_u64().unwrap_or(0);
-            let when = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(at) * 1_000_000)
-                .ok()
-                .and_then(|t| {
-                    t.format(&time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .unwrap_or_default();
+            let when = timestamp(step["at_ms"].as_u64().unwrap_or(0));
             let name = step["step"].as_str().unwrap_or("?").to_owned();
             let mut rest = step.clone();
             if let Some(map) = rest.as_object_mut() {
@@ -82,4 +75,28 @@ pub async fn run(args: SessionArgs, settings: &Settings) -> Result<(), CliError>
         )));
     }
     Ok(())
+}
+
+/// Unix ms as `2026-11-26T15:04:05.120Z`: always millisecond precision, so the steps'
+/// columns line up (RFC 3339 alone drops trailing zeros of the fraction).
+fn timestamp(ms: u64) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| format!("{ms:>24}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_have_one_width() {
+        assert_eq!(timestamp(1_764_169_445_000), "2025-11-26T15:04:05.000Z");
+        assert_eq!(timestamp(1_764_169_445_120), "2025-11-26T15:04:05.120Z");
+        assert_eq!(timestamp(1_764_169_445_123), "2025-11-26T15:04:05.123Z");
+    }
 }

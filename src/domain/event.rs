@@ -3,7 +3,7 @@
 //! The event id is deterministic (UUIDv5 of request, session, type and status), so a
 //! consumer that sees the same decision twice (at-least-once delivery) sees the same id.
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -30,6 +30,7 @@ impl EventType {
         EventType::Failed,
     ];
 
+    /// The `type` field of the stream entry.
     pub fn as_str(self) -> &'static str {
         match self {
             EventType::Created => "kyc.session.created",
@@ -38,6 +39,12 @@ impl EventType {
             EventType::Failed => "kyc.session.failed",
             EventType::Erased => "kyc.subject.erased",
         }
+    }
+
+    /// Whether events of this type move the request's last known status (and so carry a
+    /// `previous_status`): every one but `kyc.session.created`, which only hands out the link.
+    pub fn tracks_status(self) -> bool {
+        self != EventType::Created
     }
 
     /// The event a session status produces, if any.
@@ -50,6 +57,63 @@ impl EventType {
             SessionStatus::Expired | SessionStatus::Abandoned => Some(EventType::Expired),
             _ => None,
         }
+    }
+}
+
+impl Serialize for EventType {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// The `status` (and `previous_status`) of an event: Didit's status of the session, or the
+/// fleet's own word for an outcome Didit has no status for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventStatus {
+    Session(SessionStatus),
+    /// `kyc.session.failed`: the session could not be created or followed.
+    Failed,
+    /// `kyc.subject.erased`: the person's records are gone.
+    Erased,
+}
+
+impl EventStatus {
+    /// The word on the wire: Didit's spelling of a session status, else `failed`/`erased`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            EventStatus::Session(status) => status.as_str(),
+            EventStatus::Failed => "failed",
+            EventStatus::Erased => "erased",
+        }
+    }
+
+    /// Reads a stored status word (a `status`/`previous_status` field, a request record's
+    /// last status); empty is none.
+    pub fn parse(s: &str) -> Option<EventStatus> {
+        match s {
+            "" => None,
+            "failed" => Some(EventStatus::Failed),
+            "erased" => Some(EventStatus::Erased),
+            other => Some(EventStatus::Session(SessionStatus::parse(other))),
+        }
+    }
+}
+
+impl From<SessionStatus> for EventStatus {
+    fn from(status: SessionStatus) -> Self {
+        EventStatus::Session(status)
+    }
+}
+
+impl std::fmt::Display for EventStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for EventStatus {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -99,12 +163,12 @@ impl FailureReason {
 pub struct OutcomeEvent {
     pub event_id: Uuid,
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: EventType,
     pub session_id: Option<Uuid>,
     pub request_id: RequestId,
     pub vendor_data: String,
-    /// Didit's status, or the failure's status word (`failed`).
-    pub status: String,
+    /// Didit's status, or the fleet's word for a failure or an erasure.
+    pub status: EventStatus,
     pub decided_by: String,
     pub data: Value,
 }
@@ -115,17 +179,17 @@ impl OutcomeEvent {
         request_id: RequestId,
         session_id: Option<Uuid>,
         vendor_data: String,
-        status: &str,
+        status: EventStatus,
         decided_by: &Decider,
         data: Value,
     ) -> Self {
         Self {
-            event_id: event_id(&request_id, session_id, kind, status),
-            kind: kind.as_str(),
+            event_id: event_id(&request_id, session_id, kind, &status),
+            kind,
             session_id,
             request_id,
             vendor_data,
-            status: status.to_owned(),
+            status,
             decided_by: decided_by.label(),
             data,
         }
@@ -133,12 +197,18 @@ impl OutcomeEvent {
 }
 
 /// The deterministic id of the event for (request, session, type, status).
-pub fn event_id(request: &RequestId, session: Option<Uuid>, kind: EventType, status: &str) -> Uuid {
+pub fn event_id(
+    request: &RequestId,
+    session: Option<Uuid>,
+    kind: EventType,
+    status: &EventStatus,
+) -> Uuid {
     let session = session.map(|s| s.to_string()).unwrap_or_default();
     let name = format!(
-        "{}\u{1f}{session}\u{1f}{}\u{1f}{status}",
+        "{}\u{1f}{session}\u{1f}{}\u{1f}{}",
         request.as_str(),
-        kind.as_str()
+        kind.as_str(),
+        status.as_str()
     );
     Uuid::new_v5(&EVENT_NAMESPACE, name.as_bytes())
 }
@@ -147,23 +217,63 @@ pub fn event_id(request: &RequestId, session: Option<Uuid>, kind: EventType, sta
 mod tests {
     use super::*;
 
+    const APPROVED: EventStatus = EventStatus::Session(SessionStatus::Approved);
+
     #[test]
     fn event_ids_are_stable_and_distinct_per_status() {
         let r = RequestId::parse("r-1").expect("id");
         let s = Some(Uuid::nil());
+        // Pinned: consumers deduplicate on these ids, so typing the fields must not move them.
         assert_eq!(
-            event_id(&r, s, EventType::Decided, "Approved"),
-            event_id(&r, s, EventType::Decided, "Approved")
+            event_id(&r, s, EventType::Decided, &APPROVED).to_string(),
+            "63218b7b-a070-5d61-b198-b2d767d49a06"
+        );
+        assert_eq!(
+            event_id(&r, None, EventType::Failed, &EventStatus::Failed).to_string(),
+            "d164c6a6-b5fb-521b-a18a-e4cc37e8e463"
         );
         assert_ne!(
-            event_id(&r, s, EventType::Decided, "Approved"),
-            event_id(&r, s, EventType::Decided, "In Review")
+            event_id(&r, s, EventType::Decided, &APPROVED),
+            event_id(&r, s, EventType::Decided, &SessionStatus::InReview.into())
         );
         let other = RequestId::parse("r-2").expect("id");
         assert_ne!(
-            event_id(&r, s, EventType::Decided, "Approved"),
-            event_id(&other, s, EventType::Decided, "Approved")
+            event_id(&r, s, EventType::Decided, &APPROVED),
+            event_id(&other, s, EventType::Decided, &APPROVED)
         );
+    }
+
+    #[test]
+    fn status_words_read_back_as_what_they_were() {
+        let statuses = SessionStatus::ALL
+            .into_iter()
+            .map(EventStatus::from)
+            .chain([EventStatus::Failed, EventStatus::Erased]);
+        for status in statuses {
+            assert_eq!(EventStatus::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(EventStatus::parse(""), None);
+        assert_eq!(
+            EventStatus::parse("Kyc Expired"),
+            Some(SessionStatus::KycExpired.into())
+        );
+    }
+
+    #[test]
+    fn an_event_serialises_with_the_wire_words() {
+        let event = OutcomeEvent::new(
+            EventType::Decided,
+            RequestId::parse("r-1").expect("id"),
+            Some(Uuid::nil()),
+            "user-1".into(),
+            SessionStatus::InReview.into(),
+            &Decider::Rule("aml".into()),
+            Value::Null,
+        );
+        let json = serde_json::to_value(&event).expect("json");
+        assert_eq!(json["type"], "kyc.session.decided");
+        assert_eq!(json["status"], "In Review");
+        assert_eq!(json["decided_by"], "rule:aml");
     }
 
     #[test]

@@ -12,21 +12,22 @@ use uuid::Uuid;
 
 use crate::{
     domain::{
-        AccountPause, Decider, EventType, OutcomeEvent, PollSchedule, RequestId, SessionStatus,
+        AccountPause, Decider, EventStatus, EventType, OutcomeEvent, PollSchedule, RequestId,
+        SessionStatus,
     },
     metrics::Metrics,
-    queue::{now_ms, JobError, Queue},
+    queue::{now_ms, JobError, Queue, QueueError},
     ratelimit::{Priority, RateLimiter},
     rules::RuleSet,
     settings::Settings,
-    store::{SessionRecord, Store},
+    store::{SessionRecord, Store, StoreError},
 };
 
 use super::PollDecision;
 
 /// The handlers' shared state. Cheap to clone.
 #[derive(Clone)]
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     pub didit: DiditClient,
     pub queue: Queue,
     pub store: Store,
@@ -109,12 +110,7 @@ impl Pipeline {
         F: FnOnce(DiditClient) -> Fut,
         Fut: std::future::Future<Output = Result<T, DiditError>>,
     {
-        if let Some(wait) = self
-            .limiter
-            .acquire(endpoint.scopes(), priority)
-            .await
-            .map_err(redis_failure)?
-        {
+        if let Some(wait) = self.limiter.acquire(endpoint.scopes(), priority).await? {
             for scope in endpoint.scopes() {
                 self.metrics
                     .rate_limit_deferred
@@ -123,24 +119,21 @@ impl Pipeline {
             }
             return Err(JobError::Wait {
                 reason: format!("Didit budget for {endpoint} used up"),
-                after: wait,
+                // Every job refused now is told the same instant (the window's next free
+                // slot, a 429 pause's end): spread them so they do not return together.
+                after: spread_wait(wait),
             });
         }
         let result = call(self.didit.clone()).await;
         if let Err(e) = &result {
-            if e.status() == Some(429) {
+            if e.is_rate_limited() {
                 for scope in endpoint.scopes() {
                     self.metrics
                         .didit_rate_limited
                         .with_label_values(&[scope.as_str()])
                         .inc();
                 }
-                let wait = match e.class() {
-                    ErrorClass::Retryable {
-                        retry_after: Some(d),
-                    } => d,
-                    _ => Duration::from_secs(5),
-                };
+                let wait = e.retry_after().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(endpoint = %endpoint, wait_ms = wait.as_millis() as u64, "Didit answered 429: pausing these calls fleet-wide");
                 if let Err(e) = self.limiter.pause(endpoint.scopes(), wait).await {
                     tracing::warn!(error = %e, "could not record the rate-limit pause");
@@ -211,8 +204,8 @@ impl Pipeline {
                 },
                 SystemTime::now() + after,
             )
-            .await
-            .map_err(redis_failure)
+            .await?;
+        Ok(())
     }
 
     /// Returns the wait to apply when Didit calls are paused fleet-wide.
@@ -221,7 +214,7 @@ impl Pipeline {
         let paused = match seen {
             Some((at, paused)) if at.elapsed() < PAUSE_FRESH => paused,
             _ => {
-                let paused = self.store.pause().await.map_err(redis_failure)?.is_some();
+                let paused = self.store.pause().await?.is_some();
                 self.saw_pause(paused);
                 paused
             }
@@ -235,7 +228,7 @@ impl Pipeline {
 
     /// Maps a Didit failure to the queue's language, pausing the fleet on account errors.
     pub async fn didit_failure(&self, error: DiditError) -> JobError {
-        if matches!(error.kind, didit::DiditErrorKind::Decode(_)) {
+        if error.is_malformed_response() {
             // A body we cannot read is more likely a proxy than a permanent answer, but it
             // is not Didit's throttling either: retry, counting attempts.
             return JobError::Retry {
@@ -249,6 +242,7 @@ impl Pipeline {
                 // Didit's own floor when it gave one; else about 5 s, spread so that jobs
                 // failing together (an outage) do not come back in lockstep.
                 after: retry_after
+                    .map(spread_wait)
                     .unwrap_or_else(|| {
                         use rand::Rng;
                         Duration::from_secs(5).mul_f64(rand::rng().random_range(0.8..1.2))
@@ -283,8 +277,7 @@ impl Pipeline {
         };
         self.store
             .track_review(session_id, session, status, &decider.label(), &data)
-            .await
-            .map_err(redis_failure)?;
+            .await?;
         for request in &session.requests {
             let vendor_data = self.vendor_data(session, request).await?;
             let event = OutcomeEvent::new(
@@ -292,7 +285,7 @@ impl Pipeline {
                 request.clone(),
                 Some(session_id),
                 vendor_data,
-                status.as_str(),
+                status.clone().into(),
                 decider,
                 data.clone(),
             );
@@ -314,8 +307,7 @@ impl Pipeline {
         Ok(self
             .store
             .request(request)
-            .await
-            .map_err(redis_failure)?
+            .await?
             .map(|r| r.vendor_data)
             .unwrap_or_default())
     }
@@ -334,7 +326,7 @@ impl Pipeline {
             request.clone(),
             session_id,
             vendor_data.to_owned(),
-            "failed",
+            EventStatus::Failed,
             &Decider::Fleet,
             json!({"reason": reason.as_str(), "detail": detail}),
         );
@@ -344,19 +336,22 @@ impl Pipeline {
     /// Publishes an event once per (request, session, type, status) and counts it;
     /// `true` when it was new.
     pub async fn publish(&self, event: &OutcomeEvent) -> Result<bool, JobError> {
-        let new = self.store.publish(event).await.map_err(redis_failure)?;
+        let new = self.store.publish(event).await?;
         if new {
             self.metrics
                 .events_published
-                .with_label_values(&[event.kind])
+                .with_label_values(&[event.kind.as_str()])
                 .inc();
-            if event.kind == EventType::Decided.as_str() {
+            if event.kind == EventType::Decided {
                 self.metrics
                     .decisions
-                    .with_label_values(&[&event.status, Metrics::decider_kind(&event.decided_by)])
+                    .with_label_values(&[
+                        event.status.as_str(),
+                        Metrics::decider_kind(&event.decided_by),
+                    ])
                     .inc();
             }
-            tracing::info!(event = event.kind, status = %event.status, session = ?event.session_id, "event published");
+            tracing::info!(event = event.kind.as_str(), status = %event.status, session = ?event.session_id, "event published");
         }
         Ok(new)
     }
@@ -368,11 +363,48 @@ impl Pipeline {
     }
 }
 
-/// A Redis error inside a handler: retry the job later (the queue's backoff).
-pub fn redis_failure(e: impl std::fmt::Display) -> JobError {
-    JobError::Retry {
-        reason: format!("redis: {e}"),
-        after: None,
+/// A wait after `floor`, spread at random (see [`crate::domain::spread`]).
+fn spread_wait(floor: Duration) -> Duration {
+    use rand::Rng;
+    crate::domain::spread(floor, rand::rng().random_range(0.0..1.0))
+}
+
+/// A store failure inside a handler: retry the job later (the queue's backoff) when Redis
+/// may answer then; a corrupt record reads the same on every attempt, so dead-letter it.
+impl From<StoreError> for JobError {
+    fn from(e: StoreError) -> Self {
+        if e.is_retryable() {
+            JobError::Retry {
+                reason: e.to_string(),
+                after: None,
+            }
+        } else {
+            JobError::Fatal(e.to_string())
+        }
+    }
+}
+
+/// A queue failure inside a handler: Redis may answer later; a job that cannot be encoded
+/// never will.
+impl From<QueueError> for JobError {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::Redis(_) => JobError::Retry {
+                reason: e.to_string(),
+                after: None,
+            },
+            QueueError::Encode(_) => JobError::Fatal(e.to_string()),
+        }
+    }
+}
+
+/// A rate-limiter failure (Redis unreachable) inside a handler: retry the job later.
+impl From<redis::RedisError> for JobError {
+    fn from(e: redis::RedisError) -> Self {
+        JobError::Retry {
+            reason: format!("redis: {e}"),
+            after: None,
+        }
     }
 }
 
@@ -427,5 +459,27 @@ pub async fn pause_probe(pipeline: Pipeline) {
                 "Didit calls resumed: the cause is gone"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_failure_retries_unless_the_record_is_corrupt() {
+        let io = StoreError::from(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused",
+        )));
+        assert!(matches!(
+            JobError::from(io),
+            JobError::Retry { after: None, ref reason } if reason.starts_with("redis: ")
+        ));
+        let corrupt = StoreError::Corrupt {
+            record: "session",
+            field: "deadline_ms",
+        };
+        assert!(matches!(JobError::from(corrupt), JobError::Fatal(_)));
     }
 }

@@ -10,7 +10,7 @@
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{context::redis_failure, Pipeline};
+use super::Pipeline;
 use crate::{
     domain::{Decider, SessionStatus},
     queue::JobError,
@@ -20,7 +20,7 @@ use crate::{
 };
 use didit::{
     types::{BlocklistAddRequest, Decision, UpdateStatusRequest},
-    Endpoint, ErrorClass,
+    Endpoint,
 };
 
 /// What the poll does after the decision step.
@@ -50,7 +50,7 @@ pub async fn decide(
         if held == &status {
             return Ok(After::Watch);
         }
-        p.store.clear_hold(sid).await.map_err(redis_failure)?;
+        p.store.clear_hold(sid).await?;
     }
     let workflow = workflow_name(p, decision.workflow_id);
     let evaluation = p.rules.evaluate(
@@ -68,8 +68,7 @@ pub async fn decide(
     if !p.rules.rules.is_empty() || !p.rules.workflows.is_empty() {
         p.store
             .audit(&session.requests, "rules_evaluated", data["rules"].clone())
-            .await
-            .map_err(redis_failure)?;
+            .await?;
     }
     let (Some(action), Some(rule)) = (
         &evaluation.outcome.action,
@@ -94,21 +93,15 @@ pub async fn decide(
     match action {
         Action::Review => {
             // Didit cannot be set to In Review: a local hold, released by a person or a newer change.
-            p.store
-                .set_hold(sid, &status, rule)
-                .await
-                .map_err(redis_failure)?;
+            p.store.set_hold(sid, &status, rule).await?;
             p.publish_status(sid, session, &SessionStatus::InReview, &decider, data)
                 .await?;
             Ok(After::Watch)
         }
         Action::Resubmit { nodes } => {
-            let count = p.store.count_resubmit(sid).await.map_err(redis_failure)?;
+            let count = p.store.count_resubmit(sid).await?;
             if count > p.settings.rules.max_resubmits {
-                p.store
-                    .set_hold(sid, &status, rule)
-                    .await
-                    .map_err(redis_failure)?;
+                p.store.set_hold(sid, &status, rule).await?;
                 data["rules"]["resubmits_exhausted"] = json!(true);
                 p.publish_status(sid, session, &SessionStatus::InReview, &decider, data)
                     .await?;
@@ -124,8 +117,7 @@ pub async fn decide(
             update_status(p, sid, &request).await?;
             p.store
                 .set_rule_status(sid, &SessionStatus::Resubmitted, rule)
-                .await
-                .map_err(redis_failure)?;
+                .await?;
             Ok(After::Follow)
         }
         &Action::Blocklist { face, document } => {
@@ -171,10 +163,7 @@ async fn set_and_publish(
         email_address: None,
     };
     // Recorded before the call: should the echo arrive first, it is still recognised.
-    p.store
-        .set_rule_status(sid, target, rule)
-        .await
-        .map_err(redis_failure)?;
+    p.store.set_rule_status(sid, target, rule).await?;
     update_status(p, sid, &request).await?;
     p.store
         .audit(
@@ -182,8 +171,7 @@ async fn set_and_publish(
             "didit_update_status",
             json!({"session_id": sid, "new_status": target.as_str(), "rule": rule}),
         )
-        .await
-        .map_err(redis_failure)?;
+        .await?;
     p.publish_status(sid, session, target, decider, data)
         .await?;
     Ok(after_result(target))
@@ -203,12 +191,7 @@ pub(super) async fn update_status(
         .await?;
     match answer {
         Ok(_) => Ok(()),
-        Err(e)
-            if e.class() == ErrorClass::Request
-                && e.to_string().contains("same as the current status") =>
-        {
-            Ok(())
-        }
+        Err(e) if e.is_status_unchanged() => Ok(()),
         Err(e) => Err(p.didit_failure(e).await),
     }
 }

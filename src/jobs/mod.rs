@@ -13,7 +13,6 @@
 mod context;
 mod decide;
 mod erase;
-mod intake;
 mod operator;
 mod poll;
 mod start;
@@ -23,16 +22,17 @@ use std::time::Duration;
 
 use apalis::prelude::*;
 
-pub use context::Pipeline;
-pub use erase::EraseSubject;
+pub(crate) use context::Pipeline;
+pub(crate) use erase::EraseSubject;
 pub use operator::{OperatorAction, OperatorDecision};
 pub use poll::PollDecision;
-pub use start::{StartKyc, REQUEST_ID_METADATA};
+pub use start::StartKyc;
+pub(crate) use start::REQUEST_ID_METADATA;
 
 use crate::queue::{Maintenance, RedisBackend};
 
 /// Every queue this pipeline uses, for maintenance and stats.
-pub const QUEUES: [&str; 4] = [
+pub(crate) const QUEUES: [&str; 4] = [
     <StartKyc as crate::queue::Job>::QUEUE,
     <PollDecision as crate::queue::Job>::QUEUE,
     <EraseSubject as crate::queue::Job>::QUEUE,
@@ -41,11 +41,11 @@ pub const QUEUES: [&str; 4] = [
 
 /// Why a request could not be cancelled.
 #[derive(Debug, thiserror::Error)]
-pub enum CancelError {
+pub(crate) enum CancelError {
     #[error("no request {0}")]
     Unknown(String),
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Queue(#[from] crate::queue::QueueError),
 }
@@ -53,12 +53,12 @@ pub enum CancelError {
 /// Stops following a verification: no more polls, and `kyc.session.failed` with
 /// `data.reason` = `cancelled`. Returns `false` when it was cancelled before. Needs no Didit
 /// call: the session at Didit is left as it is.
-pub async fn cancel(
+pub(crate) async fn cancel(
     queue: &crate::queue::Queue,
     store: &crate::store::Store,
     request: &crate::domain::RequestId,
 ) -> Result<bool, CancelError> {
-    use crate::domain::{Decider, EventType, FailureReason, OutcomeEvent};
+    use crate::domain::{Decider, EventStatus, EventType, FailureReason, OutcomeEvent};
     let record = store
         .request(request)
         .await?
@@ -78,7 +78,7 @@ pub async fn cancel(
         request.clone(),
         record.session_id,
         record.vendor_data.clone(),
-        "failed",
+        EventStatus::Failed,
         &Decider::Fleet,
         serde_json::json!({"reason": FailureReason::Cancelled.as_str()}),
     );
@@ -103,7 +103,7 @@ pub async fn cancel(
 }
 
 /// Runs the pipeline's workers until `shutdown` resolves, then drains for at most `drain`.
-pub async fn run_workers(
+pub(crate) async fn run_workers(
     pipeline: Pipeline,
     consumer: String,
     concurrency: usize,
@@ -113,14 +113,6 @@ pub async fn run_workers(
     let maintenance = Maintenance::spawn(pipeline.queue.clone(), QUEUES.to_vec(), consumer.clone());
     let probe = tokio::spawn(context::pause_probe(pipeline.clone()));
     let sweeper = tokio::spawn(sweep::sweep(pipeline.clone()));
-    let intake = tokio::spawn(intake::read_intake(
-        crate::producer::Producer::new(pipeline.queue.clone(), pipeline.store.clone()),
-        pipeline.metrics.clone(),
-        pipeline.queue.connection().connector().clone(),
-        pipeline.settings.redis.prefix.clone(),
-        format!("{consumer}-intake"),
-        pipeline.settings.queue.reclaim_after,
-    ));
     let start_pipeline = pipeline.clone();
     let start_consumer = format!("{consumer}-start");
     let poll_consumer = format!("{consumer}-poll");
@@ -184,7 +176,6 @@ pub async fn run_workers(
         .await;
     probe.abort();
     sweeper.abort();
-    intake.abort();
     maintenance.stop();
     result.map_err(|e| anyhow::anyhow!("workers stopped: {e}"))
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{context::redis_failure, decide::update_status, Pipeline};
+use super::{decide::update_status, Pipeline};
 use crate::{
     domain::{Decider, SessionStatus},
     queue::{Completion, Delivery, Job, JobError},
@@ -92,7 +92,7 @@ async fn run(
         });
     }
     let sid = job.session_id;
-    let Some(session) = p.store.session(sid).await.map_err(redis_failure)? else {
+    let Some(session) = p.store.session(sid).await? else {
         return Err(JobError::Fatal(format!("no record of session {sid}")));
     };
     // Held by Didit or by a rule: listed in the review queue until a later status is
@@ -114,8 +114,7 @@ async fn run(
     // Recorded before the call: should the echo arrive first, it is still recognised.
     p.store
         .set_rule_status(sid, &target, &decider.label())
-        .await
-        .map_err(redis_failure)?;
+        .await?;
     update_status(
         &p,
         sid,
@@ -129,7 +128,7 @@ async fn run(
     )
     .await?;
     if session.hold_status.is_some() {
-        p.store.clear_hold(sid).await.map_err(redis_failure)?;
+        p.store.clear_hold(sid).await?;
     }
     p.store
         .audit(
@@ -137,14 +136,12 @@ async fn run(
             "didit_update_status",
             json!({"session_id": sid, "new_status": target.as_str(), "operator": job.operator}),
         )
-        .await
-        .map_err(redis_failure)?;
+        .await?;
     if job.action == OperatorDecision::Resubmit {
         // The person goes through the flow again: follow the session on the poll schedule.
         p.store
             .track_review(sid, &session, &target, &decider.label(), &json!({}))
-            .await
-            .map_err(redis_failure)?;
+            .await?;
         p.schedule_poll(sid, 1, p.schedule().interval(0, sid.as_u128()))
             .await?;
         return Ok(Completion::Done);

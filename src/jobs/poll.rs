@@ -14,7 +14,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::{
-    context::{decision_summary, redis_failure},
+    context::decision_summary,
     decide::{decide, After},
     Pipeline,
 };
@@ -24,7 +24,7 @@ use crate::{
     ratelimit::Priority,
     store::SessionRecord,
 };
-use didit::{Endpoint, ErrorClass};
+use didit::Endpoint;
 
 /// Job: read the decision of one session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,16 +69,13 @@ async fn run(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> 
         return Ok(again(wait, job.polls));
     }
     let sid = job.session_id;
-    let Some(session) = p.store.session(sid).await.map_err(redis_failure)? else {
+    let Some(session) = p.store.session(sid).await? else {
         tracing::info!(session = %sid, "no record of this session any more; not following it");
         return Ok(Completion::Done);
     };
     // Cancelled requests are not followed any more; a session serving none is left alone.
     if session.requests.is_empty() {
-        p.store
-            .finish_session(sid, &session)
-            .await
-            .map_err(redis_failure)?;
+        p.store.finish_session(sid, &session).await?;
         return Ok(Completion::Done);
     }
     let priority = if job.urgent {
@@ -93,13 +90,10 @@ async fn run(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> 
         .await?;
     let decision = match read {
         Ok(d) => d,
-        Err(e) if e.class() == ErrorClass::Request => {
+        Err(e) if e.is_request_error() => {
             // Deleted at Didit, or never ours: nothing will ever be decided.
             fail_all(&p, sid, &session, FailureReason::BadRequest, &e.to_string()).await?;
-            p.store
-                .finish_session(sid, &session)
-                .await
-                .map_err(redis_failure)?;
+            p.store.finish_session(sid, &session).await?;
             return Ok(Completion::Done);
         }
         Err(e) => {
@@ -123,8 +117,7 @@ async fn run(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> 
     let fetches = p
         .store
         .record_read(sid, &session.requests, &decision.status, change)
-        .await
-        .map_err(redis_failure)?;
+        .await?;
     let status = decision.status.clone();
     let now = now_ms();
     if EventType::for_status(&status).is_some() {
@@ -143,10 +136,7 @@ async fn run(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> 
         data["url"] = json!(decision.session_url);
         match decide(&p, sid, &session, &decision, data).await? {
             After::Settled => {
-                p.store
-                    .finish_session(sid, &session)
-                    .await
-                    .map_err(redis_failure)?;
+                p.store.finish_session(sid, &session).await?;
                 return Ok(Completion::Done);
             }
             After::Follow => return Ok(again(p.schedule().interval(0, sid.as_u128()), 1)),
@@ -157,10 +147,7 @@ async fn run(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> 
                     // A person decides later; keep reading slowly so that decision has its event.
                     return Ok(again(p.settings.poll.review_interval, job.polls + 1));
                 }
-                p.store
-                    .finish_session(sid, &session)
-                    .await
-                    .map_err(redis_failure)?;
+                p.store.finish_session(sid, &session).await?;
                 return Ok(Completion::Done);
             }
         }
@@ -171,10 +158,7 @@ async fn run(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> 
     {
         if let Some(workflow) = decision.workflow_id {
             deadline = p.deadline_for(workflow).await;
-            p.store
-                .set_session_deadline(sid, deadline)
-                .await
-                .map_err(redis_failure)?;
+            p.store.set_session_deadline(sid, deadline).await?;
         }
     }
     if now > deadline {
@@ -185,16 +169,13 @@ async fn run(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> 
                 rid.clone(),
                 Some(sid),
                 vendor_data,
-                SessionStatus::Expired.as_str(),
+                SessionStatus::Expired.into(),
                 &Decider::Fleet,
                 json!({"reason": "deadline", "last_status": status.as_str()}),
             );
             p.publish(&event).await?;
         }
-        p.store
-            .finish_session(sid, &session)
-            .await
-            .map_err(redis_failure)?;
+        p.store.finish_session(sid, &session).await?;
         return Ok(Completion::Done);
     }
     Ok(again(

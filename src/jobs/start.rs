@@ -3,8 +3,17 @@
 //! Didit has no idempotency header, so the request id goes into the session's metadata, the
 //! intent is recorded before the create call and the session right after it. A retry whose
 //! record has an intent but no session first looks for the session at Didit (by vendor_data,
-//! then each candidate's metadata) before creating one. A per-request lock keeps two
-//! deliveries of the same request from racing.
+//! then each candidate's metadata) before creating one — but only once a create sent by an
+//! earlier attempt would have timed out (`didit.request_timeout` after the intent), so a
+//! create Didit accepted late is found rather than repeated. Lookups are the kind of work
+//! that can wait: they use the low-priority share of the read budget. A create Didit
+//! certainly did not receive or refused (no connection, 429) clears the intent, so its
+//! retry costs no lookup.
+//!
+//! A per-request lock keeps two deliveries of the same request from racing. It belongs to
+//! the delivery that took it: once that delivery's process died and its job was reclaimed,
+//! the lock is taken over at once (see `store::claims`), so recovery waits for the
+//! reclaim (`queue.reclaim_after`), not for the lock to expire.
 
 use std::time::{Duration, SystemTime};
 
@@ -13,10 +22,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{context::redis_failure, Pipeline};
+use super::Pipeline;
 use crate::{
     domain::{
-        Decider, EventType, FailureReason, OutcomeEvent, RequestId, SessionStatus, StartRequest,
+        ContactDetails, Decider, EventType, ExpectedDetails, FailureReason, OutcomeEvent,
+        RequestId, SessionStatus, StartRequest,
     },
     queue::{Completion, Delivery, Job, JobError},
     ratelimit::Priority,
@@ -24,7 +34,7 @@ use crate::{
 };
 use didit::{
     types::{CreateSessionRequest, SessionQuery},
-    Endpoint, ErrorClass,
+    Endpoint,
 };
 
 /// The metadata key that carries our request id through Didit.
@@ -50,7 +60,7 @@ pub async fn handle(job: StartKyc, delivery: Data<Delivery>, p: Data<Pipeline>) 
 }
 
 async fn run(job: StartKyc, delivery: Data<Delivery>, p: Data<Pipeline>) -> Outcome {
-    let (rid, request) = match job.request.clone().validate() {
+    let (rid, request) = match job.request.clone().validate_with(&p.settings.intake) {
         Ok(valid) => valid,
         Err(e) => return Err(JobError::Fatal(format!("invalid start request: {e}"))),
     };
@@ -61,20 +71,19 @@ async fn run(job: StartKyc, delivery: Data<Delivery>, p: Data<Pipeline>) -> Outc
     if let Some(wait) = p.paused().await? {
         return Ok(later(wait));
     }
-    // Long enough for a few Didit calls; short enough that a dead holder does not stall
-    // the request for long.
+    // A backstop only: a dead holder's lock is taken over as soon as its job is reclaimed.
     let lock_ttl = p.settings.didit.request_timeout * 2;
-    if !p
+    let ready = p.queue.keys(<StartKyc as Job>::QUEUE).ready;
+    let Some(lock) = p
         .store
-        .lock_request(&rid, lock_ttl)
-        .await
-        .map_err(redis_failure)?
-    {
+        .lock_request(&rid, &ready, &delivery.entry_id, lock_ttl)
+        .await?
+    else {
         return Ok(later(Duration::from_millis(500)));
-    }
+    };
     let outcome = start(&p, &rid, &request, &delivery).await;
-    if let Err(e) = p.store.unlock_request(&rid).await {
-        tracing::warn!(error = %e, "could not release a request lock; it expires by itself");
+    if let Err(e) = p.store.unlock_request(&lock).await {
+        tracing::warn!(error = %e, "could not release a request lock; it is taken over once this delivery ends");
     }
     outcome
 }
@@ -93,7 +102,21 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
         .await?;
         return Ok(Completion::Done);
     };
-    let record = p.store.request(rid).await.map_err(redis_failure)?;
+    let record = p.store.request(rid).await?;
+    if let Some(r) = &record {
+        // The producers refuse a reused request id with another body; a job that reached
+        // the queue another way must not give this request's record to another person.
+        let other_body = r
+            .fingerprint
+            .as_deref()
+            .is_some_and(|f| f != req.fingerprint().encode());
+        let other_person = !r.vendor_data.is_empty() && r.vendor_data != vendor_data;
+        if other_body || other_person {
+            return Err(JobError::Fatal(
+                "idempotency_mismatch: the request id already names a different request".into(),
+            ));
+        }
+    }
     if record.as_ref().is_some_and(|r| r.cancelled) {
         tracing::info!("request cancelled before its session was created");
         return Ok(Completion::Done);
@@ -107,10 +130,22 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
         announce(p, rid, &vendor_data, sid, &url, true).await?;
         return Ok(Completion::Done);
     }
-    let found = if record.as_ref().is_some_and(|r| r.intent) {
-        find_session(p, rid, &vendor_data, workflow_id).await?
-    } else {
-        None
+    let found = match record.as_ref().filter(|r| r.intent) {
+        Some(r) => {
+            // A create an earlier attempt sent may still be under way at Didit: look for
+            // it once it would have timed out, not before.
+            let lookup_at =
+                r.intent_at_ms.unwrap_or(0) + p.settings.didit.request_timeout.as_millis() as u64;
+            let now = crate::queue::now_ms();
+            if now < lookup_at {
+                return Err(JobError::Wait {
+                    reason: "a create sent earlier may still be answered".into(),
+                    after: Duration::from_millis(lookup_at - now),
+                });
+            }
+            find_session(p, rid, &vendor_data, workflow_id).await?
+        }
+        None => None,
     };
     let (sid, url) = match found {
         Some(found) => found,
@@ -120,14 +155,21 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
                 .is_some_and(|r| r.vendor_data == vendor_data);
             p.store
                 .record_intent(rid, &vendor_data, workflow_id, indexed)
-                .await
-                .map_err(redis_failure)?;
+                .await?;
             let request = create_request(rid, req, workflow_id);
-            let created = p
+            let created = match p
                 .call(Endpoint::CreateSession, Priority::High, |d| async move {
                     d.create_session(&request).await
                 })
-                .await?;
+                .await
+            {
+                Ok(created) => created,
+                Err(not_now) => {
+                    // The rate limiter held the call back: nothing was sent.
+                    p.store.forget_intent(rid).await?;
+                    return Err(not_now);
+                }
+            };
             match created {
                 Ok(created) => {
                     p.metrics.sessions_created.inc();
@@ -147,8 +189,7 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
     // The intent (this run's or an earlier one's) wrote the request record and its index.
     p.store
         .record_session(rid, &vendor_data, session, true, json!({"session_id": sid}))
-        .await
-        .map_err(redis_failure)?;
+        .await?;
     // Didit answered with a new session or one it reuses because it is unfinished: either
     // way it is followed.
     announce(p, rid, &vendor_data, sid, &url, false).await?;
@@ -175,10 +216,42 @@ fn create_request(rid: &RequestId, req: &StartRequest, workflow_id: Uuid) -> Cre
         callback: req.callback.clone(),
         metadata: Some(Value::Object(metadata)),
         language: req.language.clone(),
-        contact_details: req.contact_details.clone(),
-        expected_details: req.expected_details.clone(),
+        contact_details: req.contact_details.clone().map(Into::into),
+        expected_details: req.expected_details.clone().map(Into::into),
         sandbox_scenario: req.sandbox_scenario.clone(),
         ..Default::default()
+    }
+}
+
+/// The request's contact details as Didit's create call takes them.
+impl From<ContactDetails> for didit::types::ContactDetails {
+    fn from(c: ContactDetails) -> Self {
+        Self {
+            email: c.email,
+            send_notification_emails: c.send_notification_emails,
+            email_lang: c.email_lang,
+            phone: c.phone,
+        }
+    }
+}
+
+/// The request's expected details as Didit's create call takes them.
+impl From<ExpectedDetails> for didit::types::ExpectedDetails {
+    fn from(e: ExpectedDetails) -> Self {
+        Self {
+            first_name: e.first_name,
+            last_name: e.last_name,
+            date_of_birth: e.date_of_birth,
+            gender: e.gender,
+            nationality: e.nationality,
+            country: e.country,
+            id_country: e.id_country,
+            poa_country: e.poa_country,
+            address: e.address,
+            identification_number: e.identification_number,
+            ip_address: e.ip_address,
+            expected_document_types: e.expected_document_types,
+        }
     }
 }
 
@@ -196,7 +269,7 @@ async fn find_session(
         ..Default::default()
     };
     let listed = p
-        .call(Endpoint::ListSessions, Priority::High, |d| async move {
+        .call(Endpoint::ListSessions, Priority::Low, |d| async move {
             d.list_sessions(&query).await
         })
         .await?;
@@ -208,7 +281,7 @@ async fn find_session(
     for row in page.results {
         let sid = row.session_id;
         let read = p
-            .call(Endpoint::Decision, Priority::High, |d| async move {
+            .call(Endpoint::Decision, Priority::Low, |d| async move {
                 d.decision(sid).await
             })
             .await?;
@@ -248,8 +321,7 @@ async fn announce(
     let settled = may_be_settled
         && p.store
             .session(sid)
-            .await
-            .map_err(redis_failure)?
+            .await?
             .and_then(|s| s.status)
             .is_some_and(|s| s.is_final() && s != SessionStatus::InReview);
     if !settled {
@@ -261,7 +333,7 @@ async fn announce(
         rid.clone(),
         Some(sid),
         vendor_data.to_owned(),
-        "Not Started",
+        SessionStatus::NotStarted.into(),
         &Decider::Didit,
         json!({"url": url}),
     );
@@ -277,9 +349,8 @@ async fn create_failed(
     error: didit::DiditError,
     delivery: &Delivery,
 ) -> Outcome {
-    if error.class() == ErrorClass::Request {
-        let blocked = error.to_string().contains("blocked");
-        let reason = if blocked {
+    if error.is_request_error() {
+        let reason = if error.is_blocklisted() {
             FailureReason::Blocklisted
         } else {
             FailureReason::BadRequest
@@ -288,6 +359,11 @@ async fn create_failed(
         p.publish_failed(rid, None, vendor_data, reason, &error.to_string())
             .await?;
         return Ok(Completion::Done);
+    }
+    // Refused before it was processed (429) or never sent (no connection): nothing was
+    // created, so the retry creates again without a lookup.
+    if error.was_not_processed() {
+        p.store.forget_intent(rid).await?;
     }
     let job_error = p.didit_failure(error).await;
     if delivery.failure_is_final(&job_error, &p.settings.queue) {

@@ -50,7 +50,7 @@ pub enum ConnectError {
     #[error(transparent)]
     Setting(#[from] SettingsError),
     /// No node answered, or the master is moving: retry with backoff.
-    #[error("redis unreachable at {hosts}: {source}")]
+    #[error("cannot connect to Redis at {hosts}: {source}")]
     Unreachable { hosts: String, source: RedisError },
 }
 

@@ -35,7 +35,7 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// A new job in the current trace ([`crate::telemetry::current`]).
+    /// A new job in the current trace (the one `telemetry::current` names).
     pub fn new<A: Job>(id: String, args: &A, deadline_ms: u64) -> Result<Self, serde_json::Error> {
         Ok(Self {
             v: A::VERSION,

@@ -164,8 +164,19 @@ async fn reclaim(
     trim_finished(conn, keys).await
 }
 
-/// Deletes consumers that hold nothing and have not read for a while (dead processes);
-/// each check-and-delete is one script, so a consumer reading meanwhile is never deleted.
+/// Whether `consumer` is this process's: `me` itself (reclaims) or one of its workers
+/// (`me-<queue>`). Redis may report a live worker blocked in `XREADGROUP` as idle since
+/// its last delivery, so an idle time alone does not prove a consumer dead.
+fn is_own_consumer(consumer: &str, me: &str) -> bool {
+    consumer == me
+        || consumer
+            .strip_prefix(me)
+            .is_some_and(|rest| rest.starts_with('-'))
+}
+
+/// Deletes other processes' consumers that hold nothing and have not read for a while
+/// (dead processes); each check-and-delete is one script, so a consumer reading meanwhile
+/// is never deleted.
 async fn remove_dead_consumers(
     conn: &mut crate::queue::RedisConnection,
     keys: &QueueKeys,
@@ -175,7 +186,7 @@ async fn remove_dead_consumers(
     let info: redis::streams::StreamInfoConsumersReply =
         conn.xinfo_consumers(&keys.ready, GROUP).await?;
     for c in info.consumers {
-        if c.name != me && c.pending == 0 && c.idle as u128 > idle.as_millis() {
+        if !is_own_consumer(&c.name, me) && c.pending == 0 && c.idle as u128 > idle.as_millis() {
             let removed: i64 = scripts::FORGET_CONSUMER
                 .key(&keys.ready)
                 .arg(GROUP)
@@ -243,6 +254,14 @@ fn next_id(id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_never_takes_its_own_workers_for_dead_consumers() {
+        assert!(is_own_consumer("web-1-ab12cd", "web-1-ab12cd"));
+        assert!(is_own_consumer("web-1-ab12cd-start", "web-1-ab12cd"));
+        assert!(!is_own_consumer("web-1-zz99zz-start", "web-1-ab12cd"));
+        assert!(!is_own_consumer("web-1-ab12cdx", "web-1-ab12cd"));
+    }
 
     #[test]
     fn stream_ids_compare_numerically() {

@@ -169,6 +169,14 @@ impl Queue {
         Ok(())
     }
 
+    /// A job to run now as [`Queue::push`] would add it — the ready stream's key and the
+    /// envelope — for a script that adds it together with other writes, atomically.
+    pub fn prepare<A: Job>(&self, args: &A) -> Result<(String, String), QueueError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let envelope = Envelope::new(id, args, self.deadline_from_now())?;
+        Ok((self.keys(A::QUEUE).ready, envelope.encode()))
+    }
+
     /// Adds many jobs to run now in one round trip; returns their ids.
     pub async fn push_many<A: Job>(&self, jobs: &[A]) -> Result<Vec<String>, QueueError> {
         let keys = self.keys(A::QUEUE);
@@ -406,6 +414,57 @@ impl Queue {
             .xrevrange_count(self.keys(queue).dead, "+", "-", limit)
             .await?;
         Ok(reply.ids.into_iter().map(dead_job).collect())
+    }
+
+    /// Dead jobs of a queue newest first, strictly older than the entry `before` (from the
+    /// newest when `None`), at most `limit`: the dead set a page at a time.
+    pub async fn dead_page(
+        &self,
+        queue: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadJob>, QueueError> {
+        let end = before.map_or_else(|| "+".to_owned(), |b| format!("({b}"));
+        let mut conn = self.conn.clone();
+        let reply: redis::streams::StreamRangeReply = conn
+            .xrevrange_count(self.keys(queue).dead, end, "-", limit)
+            .await?;
+        Ok(reply.ids.into_iter().map(dead_job).collect())
+    }
+
+    /// Deletes one dead job; `false` when no such dead entry exists (replayed or deleted
+    /// meanwhile).
+    pub async fn dead_delete(&self, queue: &str, entry_id: &str) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
+        let removed: u64 = conn.xdel(self.keys(queue).dead, &[entry_id]).await?;
+        Ok(removed == 1)
+    }
+
+    /// Whether the job `id` still waits on `queue`: scheduled (a delay or a retry) or in
+    /// its ready stream (due or running). Reads the ready stream, so it is meant for small
+    /// queues such as the operator's.
+    pub async fn job_waiting(&self, queue: &str, id: &str) -> Result<bool, QueueError> {
+        let keys = self.keys(queue);
+        let mut conn = self.conn.clone();
+        let delayed: Option<f64> = conn.zscore(&keys.delayed, id).await?;
+        if delayed.is_some() {
+            return Ok(true);
+        }
+        let mut from = "-".to_owned();
+        loop {
+            let page: redis::streams::StreamRangeReply =
+                conn.xrange_count(&keys.ready, &from, "+", 200).await?;
+            for entry in &page.ids {
+                let payload = backend::stream_field(entry, "j").unwrap_or_default();
+                if serde_json::from_str::<Envelope>(&payload).is_ok_and(|e| e.id == id) {
+                    return Ok(true);
+                }
+            }
+            match page.ids.last() {
+                Some(last) if page.ids.len() == 200 => from = format!("({}", last.id),
+                _ => return Ok(false),
+            }
+        }
     }
 
     /// Puts one dead job back on the ready stream with its attempts reset; `false` when no

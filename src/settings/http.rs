@@ -1,4 +1,5 @@
-//! `[http]`: where the HTTP servers listen and the tokens that guard the intake and console.
+//! `[http]`: where the HTTP servers listen, the tokens that guard the intake and console,
+//! and the reverse proxies whose word on the client's address is believed.
 
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -7,6 +8,7 @@ use super::{
     parse::{parse_bool, parse_port},
     SettingsError,
 };
+use crate::domain::TrustedProxies;
 
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
@@ -19,6 +21,8 @@ pub struct HttpSettings {
     pub console: bool,
     /// The console's admin token: actions and unmasked PII; `None`: the console is read-only.
     pub admin_token: Option<SecretString>,
+    /// Proxies whose `X-Forwarded-For` names the client (`http.trusted_proxies`).
+    pub trusted_proxies: TrustedProxies,
 }
 
 #[derive(Deserialize)]
@@ -30,6 +34,7 @@ pub(super) struct RawHttp {
     api_token: String,
     console: String,
     admin_token: String,
+    trusted_proxies: String,
 }
 
 /// An empty token switches its surface off; a short one is refused rather than guessed.
@@ -53,6 +58,8 @@ impl RawHttp {
             api_token: optional_token("http.api_token", &self.api_token)?,
             console: parse_bool("http.console", &self.console)?,
             admin_token: optional_token("http.admin_token", &self.admin_token)?,
+            trusted_proxies: TrustedProxies::parse(&self.trusted_proxies)
+                .map_err(|reason| SettingsError::new("http.trusted_proxies", reason))?,
         })
     }
 }
@@ -68,6 +75,27 @@ mod tests {
         assert!(s.http.api_token.is_none());
         assert!(s.http.console);
         assert!(s.http.admin_token.is_none());
+        assert!(s.http.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_and_networks_named_when_wrong() {
+        let s = load(&[(
+            "KYC__HTTP__TRUSTED_PROXIES",
+            "10.0.0.0/8, 127.0.0.1, fd00::/8",
+        )])
+        .expect("valid");
+        assert!(s.http.trusted_proxies.trusts([10, 1, 2, 3].into()));
+        assert!(s.http.trusted_proxies.trusts([127, 0, 0, 1].into()));
+        assert!(!s.http.trusted_proxies.trusts([192, 0, 2, 1].into()));
+        for (value, reason) in [
+            ("10.0.0.0/33", "prefix length"),
+            ("proxy.internal", "not an IP address"),
+        ] {
+            let err = load(&[("KYC__HTTP__TRUSTED_PROXIES", value)]).expect_err(value);
+            assert_eq!(err.key, "KYC__HTTP__TRUSTED_PROXIES", "{err}");
+            assert!(err.reason.contains(reason), "{value}: {err}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@
 mod didit;
 mod events;
 mod http;
+mod intake;
 mod log;
 mod parse;
 mod poll;
@@ -58,6 +59,8 @@ pub struct Settings {
     pub poll: PollSettings,
     pub events: EventSettings,
     pub ratelimit: RateLimitSettings,
+    /// Size limits of start requests (`[intake]`).
+    pub intake: crate::domain::IntakeLimits,
     /// Named workflows a start request may ask for (`workflow = "premium"`).
     pub workflows: HashMap<String, uuid::Uuid>,
     pub rules: RulesSettings,
@@ -184,6 +187,7 @@ struct RawSettings {
     log: log::RawLog,
     redis: redis::RawRedis,
     http: http::RawHttp,
+    intake: intake::RawIntake,
     didit: didit::RawDidit,
     worker: worker::RawWorker,
     queue: queue::RawQueue,
@@ -203,6 +207,7 @@ impl RawSettings {
         let log = self.log.validate()?;
         let redis = self.redis.validate()?;
         let http = self.http.validate()?;
+        let intake = self.intake.validate()?;
         let didit = self.didit.validate()?;
         let worker = self.worker.validate()?;
         let queue = self.queue.validate()?;
@@ -222,6 +227,7 @@ impl RawSettings {
             poll,
             events,
             ratelimit,
+            intake,
             workflows,
             rules,
             telemetry,

@@ -6,72 +6,14 @@
 use std::{sync::LazyLock, time::Duration};
 
 use crate::sandbox::{control, start, Raw};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use crate::helpers::{eventually, DEADLINE};
+use crate::helpers::{eventually, openapi_to_json_schema, DEADLINE};
 
 static SPEC: LazyLock<Value> = LazyLock::new(|| {
     let text = include_str!("../fixtures/didit-openapi.json");
     serde_json::from_str(text).expect("the OpenAPI fixture is JSON")
 });
-
-/// OpenAPI 3.0 → JSON Schema: `nullable: true` becomes a type union (or `anyOf` with null),
-/// `$ref`s to components are inlined, `example`s dropped.
-fn to_json_schema(schema: &Value, depth: usize) -> Value {
-    assert!(depth < 32, "runaway $ref recursion in the OpenAPI document");
-    let Value::Object(map) = schema else {
-        return schema.clone();
-    };
-    let nullable = map.get("nullable") == Some(&Value::Bool(true));
-    let mut out = if let Some(reference) = map.get("$ref").and_then(Value::as_str) {
-        let name = reference
-            .strip_prefix("#/components/schemas/")
-            .expect("only component refs are used");
-        match to_json_schema(&SPEC["components"]["schemas"][name], depth + 1) {
-            Value::Object(m) => m,
-            other => panic!("component {name} is not a schema: {other}"),
-        }
-    } else {
-        let mut out = Map::new();
-        for (key, value) in map {
-            let converted = match key.as_str() {
-                "nullable" | "example" | "examples" => continue,
-                "properties" => Value::Object(
-                    value
-                        .as_object()
-                        .expect("properties is an object")
-                        .iter()
-                        .map(|(name, s)| (name.clone(), to_json_schema(s, depth + 1)))
-                        .collect(),
-                ),
-                "items" | "additionalProperties" | "not" => to_json_schema(value, depth + 1),
-                "oneOf" | "anyOf" | "allOf" => Value::Array(
-                    value
-                        .as_array()
-                        .expect("a list of schemas")
-                        .iter()
-                        .map(|s| to_json_schema(s, depth + 1))
-                        .collect(),
-                ),
-                _ => value.clone(),
-            };
-            out.insert(key.clone(), converted);
-        }
-        out
-    };
-    if nullable {
-        if let Some(Value::Array(choices)) = out.get_mut("enum") {
-            choices.push(Value::Null);
-        }
-        match out.get("type").cloned() {
-            Some(Value::String(t)) => {
-                out.insert("type".into(), json!([t, "null"]));
-            }
-            _ => return json!({"anyOf": [Value::Object(out), {"type": "null"}]}),
-        }
-    }
-    Value::Object(out)
-}
 
 /// Asserts `body` is what the document promises for `method path` answering `status`.
 fn assert_matches_spec(path: &str, method: &str, status: u16, body: &Value) {
@@ -81,7 +23,7 @@ fn assert_matches_spec(path: &str, method: &str, status: u16, body: &Value) {
         schema.is_object(),
         "the document has no JSON schema for {method} {path} {status}"
     );
-    let schema = to_json_schema(schema, 0);
+    let schema = openapi_to_json_schema(&SPEC, schema);
     let validator = jsonschema::options()
         .should_validate_formats(true)
         .build(&schema)

@@ -165,7 +165,7 @@ impl Sandbox {
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
         let addr = listener.local_addr().context("no local address")?;
         let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
-        let shared = Arc::new(state::Shared::new(&config, events)?);
+        let shared = Arc::new(state::Shared::new(&config, events, base_url(addr))?);
 
         let dispatcher = tokio::spawn(webhooks::dispatch(
             receiver,
@@ -192,6 +192,17 @@ impl Sandbox {
     }
 }
 
+/// `http://ADDRESS:PORT/` of a listening address (loopback for an unspecified one).
+fn base_url(addr: SocketAddr) -> Url {
+    let host = if addr.ip().is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        addr.ip()
+    };
+    Url::parse(&format!("http://{}", SocketAddr::new(host, addr.port())))
+        .expect("an IP address and a port always form a valid URL")
+}
+
 /// A running sandbox. Dropping it stops the server and every background task.
 pub struct SandboxHandle {
     addr: SocketAddr,
@@ -208,16 +219,7 @@ impl SandboxHandle {
 
     /// `http://127.0.0.1:PORT`, what `KYC__DIDIT__BASE_URL` should be.
     pub fn base_url(&self) -> Url {
-        let host = if self.addr.ip().is_unspecified() {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        } else {
-            self.addr.ip()
-        };
-        Url::parse(&format!(
-            "http://{}",
-            SocketAddr::new(host, self.addr.port())
-        ))
-        .expect("an IP address and a port always form a valid URL")
+        base_url(self.addr)
     }
 
     /// The registration host, what `KYC__DIDIT__AUTH_BASE_URL` should be.

@@ -309,6 +309,26 @@ impl Limiter {
     }
 }
 
+/// Endpoint names as `/sandbox/stats` and `fail_next` spell them (the client's metric labels).
+pub const ENDPOINT_NAMES: [&str; 16] = [
+    "session_create",
+    "decision",
+    "session_list",
+    "update_status",
+    "blocklist_add",
+    "generate_pdf",
+    "session_delete",
+    "workflow_create",
+    "workflow_list",
+    "workflow_get",
+    "webhook_destination_create",
+    "webhook_destination_list",
+    "balance",
+    "top_up",
+    "register",
+    "verify_email",
+];
+
 /// Faults a test asks for: slowness, random 500s, and failures of the next N calls.
 #[derive(Debug, Default)]
 pub struct Faults {

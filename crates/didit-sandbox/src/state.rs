@@ -68,9 +68,16 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: &SandboxConfig, events: UnboundedSender<Event>) -> anyhow::Result<Self> {
+    /// `link_base` is the sandbox's own address: the hosted-flow links of its sessions
+    /// point there (a sandbox session has no page at Didit).
+    pub fn new(
+        config: &SandboxConfig,
+        events: UnboundedSender<Event>,
+        link_base: Url,
+    ) -> anyhow::Result<Self> {
         let now = OffsetDateTime::now_utc();
         let inner = Inner {
+            link_base,
             api_key: config.api_key.clone(),
             key_revoked: false,
             balance: config.balance,
@@ -129,6 +136,8 @@ pub async fn drive_sessions(shared: Arc<Shared>) {
 }
 
 pub struct Inner {
+    /// Where session links point: the sandbox itself (`{link_base}session/{token}`).
+    link_base: Url,
     pub api_key: String,
     pub key_revoked: bool,
     /// USD.
@@ -497,6 +506,11 @@ impl Inner {
         self.workflows.iter().find(|w| w.uuid == id)
     }
 
+    /// The session a hosted-flow link names.
+    pub fn session_by_token(&self, token: &str) -> Option<&Session> {
+        self.sessions.values().find(|s| s.token == token)
+    }
+
     /// Creates a session, or returns the unfinished one of the same vendor_data on the same
     /// workflow with its metadata and callback overwritten (Didit's only idempotency).
     /// The bool says whether it is new.
@@ -524,10 +538,15 @@ impl Inner {
             .map_or(DEFAULT_EXPIRATION_S, |w| w.session_expiration_s);
         let id = Uuid::new_v4();
         let token = Alphanumeric.sample_string(&mut rand::rng(), 12);
-        let url = match &new.language {
-            Some(lang) => format!("https://verify.didit.me/{lang}/session/{token}"),
-            None => format!("https://verify.didit.me/session/{token}"),
+        let path = match &new.language {
+            Some(lang) => format!("{lang}/session/{token}"),
+            None => format!("session/{token}"),
         };
+        let url = self
+            .link_base
+            .join(&path)
+            .map(String::from)
+            .unwrap_or_else(|_| format!("{}{path}", self.link_base));
         let number = self.next_number;
         self.next_number += 1;
         let session = Session {
@@ -808,6 +827,32 @@ impl Inner {
 mod tests {
     use super::*;
 
+    fn test_link_base() -> Url {
+        Url::parse("http://127.0.0.1:8089/").expect("url")
+    }
+
+    #[test]
+    fn session_links_point_at_the_sandbox() {
+        let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let shared = Shared::new(
+            &SandboxConfig::for_tests(Duration::from_secs(60)),
+            events,
+            test_link_base(),
+        )
+        .expect("state");
+        let mut inner = shared.lock();
+        let (id, _) = inner.create_session(new_session("linked"));
+        let session = &inner.sessions[&id];
+        assert_eq!(
+            session.url,
+            format!("http://127.0.0.1:8089/session/{}", session.token)
+        );
+        assert_eq!(
+            inner.session_by_token(&session.token).map(|s| s.id),
+            Some(id)
+        );
+    }
+
     fn new_session(vendor: &str) -> NewSession {
         NewSession {
             workflow_id: WORKFLOW_ID,
@@ -824,8 +869,12 @@ mod tests {
     #[test]
     fn the_due_index_holds_exactly_the_sessions_with_a_step_ahead() {
         let (events, _receiver) = tokio::sync::mpsc::unbounded_channel();
-        let shared =
-            Shared::new(&SandboxConfig::for_tests(Duration::from_secs(60)), events).expect("state");
+        let shared = Shared::new(
+            &SandboxConfig::for_tests(Duration::from_secs(60)),
+            events,
+            test_link_base(),
+        )
+        .expect("state");
         let mut inner = shared.lock();
         let ids: Vec<Uuid> = (0..3)
             .map(|n| inner.create_session(new_session(&format!("v{n}"))).0)
@@ -862,7 +911,12 @@ mod tests {
     #[test]
     fn the_clock_refuses_to_move_past_its_bound_and_keeps_its_offset() {
         let (events, _receiver) = tokio::sync::mpsc::unbounded_channel();
-        let shared = Shared::new(&SandboxConfig::for_tests(Duration::ZERO), events).expect("state");
+        let shared = Shared::new(
+            &SandboxConfig::for_tests(Duration::ZERO),
+            events,
+            test_link_base(),
+        )
+        .expect("state");
         let mut inner = shared.lock();
         inner
             .advance_clock(Duration::from_secs(86_400))

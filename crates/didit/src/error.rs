@@ -161,7 +161,9 @@ impl DiditError {
                 403 if self.endpoint.forbidden_means_account() => {
                     ErrorClass::Account(AccountPause::Forbidden)
                 }
-                400 if body.mentions_credits() => ErrorClass::Account(AccountPause::NoCredits),
+                400 if body.mentions("enough credits") => {
+                    ErrorClass::Account(AccountPause::NoCredits)
+                }
                 _ => ErrorClass::Request,
             },
         }
@@ -172,11 +174,82 @@ impl DiditError {
         matches!(self.class(), ErrorClass::Retryable { .. })
     }
 
+    /// This request cannot succeed as sent: retrying it, or waiting, will not help.
+    pub fn is_request_error(&self) -> bool {
+        self.class() == ErrorClass::Request
+    }
+
+    /// Why the whole account cannot make calls, when that is the cause.
+    pub fn account_pause(&self) -> Option<AccountPause> {
+        match self.class() {
+            ErrorClass::Account(pause) => Some(pause),
+            _ => None,
+        }
+    }
+
+    /// Didit refused because the account has run out of credits (a `400` that says so).
+    pub fn is_no_credits(&self) -> bool {
+        self.account_pause() == Some(AccountPause::NoCredits)
+    }
+
+    /// Didit throttled the call (`429`): its scopes should wait, not only this request.
+    pub fn is_rate_limited(&self) -> bool {
+        self.status() == Some(429)
+    }
+
+    /// Didit certainly did not act on the call: it never reached Didit (the connection
+    /// could not be opened) or Didit refused it unprocessed (`429`). A create that failed
+    /// so can be sent again without first looking for the session it might have made.
+    pub fn was_not_processed(&self) -> bool {
+        self.is_rate_limited() || matches!(self.kind, DiditErrorKind::Connect(_))
+    }
+
+    /// How long Didit asked to wait (`Retry-After`), when it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match &self.kind {
+            DiditErrorKind::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The resource does not exist at Didit (`404`): deleted, or never this account's.
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(404)
+    }
+
+    /// Didit refused to create a session for a person on its blocklist (a `400` saying the
+    /// user "has been blocked").
+    pub fn is_blocklisted(&self) -> bool {
+        self.refusal_mentions("blocked")
+    }
+
+    /// `update-status` refused because the session already has that status: the change
+    /// asked for is in place.
+    pub fn is_status_unchanged(&self) -> bool {
+        self.refusal_mentions("same as the current status")
+    }
+
+    /// A 2xx answer whose body is not what the API promises: not Didit's answer to the
+    /// request, more likely a proxy or an outage in between.
+    pub fn is_malformed_response(&self) -> bool {
+        matches!(self.kind, DiditErrorKind::Decode(_))
+    }
+
     /// The HTTP status, when Didit answered.
     pub fn status(&self) -> Option<u16> {
         match &self.kind {
             DiditErrorKind::Status { status, .. } => Some(*status),
             _ => None,
+        }
+    }
+
+    /// A 4xx whose body says `words` (case-insensitive).
+    fn refusal_mentions(&self, words: &str) -> bool {
+        match &self.kind {
+            DiditErrorKind::Status { status, body, .. } => {
+                (400..500).contains(status) && body.mentions(words)
+            }
+            _ => false,
         }
     }
 }
@@ -237,14 +310,15 @@ impl ErrorBody {
         }
     }
 
-    fn mentions_credits(&self) -> bool {
+    /// Whether any message of the body contains `words` (lower case), ignoring case.
+    fn mentions(&self, words: &str) -> bool {
         let all = self
             .detail
             .iter()
             .chain(self.messages.iter())
             .chain(self.fields.iter().flat_map(|(_, m)| m.iter()));
         all.into_iter()
-            .any(|m| m.to_ascii_lowercase().contains("enough credits"))
+            .any(|m| m.to_ascii_lowercase().contains(words))
     }
 }
 
@@ -412,6 +486,84 @@ mod tests {
         for (error, class) in cases {
             assert_eq!(error.class(), class, "{error}");
         }
+    }
+
+    #[test]
+    fn refusals_say_what_they_mean() {
+        let blocked = status_error(
+            Endpoint::CreateSession,
+            400,
+            r#"{"vendor_data": "This user or business has been blocked and cannot create new verification sessions."}"#,
+        );
+        assert!(blocked.is_blocklisted() && blocked.is_request_error());
+        assert!(!blocked.is_no_credits() && !blocked.is_status_unchanged());
+        assert_eq!(blocked.account_pause(), None);
+
+        let invalid = status_error(
+            Endpoint::CreateSession,
+            400,
+            r#"{"workflow_id":"Invalid workflow_id."}"#,
+        );
+        assert!(invalid.is_request_error() && !invalid.is_blocklisted());
+
+        let broke = status_error(
+            Endpoint::CreateSession,
+            400,
+            r#"{"detail":"You don't have enough credits to perform this request."}"#,
+        );
+        assert!(broke.is_no_credits() && !broke.is_request_error());
+        assert_eq!(broke.account_pause(), Some(AccountPause::NoCredits));
+
+        let revoked = status_error(Endpoint::Decision, 401, r#"{"detail":"bad key"}"#);
+        assert_eq!(revoked.account_pause(), Some(AccountPause::InvalidKey));
+        assert!(!revoked.is_no_credits());
+
+        let same = status_error(
+            Endpoint::UpdateStatus,
+            400,
+            r#"["The new status is the same as the current status."]"#,
+        );
+        assert!(same.is_status_unchanged() && !same.is_blocklisted());
+
+        let gone = status_error(Endpoint::DeleteSession, 404, r#"{"detail":"Not found."}"#);
+        assert!(gone.is_not_found() && gone.is_request_error() && !gone.is_rate_limited());
+
+        // Words in a 5xx page are an outage talking, not a refusal.
+        let outage = status_error(Endpoint::CreateSession, 503, "upstream blocked");
+        assert!(!outage.is_blocklisted() && outage.is_retryable());
+    }
+
+    #[test]
+    fn throttling_and_broken_bodies_are_recognised() {
+        let throttled = DiditError::new(
+            Endpoint::Decision,
+            DiditErrorKind::Status {
+                status: 429,
+                body: Box::default(),
+                retry_after: Some(Duration::from_secs(7)),
+            },
+        );
+        assert!(throttled.is_rate_limited() && throttled.was_not_processed());
+        assert_eq!(throttled.retry_after(), Some(Duration::from_secs(7)));
+        let refused = DiditError::new(
+            Endpoint::CreateSession,
+            DiditErrorKind::Connect("connection refused".into()),
+        );
+        assert!(refused.was_not_processed() && !refused.is_rate_limited());
+        let outage = status_error(Endpoint::CreateSession, 503, "{}");
+        assert!(!outage.was_not_processed(), "a 5xx may have been processed");
+        assert_eq!(
+            status_error(Endpoint::Decision, 503, "{}").retry_after(),
+            None
+        );
+        let garbled = DiditError::new(Endpoint::Decision, DiditErrorKind::Decode("eof".into()));
+        assert!(garbled.is_malformed_response() && !garbled.is_rate_limited());
+        let timeout = DiditError::new(Endpoint::Decision, DiditErrorKind::Timeout);
+        assert!(!timeout.is_malformed_response() && timeout.retry_after().is_none());
+        assert!(
+            !timeout.was_not_processed(),
+            "a timed-out call may have been processed"
+        );
     }
 
     #[test]

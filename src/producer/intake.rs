@@ -14,11 +14,8 @@ use std::time::Duration;
 use redis::{streams::StreamId, AsyncCommands};
 use serde_json::{Map, Value};
 
-use crate::{
-    domain::StartRequest,
-    producer::{Producer, ProducerError},
-    telemetry::TraceParent,
-};
+use super::{Producer, ProducerError};
+use crate::{domain::StartRequest, store::StoreError, telemetry::TraceParent};
 
 const GROUP: &str = "workers";
 /// Rejected entries kept for inspection.
@@ -117,7 +114,11 @@ async fn take(
             );
             match crate::telemetry::within(span, parent, producer.start_kyc(request)).await {
                 Ok(_) => None,
-                Err(ProducerError::Invalid(e)) => Some(("invalid", e.to_string())),
+                Err(ProducerError::Invalid(e)) => Some((e.refusal.as_str(), e.to_string())),
+                // The reason starts with `idempotency_mismatch:` and names the fields.
+                Err(e @ ProducerError::IdempotencyMismatch { .. }) => {
+                    Some(("idempotency_mismatch", e.to_string()))
+                }
                 Err(other) => return Err(other),
             }
         }
@@ -128,7 +129,9 @@ async fn take(
             .intake_rejected
             .with_label_values(&["intake_stream", kind])
             .inc();
-        reject(c, rejected, &entry.id, &reason).await?;
+        reject(c, rejected, &entry.id, &reason)
+            .await
+            .map_err(StoreError::from)?;
     }
     redis::pipe()
         .xack(stream, GROUP, &[&entry.id])
@@ -136,7 +139,8 @@ async fn take(
         .xdel(stream, &[&entry.id])
         .ignore()
         .query_async::<()>(c)
-        .await?;
+        .await
+        .map_err(StoreError::from)?;
     Ok(())
 }
 
@@ -163,17 +167,28 @@ async fn reject(
 }
 
 /// Turns an entry's fields into a start request (not yet validated) and the trace it
-/// continues (its `traceparent` field; a malformed one is ignored, as W3C asks).
+/// continues (its `traceparent` field; a malformed one is ignored, as W3C asks). Reasons name
+/// fields and what was expected, never a value; a field that is not a start request's is named
+/// only as `redact_values` allows (it is the sender's text).
 fn parse_entry(entry: &StreamId) -> Result<(StartRequest, Option<TraceParent>), String> {
     let mut object = Map::new();
     let mut parent = None;
     for (name, value) in &entry.map {
-        let text: String =
-            redis::from_redis_value_ref(value).map_err(|_| format!("field {name} is not text"))?;
         if name == crate::telemetry::TRACEPARENT {
-            parent = TraceParent::parse(&text).ok();
+            // Not a start request's field; an unreadable one is ignored like a malformed one.
+            parent = redis::from_redis_value_ref::<String>(value)
+                .ok()
+                .and_then(|text| TraceParent::parse(&text).ok());
             continue;
         }
+        if !StartRequest::FIELDS.contains(&name.as_str()) {
+            // Whatever its value, serde refuses it below as an unknown field, naming the
+            // expected ones.
+            object.insert(name.clone(), Value::Null);
+            continue;
+        }
+        let text: String =
+            redis::from_redis_value_ref(value).map_err(|_| format!("field {name} is not text"))?;
         let value = if JSON_FIELDS.contains(&name.as_str()) {
             serde_json::from_str(&text).map_err(|_| format!("field {name} is not JSON"))?
         } else {
@@ -184,7 +199,46 @@ fn parse_entry(entry: &StreamId) -> Result<(StartRequest, Option<TraceParent>), 
     object
         .entry("request_id")
         .or_insert_with(|| Value::from(format!("intake-{}", entry.id)));
-    let request = serde_json::from_value(Value::Object(object))
-        .map_err(|e| crate::telemetry::redact_values(&e.to_string()))?;
+    let request = serde_json::from_value(Value::Object(object)).map_err(|e| {
+        format!(
+            "not a start request: {}",
+            crate::telemetry::redact_values(&e.to_string())
+        )
+    })?;
     Ok((request, parent))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(fields: &[(&str, &[u8])]) -> StreamId {
+        StreamId {
+            id: "1-0".to_owned(),
+            milliseconds_elapsed_from_delivery: None,
+            delivered_count: None,
+            map: fields
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), redis::Value::BulkString(v.to_vec())))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_with_the_expected_ones_and_no_value() {
+        let reason = parse_entry(&entry(&[("vendor_data", b"u-1"), ("vendor_dta", b"Jane")]))
+            .expect_err("unknown field");
+        assert!(
+            reason.starts_with("not a start request: unknown field `vendor_dta`, expected one of `request_id`, `vendor_data`"),
+            "{reason}"
+        );
+        assert!(!reason.contains("Jane"), "{reason}");
+        // Not a name: not repeated; a value that is not text does not change that.
+        let reason = parse_entry(&entry(&[("vendor_data", b"u-1"), ("Jane Doe", &[0xff])]))
+            .expect_err("unknown field");
+        assert!(
+            reason.starts_with("not a start request: an unknown field, expected one of"),
+            "{reason}"
+        );
+    }
 }
