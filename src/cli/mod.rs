@@ -42,7 +42,7 @@ pub enum Command {
     Sandbox(Box<sandbox::SandboxArgs>),
     /// Call the Didit API directly: workflows, sessions, decisions, reviews, billing
     Didit(Box<didit::DiditArgs>),
-    /// Stop following a verification (no more polls; emits kyc.session.failed, reason cancelled)
+    /// Stop following a verification still open (no more polls; emits kyc.session.failed, reason cancelled); exit 1 naming the outcome when it already ended
     Cancel {
         /// The request id given (or printed) at enqueue
         request_id: String,
@@ -54,7 +54,7 @@ pub enum Command {
         #[arg(long)]
         vendor_data: String,
     },
-    /// A verification's audit trail (`session show REQUEST_ID|SESSION_ID`)
+    /// A verification's audit trail (`session show`), or a decision read now (`session refresh`)
     Session(session::SessionArgs),
     /// Queue depths and the dead set (list, replay, purge)
     Queue(queue::QueueArgs),

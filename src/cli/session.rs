@@ -1,12 +1,15 @@
 //! `kyc-worker session show REQUEST_ID|SESSION_ID`: what happened to a verification and why,
-//! from its PII-free audit trail.
+//! from its PII-free audit trail; `kyc-worker session refresh REQUEST_ID|SESSION_ID`: read
+//! the decision now and run it through the pipeline, for an operator who knows Didit
+//! changed something (a reviewer's decision, a resubmission from Didit's console) that no
+//! webhook announced.
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use uuid::Uuid;
 
 use super::CliError;
-use crate::{domain::RequestId, settings::Settings, store::Store};
+use crate::{domain::RequestId, jobs::PollDecision, settings::Settings, store::Store};
 
 #[derive(Debug, Args)]
 pub struct SessionArgs {
@@ -24,12 +27,25 @@ enum SessionCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Read the session's decision now and run it through the pipeline (rules, events),
+    /// as a webhook would: queued first in the session's poll slot for a worker
+    Refresh {
+        /// A request id, or a Didit session id (UUID)
+        id: String,
+    },
 }
 
 pub async fn run(args: SessionArgs, settings: &Settings) -> Result<(), CliError> {
-    let SessionCommand::Show { id, json } = args.command;
     let conn = super::redis(settings).await?.connect();
-    let store = Store::new(conn, &settings.redis.prefix, settings.events.clone());
+    let store = Store::new(
+        conn.clone(),
+        &settings.redis.prefix,
+        settings.events.clone(),
+    );
+    let (id, json) = match args.command {
+        SessionCommand::Show { id, json } => (id, json),
+        SessionCommand::Refresh { id } => return refresh(&id, &store, conn, settings).await,
+    };
     let session = match Uuid::parse_str(&id) {
         Ok(sid) => store
             .session(sid)
@@ -74,6 +90,69 @@ pub async fn run(args: SessionArgs, settings: &Settings) -> Result<(), CliError>
             "no audit trail for {id} (unknown, or past its retention)"
         )));
     }
+    Ok(())
+}
+
+/// Queues an immediate decision read of the session a request id or session id names.
+async fn refresh(
+    id: &str,
+    store: &Store,
+    conn: crate::queue::RedisConnection,
+    settings: &Settings,
+) -> Result<(), CliError> {
+    // Request ids are often UUIDs too: a UUID names a session when one is recorded under it.
+    let as_session = match Uuid::parse_str(id) {
+        Ok(sid) => store
+            .session(sid)
+            .await
+            .context("cannot read the session")?
+            .map(|_| sid),
+        Err(_) => None,
+    };
+    let sid = match as_session {
+        Some(sid) => sid,
+        None => {
+            let request = RequestId::parse(id).map_err(|e| CliError::Usage(e.to_string()))?;
+            store
+                .request(&request)
+                .await
+                .context("cannot read the request")?
+                .ok_or_else(|| CliError::Failed(anyhow::anyhow!("no request {id}")))?
+                .session_id
+                .ok_or_else(|| {
+                    CliError::Failed(anyhow::anyhow!(
+                        "request {id} has no Didit session yet: its start job creates one"
+                    ))
+                })?
+        }
+    };
+    let session = store
+        .session(sid)
+        .await
+        .context("cannot read the session")?
+        .ok_or_else(|| {
+            CliError::Failed(anyhow::anyhow!(
+                "no record of session {sid} (unknown, or past its retention)"
+            ))
+        })?;
+    if session.requests.is_empty() {
+        return Err(CliError::Failed(anyhow::anyhow!(
+            "session {sid} serves no open request (all cancelled): nothing to refresh"
+        )));
+    }
+    let queue = crate::queue::Queue::new(conn, &settings.redis.prefix, settings.queue.clone());
+    let job = PollDecision {
+        session_id: sid,
+        polls: 0,
+        urgent: true,
+    };
+    queue
+        .run_now(&PollDecision::slot(sid), &job)
+        .await
+        .context("cannot queue the read")?;
+    println!(
+        "session {sid}: decision read queued; a worker runs it through the rules and publishes what changed (see `kyc-worker session show {sid}`)"
+    );
     Ok(())
 }
 

@@ -1,7 +1,12 @@
 //! Outcome events: what the fleet tells the rest of the company, one per decision.
 //!
-//! The event id is deterministic (UUIDv5 of request, session, type and status), so a
-//! consumer that sees the same decision twice (at-least-once delivery) sees the same id.
+//! The event id is deterministic, so a consumer that sees the same decision twice
+//! (at-least-once delivery) sees the same id: a UUIDv5 of request, session, change round,
+//! type and status. A session can reach the same status twice (Declined, resubmitted,
+//! Declined again), and each is its own event: the change round (how many times the
+//! session's recorded status changed) tells them apart. The first time a session reaches a
+//! status keeps the id of round 0, the UUIDv5 of request, session, type and status alone, so
+//! ids published before rounds existed do not move.
 
 use serde::{Serialize, Serializer};
 use serde_json::Value;
@@ -18,16 +23,20 @@ pub enum EventType {
     Decided,
     Expired,
     Failed,
+    /// Someone (a rule, an operator, Didit's console or API) sent the session back to the
+    /// person to redo steps.
+    ResubmissionRequested,
     /// A person was erased; carries a salted hash of their vendor_data, never the value.
     Erased,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 4] = [
+    pub const ALL: [EventType; 5] = [
         EventType::Created,
         EventType::Decided,
         EventType::Expired,
         EventType::Failed,
+        EventType::ResubmissionRequested,
     ];
 
     /// The `type` field of the stream entry.
@@ -37,6 +46,7 @@ impl EventType {
             EventType::Decided => "kyc.session.decided",
             EventType::Expired => "kyc.session.expired",
             EventType::Failed => "kyc.session.failed",
+            EventType::ResubmissionRequested => "kyc.session.resubmission_requested",
             EventType::Erased => "kyc.subject.erased",
         }
     }
@@ -161,7 +171,13 @@ impl FailureReason {
 /// One event for the `<prefix>:events` stream.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OutcomeEvent {
+    /// The id when this is the first time the session reached `status` (round 0's); see
+    /// [`OutcomeEvent::repeat_id`] for a repeat.
     pub event_id: Uuid,
+    /// The session's change round this event belongs to (0 for events published once per
+    /// request, such as `kyc.session.created`); not a stream field.
+    #[serde(skip)]
+    pub round: u64,
     #[serde(rename = "type")]
     pub kind: EventType,
     pub session_id: Option<Uuid>,
@@ -184,7 +200,8 @@ impl OutcomeEvent {
         data: Value,
     ) -> Self {
         Self {
-            event_id: event_id(&request_id, session_id, kind, &status),
+            event_id: event_id(&request_id, session_id, 0, kind, &status),
+            round: 0,
             kind,
             session_id,
             request_id,
@@ -196,20 +213,46 @@ impl OutcomeEvent {
     }
 }
 
-/// The deterministic id of the event for (request, session, type, status).
+impl OutcomeEvent {
+    /// The same event in the session's change round `round` (a status the session may
+    /// reach again, after a resubmission or an overturn).
+    pub fn in_round(mut self, round: u64) -> Self {
+        self.round = round;
+        self
+    }
+
+    /// The id this event carries when the session reached its status before, in an
+    /// earlier round: the UUIDv5 that includes the round.
+    pub fn repeat_id(&self) -> Uuid {
+        event_id(
+            &self.request_id,
+            self.session_id,
+            self.round,
+            self.kind,
+            &self.status,
+        )
+    }
+}
+
+/// The deterministic id of the event for (request, session, change round, type, status);
+/// round 0 is the UUIDv5 of (request, session, type, status) without a round.
 pub fn event_id(
     request: &RequestId,
     session: Option<Uuid>,
+    round: u64,
     kind: EventType,
     status: &EventStatus,
 ) -> Uuid {
     let session = session.map(|s| s.to_string()).unwrap_or_default();
-    let name = format!(
+    let mut name = format!(
         "{}\u{1f}{session}\u{1f}{}\u{1f}{}",
         request.as_str(),
         kind.as_str(),
         status.as_str()
     );
+    if round > 0 {
+        name = format!("{name}\u{1f}{round}");
+    }
     Uuid::new_v5(&EVENT_NAMESPACE, name.as_bytes())
 }
 
@@ -225,21 +268,51 @@ mod tests {
         let s = Some(Uuid::nil());
         // Pinned: consumers deduplicate on these ids, so typing the fields must not move them.
         assert_eq!(
-            event_id(&r, s, EventType::Decided, &APPROVED).to_string(),
+            event_id(&r, s, 0, EventType::Decided, &APPROVED).to_string(),
             "63218b7b-a070-5d61-b198-b2d767d49a06"
         );
         assert_eq!(
-            event_id(&r, None, EventType::Failed, &EventStatus::Failed).to_string(),
+            event_id(&r, None, 0, EventType::Failed, &EventStatus::Failed).to_string(),
             "d164c6a6-b5fb-521b-a18a-e4cc37e8e463"
         );
         assert_ne!(
-            event_id(&r, s, EventType::Decided, &APPROVED),
-            event_id(&r, s, EventType::Decided, &SessionStatus::InReview.into())
+            event_id(&r, s, 0, EventType::Decided, &APPROVED),
+            event_id(
+                &r,
+                s,
+                0,
+                EventType::Decided,
+                &SessionStatus::InReview.into()
+            )
         );
         let other = RequestId::parse("r-2").expect("id");
         assert_ne!(
-            event_id(&r, s, EventType::Decided, &APPROVED),
-            event_id(&other, s, EventType::Decided, &APPROVED)
+            event_id(&r, s, 0, EventType::Decided, &APPROVED),
+            event_id(&other, s, 0, EventType::Decided, &APPROVED)
+        );
+    }
+
+    #[test]
+    fn a_repeat_in_a_later_round_has_its_own_id_and_round_0_keeps_the_original() {
+        let r = RequestId::parse("r-1").expect("id");
+        let declined: EventStatus = SessionStatus::Declined.into();
+        let event = OutcomeEvent::new(
+            EventType::Decided,
+            r.clone(),
+            Some(Uuid::nil()),
+            "user-1".into(),
+            declined.clone(),
+            &Decider::Didit,
+            Value::Null,
+        );
+        assert_eq!(event.clone().in_round(0).repeat_id(), event.event_id);
+        let again = event.clone().in_round(4);
+        assert_eq!(again.event_id, event.event_id, "the first-time id stays");
+        assert_ne!(again.repeat_id(), event.event_id);
+        assert_ne!(again.repeat_id(), event.clone().in_round(5).repeat_id());
+        assert_eq!(
+            again.repeat_id(),
+            event_id(&r, Some(Uuid::nil()), 4, EventType::Decided, &declined)
         );
     }
 

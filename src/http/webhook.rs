@@ -268,10 +268,18 @@ async fn adopt(
     }
     // The session's real deadline is unknown here; the poll's own reads decide its fate.
     let deadline = crate::queue::now_ms() + Duration::from_secs(30 * 24 * 3600).as_millis() as u64;
+    let status = SessionStatus::parse(
+        payload
+            .get("status")
+            .and_then(|s| s.as_str())
+            .unwrap_or_default(),
+    );
     let session = crate::store::NewSession {
         id: session_id,
         url: "",
         deadline_ms: deadline,
+        workflow_version: payload.get("workflow_version").and_then(|v| v.as_i64()),
+        status: &status,
         trace: crate::telemetry::current(),
     };
     state

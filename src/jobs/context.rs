@@ -35,8 +35,9 @@ pub(crate) struct Pipeline {
     pub metrics: Arc<Metrics>,
     pub rules: Arc<RuleSet>,
     pub settings: Arc<Settings>,
-    /// Session expiration per workflow, read from Didit once per process.
-    expirations: Arc<Mutex<HashMap<Uuid, Duration>>>,
+    /// Session expiration per (workflow, version), read from Didit once per process and
+    /// version: a republished workflow is a new version, read when a session runs on it.
+    expirations: Arc<Mutex<HashMap<(Uuid, i64), Duration>>>,
     /// One expiration read at a time, so a burst of starts on a new process reads a
     /// workflow once rather than once per job.
     expiration_read: Arc<tokio::sync::Mutex<()>>,
@@ -143,41 +144,34 @@ impl Pipeline {
         Ok(result)
     }
 
-    /// The workflow's session expiration; Didit's default when it cannot be read.
-    pub async fn expiration(&self, workflow: Uuid) -> Duration {
-        let cached = || {
+    /// The session expiration of a workflow version (`version` as Didit's create response
+    /// gives it; `None`: the latest published version); Didit's default when it cannot be
+    /// read.
+    ///
+    /// Didit reads a workflow by the version's own id (`settings_uuid`), which only the
+    /// rows of `GET /v3/workflows/` give: one list call finds the version's row, whose
+    /// `session_expiration_time` is the answer (a row without it is read by its id). Every
+    /// version the list shows is remembered, so a burst of sessions reads the list once and
+    /// a republished workflow is read again when its first session arrives.
+    pub async fn expiration(&self, workflow: Uuid, version: Option<i64>) -> Duration {
+        let cached = |version: i64| {
             self.expirations
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .get(&workflow)
+                .get(&(workflow, version))
                 .copied()
         };
-        if let Some(d) = cached() {
+        if let Some(d) = version.and_then(cached) {
             return d;
         }
         let _one_at_a_time = self.expiration_read.lock().await;
-        if let Some(d) = cached() {
+        if let Some(d) = version.and_then(cached) {
             return d;
         }
-        let read = self
-            .call(Endpoint::GetWorkflow, Priority::High, |d| async move {
-                d.get_workflow(workflow).await
-            })
-            .await;
-        match read {
-            Ok(Ok(w)) => {
-                let d = w
-                    .session_expiration_time
-                    .map(Duration::from_secs)
-                    .unwrap_or(DEFAULT_EXPIRATION);
-                self.expirations
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(workflow, d);
-                d
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "workflow expiration unknown; using Didit's default");
+        match self.read_expiration(workflow, version).await {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                tracing::debug!(workflow = %workflow, ?version, "workflow version not listed; using Didit's default expiration");
                 DEFAULT_EXPIRATION
             }
             Err(e) => {
@@ -185,6 +179,65 @@ impl Pipeline {
                 DEFAULT_EXPIRATION
             }
         }
+    }
+
+    /// Lists the workflows, remembers every version's expiration and returns the asked one.
+    async fn read_expiration(
+        &self,
+        workflow: Uuid,
+        version: Option<i64>,
+    ) -> Result<Option<Duration>, String> {
+        let page = self
+            .call(Endpoint::ListWorkflows, Priority::High, |d| async move {
+                d.list_workflows().await
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let rows: Vec<_> = page
+            .results
+            .into_iter()
+            .filter(|w| w.stable_id() == workflow || w.uuid == workflow)
+            .collect();
+        {
+            let mut cache = self.expirations.lock().unwrap_or_else(|e| e.into_inner());
+            for row in &rows {
+                if let (Some(v), Some(s)) = (row.version, row.session_expiration_time) {
+                    cache.insert((workflow, v), Duration::from_secs(s));
+                }
+            }
+        }
+        let row = match version {
+            Some(v) => rows.into_iter().find(|w| w.version == Some(v)),
+            None => rows
+                .into_iter()
+                .filter(|w| w.status.as_deref() != Some("draft"))
+                .max_by_key(|w| w.version),
+        };
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        if let Some(s) = row.session_expiration_time {
+            return Ok(Some(Duration::from_secs(s)));
+        }
+        let id = row.uuid;
+        let read = self
+            .call(Endpoint::GetWorkflow, Priority::High, |d| async move {
+                d.get_workflow(id).await
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let d = read
+            .session_expiration_time
+            .map_or(DEFAULT_EXPIRATION, Duration::from_secs);
+        if let Some(v) = row.version {
+            self.expirations
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((workflow, v), d);
+        }
+        Ok(Some(d))
     }
 
     /// Schedules the session's next poll in its one slot, unless an earlier one is there.
@@ -278,6 +331,39 @@ impl Pipeline {
         self.store
             .track_review(session_id, session, status, &decider.label(), &data)
             .await?;
+        self.publish_to_all(session_id, session, kind, status, decider, data)
+            .await
+    }
+
+    /// Publishes `kyc.session.resubmission_requested` for every request the session answers
+    /// (`data`: the nodes, the reason, who asked), in the session's change round.
+    pub async fn publish_resubmission(
+        &self,
+        session_id: Uuid,
+        session: &SessionRecord,
+        decider: &Decider,
+        data: Value,
+    ) -> Result<(), JobError> {
+        self.publish_to_all(
+            session_id,
+            session,
+            EventType::ResubmissionRequested,
+            &SessionStatus::Resubmitted,
+            decider,
+            data,
+        )
+        .await
+    }
+
+    async fn publish_to_all(
+        &self,
+        session_id: Uuid,
+        session: &SessionRecord,
+        kind: EventType,
+        status: &SessionStatus,
+        decider: &Decider,
+        data: Value,
+    ) -> Result<(), JobError> {
         for request in &session.requests {
             let vendor_data = self.vendor_data(session, request).await?;
             let event = OutcomeEvent::new(
@@ -288,7 +374,8 @@ impl Pipeline {
                 status.clone().into(),
                 decider,
                 data.clone(),
-            );
+            )
+            .in_round(session.round);
             self.publish(&event).await?;
         }
         Ok(())
@@ -333,8 +420,8 @@ impl Pipeline {
         self.publish(&event).await.map(drop)
     }
 
-    /// Publishes an event once per (request, session, type, status) and counts it;
-    /// `true` when it was new.
+    /// Publishes an event once per (request, session, change round, type, status) and
+    /// counts it; `true` when it was new.
     pub async fn publish(&self, event: &OutcomeEvent) -> Result<bool, JobError> {
         let new = self.store.publish(event).await?;
         if new {
@@ -356,10 +443,12 @@ impl Pipeline {
         Ok(new)
     }
 
-    /// Unix ms when a session created now gives up: expiration + grace.
-    pub async fn deadline_for(&self, workflow: Uuid) -> u64 {
+    /// Unix ms when a session whose expiry window starts now gives up: the expiration of
+    /// its workflow version + grace.
+    pub async fn deadline_for(&self, workflow: Uuid, version: Option<i64>) -> u64 {
         now_ms()
-            + (self.expiration(workflow).await + self.settings.poll.expiry_grace).as_millis() as u64
+            + (self.expiration(workflow, version).await + self.settings.poll.expiry_grace)
+                .as_millis() as u64
     }
 }
 
@@ -420,13 +509,18 @@ pub fn decision_summary(d: &Decision) -> Value {
         if let Some(last) = items.last() {
             features.insert(name.to_owned(), json!(last.status));
         }
-        // The lowest score across items: the weakest evidence is what matters.
-        let lowest = items
-            .iter()
-            .filter_map(|i| i.score)
-            .fold(None, |m: Option<f64>, s| Some(m.map_or(s, |m| m.min(s))));
-        if let Some(score) = lowest {
+        // The latest attempt's score is the feature's: an earlier failed attempt the
+        // person redid (a resubmission, a retry) no longer speaks for them. The lowest over
+        // all attempts is kept beside it, under its own name.
+        if let Some(score) = items.iter().rev().find_map(|i| i.score) {
             scores.insert(name.to_owned(), json!(score));
+        }
+        if items.iter().filter(|i| i.score.is_some()).count() > 1 {
+            let lowest = items
+                .iter()
+                .filter_map(|i| i.score)
+                .fold(f64::INFINITY, f64::min);
+            scores.insert(format!("{name}_lowest"), json!(lowest));
         }
         for item in items {
             for w in item.warnings.iter().flatten() {
@@ -465,6 +559,23 @@ pub async fn pause_probe(pipeline: Pipeline) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_scores_are_the_latest_attempts_and_the_lowest_has_its_own_name() {
+        let decision: Decision = serde_json::from_value(json!({
+            "session_id": "11111111-2222-3333-4444-555555555555",
+            "status": "Approved",
+            "face_matches": [{"status": "Declined", "score": 31.0}, {"status": "Approved", "score": 93.5}],
+            "liveness_checks": [{"status": "Approved", "score": 97.0}],
+        }))
+        .expect("decision");
+        let summary = decision_summary(&decision);
+        assert_eq!(summary["scores"]["face_match"], json!(93.5));
+        assert_eq!(summary["scores"]["face_match_lowest"], json!(31.0));
+        assert_eq!(summary["scores"]["liveness"], json!(97.0));
+        assert!(summary["scores"].get("liveness_lowest").is_none());
+        assert_eq!(summary["features"]["face_match"], json!("Approved"));
+    }
 
     #[test]
     fn a_store_failure_retries_unless_the_record_is_corrupt() {

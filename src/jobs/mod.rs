@@ -3,10 +3,10 @@
 //! - [`StartKyc`]: one Didit session per request, the user's link, the first poll.
 //! - [`PollDecision`]: reads a session's decision; "not yet" re-schedules on the poll
 //!   schedule (never an attempt), a final status publishes its event.
-//! - [`EraseSubject`]: a person's right to erasure, at Didit and here.
+//! - `EraseSubject`: a person's right to erasure, at Didit and here.
 //! - [`OperatorAction`]: a person's decision from the console, carried out at Didit.
 //!
-//! Handlers turn every Didit failure into the queue's language through [`Pipeline::didit_failure`]:
+//! Handlers turn every Didit failure into the queue's language through `Pipeline::didit_failure`:
 //! 429/5xx wait without using attempts, account problems pause the fleet, request problems
 //! fail the request with an event.
 
@@ -23,6 +23,7 @@ use std::time::Duration;
 use apalis::prelude::*;
 
 pub(crate) use context::Pipeline;
+pub(crate) use decide::email_the_person;
 pub(crate) use erase::EraseSubject;
 pub use operator::{OperatorAction, OperatorDecision};
 pub use poll::PollDecision;
@@ -44,25 +45,47 @@ pub(crate) const QUEUES: [&str; 4] = [
 pub(crate) enum CancelError {
     #[error("no request {0}")]
     Unknown(String),
+    /// The verification already ended: cancelling would rewrite its outcome.
+    #[error("{request} is already {status}: only an open verification can be cancelled")]
+    Settled { request: String, status: String },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Queue(#[from] crate::queue::QueueError),
 }
 
-/// Stops following a verification: no more polls, and `kyc.session.failed` with
-/// `data.reason` = `cancelled`. Returns `false` when it was cancelled before. Needs no Didit
-/// call: the session at Didit is left as it is.
+/// Stops following a verification that is still open (queued, created, in progress,
+/// resubmitted or In Review): no more polls, out of the review queue, and
+/// `kyc.session.failed` with `data.reason` = `cancelled`. A verification that reached its
+/// outcome (Approved, Declined, expired, failed) is refused with
+/// [`CancelError::Settled`]: its outcome was published and stands. Returns `false` when it
+/// was cancelled before. Needs no Didit call: the session at Didit is left as it is.
 pub(crate) async fn cancel(
     queue: &crate::queue::Queue,
     store: &crate::store::Store,
     request: &crate::domain::RequestId,
 ) -> Result<bool, CancelError> {
-    use crate::domain::{Decider, EventStatus, EventType, FailureReason, OutcomeEvent};
+    use crate::domain::{
+        Decider, EventStatus, EventType, FailureReason, OutcomeEvent, SessionStatus,
+    };
     let record = store
         .request(request)
         .await?
         .ok_or_else(|| CancelError::Unknown(request.to_string()))?;
+    if record.cancelled {
+        return Ok(false);
+    }
+    let settled = match &record.last_status {
+        Some(EventStatus::Session(s)) => s.is_final() && *s != SessionStatus::InReview,
+        Some(EventStatus::Failed | EventStatus::Erased) => true,
+        None => false,
+    };
+    if let (true, Some(status)) = (settled, &record.last_status) {
+        return Err(CancelError::Settled {
+            request: request.to_string(),
+            status: status.to_string(),
+        });
+    }
     if !store.cancel_request(request, record.session_id).await? {
         return Ok(false);
     }
@@ -97,6 +120,7 @@ pub(crate) async fn cancel(
                 Some(session) => store.finish_session(sid, session).await?,
                 None => store.close_session(sid).await?,
             }
+            store.unlist_review(sid).await?;
         }
     }
     Ok(true)

@@ -3,8 +3,10 @@
 //! Each session has one poll slot (the job id `poll:<session>`), so a duplicate delivery or
 //! a webhook that asks for an immediate read never forks the chain. Waiting is not failure:
 //! "not yet" re-runs on the poll schedule without using an attempt. The deadline is the
-//! workflow's expiration plus grace, recomputed when Didit restarts the window after a
-//! resubmission.
+//! session's expiry plus grace: the decision's `expires_at` when Didit gives it, else the
+//! expiration of the workflow version the session runs, recomputed when Didit restarts the
+//! window after a resubmission. A resubmission the fleet did not ask for (Didit's console,
+//! the API from elsewhere) is announced when it is read.
 
 use std::time::{Duration, SystemTime};
 
@@ -111,18 +113,28 @@ async fn run(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> 
             return Err(error);
         }
     };
-    let change = (session.status.as_ref() != Some(&decision.status)).then(
-        || json!({"session_id": sid, "status": decision.status.as_str(), "urgent": job.urgent}),
-    );
-    let fetches = p
+    let changed = session.status.as_ref() != Some(&decision.status);
+    let change =
+        json!({"session_id": sid, "status": decision.status.as_str(), "urgent": job.urgent});
+    let (fetches, round) = p
         .store
-        .record_read(sid, &session.requests, &decision.status, change)
+        .record_read(sid, &session, &decision.status, change)
         .await?;
     let status = decision.status.clone();
+    let previous_status = session.status.clone();
+    let mut session = session;
+    if changed {
+        // As the record now says: a new round, and a status set by a rule or an operator
+        // forgotten once Didit moved past it.
+        if session.rule_status.as_ref() != Some(&status) {
+            session.rule_status = None;
+        }
+        session.status = Some(status.clone());
+        session.round = round;
+    }
     let now = now_ms();
     if EventType::for_status(&status).is_some() {
-        let first_result = session
-            .status
+        let first_result = previous_status
             .as_ref()
             .is_none_or(|s| EventType::for_status(s).is_none());
         if first_result {
@@ -152,12 +164,24 @@ async fn run(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> 
             }
         }
     }
+    if status == SessionStatus::Resubmitted && changed {
+        // Not the fleet's own (that was recorded before the call, so it is no change here):
+        // someone at Didit asked; the nodes and reason are Didit's to show.
+        let data = json!({"nodes": null, "reason": null, "requested_by": Decider::Didit.label()});
+        p.publish_resubmission(sid, &session, &Decider::Didit, data)
+            .await?;
+    }
     let mut deadline = session.deadline_ms;
-    if status == SessionStatus::Resubmitted
-        && session.status.as_ref() != Some(&SessionStatus::Resubmitted)
-    {
+    if let Some(expires) = expires_at_ms(&decision) {
+        // Didit's own expiry for this run of the flow wins.
+        let from_didit = expires + p.settings.poll.expiry_grace.as_millis() as u64;
+        if from_didit != deadline {
+            deadline = from_didit;
+            p.store.set_session_deadline(sid, deadline).await?;
+        }
+    } else if status == SessionStatus::Resubmitted && changed {
         if let Some(workflow) = decision.workflow_id {
-            deadline = p.deadline_for(workflow).await;
+            deadline = p.deadline_for(workflow, session.workflow_version).await;
             p.store.set_session_deadline(sid, deadline).await?;
         }
     }
@@ -172,7 +196,8 @@ async fn run(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> 
                 SessionStatus::Expired.into(),
                 &Decider::Fleet,
                 json!({"reason": "deadline", "last_status": status.as_str()}),
-            );
+            )
+            .in_round(session.round);
             p.publish(&event).await?;
         }
         p.store.finish_session(sid, &session).await?;
@@ -182,6 +207,14 @@ async fn run(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> 
         p.schedule().interval(job.polls, sid.as_u128()),
         job.polls + 1,
     ))
+}
+
+/// When an unfinished session expires at Didit, from the decision's `expires_at` (Unix ms).
+fn expires_at_ms(decision: &didit::types::Decision) -> Option<u64> {
+    let text = decision.expires_at.as_deref()?;
+    let at =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
 /// Publishes `kyc.session.failed` for every request a session serves.

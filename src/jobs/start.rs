@@ -127,7 +127,11 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
     {
         // Created before (a duplicate request, or a crash after recording): make sure the
         // link was announced and the session is followed, nothing more.
-        announce(p, rid, &vendor_data, sid, &url, true).await?;
+        let status = record
+            .as_ref()
+            .and_then(|r| r.created_status.clone())
+            .unwrap_or(SessionStatus::NotStarted);
+        announce(p, rid, &vendor_data, sid, &url, &status, true).await?;
         return Ok(Completion::Done);
     }
     let found = match record.as_ref().filter(|r| r.intent) {
@@ -147,7 +151,7 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
         }
         None => None,
     };
-    let (sid, url) = match found {
+    let found = match found {
         Some(found) => found,
         None => {
             let indexed = record
@@ -173,16 +177,28 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
             match created {
                 Ok(created) => {
                     p.metrics.sessions_created.inc();
-                    (created.session_id, created.url)
+                    Found {
+                        id: created.session_id,
+                        url: created.url,
+                        // Didit answers with the stable id even when a version's was sent.
+                        workflow_id: created.workflow_id.unwrap_or(workflow_id),
+                        workflow_version: created.workflow_version,
+                        status: created.status,
+                    }
                 }
                 Err(e) => return create_failed(p, rid, &vendor_data, e, delivery).await,
             }
         }
     };
+    let (sid, url) = (found.id, found.url.clone());
     let session = NewSession {
         id: sid,
         url: &url,
-        deadline_ms: p.deadline_for(workflow_id).await,
+        deadline_ms: p
+            .deadline_for(found.workflow_id, found.workflow_version)
+            .await,
+        workflow_version: found.workflow_version,
+        status: &found.status,
         // This job's span: the webhook that ends the wait continues the trace from here.
         trace: crate::telemetry::current(),
     };
@@ -191,9 +207,20 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
         .record_session(rid, &vendor_data, session, true, json!({"session_id": sid}))
         .await?;
     // Didit answered with a new session or one it reuses because it is unfinished: either
-    // way it is followed.
-    announce(p, rid, &vendor_data, sid, &url, false).await?;
+    // way it is followed, and the event says the status Didit gave.
+    announce(p, rid, &vendor_data, sid, &url, &found.status, false).await?;
     Ok(Completion::Done)
+}
+
+/// The session Didit created, reused or that an earlier attempt created.
+struct Found {
+    id: Uuid,
+    url: String,
+    workflow_id: Uuid,
+    /// Didit's `workflow_version`; unknown for a session found by listing.
+    workflow_version: Option<i64>,
+    /// `Not Started`, or the status of the unfinished session Didit returned.
+    status: SessionStatus,
 }
 
 fn workflow_of(p: &Pipeline, req: &StartRequest) -> Option<Uuid> {
@@ -261,7 +288,7 @@ async fn find_session(
     rid: &RequestId,
     vendor_data: &str,
     workflow_id: Uuid,
-) -> Result<Option<(Uuid, String)>, JobError> {
+) -> Result<Option<Found>, JobError> {
     let query = SessionQuery {
         vendor_data: Some(vendor_data.to_owned()),
         workflow_id: Some(workflow_id),
@@ -298,7 +325,13 @@ async fn find_session(
         if ours {
             let url = decision.session_url.or(row.session_url).unwrap_or_default();
             tracing::info!(session = %row.session_id, "found the session an earlier attempt created");
-            return Ok(Some((row.session_id, url)));
+            return Ok(Some(Found {
+                id: row.session_id,
+                url,
+                workflow_id: decision.workflow_id.unwrap_or(workflow_id),
+                workflow_version: None,
+                status: decision.status,
+            }));
         }
     }
     Ok(None)
@@ -316,6 +349,7 @@ async fn announce(
     vendor_data: &str,
     sid: Uuid,
     url: &str,
+    status: &SessionStatus,
     may_be_settled: bool,
 ) -> Result<(), JobError> {
     let settled = may_be_settled
@@ -333,7 +367,7 @@ async fn announce(
         rid.clone(),
         Some(sid),
         vendor_data.to_owned(),
-        SessionStatus::NotStarted.into(),
+        status.clone().into(),
         &Decider::Didit,
         json!({"url": url}),
     );

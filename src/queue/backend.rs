@@ -646,17 +646,39 @@ fn decide<A: Job>(
                 reason: format!("cannot encode the next run: {e}"),
             },
         },
-        Err(error) => match error.downcast_ref::<JobError>() {
-            Some(job_error) => decide_failure(delivery, job_error, settings),
-            None => decide_failure(
-                delivery,
-                &JobError::Retry {
-                    reason: error.to_string(),
-                    after: None,
+        Err(error) => {
+            let retry;
+            let job_error = match error.downcast_ref::<JobError>() {
+                Some(job_error) => job_error,
+                None => {
+                    retry = JobError::Retry {
+                        reason: error.to_string(),
+                        after: None,
+                    };
+                    &retry
+                }
+            };
+            let finish = decide_failure(delivery, job_error, settings);
+            if let (
+                JobError::Retry { reason, .. },
+                Finish::Schedule {
+                    at_ms, envelope, ..
                 },
-                settings,
-            ),
-        },
+            ) = (job_error, &finish)
+            {
+                // Every retry says why, with ids only: a reason is an error's text (Redis's,
+                // Didit's status and field names), never a record's values.
+                tracing::warn!(
+                    queue = A::QUEUE,
+                    job = %delivery.job_id,
+                    attempt = envelope.attempt,
+                    retry_in_ms = at_ms.saturating_sub(now_ms()),
+                    reason = %reason,
+                    "job failed; retrying"
+                );
+            }
+            finish
+        }
     }
 }
 

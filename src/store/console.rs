@@ -107,6 +107,15 @@ impl Store {
         self.run(&pipe).await
     }
 
+    /// Takes a session out of the review queue (nothing follows it any more: its requests
+    /// were cancelled).
+    pub(crate) async fn unlist_review(&self, id: Uuid) -> StoreResult<()> {
+        let mut pipe = redis::pipe();
+        self.forget_review(&mut pipe, id);
+        pipe.hdel(self.session_key(id), LISTED_FIELD).ignore();
+        self.run(&pipe).await
+    }
+
     /// One session of the review queue, when it is still held In Review.
     pub(crate) async fn review(&self, id: Uuid) -> StoreResult<Option<ReviewItem>> {
         let Some(session) = self.session(id).await? else {

@@ -19,18 +19,28 @@ use crate::{domain::OutcomeEvent, queue::now_ms};
 /// How many stream entries an erasure reads per round trip.
 const ERASE_PAGE: usize = 1000;
 
-/// Publishes an event unless this (request, session, type, status) was published before,
-/// with its audit step. The "published" marker is a field of the request record, so it
-/// lives and dies with the record.
-/// KEYS: request record, events, audit trail. ARGV: event_id, type, session_id, request_id,
-/// vendor_data, status, decided_by, data, record ttl s, trim minid ms, track status (0/1),
-/// now ms, marker field, audit line, audit max.
+/// Publishes an event unless this (request, session, change round, type, status) was
+/// published before, with its audit step. The "published" markers are fields of the request
+/// record, so they live and die with the record: one per round (the round-0 one is the
+/// marker of the time before rounds, so old records keep their meaning) and one that says
+/// the status was published in some round, which picks the event id: round 0's the first
+/// time, the id with the round on a repeat.
+/// KEYS: request record, events, audit trail. ARGV: first-time event_id, type, session_id,
+/// request_id, vendor_data, status, decided_by, data, record ttl s, trim minid ms, track
+/// status (0/1), now ms, round marker field, audit line, audit max, repeat event_id,
+/// "seen" marker field, round-0 marker field.
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-if redis.call('HSETNX', KEYS[1], ARGV[13], ARGV[1]) == 0 then
+if redis.call('HEXISTS', KEYS[1], ARGV[13]) == 1 then
   return 0
 end
+local id = ARGV[1]
+if ARGV[13] ~= ARGV[18] and (redis.call('HEXISTS', KEYS[1], ARGV[17]) == 1
+    or redis.call('HEXISTS', KEYS[1], ARGV[18]) == 1) then
+  id = ARGV[16]
+end
+redis.call('HSET', KEYS[1], ARGV[13], id, ARGV[17], '1')
 local previous = ''
 if ARGV[11] == '1' then
   previous = redis.call('HGET', KEYS[1], 'last_status') or ''
@@ -38,7 +48,7 @@ if ARGV[11] == '1' then
 end
 redis.call('EXPIRE', KEYS[1], ARGV[9])
 redis.call('XADD', KEYS[2], 'MINID', '~', ARGV[10], '*',
-  'event_id', ARGV[1], 'type', ARGV[2], 'session_id', ARGV[3], 'request_id', ARGV[4],
+  'event_id', id, 'type', ARGV[2], 'session_id', ARGV[3], 'request_id', ARGV[4],
   'vendor_data', ARGV[5], 'status', ARGV[6], 'previous_status', previous,
   'decided_by', ARGV[7], 'data', ARGV[8])
 local steps = redis.call('RPUSH', KEYS[3], ARGV[14])
@@ -73,19 +83,24 @@ impl Store {
         format!("{}:events", self.prefix)
     }
 
-    /// Publishes an event once per (request, session, type, status) and records the step in
-    /// the request's audit trail; `true` if it was new.
+    /// Publishes an event once per (request, session, change round, type, status) and
+    /// records the step in the request's audit trail; `true` if it was new.
     pub(crate) async fn publish(&self, event: &OutcomeEvent) -> StoreResult<bool> {
         let session = event.session_id.map(|s| s.to_string()).unwrap_or_default();
-        let marker = format!(
-            "p:{}",
-            digest(&[
-                event.request_id.as_str(),
-                &session,
-                event.kind.as_str(),
-                event.status.as_str()
-            ])
-        );
+        let parts = [
+            event.request_id.as_str(),
+            &session,
+            event.kind.as_str(),
+            event.status.as_str(),
+        ];
+        let first_marker = format!("p:{}", digest(&parts));
+        let round = event.round.to_string();
+        let marker = if event.round == 0 {
+            first_marker.clone()
+        } else {
+            format!("p:{}", digest(&[&parts[..], &[round.as_str()]].concat()))
+        };
+        let seen = format!("s:{}", digest(&parts));
         // The event id is derived from the other fields (UUIDv5), so it is not repeated.
         let step = audit_line(
             "event_published",
@@ -122,6 +137,9 @@ impl Store {
             .arg(marker)
             .arg(step)
             .arg(AUDIT_MAX)
+            .arg(event.repeat_id().to_string())
+            .arg(seen)
+            .arg(first_marker)
             .invoke_async(&mut c)
             .await?;
         Ok(published == 1)

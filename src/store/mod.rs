@@ -155,8 +155,13 @@ impl Store {
         Ok(())
     }
 
-    /// Runs a pipeline whose replies are all ignored.
+    /// Runs a pipeline whose replies are all ignored. An empty pipeline (an audit step for
+    /// a session whose requests were all cancelled, say) sends nothing: Redis would refuse
+    /// it as an empty command.
     async fn run(&self, pipe: &redis::Pipeline) -> StoreResult<()> {
+        if pipe.is_empty() {
+            return Ok(());
+        }
         let mut c = self.conn.clone();
         pipe.query_async::<()>(&mut c).await?;
         Ok(())

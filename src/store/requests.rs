@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::{digest, field, sessions::NewSession, Store, StoreResult};
 use crate::{
-    domain::{EventStatus, RequestId},
+    domain::{EventStatus, RequestId, SessionStatus},
     queue::now_ms,
 };
 
@@ -24,6 +24,9 @@ pub(crate) struct RequestRecord {
     /// Set once Didit answered the create call (or a lookup found the session).
     pub session_id: Option<Uuid>,
     pub url: Option<String>,
+    /// The session's status when Didit created it, or returned it as an unfinished session
+    /// of the same person (what `kyc.session.created` says).
+    pub created_status: Option<SessionStatus>,
     /// The status of the last event published for it (the next one's `previous_status`).
     pub last_status: Option<EventStatus>,
     pub decided_by: Option<String>,
@@ -101,6 +104,7 @@ impl Store {
             workflow_id: field(&map, RECORD, "workflow_id")?,
             session_id: field(&map, RECORD, "session_id")?,
             url: map.get("url").cloned(),
+            created_status: map.get("created_status").map(|s| SessionStatus::parse(s)),
             last_status: map.get("last_status").and_then(|s| EventStatus::parse(s)),
             decided_by: map.get("decided_by").cloned(),
             enqueued_at_ms: field(&map, RECORD, "enqueued_at_ms")?,
@@ -175,6 +179,7 @@ impl Store {
                 ("vendor_data", vendor_data.to_owned()),
                 ("session_id", session.id.to_string()),
                 ("url", session.url.to_owned()),
+                ("created_status", session.status.as_str().to_owned()),
                 ("created_at_ms", now.clone()),
             ],
         )

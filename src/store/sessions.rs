@@ -26,8 +26,15 @@ pub(crate) struct SessionRecord {
     pub cancelled: Vec<RequestId>,
     /// The person it verifies (Didit reuses a session only for the same vendor_data).
     pub vendor_data: Option<String>,
-    /// Didit's status at the last decision read.
+    /// Didit's status at the last decision read (or the resubmission the fleet asked for).
     pub status: Option<SessionStatus>,
+    /// The change round: how many times `status` changed. An event belongs to the round it
+    /// was published in, so a status reached again (Declined, resubmitted, Declined) is a
+    /// new event while a second read of the same change is not.
+    pub round: u64,
+    /// The workflow version the session was created on (Didit's `workflow_version`), whose
+    /// expiration applies; `None` when unknown (a session found or adopted, not created).
+    pub workflow_version: Option<i64>,
     /// Unix ms after which an unfinished session is given up.
     pub deadline_ms: u64,
     pub created_at_ms: u64,
@@ -52,6 +59,10 @@ pub(crate) struct NewSession<'a> {
     pub url: &'a str,
     /// Unix ms after which the session is given up unless Didit finished it.
     pub deadline_ms: u64,
+    /// The workflow version Didit created it on, when the create response said.
+    pub workflow_version: Option<i64>,
+    /// Its status when Didit answered: `Not Started`, or a reused session's own.
+    pub status: &'a SessionStatus,
     /// The trace the session belongs to, kept while it waits (the first request's, when
     /// Didit reuses the session).
     pub trace: Option<crate::telemetry::TraceParent>,
@@ -93,6 +104,9 @@ impl Store {
         .ignore()
         .hset_nx(&key, "deadline_ms", session.deadline_ms)
         .ignore();
+        if let Some(version) = session.workflow_version {
+            pipe.hset_nx(&key, "workflow_version", version).ignore();
+        }
         if let Some(trace) = session.trace {
             pipe.hset_nx(&key, TRACE_FIELD, trace.to_string()).ignore();
         }
@@ -147,6 +161,8 @@ impl Store {
             cancelled,
             vendor_data: map.get("vendor_data").cloned(),
             status: map.get("status").map(|s| SessionStatus::parse(s)),
+            round: field(&map, RECORD, "round")?.unwrap_or(0),
+            workflow_version: field(&map, RECORD, "workflow_version")?,
             deadline_ms: field(&map, RECORD, "deadline_ms")?.unwrap_or(u64::MAX),
             rule_status: map.get("rule_status").map(|s| SessionStatus::parse(s)),
             rule_name: map.get("rule_name").cloned(),
@@ -170,28 +186,65 @@ impl Store {
         self.run(&pipe).await
     }
 
-    /// Records one decision read of a session: the status Didit gave, the read count and,
-    /// when it found a change, the step `decision_read`; returns the reads so far.
+    /// Records one decision read of a session: the status Didit gave and the read count.
+    /// A status other than the recorded one is a change: the change round moves on, the
+    /// step `decision_read` (`change`) is audited, and the status a rule or an operator
+    /// set is forgotten once Didit moved past it (a later return to that status is not
+    /// its echo). Returns the reads so far and the change round now.
     pub(crate) async fn record_read(
         &self,
         id: Uuid,
-        requests: &[RequestId],
+        session: &SessionRecord,
         status: &SessionStatus,
-        change: Option<serde_json::Value>,
-    ) -> StoreResult<u64> {
+        change: serde_json::Value,
+    ) -> StoreResult<(u64, u64)> {
         let key = self.session_key(id);
+        let changed = session.status.as_ref() != Some(status);
         let mut pipe = redis::pipe();
-        pipe.hincr(&key, "fetches", 1)
-            .hset(&key, "status", status.as_str())
+        pipe.hincr(&key, "fetches", 1);
+        if changed {
+            pipe.hincr(&key, "round", 1);
+            if session.rule_status.as_ref().is_some_and(|r| r != status) {
+                pipe.hdel(&key, &["rule_status", "rule_name"]).ignore();
+            }
+            self.audit_into(&mut pipe, &session.requests, "decision_read", change);
+        }
+        pipe.hset(&key, "status", status.as_str())
             .ignore()
             .expire(&key, self.ttl())
             .ignore();
-        if let Some(fields) = change {
-            self.audit_into(&mut pipe, requests, "decision_read", fields);
-        }
         let mut c = self.conn.clone();
-        let (n,): (u64,) = pipe.query_async(&mut c).await?;
-        Ok(n)
+        if changed {
+            let (n, round): (u64, u64) = pipe.query_async(&mut c).await?;
+            Ok((n, round))
+        } else {
+            let (n,): (u64,) = pipe.query_async(&mut c).await?;
+            Ok((n, session.round))
+        }
+    }
+
+    /// Records a resubmission the fleet asked for (a rule or an operator) as the session's
+    /// status before Didit's echo is read: the change round moves on, and the echo is the
+    /// same status, not a change. Returns the change round now.
+    pub(crate) async fn record_resubmission(&self, id: Uuid, by: &str) -> StoreResult<u64> {
+        let key = self.session_key(id);
+        let mut c = self.conn.clone();
+        let (round,): (u64,) = redis::pipe()
+            .hincr(&key, "round", 1)
+            .hset_multiple(
+                &key,
+                &[
+                    ("status", SessionStatus::Resubmitted.as_str()),
+                    ("rule_status", SessionStatus::Resubmitted.as_str()),
+                    ("rule_name", by),
+                ],
+            )
+            .ignore()
+            .expire(&key, self.ttl())
+            .ignore()
+            .query_async(&mut c)
+            .await?;
+        Ok(round)
     }
 
     /// Records that a rule set `status` at Didit, so the echo is recognised.

@@ -1,6 +1,7 @@
 //! The one integration-test binary: real `redis-server` processes on free ports, the Didit
 //! sandbox over real HTTP, the `kyc-worker` binary as a child process where it matters.
 
+mod branches;
 mod chaos;
 mod cli;
 mod compliance;

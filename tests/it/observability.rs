@@ -411,3 +411,108 @@ async fn webhooks_expected_but_never_arriving_are_warned_about_and_exported() {
         "warned once"
     );
 }
+
+#[tokio::test]
+async fn a_job_that_retries_logs_one_warning_per_attempt_with_ids_and_no_personal_data() {
+    // Arrange: a `kyc-worker run` child whose Didit is a proxy answering session creation
+    // with a 200 that is not a session (it echoes the person's name and e-mail where numbers
+    // belong): a malformed answer, retried; three attempts, so two retries, then dead.
+    let app = spawn_app(AppOptions {
+        in_process: false,
+        ..Default::default()
+    })
+    .await;
+    let proxy = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path("/v3/session/"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                "session_number": "Ada Retrylace",
+                "url": "ada.retrylace@example.com",
+            })),
+        )
+        .mount(&proxy)
+        .await;
+    // The retry first looks for a session the lost answer may have created: none.
+    wiremock::Mock::given(wiremock::matchers::method("GET"))
+        .and(wiremock::matchers::path("/v3/sessions/"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                "count": 0, "next": null, "previous": null, "results": [],
+            })),
+        )
+        .mount(&proxy)
+        .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("run.log");
+    let _worker = app.spawn_worker(
+        &[
+            ("KYC__HTTP__PORT", free_port().to_string()),
+            ("KYC__LOG__LEVEL", "info".to_owned()),
+            ("KYC__DIDIT__BASE_URL", format!("{}/", proxy.uri())),
+            ("KYC__QUEUE__MAX_ATTEMPTS", "3".to_owned()),
+            ("KYC__QUEUE__RETRY_MIN", "100ms".to_owned()),
+            ("KYC__QUEUE__RETRY_MAX", "200ms".to_owned()),
+        ],
+        Some(&log),
+    );
+
+    // Act
+    app.producer()
+        .await
+        .start_kyc(StartRequest {
+            vendor_data: "retry-person-7731".into(),
+            contact_details: Some(kyc_worker::domain::ContactDetails {
+                email: Some("ada.retrylace@example.com".into()),
+                ..Default::default()
+            }),
+            expected_details: Some(kyc_worker::domain::ExpectedDetails {
+                first_name: Some("Ada".into()),
+                last_name: Some("Retrylace".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("enqueue");
+    let settings = app.settings();
+    let queue = kyc_worker::queue::Queue::connect(
+        &app.redis.url(),
+        &settings.redis.prefix,
+        settings.queue.clone(),
+    )
+    .await
+    .expect("queue");
+    let dead = eventually("the start job dead after 3 attempts", DEADLINE, || async {
+        queue
+            .dead_list("start", 10)
+            .await
+            .ok()
+            .and_then(|d| d.into_iter().next())
+    })
+    .await;
+    let text = read_log(&log);
+
+    // Assert: one warning per retry (attempts 1 and 2; the third attempt dead-letters),
+    // naming the queue, the job, the attempt and why, and nothing of the person.
+    let retries: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("job failed; retrying"))
+        .collect();
+    assert_eq!(retries.len(), 2, "{text}");
+    for (line, attempt) in retries.iter().zip(["1", "2"]) {
+        assert!(line.contains("WARN"), "{line}");
+        assert_eq!(field(line, "queue"), Some("start"), "{line}");
+        assert_eq!(field(line, "job"), Some(dead.job_id.as_str()), "{line}");
+        assert_eq!(field(line, "attempt"), Some(attempt), "{line}");
+        let reason = line.split(" reason=").nth(1).unwrap_or_default();
+        assert!(
+            reason.starts_with("Didit session_create: unexpected response body"),
+            "{line}"
+        );
+    }
+    assert_eq!(dead.attempts, 3);
+    for personal in ["retry-person-7731", "Ada", "Retrylace", "example.com"] {
+        assert!(!text.contains(personal), "{personal} in the logs:\n{text}");
+    }
+}

@@ -529,6 +529,7 @@ async fn webhooks_are_signed_like_didits_in_order_and_retried() {
         nodes_to_resubmit: None,
         send_email: None,
         email_address: None,
+        email_language: None,
     };
     client
         .update_status(created.session_id, &approve)

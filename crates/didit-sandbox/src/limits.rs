@@ -310,7 +310,7 @@ impl Limiter {
 }
 
 /// Endpoint names as `/sandbox/stats` and `fail_next` spell them (the client's metric labels).
-pub const ENDPOINT_NAMES: [&str; 16] = [
+pub const ENDPOINT_NAMES: [&str; 17] = [
     "session_create",
     "decision",
     "session_list",
@@ -321,6 +321,7 @@ pub const ENDPOINT_NAMES: [&str; 16] = [
     "workflow_create",
     "workflow_list",
     "workflow_get",
+    "workflow_update",
     "webhook_destination_create",
     "webhook_destination_list",
     "balance",
@@ -383,6 +384,9 @@ pub struct Stats {
     responses: BTreeMap<String, BTreeMap<u16, u64>>,
     pub sessions_created: u64,
     pub sessions_reused: u64,
+    /// The e-mails Didit would have sent (update-status with `send_email`), oldest first:
+    /// `{"session_id", "status", "email_address", "email_language"}`.
+    pub emails: Vec<Value>,
 }
 
 impl Stats {
@@ -421,6 +425,7 @@ impl Stats {
             "responses": responses,
             "sessions_created": self.sessions_created,
             "sessions_reused": self.sessions_reused,
+            "emails": self.emails,
         })
     }
 }

@@ -41,6 +41,7 @@ pub enum Op {
     CreateWorkflow,
     ListWorkflows,
     GetWorkflow(Uuid),
+    UpdateWorkflow(Uuid),
     CreateDestination,
     ListDestinations,
     Balance,
@@ -64,6 +65,7 @@ impl Op {
             Op::CreateWorkflow => "workflow_create",
             Op::ListWorkflows => "workflow_list",
             Op::GetWorkflow(_) => "workflow_get",
+            Op::UpdateWorkflow(_) => "workflow_update",
             Op::CreateDestination => "webhook_destination_create",
             Op::ListDestinations => "webhook_destination_list",
             Op::Balance => "balance",
@@ -104,6 +106,7 @@ impl Op {
             | Op::BlocklistAdd
             | Op::DeleteSession(_)
             | Op::CreateWorkflow
+            | Op::UpdateWorkflow(_)
             | Op::CreateDestination
             | Op::TopUp => &[RateScope::Write],
             Op::Register | Op::VerifyEmail | Op::Stats | Op::Control => &[],
@@ -335,6 +338,7 @@ fn resolve(method: &Method, path: &str) -> Resolved {
         ("/v3/workflows/", "POST", _) => Op::CreateWorkflow,
         ("/v3/workflows/", "GET", _) => Op::ListWorkflows,
         ("/v3/workflows/{id}/", "GET", Some(id)) => Op::GetWorkflow(id),
+        ("/v3/workflows/{id}/", "PATCH", Some(id)) => Op::UpdateWorkflow(id),
         ("/v3/webhook/destinations/", "POST", _) => Op::CreateDestination,
         ("/v3/webhook/destinations/", "GET", _) => Op::ListDestinations,
         ("/v3/billing/balance/", "GET", _) => Op::Balance,

@@ -173,8 +173,11 @@ pub struct Session {
     pub number: i64,
     pub token: String,
     pub url: String,
+    /// The workflow's stable id (shared by its versions).
     pub workflow_id: Uuid,
     pub workflow_version: i64,
+    /// The id of the version it runs (`settings_uuid`), whose steps and expiration apply.
+    pub workflow_uuid: Uuid,
     pub vendor_data: Option<String>,
     pub metadata: Value,
     pub callback: Option<String>,
@@ -293,8 +296,13 @@ impl Session {
     }
 }
 
+/// One version of a workflow: Didit lists, reads and runs versions; `workflow_id` groups
+/// them and `uuid` (the `settings_uuid`) names one.
 pub struct Workflow {
     pub uuid: Uuid,
+    /// The stable id shared by every version (equals `uuid` for version 1).
+    pub workflow_id: Uuid,
+    pub version: i64,
     pub label: String,
     pub features: Vec<String>,
     pub session_expiration_s: u64,
@@ -312,10 +320,27 @@ impl Workflow {
     ) -> Self {
         Self {
             uuid,
+            workflow_id: uuid,
+            version: 1,
             label: label.to_owned(),
             features,
             session_expiration_s,
             max_retry_attempts: 3,
+            created_at,
+        }
+    }
+
+    /// The next published version: a new `uuid` and `version` + 1 under the same
+    /// `workflow_id`, with the same settings until the caller changes them.
+    pub fn next_version(&self, created_at: OffsetDateTime) -> Self {
+        Self {
+            uuid: Uuid::new_v4(),
+            workflow_id: self.workflow_id,
+            version: self.version + 1,
+            label: self.label.clone(),
+            features: self.features.clone(),
+            session_expiration_s: self.session_expiration_s,
+            max_retry_attempts: self.max_retry_attempts,
             created_at,
         }
     }
@@ -360,10 +385,10 @@ impl Workflow {
     pub fn to_json(&self) -> Value {
         json!({
             "uuid": self.uuid,
-            "workflow_id": self.uuid,
+            "workflow_id": self.workflow_id,
             "workflow_label": self.label,
             "workflow_type": "kyc",
-            "is_default": self.uuid == WORKFLOW_ID,
+            "is_default": self.workflow_id == WORKFLOW_ID,
             "is_archived": false,
             "is_white_label_enabled": false,
             "total_price": 0.0,
@@ -376,7 +401,7 @@ impl Workflow {
             "max_retry_attempts": self.max_retry_attempts,
             "retry_window_days": 7,
             "session_expiration_time": self.session_expiration_s,
-            "version": 1,
+            "version": self.version,
             "status": "published",
             "has_draft": false,
             "created_by": {"name": "API Client", "email": null, "type": "api_key"},
@@ -502,8 +527,25 @@ impl Inner {
         Some(session)
     }
 
+    /// One workflow version by its own id (`settings_uuid`), as `GET /v3/workflows/{id}/`
+    /// reads it.
     pub fn workflow(&self, id: Uuid) -> Option<&Workflow> {
         self.workflows.iter().find(|w| w.uuid == id)
+    }
+
+    /// The version a session created with `id` runs: the latest version of the workflow
+    /// whose stable id it is (a first version's `uuid` is that id too), else the version
+    /// whose own id it is.
+    pub fn version_for(&self, id: Uuid) -> Option<&Workflow> {
+        self.latest_version(id).or_else(|| self.workflow(id))
+    }
+
+    /// The latest version of a workflow, by its stable id.
+    pub fn latest_version(&self, workflow_id: Uuid) -> Option<&Workflow> {
+        self.workflows
+            .iter()
+            .filter(|w| w.workflow_id == workflow_id)
+            .max_by_key(|w| w.version)
     }
 
     /// The session a hosted-flow link names.
@@ -515,14 +557,22 @@ impl Inner {
     /// workflow with its metadata and callback overwritten (Didit's only idempotency).
     /// The bool says whether it is new.
     pub fn create_session(&mut self, new: NewSession) -> (Uuid, bool) {
+        let (workflow_id, version, workflow_uuid, expiration) =
+            match self.version_for(new.workflow_id) {
+                Some(w) => (w.workflow_id, w.version, w.uuid, w.session_expiration_s),
+                None => (new.workflow_id, 1, new.workflow_id, DEFAULT_EXPIRATION_S),
+            };
+        // Reused only on the workflow's latest version: a republished workflow starts afresh.
+        let latest = self.latest_version(workflow_id).map(|w| w.uuid);
         if let Some(vendor) = &new.vendor_data {
             let reusable = self
                 .by_vendor
-                .get(&(new.workflow_id, vendor.clone()))
+                .get(&(workflow_id, vendor.clone()))
                 .into_iter()
                 .flatten()
                 .filter_map(|id| self.sessions.get(id))
                 .filter(|s| s.status.is_reusable())
+                .filter(|s| latest.is_none_or(|l| s.workflow_uuid == l))
                 .max_by_key(|s| s.number)
                 .map(|s| s.id);
             if let Some(existing) = reusable.and_then(|id| self.sessions.get_mut(&id)) {
@@ -533,9 +583,6 @@ impl Inner {
             }
         }
         let now = self.now();
-        let expiration = self
-            .workflow(new.workflow_id)
-            .map_or(DEFAULT_EXPIRATION_S, |w| w.session_expiration_s);
         let id = Uuid::new_v4();
         let token = Alphanumeric.sample_string(&mut rand::rng(), 12);
         let path = match &new.language {
@@ -554,8 +601,9 @@ impl Inner {
             number,
             token,
             url,
-            workflow_id: new.workflow_id,
-            workflow_version: 1,
+            workflow_id,
+            workflow_version: version,
+            workflow_uuid,
             vendor_data: new.vendor_data,
             metadata: new.metadata,
             callback: new.callback,
@@ -630,10 +678,7 @@ impl Inner {
         let Some(session) = self.sessions.get(&id) else {
             return;
         };
-        let workflow = self
-            .workflows
-            .iter()
-            .find(|w| w.uuid == session.workflow_id);
+        let workflow = self.workflow(session.workflow_uuid);
         let produces = |section: &str| workflow.is_none_or(|w| w.produces(section));
         let (status, sections, auto) = match step {
             Step::Open => {
@@ -683,7 +728,7 @@ impl Inner {
         let expiration = self
             .sessions
             .get(&id)
-            .and_then(|s| self.workflow(s.workflow_id))
+            .and_then(|s| self.workflow(s.workflow_uuid))
             .map_or(DEFAULT_EXPIRATION_S, |w| w.session_expiration_s);
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
@@ -717,7 +762,7 @@ impl Inner {
 
     /// The decision as `GET /v3/session/{id}/decision/` returns it.
     pub fn decision_json(&self, session: &Session) -> Value {
-        let workflow = self.workflow(session.workflow_id);
+        let workflow = self.workflow(session.workflow_uuid);
         let mut d = Map::new();
         d.insert("session_id".into(), json!(session.id));
         d.insert("session_kind".into(), json!("user"));

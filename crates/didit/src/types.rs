@@ -409,6 +409,10 @@ pub struct UpdateStatusRequest {
     /// Where that e-mail goes; required when `send_email` is true.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub email_address: Option<String>,
+    /// The e-mail's language, ISO 639-1 (Didit's default `en`; an unknown code falls back
+    /// to it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_language: Option<String>,
 }
 
 /// A step to redo, in an update-status request to `Resubmitted`.
@@ -492,8 +496,10 @@ pub struct Workflow {
     /// The workflow's name.
     #[serde(default)]
     pub workflow_label: Option<String>,
-    /// Feature names joined with `" + "`.
-    #[serde(default)]
+    /// Feature names joined with `" + "` (`OCR + LIVENESS`). The specification says a
+    /// string and Didit's own examples show a list (of names, or of `{"feature": …}`
+    /// objects): every form is read, and kept as the joined string.
+    #[serde(default, deserialize_with = "features_text")]
     pub features: Option<String>,
     /// Seconds before an unfinished session expires (Didit's default 604800).
     #[serde(default)]
@@ -507,6 +513,30 @@ pub struct Workflow {
     /// Fields this crate does not type (prices, retry policy, `workflow_url`, …).
     #[serde(flatten)]
     pub rest: Map<String, Value>,
+}
+
+/// Reads a workflow's `features` as a string, a list of names or a list of
+/// `{"feature": …}` objects, into the `" + "`-joined string. A workflow read right after a
+/// create must not fail on the form this field takes.
+fn features_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let value = Option::<Value>::deserialize(d)?;
+    let name = |item: &Value| match item {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("feature").and_then(Value::as_str).map(str::to_owned),
+        _ => None,
+    };
+    Ok(match value {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .filter_map(name)
+                .collect::<Vec<_>>()
+                .join(" + "),
+        ),
+        Some(_) => None,
+    })
 }
 
 impl Workflow {
@@ -667,6 +697,24 @@ mod tests {
         assert_eq!(liveness[0].score, Some(95.0));
         assert!(liveness[0].rest.contains_key("brand_new_field"));
         assert!(d.rest.contains_key("something_didit_added"));
+    }
+
+    #[test]
+    fn a_workflow_reads_its_features_as_a_string_or_a_list() {
+        let uuid = "a1b2c3d4-5678-90ab-cdef-111111111111";
+        for features in [
+            serde_json::json!("OCR + LIVENESS"),
+            serde_json::json!(["OCR", "LIVENESS"]),
+            serde_json::json!([{"feature": "OCR"}, {"feature": "LIVENESS", "config": {}}]),
+        ] {
+            let w: Workflow =
+                serde_json::from_value(serde_json::json!({"uuid": uuid, "features": features}))
+                    .expect("workflow");
+            assert_eq!(w.features.as_deref(), Some("OCR + LIVENESS"));
+        }
+        let w: Workflow =
+            serde_json::from_value(serde_json::json!({"uuid": uuid})).expect("workflow");
+        assert_eq!(w.features, None);
     }
 
     #[test]
