@@ -6,7 +6,9 @@
 #     exported by a real /metrics scrape of `kyc-worker run` after a short demo run;
 #   - the PrometheusRule carries exactly the rules of alerts.yml;
 #   - docker-compose.yml and every deploy/k8s file parse, with the expected services/kinds
-#     and the Deployment invariants (probes, ports, POD_NAME, secrets, grace period).
+#     and the Deployment invariants (probes, ports, POD_NAME, secrets, grace period);
+#   - the trace path parses and connects: workers -> OpenTelemetry Collector -> Tempo ->
+#     Grafana's Tempo datasource, and the dashboard links slow decisions to their traces.
 # One line per check, then "check-deploy: N passed, M failed"; exit 1 on any failure.
 #
 # Usage: scripts/check-deploy.sh            run every check (what `make check-deploy` does)
@@ -116,8 +118,10 @@ check "dashboard: every targets[].expr parses (promtool, $OUT/dashboard-rules.ym
 check "dashboard: unique panel ids, every range is \$__rate_interval" python3 "$HELPER" dashboard-lint
 check "dashboard: uses every core metric" python3 "$HELPER" dashboard-coverage
 
-check "compose: services redis, worker-1..3, sandbox, prometheus, grafana; AOF; mounts exist" \
+check "compose: services redis, worker-1..3, sandbox, prometheus, otel-collector, tempo, grafana; AOF; mounts exist" \
   python3 "$HELPER" compose
+check "traces: workers -> collector (OTLP/HTTP) -> Tempo -> Grafana datasource; slow-decision panel links to Tempo" \
+  python3 "$HELPER" traces
 check "k8s: every file parses; Deployment, PDB, Service, Ingress, ServiceMonitor, PrometheusRule, ScaledObject, ConfigMap" \
   python3 "$HELPER" k8s-kinds
 check "k8s: Deployment probes, ports, POD_NAME, secret refs, grace period > drain; Ingress TLS routes" \

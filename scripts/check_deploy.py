@@ -13,6 +13,8 @@ Subcommands (paths are relative to the repository root, the working directory):
   rules-in-sync              deploy/k8s/prometheusrule.yaml carries exactly deploy/prometheus/alerts.yml
   sync-rules                 regenerate deploy/k8s/prometheusrule.yaml from alerts.yml
   compose                    docker-compose.yml: services, Redis AOF, worker env, mounted files exist
+  traces                     collector, Tempo and the Tempo datasource parse and connect; the
+                             dashboard's slow-decision panel links to Tempo
   k8s-kinds                  every deploy/k8s file parses; the expected kinds exist
   k8s-deployment             Deployment invariants: probes, ports, POD_NAME, secrets, grace period
 """
@@ -29,6 +31,9 @@ ALERTS = Path("deploy/prometheus/alerts.yml")
 K8S = Path("deploy/k8s")
 PROMETHEUS_RULE = K8S / "prometheusrule.yaml"
 COMPOSE = Path("deploy/docker-compose.yml")
+COLLECTOR = Path("deploy/otel-collector/config.yaml")
+TEMPO = Path("deploy/tempo/tempo.yaml")
+TEMPO_DATASOURCE = Path("deploy/grafana/provisioning/datasources/tempo.yml")
 
 # The core metrics DESIGN.md names ("External interface" -> Metrics) plus the process ones the
 # dashboard's "Processes" row shows. The dashboard must use each of them.
@@ -375,7 +380,8 @@ def cmd_compose():
     doc = load_yaml_docs(COMPOSE)[0]
     services = doc.get("services", {})
     problems = []
-    expected = ["redis", "worker-1", "worker-2", "worker-3", "sandbox", "prometheus", "grafana"]
+    expected = ["redis", "worker-1", "worker-2", "worker-3", "sandbox", "prometheus",
+                "otel-collector", "tempo", "grafana"]
     missing = [s for s in expected if s not in services]
     if missing:
         problems.append("missing services: " + ", ".join(missing))
@@ -385,7 +391,8 @@ def cmd_compose():
             problems.append("redis command lacks %r" % flag)
     for w in ("worker-1", "worker-2", "worker-3"):
         env = services.get(w, {}).get("environment", {}) or {}
-        for key in ("KYC__REDIS__URL", "KYC__DIDIT__BASE_URL", "KYC__HTTP__INTERNAL_PORT"):
+        for key in ("KYC__REDIS__URL", "KYC__DIDIT__BASE_URL", "KYC__HTTP__INTERNAL_PORT",
+                    "KYC__TELEMETRY__OTLP_ENDPOINT"):
             if key not in env:
                 problems.append("%s has no %s" % (w, key))
     sandbox_cmd = [str(a) for a in services.get("sandbox", {}).get("command", [])]
@@ -402,6 +409,52 @@ def cmd_compose():
             dockerfile = COMPOSE.parent / build.get("context", ".") / build.get("dockerfile", "Dockerfile")
             if not dockerfile.exists():
                 problems.append("%s builds from %s, which does not exist" % (name, dockerfile))
+    if problems:
+        fail(problems)
+
+
+def cmd_traces():
+    problems = []
+    compose = load_yaml_docs(COMPOSE)[0].get("services", {})
+    # Workers -> collector (OTLP/HTTP base URL) -> Tempo (OTLP gRPC) -> Grafana.
+    collector = load_yaml_docs(COLLECTOR)[0]
+    http = ((collector.get("receivers", {}).get("otlp") or {}).get("protocols") or {}).get("http") or {}
+    port = str(http.get("endpoint", "")).rsplit(":", 1)[-1]
+    for w in ("worker-1", "worker-2", "worker-3"):
+        endpoint = str((compose.get(w, {}).get("environment") or {}).get("KYC__TELEMETRY__OTLP_ENDPOINT", ""))
+        if endpoint != "http://otel-collector:%s" % port:
+            problems.append("%s sends spans to %r, not the collector's OTLP/HTTP receiver (port %s)" % (w, endpoint, port))
+        if endpoint.endswith("/v1/traces"):
+            problems.append("%s: KYC__TELEMETRY__OTLP_ENDPOINT is the base URL (/v1/traces is appended)" % w)
+    pipeline = (collector.get("service", {}).get("pipelines") or {}).get("traces") or {}
+    if "otlp" not in (pipeline.get("receivers") or []):
+        problems.append("the collector's traces pipeline does not receive otlp")
+    exporters = collector.get("exporters") or {}
+    for name in pipeline.get("exporters") or []:
+        if name not in exporters:
+            problems.append("the traces pipeline exports to %r, which is not defined" % name)
+    for name in pipeline.get("processors") or []:
+        if name not in (collector.get("processors") or {}):
+            problems.append("the traces pipeline uses processor %r, which is not defined" % name)
+    tempo = load_yaml_docs(TEMPO)[0]
+    grpc = ((((tempo.get("distributor") or {}).get("receivers") or {}).get("otlp") or {}).get("protocols") or {}).get("grpc") or {}
+    tempo_grpc = "tempo:%s" % str(grpc.get("endpoint", "")).rsplit(":", 1)[-1]
+    if not any(str((e or {}).get("endpoint", "")) == tempo_grpc for n, e in exporters.items() if n in (pipeline.get("exporters") or [])):
+        problems.append("no traces exporter of the collector points at Tempo's OTLP gRPC receiver (%s)" % tempo_grpc)
+    tempo_http = str((tempo.get("server") or {}).get("http_listen_port", ""))
+    sources = load_yaml_docs(TEMPO_DATASOURCE)[0].get("datasources") or []
+    ds = [d for d in sources if d.get("type") == "tempo"]
+    if not ds:
+        problems.append("%s provisions no tempo datasource" % TEMPO_DATASOURCE)
+    elif ds[0].get("url") != "http://tempo:%s" % tempo_http or ds[0].get("uid") != "tempo":
+        problems.append("the Tempo datasource must have uid tempo and url http://tempo:%s" % tempo_http)
+    if "tempo" not in compose or "otel-collector" not in compose:
+        problems.append("compose lacks the tempo or otel-collector service")
+    links = [l.get("url", "") for p in all_panels(dashboard())
+             if any("kyc_time_to_decision_seconds" in t.get("expr", "") for t in p.get("targets", []))
+             for l in p.get("links") or []]
+    if not any("tempo" in l and "traceDuration" in l for l in links):
+        problems.append("the time-to-decision panel has no link to slow traces in Tempo")
     if problems:
         fail(problems)
 
@@ -533,6 +586,7 @@ def main(argv):
         "rules-in-sync": cmd_rules_in_sync,
         "sync-rules": cmd_sync_rules,
         "compose": cmd_compose,
+        "traces": cmd_traces,
         "k8s-kinds": cmd_k8s_kinds,
         "k8s-deployment": cmd_k8s_deployment,
     }

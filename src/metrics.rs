@@ -86,6 +86,9 @@ pub struct Metrics {
     /// 0 when Redis is seen to evict keys under memory pressure (`maxmemory-policy` is not
     /// `noeviction`): jobs and records could vanish. 1 otherwise, until a reading says so.
     pub redis_eviction_policy_ok: IntGauge,
+    /// Spans dropped instead of exported: one count per process (see
+    /// [`crate::telemetry::SPANS_DROPPED`]), shown in every registry.
+    pub trace_spans_dropped: IntCounter,
     pub up: IntGauge,
 }
 
@@ -324,6 +327,7 @@ impl Metrics {
                     "1 unless Redis's maxmemory-policy was read and is not noeviction.",
                 ),
             ),
+            trace_spans_dropped: register(r, Ok(crate::telemetry::SPANS_DROPPED.clone())),
             up: register(
                 r,
                 IntGauge::new("kyc_worker_up", "1 while this process runs."),

@@ -1,20 +1,108 @@
-//! Logging: one `tracing` subscriber for the whole process.
+//! Logs and traces: one `tracing` subscriber for the whole process.
 //!
-//! JSON for log shippers in production, pretty for a person at a terminal; the filter comes
-//! from settings unless `RUST_LOG` is set. Secrets never reach a log line because every secret
-//! is a `SecretString`, whose `Debug` prints `[REDACTED]`, and PII is never given to a span.
+//! Logs: JSON for log shippers in production, pretty for a person at a terminal; the filter
+//! comes from settings unless `RUST_LOG` is set. Secrets never reach a log line because every
+//! secret is a `SecretString`, whose `Debug` prints `[REDACTED]`, and PII is never given to a
+//! span.
+//!
+//! Traces: a verification crosses a producer, the intake, a start job, Didit, a webhook, polls
+//! and the outcome event, in several processes and over days; one trace per verification
+//! shows that path. When `[telemetry]` names an OTLP receiver, the fleet's own spans (never
+//! other crates' spans, never log events, which may quote a Didit error) are exported over
+//! OTLP/HTTP with protobuf. The trace context travels as a W3C `traceparent`
+//! ([`TraceParent`]): taken from the caller (HTTP header, intake-stream field, the Rust
+//! producer's current span), written into every job envelope, kept beside a waiting session
+//! for the webhook that ends it, and stamped as `trace_id` on each outcome event and on the
+//! job span every log line of that work carries. Without a receiver nothing is exported and
+//! a caller's `traceparent` is passed along unchanged.
 
-use tracing_subscriber::{
-    fmt::MakeWriter, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter,
+mod export;
+mod traceparent;
+
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        LazyLock,
+    },
 };
 
-use crate::settings::{LogFormat, LogSettings};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{
+    filter::filter_fn, fmt::MakeWriter, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter,
+    Layer,
+};
 
-/// Installs the global subscriber writing to `sink`, with ANSI colours in the pretty format
-/// only when `colours` (a terminal: escape codes in a file or a log shipper are noise). Call
-/// once, before anything logs; a second call returns an error instead of replacing the first
-/// subscriber.
-pub fn init_subscriber<W>(settings: &LogSettings, sink: W, colours: bool) -> anyhow::Result<()>
+use crate::settings::{LogFormat, LogSettings, TelemetrySettings};
+
+pub use didit::redact_values;
+pub use traceparent::TraceParent;
+
+/// The header and intake-stream field a caller's trace context arrives in.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Spans dropped instead of exported (queue full, receiver down or slow); one count per
+/// process, registered in every [`crate::metrics::Metrics`] registry.
+pub static SPANS_DROPPED: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    prometheus::IntCounter::new(
+        "kyc_trace_spans_dropped_total",
+        "Finished spans dropped instead of exported: the export queue was full or the OTLP receiver failed.",
+    )
+    .expect("a constant metric name is valid")
+});
+
+/// Whether this process installed its tracer (spans are exported). Without it, a job outside
+/// any trace has no trace to continue or start, so it runs without its span (see [`job`]).
+static TRACER_INSTALLED: AtomicBool = AtomicBool::new(false);
+
+fn tracer_installed() -> bool {
+    TRACER_INSTALLED.load(Ordering::Relaxed)
+}
+
+tokio::task_local! {
+    /// The trace context of the work this task does, for when no tracer is installed (then
+    /// a caller's `traceparent` is passed along as it came).
+    static INHERITED: Option<TraceParent>;
+}
+
+/// The trace export of this process; flushes what is queued when shut down or dropped.
+#[derive(Debug, Default)]
+pub struct Tracing {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Tracing {
+    /// Exports what is queued (bounded by `telemetry.export_timeout`) and stops.
+    pub fn shutdown(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            if let Err(e) = provider.shutdown() {
+                tracing::debug!(error = %e, "trace export did not shut down cleanly");
+            }
+        }
+    }
+}
+
+impl Drop for Tracing {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Installs the global subscriber writing logs to `sink` and, when `telemetry` names a
+/// receiver, exporting spans. ANSI colours go in the pretty format only when `colours` (a
+/// terminal: escape codes in a file or a log shipper are noise). Call once, before anything
+/// logs; a second call returns an error instead of replacing the first subscriber. `instance`
+/// tells this process's spans apart from other processes' (`service.instance.id`).
+pub fn init_subscriber<W>(
+    settings: &LogSettings,
+    telemetry: &TelemetrySettings,
+    instance: &str,
+    sink: W,
+    colours: bool,
+) -> anyhow::Result<Tracing>
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
@@ -22,28 +110,151 @@ where
         Ok(directive) if !directive.trim().is_empty() => EnvFilter::try_new(directive)?,
         _ => EnvFilter::try_new(&settings.level)?,
     };
-    let registry = tracing_subscriber::registry().with(filter);
-    match settings.format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_ansi(false)
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_writer(sink),
-            )
-            .try_init()?,
-        LogFormat::Pretty => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_target(false)
-                    .with_ansi(colours)
-                    .with_writer(sink),
-            )
-            .try_init()?,
-    }
-    Ok(())
+    let logs = match settings.format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_ansi(false)
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_writer(sink)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_ansi(colours)
+            .with_writer(sink)
+            .with_filter(filter)
+            .boxed(),
+    };
+    let provider = match telemetry.traces_url() {
+        Some(url) => Some(provider(telemetry, &url, instance)?),
+        None => None,
+    };
+    let traces = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("kyc-worker"))
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_location(false)
+            .with_target(false)
+            .with_level(false)
+            // The fleet's and the Didit SDK's spans only: no log events (an error message
+            // may quote Didit), no spans of other crates.
+            .with_filter(filter_fn(|meta| {
+                meta.is_span()
+                    && *meta.level() <= tracing::Level::INFO
+                    && (meta.target().starts_with("kyc_worker")
+                        || meta.target().starts_with("didit"))
+            }))
+    });
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .try_init()?;
+    TRACER_INSTALLED.store(provider.is_some(), Ordering::Relaxed);
+    Ok(Tracing { provider })
 }
 
-pub use didit::redact_values;
+fn provider(
+    telemetry: &TelemetrySettings,
+    url: &str,
+    instance: &str,
+) -> anyhow::Result<SdkTracerProvider> {
+    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(url)
+        .with_timeout(telemetry.export_timeout)
+        .with_http_client(
+            reqwest::Client::builder()
+                .timeout(telemetry.export_timeout)
+                .build()?,
+        )
+        .build()?;
+    let processor = export::BoundedExport::start(
+        exporter,
+        telemetry.export_queue,
+        telemetry.export_timeout,
+        SPANS_DROPPED.clone(),
+    )?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(telemetry.service_name.clone())
+        .with_attributes([
+            opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            opentelemetry::KeyValue::new("service.instance.id", instance.to_owned()),
+        ])
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            telemetry.sampling_ratio,
+        ))))
+        .with_resource(resource)
+        .build())
+}
+
+/// The trace context of the current work: the current span's when spans are traced (in this
+/// process, or in a producer's process that traces with `tracing-opentelemetry`), else the
+/// caller's `traceparent` passed along; `None` outside any trace.
+pub fn current() -> Option<TraceParent> {
+    let context = Span::current().context();
+    TraceParent::from_span_context(context.span().span_context())
+        .or_else(|| INHERITED.try_with(|inherited| *inherited).ok().flatten())
+}
+
+/// Runs `work` in `span`, continuing the trace `parent` names (a new trace when `None` and
+/// spans are traced). The span must declare an empty `trace_id` field: it is filled in, so
+/// every log line of the work names its trace.
+pub async fn within<F: Future>(span: Span, parent: Option<TraceParent>, work: F) -> F::Output {
+    if let Some(parent) = parent {
+        // Refused only when no tracer is installed: then the parent is passed along as is.
+        let _ = span.set_parent(
+            opentelemetry::Context::new().with_remote_span_context(parent.span_context()),
+        );
+    }
+    let traced = TraceParent::from_span_context(span.context().span().span_context());
+    if let Some(trace) = traced.or(parent) {
+        span.record("trace_id", tracing::field::display(trace.trace_id()));
+    }
+    INHERITED.scope(parent, work.instrument(span)).await
+}
+
+/// Runs one job of `queue` in its span (a consumer span named `process <queue>`), continuing
+/// the trace its envelope carries. Without this process's tracer, a job outside any trace runs
+/// bare: no span, no context lookup, no task-local scope (what tracing costs it is one load).
+pub async fn job<F: Future>(
+    queue: &'static str,
+    parent: Option<TraceParent>,
+    work: F,
+) -> F::Output {
+    if parent.is_none() && !tracer_installed() {
+        return work.await;
+    }
+    let span = tracing::info_span!(
+        "job",
+        otel.name = %format_args!("process {queue}"),
+        otel.kind = "consumer",
+        messaging.operation.type = "process",
+        messaging.destination.name = queue,
+        trace_id = tracing::field::Empty,
+    );
+    within(span, parent, work).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn without_a_tracer_a_job_passes_its_callers_trace_along_and_none_outside_one() {
+        let caller = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .expect("valid");
+        assert!(!tracer_installed());
+        assert_eq!(
+            job("start", Some(caller), async { current() }).await,
+            Some(caller)
+        );
+        assert_eq!(job("start", None, async { current() }).await, None);
+    }
+}

@@ -144,37 +144,37 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Sandbox(args) => sandbox::run(*args).await,
         Command::Didit(command) => {
             let settings = Settings::load()?;
-            init_logs(&settings)?;
+            let _tracing = init_logs(&settings)?;
             didit::run(*command, &settings).await
         }
         Command::Run => {
             let settings = Settings::load()?;
-            init_logs(&settings)?;
+            let _tracing = init_logs(&settings)?;
             run::run(settings).await
         }
         Command::Enqueue(args) => {
             let settings = Settings::load()?;
-            init_logs(&settings)?;
+            let _tracing = init_logs(&settings)?;
             run::enqueue(*args, &settings).await
         }
         Command::Cancel { request_id } => {
             let settings = Settings::load()?;
-            init_logs(&settings)?;
+            let _tracing = init_logs(&settings)?;
             run::cancel(&request_id, &settings).await
         }
         Command::Erase { vendor_data } => {
             let settings = Settings::load()?;
-            init_logs(&settings)?;
+            let _tracing = init_logs(&settings)?;
             run::erase(&vendor_data, &settings).await
         }
         Command::Session(args) => {
             let settings = Settings::load()?;
-            init_logs(&settings)?;
+            let _tracing = init_logs(&settings)?;
             session::run(args, &settings).await
         }
         Command::Queue(args) => {
             let settings = Settings::load()?;
-            init_logs(&settings)?;
+            let _tracing = init_logs(&settings)?;
             queue::run(args, &settings).await
         }
         Command::Rules(args) => rules::run(args),
@@ -187,12 +187,20 @@ async fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 /// Logs go to stderr so a command's own output on stdout stays machine-readable; in colour
-/// only when stderr is a terminal and `NO_COLOR` is not set.
-fn init_logs(settings: &Settings) -> Result<(), CliError> {
+/// only when stderr is a terminal and `NO_COLOR` is not set. Spans are exported when
+/// `[telemetry]` names a receiver, until the returned guard is dropped.
+fn init_logs(settings: &Settings) -> Result<crate::telemetry::Tracing, CliError> {
     use std::io::IsTerminal;
     let colours = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    crate::telemetry::init_subscriber(&settings.log, std::io::stderr, colours)
-        .map_err(|e| CliError::Failed(e.context("cannot start logging")))
+    let instance = uuid::Uuid::new_v4().to_string();
+    crate::telemetry::init_subscriber(
+        &settings.log,
+        &settings.telemetry,
+        &instance,
+        std::io::stderr,
+        colours,
+    )
+    .map_err(|e| CliError::Failed(e.context("cannot start logging")))
 }
 
 /// `outer: inner: innermost`, each cause once.

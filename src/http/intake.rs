@@ -72,7 +72,23 @@ pub async fn start(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let (status, reply) = accept(&state, &headers, body).await;
+    // A malformed traceparent is ignored, as W3C asks: the verification starts its own trace.
+    let parent = headers
+        .get(crate::telemetry::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| crate::telemetry::TraceParent::parse(v).ok());
+    let span = tracing::info_span!(
+        "intake",
+        otel.name = "POST /v1/verifications",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/v1/verifications",
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    let (status, reply) =
+        crate::telemetry::within(span.clone(), parent, accept(&state, &headers, body)).await;
+    span.record("http.response.status_code", status.as_u16());
     match status {
         StatusCode::TOO_MANY_REQUESTS => {
             let retry_after = crate::producer::BACKPRESSURE_RETRY.as_secs().to_string();

@@ -55,6 +55,15 @@ async fn receive(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> (StatusCode, &'static str) {
+    // Not entered until the session is known: its parent is the session's trace.
+    let span = tracing::info_span!(
+        "webhook",
+        otel.name = "POST /webhooks/didit",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/webhooks/didit",
+        trace_id = tracing::field::Empty,
+    );
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let signature = SignatureHeaders {
         timestamp: header(HEADER_TIMESTAMP),
@@ -122,18 +131,56 @@ async fn receive(
         }
     }
     let forget = [event_key.as_deref(), Some(change_key.as_str())];
-    match state.store.session(session_id).await {
-        Ok(Some(session)) => {
-            let step = serde_json::json!({"session_id": session_id, "status": status, "scheme": verified.scheme.as_str()});
+    let known = match state.store.session(session_id).await {
+        Ok(known) => known,
+        Err(e) => return retry_later(state, &forget, e).await,
+    };
+    // The receipt continues the trace of the verification that created the session, so the
+    // decision it triggers lands in that trace too.
+    let parent = known.as_ref().and_then(|s| s.trace);
+    let receipt = Receipt {
+        session_id,
+        status: &status,
+        forget: &forget,
+    };
+    crate::telemetry::within(span, parent, follow(state, known, &verified, receipt)).await
+}
+
+/// A verified result webhook of a session, as [`follow`] needs it.
+struct Receipt<'a> {
+    session_id: Uuid,
+    status: &'a str,
+    /// Its dedupe keys, forgotten when it cannot be processed now.
+    forget: &'a [Option<&'a str>],
+}
+
+/// Records the webhook on the session's requests (adopting a session without a record when
+/// its payload names one of our requests) and moves the session's poll to now.
+async fn follow(
+    state: &AppState,
+    known: Option<crate::store::SessionRecord>,
+    verified: &didit::webhook::VerifiedWebhook,
+    receipt: Receipt<'_>,
+) -> (StatusCode, &'static str) {
+    let Receipt {
+        session_id,
+        status,
+        forget,
+    } = receipt;
+    let scheme = verified.scheme.as_str();
+    match known {
+        Some(session) => {
+            let step =
+                serde_json::json!({"session_id": session_id, "status": status, "scheme": scheme});
             if let Err(e) = state
                 .store
                 .audit(&session.requests, "webhook_received", step)
                 .await
             {
-                return retry_later(state, &forget, e).await;
+                return retry_later(state, forget, e).await;
             }
         }
-        Ok(None) => match adopt(state, session_id, &verified).await {
+        None => match adopt(state, session_id, verified).await {
             Ok(Adopted::Yes) => {}
             Ok(Adopted::NotOurs) => {
                 tracing::info!(result = "unknown_session", session = %session_id, "webhook for a session we do not follow");
@@ -141,9 +188,8 @@ async fn receive(
             }
             // Counted, audited and answered 200: Didit's retry would be refused the same way.
             Ok(Adopted::Refused) => return (StatusCode::OK, "adoption_refused"),
-            Err(e) => return retry_later(state, &forget, e).await,
+            Err(e) => return retry_later(state, forget, e).await,
         },
-        Err(e) => return retry_later(state, &forget, e).await,
     }
     let job = PollDecision {
         session_id,
@@ -155,9 +201,9 @@ async fn receive(
         .run_now(&PollDecision::slot(session_id), &job)
         .await
     {
-        return retry_later(state, &forget, e).await;
+        return retry_later(state, forget, e).await;
     }
-    tracing::info!(result = "accepted", session = %session_id, status = %status, scheme = verified.scheme.as_str(), "webhook accepted");
+    tracing::info!(result = "accepted", session = %session_id, status = %status, scheme, "webhook accepted");
     (StatusCode::OK, "accepted")
 }
 
@@ -234,6 +280,7 @@ async fn adopt(
         deadline_ms: deadline,
         workflow_version: payload.get("workflow_version").and_then(|v| v.as_i64()),
         status: &status,
+        trace: crate::telemetry::current(),
     };
     state
         .store

@@ -13,7 +13,7 @@ use serde_json::json;
 use super::{Pipeline, StartKyc};
 use crate::{
     domain::{Decider, EventStatus, EventType, OutcomeEvent, RequestId},
-    queue::{Completion, Job, JobError},
+    queue::{Completion, Delivery, Job, JobError},
     ratelimit::Priority,
 };
 use didit::{types::SessionQuery, Endpoint};
@@ -31,8 +31,13 @@ impl Job for EraseSubject {
 
 pub async fn handle(
     job: EraseSubject,
+    delivery: Data<Delivery>,
     p: Data<Pipeline>,
 ) -> Result<Completion<EraseSubject>, JobError> {
+    crate::telemetry::job(EraseSubject::QUEUE, delivery.trace(), run(job, p)).await
+}
+
+async fn run(job: EraseSubject, p: Data<Pipeline>) -> Result<Completion<EraseSubject>, JobError> {
     let vendor_data = job.vendor_data.trim();
     if vendor_data.is_empty() {
         return Err(JobError::Fatal("erasure without a vendor_data".into()));

@@ -111,10 +111,8 @@ pub(crate) async fn cancel(
     );
     store.publish(&event).await?;
     if let Some(sid) = record.session_id {
-        let others_active = store
-            .session(sid)
-            .await?
-            .is_some_and(|s| !s.requests.is_empty());
+        let session = store.session(sid).await?;
+        let others_active = session.as_ref().is_some_and(|s| !s.requests.is_empty());
         if !others_active {
             queue
                 .unschedule(
@@ -122,7 +120,10 @@ pub(crate) async fn cancel(
                     &PollDecision::slot(sid),
                 )
                 .await?;
-            store.close_session(sid).await?;
+            match &session {
+                Some(session) => store.finish_session(sid, session).await?,
+                None => store.close_session(sid).await?,
+            }
             store.unlist_review(sid).await?;
         }
     }

@@ -20,7 +20,7 @@ use super::{
 };
 use crate::{
     domain::{Decider, SessionStatus},
-    queue::{Completion, Job, JobError},
+    queue::{Completion, Delivery, Job, JobError},
     ratelimit::Priority,
     store::SessionRecord,
 };
@@ -82,6 +82,14 @@ impl Job for OperatorAction {
 }
 
 pub async fn handle(
+    job: OperatorAction,
+    delivery: Data<Delivery>,
+    p: Data<Pipeline>,
+) -> Result<Completion<OperatorAction>, JobError> {
+    crate::telemetry::job(OperatorAction::QUEUE, delivery.trace(), run(job, p)).await
+}
+
+async fn run(
     job: OperatorAction,
     p: Data<Pipeline>,
 ) -> Result<Completion<OperatorAction>, JobError> {

@@ -54,6 +54,11 @@ impl PollDecision {
 type Outcome = Result<Completion<PollDecision>, JobError>;
 
 pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> Outcome {
+    let trace = delivery.trace();
+    crate::telemetry::job(PollDecision::QUEUE, trace, run(job, delivery, p)).await
+}
+
+async fn run(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> Outcome {
     let again = |after: Duration, polls: u32| Completion::RunAgain {
         at: SystemTime::now() + after,
         args: PollDecision {
@@ -72,7 +77,7 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
     };
     // Cancelled requests are not followed any more; a session serving none is left alone.
     if session.requests.is_empty() {
-        p.store.close_session(sid).await?;
+        p.store.finish_session(sid, &session).await?;
         return Ok(Completion::Done);
     }
     let priority = if job.urgent {
@@ -90,7 +95,7 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
         Err(e) if e.is_request_error() => {
             // Deleted at Didit, or never ours: nothing will ever be decided.
             fail_all(&p, sid, &session, FailureReason::BadRequest, &e.to_string()).await?;
-            p.store.close_session(sid).await?;
+            p.store.finish_session(sid, &session).await?;
             return Ok(Completion::Done);
         }
         Err(e) => {
@@ -143,7 +148,7 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
         data["url"] = json!(decision.session_url);
         match decide(&p, sid, &session, &decision, data).await? {
             After::Settled => {
-                p.store.close_session(sid).await?;
+                p.store.finish_session(sid, &session).await?;
                 return Ok(Completion::Done);
             }
             After::Follow => return Ok(again(p.schedule().interval(0, sid.as_u128()), 1)),
@@ -154,7 +159,7 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
                     // A person decides later; keep reading slowly so that decision has its event.
                     return Ok(again(p.settings.poll.review_interval, job.polls + 1));
                 }
-                p.store.close_session(sid).await?;
+                p.store.finish_session(sid, &session).await?;
                 return Ok(Completion::Done);
             }
         }
@@ -195,7 +200,7 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
             .in_round(session.round);
             p.publish(&event).await?;
         }
-        p.store.close_session(sid).await?;
+        p.store.finish_session(sid, &session).await?;
         return Ok(Completion::Done);
     }
     Ok(again(

@@ -55,6 +55,11 @@ impl Job for StartKyc {
 type Outcome = Result<Completion<StartKyc>, JobError>;
 
 pub async fn handle(job: StartKyc, delivery: Data<Delivery>, p: Data<Pipeline>) -> Outcome {
+    let trace = delivery.trace();
+    crate::telemetry::job(StartKyc::QUEUE, trace, run(job, delivery, p)).await
+}
+
+async fn run(job: StartKyc, delivery: Data<Delivery>, p: Data<Pipeline>) -> Outcome {
     let (rid, request) = match job.request.clone().validate_with(&p.settings.intake) {
         Ok(valid) => valid,
         Err(e) => return Err(JobError::Fatal(format!("invalid start request: {e}"))),
@@ -194,6 +199,8 @@ async fn start(p: &Pipeline, rid: &RequestId, req: &StartRequest, delivery: &Del
             .await,
         workflow_version: found.workflow_version,
         status: &found.status,
+        // This job's span: the webhook that ends the wait continues the trace from here.
+        trace: crate::telemetry::current(),
     };
     // The intent (this run's or an earlier one's) wrote the request record and its index.
     p.store

@@ -1,6 +1,7 @@
 //! The intake stream: producers in any language start verifications with
 //! `XADD <prefix>:intake * vendor_data u-1 request_id r-1 …` (fields as the start request;
-//! JSON-valued fields — `contact_details`, `expected_details`, `metadata` — as JSON strings).
+//! JSON-valued fields — `contact_details`, `expected_details`, `metadata` — as JSON strings;
+//! an optional `traceparent` field continues the producer's trace).
 //!
 //! Entries are read through a consumer group, so several processes share the stream and a
 //! dead reader's entries are reclaimed. A valid entry becomes a StartKyc job; an invalid one
@@ -14,7 +15,7 @@ use redis::{streams::StreamId, AsyncCommands};
 use serde_json::{Map, Value};
 
 use super::{Producer, ProducerError};
-use crate::{domain::StartRequest, store::StoreError};
+use crate::{domain::StartRequest, store::StoreError, telemetry::TraceParent};
 
 const GROUP: &str = "workers";
 /// Rejected entries kept for inspection.
@@ -102,15 +103,25 @@ async fn take(
     entry: StreamId,
 ) -> Result<(), ProducerError> {
     let refusal = match parse_entry(&entry) {
-        Ok(request) => match producer.start_kyc(request).await {
-            Ok(_) => None,
-            Err(ProducerError::Invalid(e)) => Some((e.refusal.as_str(), e.to_string())),
-            // The reason starts with `idempotency_mismatch:` and names the fields.
-            Err(e @ ProducerError::IdempotencyMismatch { .. }) => {
-                Some(("idempotency_mismatch", e.to_string()))
+        Ok((request, parent)) => {
+            let span = tracing::info_span!(
+                "intake",
+                otel.name = "process intake",
+                otel.kind = "consumer",
+                messaging.operation.type = "process",
+                messaging.destination.name = "intake",
+                trace_id = tracing::field::Empty,
+            );
+            match crate::telemetry::within(span, parent, producer.start_kyc(request)).await {
+                Ok(_) => None,
+                Err(ProducerError::Invalid(e)) => Some((e.refusal.as_str(), e.to_string())),
+                // The reason starts with `idempotency_mismatch:` and names the fields.
+                Err(e @ ProducerError::IdempotencyMismatch { .. }) => {
+                    Some(("idempotency_mismatch", e.to_string()))
+                }
+                Err(other) => return Err(other),
             }
-            Err(other) => return Err(other),
-        },
+        }
         Err(reason) => Some(("malformed", reason)),
     };
     if let Some((kind, reason)) = refusal {
@@ -155,12 +166,21 @@ async fn reject(
         .map(drop)
 }
 
-/// Turns an entry's fields into a start request (not yet validated). Reasons name fields and
-/// what was expected, never a value; a field that is not a start request's is named only as
-/// `redact_values` allows (it is the sender's text).
-fn parse_entry(entry: &StreamId) -> Result<StartRequest, String> {
+/// Turns an entry's fields into a start request (not yet validated) and the trace it
+/// continues (its `traceparent` field; a malformed one is ignored, as W3C asks). Reasons name
+/// fields and what was expected, never a value; a field that is not a start request's is named
+/// only as `redact_values` allows (it is the sender's text).
+fn parse_entry(entry: &StreamId) -> Result<(StartRequest, Option<TraceParent>), String> {
     let mut object = Map::new();
+    let mut parent = None;
     for (name, value) in &entry.map {
+        if name == crate::telemetry::TRACEPARENT {
+            // Not a start request's field; an unreadable one is ignored like a malformed one.
+            parent = redis::from_redis_value_ref::<String>(value)
+                .ok()
+                .and_then(|text| TraceParent::parse(&text).ok());
+            continue;
+        }
         if !StartRequest::FIELDS.contains(&name.as_str()) {
             // Whatever its value, serde refuses it below as an unknown field, naming the
             // expected ones.
@@ -179,12 +199,13 @@ fn parse_entry(entry: &StreamId) -> Result<StartRequest, String> {
     object
         .entry("request_id")
         .or_insert_with(|| Value::from(format!("intake-{}", entry.id)));
-    serde_json::from_value(Value::Object(object)).map_err(|e| {
+    let request = serde_json::from_value(Value::Object(object)).map_err(|e| {
         format!(
             "not a start request: {}",
             crate::telemetry::redact_values(&e.to_string())
         )
-    })
+    })?;
+    Ok((request, parent))
 }
 
 #[cfg(test)]

@@ -92,6 +92,11 @@ impl Delivery {
         self.envelope.deadline_ms
     }
 
+    /// The trace the job continues (its envelope's `traceparent`).
+    pub fn trace(&self) -> Option<crate::telemetry::TraceParent> {
+        self.envelope.trace
+    }
+
     /// Whether failing now with `error` would dead-letter the job (so the handler can tell
     /// the world first).
     pub fn failure_is_final(&self, error: &JobError, settings: &QueueSettings) -> bool {
@@ -630,6 +635,8 @@ fn decide<A: Job>(
                         id: delivery.job_id.clone(),
                         attempt: 0,
                         deadline_ms: deadline_from(at_ms, settings),
+                        // The next run stays in the same trace as this one.
+                        trace: delivery.envelope.trace,
                         args: raw,
                     },
                     outcome: "run_again",

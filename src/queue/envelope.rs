@@ -3,7 +3,9 @@
 //! The envelope carries what the queue needs to decide without decoding the arguments:
 //! the job id (stable across retries, so a delayed retry replaces rather than duplicates),
 //! the attempt count, and the retry deadline. `v` is the job type's schema version: a worker
-//! that meets a version it does not know dead-letters the job instead of guessing.
+//! that meets a version it does not know dead-letters the job instead of guessing. `tp` is
+//! the trace the job belongs to (a W3C `traceparent`, taken from the work that queued it), so
+//! its run continues that trace in whichever process takes it.
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -26,16 +28,21 @@ pub struct Envelope {
     pub attempt: u32,
     /// Unix ms after which a failing job is dead-lettered instead of retried.
     pub deadline_ms: u64,
+    /// The trace this job continues; absent outside any trace.
+    #[serde(default, rename = "tp", skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::telemetry::TraceParent>,
     pub args: Box<RawValue>,
 }
 
 impl Envelope {
+    /// A new job in the current trace (the one `telemetry::current` names).
     pub fn new<A: Job>(id: String, args: &A, deadline_ms: u64) -> Result<Self, serde_json::Error> {
         Ok(Self {
             v: A::VERSION,
             id,
             attempt: 0,
             deadline_ms,
+            trace: crate::telemetry::current(),
             args: serde_json::value::to_raw_value(args)?,
         })
     }
@@ -60,9 +67,13 @@ pub enum DecodeError {
     Args { queue: &'static str, reason: String },
 }
 
+/// A job that cannot be run: its envelope when that much was readable (boxed: the failure
+/// path is rare, the success path hot), and why.
+pub type Undecodable = (Option<Box<Envelope>>, DecodeError);
+
 /// Decodes a stored job; the envelope is returned even when the arguments fail, so the
 /// dead-letter entry can name the job.
-pub fn decode<A: Job>(raw: &str) -> Result<(Envelope, A), (Option<Envelope>, DecodeError)> {
+pub fn decode<A: Job>(raw: &str) -> Result<(Envelope, A), Undecodable> {
     // serde quotes the values it fails on; a producer's payload may carry personal data.
     let redacted = |e: serde_json::Error| crate::telemetry::redact_values(&e.to_string());
     let envelope: Envelope =
@@ -73,7 +84,7 @@ pub fn decode<A: Job>(raw: &str) -> Result<(Envelope, A), (Option<Envelope>, Dec
             found: envelope.v,
             known: A::VERSION,
         };
-        return Err((Some(envelope), err));
+        return Err((Some(Box::new(envelope)), err));
     }
     match serde_json::from_str::<A>(envelope.args.get()) {
         Ok(args) => Ok((envelope, args)),
@@ -82,7 +93,7 @@ pub fn decode<A: Job>(raw: &str) -> Result<(Envelope, A), (Option<Envelope>, Dec
                 queue: A::QUEUE,
                 reason: redacted(e),
             };
-            Err((Some(envelope), err))
+            Err((Some(Box::new(envelope)), err))
         }
     }
 }
@@ -109,6 +120,25 @@ mod tests {
             (back.id.as_str(), back.attempt, back.deadline_ms),
             ("j1", 0, 99)
         );
+    }
+
+    #[tokio::test]
+    async fn a_job_queued_in_a_trace_carries_its_traceparent_and_none_otherwise() {
+        let outside = Envelope::new("j1".into(), &Ping { n: 1 }, 9).expect("encode");
+        assert!(!outside.encode().contains("\"tp\""), "{}", outside.encode());
+        let caller = crate::telemetry::TraceParent::parse(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .expect("valid");
+        let inside = crate::telemetry::within(
+            tracing::info_span!("test", trace_id = tracing::field::Empty),
+            Some(caller),
+            async { Envelope::new("j2".into(), &Ping { n: 2 }, 9).expect("encode") },
+        )
+        .await;
+        let (back, _) = decode::<Ping>(&inside.encode()).expect("decode");
+        assert_eq!(back.trace, Some(caller));
+        assert!(inside.encode().contains(&format!("\"tp\":\"{caller}\"")));
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod ratelimit;
 mod redis;
 mod rules;
 mod subscribers;
+mod telemetry;
 mod worker;
 
 use std::{collections::HashMap, path::Path, str::FromStr};
@@ -39,6 +40,7 @@ pub use self::{
     redis::{RedisMode, RedisNode, RedisSettings},
     rules::{RulesSettings, RulesSource},
     subscribers::{event_types, DeliverySettings, Subscriber},
+    telemetry::TelemetrySettings,
     worker::WorkerSettings,
 };
 
@@ -67,6 +69,7 @@ pub struct Settings {
     /// Services that receive outcome events over HTTP (Standard Webhooks).
     pub subscribers: Vec<Subscriber>,
     pub delivery: DeliverySettings,
+    pub telemetry: TelemetrySettings,
 }
 
 /// A setting that cannot be used, with the key to fix and why.
@@ -134,6 +137,11 @@ impl Settings {
         if overlay.is_file() {
             builder = builder.add_source(config::File::from(overlay.as_path()));
         }
+        let standard: HashMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("OTEL_"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let env_source = config::Environment::with_prefix("KYC")
             .prefix_separator("__")
             .separator("__")
@@ -147,7 +155,7 @@ impl Settings {
             .build()
             .and_then(config::Config::try_deserialize)
             .map_err(from_config_error)?;
-        raw.validate()
+        raw.validate(&standard)
     }
 }
 
@@ -198,11 +206,13 @@ struct RawSettings {
     #[serde(default)]
     subscribers: Option<serde_json::Value>,
     delivery: subscribers::RawDelivery,
+    telemetry: telemetry::RawTelemetry,
 }
 
 impl RawSettings {
     /// Validates section by section, in the order of the file, so the first bad key wins.
-    fn validate(self) -> Result<Settings, SettingsError> {
+    /// `standard` holds the `OTEL_…` environment variables `[telemetry]` falls back to.
+    fn validate(self, standard: &HashMap<String, String>) -> Result<Settings, SettingsError> {
         let log = self.log.validate()?;
         let redis = self.redis.validate()?;
         let http = self.http.validate()?;
@@ -217,6 +227,7 @@ impl RawSettings {
         let rules = self.rules.validate()?;
         let subscribers = subscribers::validate_subscribers(self.subscribers)?;
         let delivery = self.delivery.validate()?;
+        let telemetry = self.telemetry.validate(standard)?;
         Ok(Settings {
             log,
             redis,
@@ -232,6 +243,7 @@ impl RawSettings {
             rules,
             subscribers,
             delivery,
+            telemetry,
         })
     }
 }

@@ -108,6 +108,15 @@ impl Store {
         );
         let tracks_status = event.kind.tracks_status();
         let minid = now_ms().saturating_sub(self.settings.retention.as_millis() as u64);
+        // The trace the work that publishes belongs to, so a consumer can open it.
+        let data = match crate::telemetry::current() {
+            Some(trace) if event.data.is_object() => {
+                let mut data = event.data.clone();
+                data["trace_id"] = serde_json::Value::from(trace.trace_id());
+                data.to_string()
+            }
+            _ => event.data.to_string(),
+        };
         let mut c = self.conn.clone();
         let published: i64 = PUBLISH
             .key(self.request_key(&event.request_id))
@@ -120,7 +129,7 @@ impl Store {
             .arg(&event.vendor_data)
             .arg(event.status.as_str())
             .arg(&event.decided_by)
-            .arg(event.data.to_string())
+            .arg(data)
             .arg(self.ttl())
             .arg(minid)
             .arg(if tracks_status { "1" } else { "0" })

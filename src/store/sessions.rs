@@ -47,6 +47,9 @@ pub(crate) struct SessionRecord {
     pub resubmits: u32,
     /// Listed in the review queue (the console's); see [`Store::track_review`].
     pub listed_for_review: bool,
+    /// The trace of the verification that created it, for the webhook that ends its wait
+    /// (55 bytes while the session waits; dropped by [`Store::finish_session`]).
+    pub trace: Option<crate::telemetry::TraceParent>,
 }
 
 /// A session Didit created (or reused), as [`Store::record_session`] records it.
@@ -60,7 +63,13 @@ pub(crate) struct NewSession<'a> {
     pub workflow_version: Option<i64>,
     /// Its status when Didit answered: `Not Started`, or a reused session's own.
     pub status: &'a SessionStatus,
+    /// The trace the session belongs to, kept while it waits (the first request's, when
+    /// Didit reuses the session).
+    pub trace: Option<crate::telemetry::TraceParent>,
 }
+
+/// The session record's field holding its trace context (a `traceparent`).
+const TRACE_FIELD: &str = "tp";
 
 impl Store {
     pub(super) fn session_key(&self, id: Uuid) -> String {
@@ -97,6 +106,9 @@ impl Store {
         .ignore();
         if let Some(version) = session.workflow_version {
             pipe.hset_nx(&key, "workflow_version", version).ignore();
+        }
+        if let Some(trace) = session.trace {
+            pipe.hset_nx(&key, TRACE_FIELD, trace.to_string()).ignore();
         }
         pipe.expire(&key, self.ttl())
             .ignore()
@@ -158,6 +170,7 @@ impl Store {
             resubmits: field(&map, RECORD, "resubmits")?.unwrap_or(0),
             created_at_ms: field(&map, RECORD, "created_at_ms")?.unwrap_or(0),
             listed_for_review: map.contains_key(LISTED_FIELD),
+            trace: map.get(TRACE_FIELD).and_then(|t| t.parse().ok()),
         }))
     }
 
@@ -300,6 +313,24 @@ impl Store {
         c.zrem::<_, _, ()>(self.open_sessions_key(), id.to_string())
             .await?;
         Ok(())
+    }
+
+    /// Closes a session (as [`Store::close_session`]) and drops the trace context kept for
+    /// its wait, when it has one, in the same round trip.
+    pub(crate) async fn finish_session(
+        &self,
+        id: Uuid,
+        session: &SessionRecord,
+    ) -> StoreResult<()> {
+        if session.trace.is_none() {
+            return self.close_session(id).await;
+        }
+        let mut pipe = redis::pipe();
+        pipe.zrem(self.open_sessions_key(), id.to_string())
+            .ignore()
+            .hdel(self.session_key(id), TRACE_FIELD)
+            .ignore();
+        self.run(&pipe).await
     }
 
     /// Open sessions not looked at for `every` (oldest first, at most `limit`); each is

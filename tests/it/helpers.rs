@@ -124,11 +124,23 @@ impl TestRedis {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(10)))
             .set_response_timeout(Some(Duration::from_secs(30)));
-        redis::Client::open(self.url())
-            .expect("redis url")
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .expect("connect to test redis")
+        let client = redis::Client::open(self.url()).expect("redis url");
+        // A restarted server (the chaos suite) may still be loading its AOF on a busy host:
+        // keep trying until a deadline rather than failing on the first refusal.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+            {
+                Ok(c) => return c,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "test redis not accepting connections yet");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("connect to test redis: {e}"),
+            }
+        }
     }
 
     /// Kills the server with SIGKILL (no shutdown save).

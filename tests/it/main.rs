@@ -23,3 +23,4 @@ mod sandbox;
 mod sandbox_schema;
 mod secrets;
 mod subscribers;
+mod traces;

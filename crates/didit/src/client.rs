@@ -4,12 +4,19 @@
 //! timeout, and turns any failure into a classified [`DiditError`]. Paths keep Didit's
 //! trailing slashes: the unslashed forms answer 301, and following that redirect can drop the
 //! `x-api-key` header.
+//!
+//! Each call runs in a `tracing` span that follows OpenTelemetry's HTTP client conventions
+//! (`otel.kind = "client"`, `http.request.method`, `url.template`,
+//! `http.response.status_code`, named `<METHOD> <template>`), so an application that exports
+//! its spans sees every Didit call in its traces. The span names the route template only:
+//! never the URL, whose path holds session ids and whose query may hold a vendor_data.
 
 use std::{fmt, sync::Arc, time::Duration};
 
 use reqwest::{header::HeaderMap, Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{de::DeserializeOwned, Serialize};
+use tracing::Instrument;
 use url::Url;
 use uuid::Uuid;
 
@@ -193,6 +200,51 @@ impl Endpoint {
             Endpoint::TopUp => "top_up",
             Endpoint::Register => "register",
             Endpoint::VerifyEmail => "verify_email",
+        }
+    }
+
+    /// The HTTP method and Didit's route template of this call, e.g. `("GET",
+    /// "/v3/session/{session_id}/decision/")`: what its trace span shows instead of the URL.
+    pub fn route(self) -> (&'static str, &'static str) {
+        match self {
+            Endpoint::CreateSession => ("POST", "/v3/session/"),
+            Endpoint::Decision => ("GET", "/v3/session/{session_id}/decision/"),
+            Endpoint::ListSessions => ("GET", "/v3/sessions/"),
+            Endpoint::UpdateStatus => ("PATCH", "/v3/session/{session_id}/update-status/"),
+            Endpoint::BlocklistAdd => ("POST", "/v3/blocklist/add/"),
+            Endpoint::GeneratePdf => ("GET", "/v3/session/{session_id}/generate-pdf/"),
+            Endpoint::DeleteSession => ("DELETE", "/v3/session/{session_id}/delete/"),
+            Endpoint::CreateWorkflow => ("POST", "/v3/workflows/"),
+            Endpoint::ListWorkflows => ("GET", "/v3/workflows/"),
+            Endpoint::GetWorkflow => ("GET", "/v3/workflows/{workflow_id}/"),
+            Endpoint::CreateWebhookDestination => ("POST", "/v3/webhook/destinations/"),
+            Endpoint::ListWebhookDestinations => ("GET", "/v3/webhook/destinations/"),
+            Endpoint::Balance => ("GET", "/v3/billing/balance/"),
+            Endpoint::TopUp => ("POST", "/v3/billing/top-up/"),
+            Endpoint::Register => ("POST", "programmatic/register/"),
+            Endpoint::VerifyEmail => ("POST", "programmatic/verify-email/"),
+        }
+    }
+
+    /// The name of this call's trace span: `<METHOD> <route template>`.
+    pub fn span_name(self) -> &'static str {
+        match self {
+            Endpoint::CreateSession => "POST /v3/session/",
+            Endpoint::Decision => "GET /v3/session/{session_id}/decision/",
+            Endpoint::ListSessions => "GET /v3/sessions/",
+            Endpoint::UpdateStatus => "PATCH /v3/session/{session_id}/update-status/",
+            Endpoint::BlocklistAdd => "POST /v3/blocklist/add/",
+            Endpoint::GeneratePdf => "GET /v3/session/{session_id}/generate-pdf/",
+            Endpoint::DeleteSession => "DELETE /v3/session/{session_id}/delete/",
+            Endpoint::CreateWorkflow => "POST /v3/workflows/",
+            Endpoint::ListWorkflows => "GET /v3/workflows/",
+            Endpoint::GetWorkflow => "GET /v3/workflows/{workflow_id}/",
+            Endpoint::CreateWebhookDestination => "POST /v3/webhook/destinations/",
+            Endpoint::ListWebhookDestinations => "GET /v3/webhook/destinations/",
+            Endpoint::Balance => "GET /v3/billing/balance/",
+            Endpoint::TopUp => "POST /v3/billing/top-up/",
+            Endpoint::Register => "POST programmatic/register/",
+            Endpoint::VerifyEmail => "POST programmatic/verify-email/",
         }
     }
 
@@ -644,7 +696,39 @@ impl DiditClient {
         timeout: Duration,
     ) -> Result<Vec<u8>, DiditError> {
         let started = std::time::Instant::now();
-        let result = self.exchange(endpoint, method, url, body, timeout).await;
+        let (method_name, template) = endpoint.route();
+        let span = tracing::info_span!(
+            "didit",
+            otel.name = endpoint.span_name(),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = method_name,
+            url.template = template,
+            server.address = url.host_str().unwrap_or_default(),
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        let result = self
+            .exchange(endpoint, method, url, body, timeout)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &result {
+            // OpenTelemetry's error.type: the status code, or what kind of failure it was.
+            let kind = match &e.kind {
+                DiditErrorKind::Status { status, .. } => {
+                    span.record("error.type", tracing::field::display(status));
+                    None
+                }
+                DiditErrorKind::Timeout => Some("timeout"),
+                DiditErrorKind::Connect(_) => Some("connect"),
+                DiditErrorKind::Transport(_) => Some("transport"),
+                DiditErrorKind::Decode(_) => Some("decode"),
+            };
+            if let Some(kind) = kind {
+                span.record("error.type", kind);
+            }
+            span.record("otel.status_code", "error");
+        }
         if let Some(observer) = &self.observer {
             let status = match &result {
                 Ok(_) => Some(200),
@@ -677,6 +761,7 @@ impl DiditClient {
             .await
             .map_err(|e| DiditError::new(endpoint, transport_kind(&e)))?;
         let status = response.status();
+        tracing::Span::current().record("http.response.status_code", status.as_u16());
         let headers = response.headers().clone();
         let bytes = response
             .bytes()

@@ -1,5 +1,6 @@
 //! The `kyc-bench` command line: which benchmark, how big, where the reports go.
 
+use anyhow::Context;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -40,6 +41,10 @@ struct BenchOptions {
     /// The redis-server binary to start
     #[arg(long, default_value = "redis-server")]
     redis_server: String,
+    /// A `kyc-worker` built without tracing code, whose worker CPU per session the tracing
+    /// runs of `lifecycle` are compared with
+    #[arg(long)]
+    baseline_worker: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +88,15 @@ async fn lifecycle(options: &BenchOptions) -> anyhow::Result<()> {
     };
     lifecycle_options.redis_server = options.redis_server.clone();
     lifecycle_options.profile = options.profile;
+    // Absolute: the child processes run in the temp directory.
+    lifecycle_options.baseline_worker = options
+        .baseline_worker
+        .as_ref()
+        .map(|path| {
+            path.canonicalize()
+                .with_context(|| format!("--baseline-worker {}", path.display()))
+        })
+        .transpose()?;
     let measured = lifecycle::run(&lifecycle_options).await?;
     let merged = report::build(&options.out, measured)?;
     report::write(&options.out, &merged)?;

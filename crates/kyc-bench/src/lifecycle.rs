@@ -24,7 +24,11 @@
 //!   jobs in flight (each holding a Didit call open);
 //! - event → subscriber receipt p50/p99 on loopback and Redis commands per delivery (one
 //!   Standard Webhooks subscriber, events added to the outcome stream at a steady pace);
-//! - with `--profile`, a CPU profile of the first lifecycle run ([`super::profile`]).
+//! - with `--profile`, a CPU profile of the first lifecycle run ([`super::profile`]);
+//! - the cost of tracing: one child process's CPU per session with no OTLP endpoint set, and
+//!   with one set to a local sink that takes every export (spans and bytes per session),
+//!   and with `--baseline-worker`, the same run of a build without tracing code, run in
+//!   turns so the host's load drifts over all of them alike.
 //!
 //! Didit's rate limits are lifted in the sandbox and the fleet for these runs (they would cap
 //! every figure at 10 sessions/s); `budget` computes what the default limits allow instead.
@@ -96,6 +100,10 @@ pub struct LifecycleOptions {
     pub idle_sample: Duration,
     pub out_dir: PathBuf,
     pub redis_server: String,
+    /// A `kyc-worker` without tracing code, for the tracing-cost comparison.
+    pub baseline_worker: Option<PathBuf>,
+    /// Turns of the tracing-cost runs (each turn runs every variant once).
+    pub tracing_turns: usize,
 }
 
 impl LifecycleOptions {
@@ -111,6 +119,8 @@ impl LifecycleOptions {
             idle_sample: Duration::from_secs(2),
             out_dir,
             redis_server: "redis-server".into(),
+            baseline_worker: None,
+            tracing_turns: 3,
         }
     }
 
@@ -202,6 +212,26 @@ pub struct LifecycleReport {
     pub subscriber_delivery: SubscriberDelivery,
     pub profile: Option<ProfileSummary>,
     pub cpus: usize,
+    /// What tracing costs a worker (see [`TracingRun`]).
+    #[serde(default)]
+    pub tracing: Vec<TracingRun>,
+}
+
+/// One variant of the tracing-cost runs: one `kyc-worker run` child, webhooks on, Didit
+/// latency 0, the median of its turns.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TracingRun {
+    /// `no tracing code` (the baseline build), `tracing off` (no endpoint) or `tracing on`.
+    pub variant: String,
+    pub sessions: usize,
+    pub turns: usize,
+    /// The child's CPU milliseconds per session (median of the turns).
+    pub worker_cpu_ms_per_session: f64,
+    /// Every turn's figure, in order.
+    pub worker_cpu_ms_per_turn: Vec<f64>,
+    /// OTLP export requests and protobuf bytes the sink received, per session.
+    pub exports_per_session: f64,
+    pub export_bytes_per_session: f64,
 }
 
 /// Webhook accepted → `kyc.session.decided` published, on a fleet with nothing else to do.
@@ -228,6 +258,18 @@ pub struct SubscriberDelivery {
     /// less the fleet's idle traffic and the events' own XADDs.
     pub redis_commands_per_delivery: f64,
     pub redis_commands_by_name: BTreeMap<String, f64>,
+}
+
+/// What a run changes about the fleet's processes beyond its [`Shape`].
+#[derive(Debug, Clone, Default)]
+struct Variant {
+    /// Settings on top of the run's.
+    env: Vec<(String, String)>,
+    /// Another `kyc-worker` build for the child processes.
+    binary: Option<PathBuf>,
+    /// How long the fleet keeps running after the figures are taken (a span export lingers
+    /// up to a second before it is sent).
+    linger: Duration,
 }
 
 /// One scenario of a run.
@@ -335,6 +377,14 @@ fn settings_for(env: &[(String, String)]) -> anyhow::Result<Settings> {
 
 impl Fleet {
     async fn start(redis_url: &str, shape: Shape) -> anyhow::Result<Self> {
+        Self::start_variant(redis_url, shape, &Variant::default()).await
+    }
+
+    async fn start_variant(
+        redis_url: &str,
+        shape: Shape,
+        variant: &Variant,
+    ) -> anyhow::Result<Self> {
         let ports = (0..shape.processes)
             .map(|_| free_port())
             .collect::<anyhow::Result<Vec<u16>>>()?;
@@ -355,9 +405,13 @@ impl Fleet {
         let workers = if shape.children {
             let mut children = Vec::new();
             for port in ports {
-                let env = fleet_env(redis_url, &sandbox, port, shape);
+                let mut env = fleet_env(redis_url, &sandbox, port, shape);
+                env.extend(variant.env.iter().cloned());
                 settings.get_or_insert(settings_for(&env)?);
-                children.push(WorkerProcess::spawn(&env, port)?);
+                children.push(match &variant.binary {
+                    Some(binary) => WorkerProcess::spawn_binary(binary, &env, port)?,
+                    None => WorkerProcess::spawn(&env, port)?,
+                });
             }
             for child in &mut children {
                 child.ready().await?;
@@ -566,9 +620,20 @@ async fn run_one(
     sessions: usize,
     idle_sample: Duration,
 ) -> anyhow::Result<LifecycleRun> {
+    run_variant(redis, shape, &Variant::default(), sessions, idle_sample).await
+}
+
+/// [`run_one`] of a [`Variant`].
+async fn run_variant(
+    redis: &BenchRedis,
+    shape: Shape,
+    variant: &Variant,
+    sessions: usize,
+    idle_sample: Duration,
+) -> anyhow::Result<LifecycleRun> {
     let mut admin = kyc_worker::queue::connect(redis.url()).await?;
     flush(&mut admin).await?;
-    let fleet = Fleet::start(redis.url(), shape).await?;
+    let fleet = Fleet::start_variant(redis.url(), shape, variant).await?;
     let producer = Producer::connect(&fleet.settings).await?;
     let stream = format!("{}:events", fleet.settings.redis.prefix);
 
@@ -626,6 +691,7 @@ async fn run_one(
     }
     let commands = by_command.values().sum::<u64>() as f64;
     let calls_after = fleet.didit_calls().await?;
+    tokio::time::sleep(variant.linger).await;
     fleet.stop().await;
 
     let n = sessions as f64;
@@ -1102,7 +1168,9 @@ pub async fn run(options: &LifecycleOptions) -> anyhow::Result<LifecycleReport> 
     let webhook_latency = webhook_latency(&redis, options.latency_sessions).await?;
     let subscriber_delivery =
         subscriber_delivery(&redis, options.delivery_events, options.idle_sample).await?;
+    let tracing = tracing_cost(&redis, options).await?;
     Ok(LifecycleReport {
+        tracing,
         runs,
         scaling,
         waiting_sessions: options.waiting_sessions,
@@ -1115,4 +1183,123 @@ pub async fn run(options: &LifecycleOptions) -> anyhow::Result<LifecycleReport> 
             .map(|n| n.get())
             .unwrap_or(1),
     })
+}
+
+/// An OTLP/HTTP receiver that takes every export and counts requests and bytes.
+struct TraceSink {
+    port: u16,
+    received: Arc<std::sync::Mutex<(u64, u64)>>,
+    task: JoinHandle<()>,
+}
+
+impl TraceSink {
+    async fn start() -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let received = Arc::new(std::sync::Mutex::new((0u64, 0u64)));
+        let tally = received.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let tally = tally.clone();
+                async move {
+                    let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
+                    t.0 += 1;
+                    t.1 += body.len() as u64;
+                    // An empty ExportTraceServiceResponse is zero bytes of protobuf.
+                    [(axum::http::header::CONTENT_TYPE, "application/x-protobuf")]
+                }
+            }),
+        );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            port,
+            received,
+            task,
+        })
+    }
+
+    /// (requests, bytes) so far.
+    fn received(&self) -> (u64, u64) {
+        *self.received.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for TraceSink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// What tracing costs one worker process: each variant once per turn, in turns.
+async fn tracing_cost(
+    redis: &BenchRedis,
+    options: &LifecycleOptions,
+) -> anyhow::Result<Vec<TracingRun>> {
+    let sink = TraceSink::start().await?;
+    let shape = Shape {
+        children: true,
+        ..Shape::in_process(true, Duration::ZERO, COMPLETE_AFTER)
+    };
+    let mut variants: Vec<(&str, Variant)> = Vec::new();
+    if let Some(binary) = &options.baseline_worker {
+        variants.push((
+            "no tracing code",
+            Variant {
+                binary: Some(binary.clone()),
+                ..Variant::default()
+            },
+        ));
+    }
+    variants.push(("tracing off", Variant::default()));
+    variants.push((
+        "tracing on",
+        Variant {
+            env: vec![(
+                "KYC__TELEMETRY__OTLP_ENDPOINT".to_owned(),
+                format!("http://127.0.0.1:{}", sink.port),
+            )],
+            linger: Duration::from_secs(2),
+            ..Variant::default()
+        },
+    ));
+    let mut per_turn: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let mut exported = vec![(0u64, 0u64); variants.len()];
+    let sessions = options.sessions;
+    for _ in 0..options.tracing_turns.max(1) {
+        for (i, (_, variant)) in variants.iter().enumerate() {
+            let before = sink.received();
+            let run = run_variant(redis, shape, variant, sessions, options.idle_sample).await?;
+            // Every span has been exported by now: the run lingered past the export delay.
+            let after = sink.received();
+            exported[i].0 += after.0 - before.0;
+            exported[i].1 += after.1 - before.1;
+            let cores = run.worker_cores.unwrap_or(0.0);
+            per_turn[i].push(cores * run.seconds * 1000.0 / sessions as f64);
+        }
+    }
+    let turns = options.tracing_turns.max(1);
+    let n = (sessions * turns) as f64;
+    Ok(variants
+        .iter()
+        .zip(per_turn)
+        .zip(exported)
+        .map(|(((name, _), cpu), (requests, bytes))| TracingRun {
+            variant: (*name).to_owned(),
+            sessions,
+            turns,
+            worker_cpu_ms_per_session: median(&cpu),
+            worker_cpu_ms_per_turn: cpu,
+            exports_per_session: requests as f64 / n,
+            export_bytes_per_session: bytes as f64 / n,
+        })
+        .collect())
 }

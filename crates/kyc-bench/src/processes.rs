@@ -39,8 +39,16 @@ impl WorkerProcess {
     /// are removed, and it runs in the temp directory so no `config/{KYC_ENV}.toml` overlay is
     /// picked up. Its errors go to the bench's stderr.
     pub fn spawn(env: &[(String, String)], port: u16) -> anyhow::Result<Self> {
-        let exe = worker_binary()?;
-        let mut command = Command::new(&exe);
+        Self::spawn_binary(&worker_binary()?, env, port)
+    }
+
+    /// [`WorkerProcess::spawn`] of another build of `kyc-worker` (e.g. one to compare with).
+    pub fn spawn_binary(
+        exe: &std::path::Path,
+        env: &[(String, String)],
+        port: u16,
+    ) -> anyhow::Result<Self> {
+        let mut command = Command::new(exe);
         command
             .arg("run")
             .current_dir(std::env::temp_dir())

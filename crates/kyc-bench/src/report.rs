@@ -391,6 +391,42 @@ fn worker_memory_markdown(w: &WorkerMemory) -> String {
     )
 }
 
+/// The tracing-cost runs: worker CPU per session by variant, relative to the first.
+fn tracing_markdown(runs: &[crate::lifecycle::TracingRun]) -> String {
+    let Some(first) = runs.first() else {
+        return String::new();
+    };
+    let mut md = format!(
+        "What tracing costs a worker (one `kyc-worker run` child, webhooks on, Didit latency 0, \
+         {} sessions per run, {} turns of every variant, medians; the sink takes every OTLP \
+         export on loopback):\n\n\
+         | variant | worker CPU ms per session | vs {} | per turn | OTLP exports per session | exported bytes per session |\n\
+         |---|---:|---:|---|---:|---:|\n",
+        first.sessions, first.turns, first.variant
+    );
+    for run in runs {
+        let turns: Vec<String> = run
+            .worker_cpu_ms_per_turn
+            .iter()
+            .map(|ms| format!("{ms:.2}"))
+            .collect();
+        md.push_str(&format!(
+            "| {} | {:.2} | {:+.1} % | {} | {:.3} | {:.0} |\n",
+            run.variant,
+            run.worker_cpu_ms_per_session,
+            (run.worker_cpu_ms_per_session
+                / first.worker_cpu_ms_per_session.max(f64::MIN_POSITIVE)
+                - 1.0)
+                * 100.0,
+            turns.join(", "),
+            run.exports_per_session,
+            run.export_bytes_per_session,
+        ));
+    }
+    md.push('\n');
+    md
+}
+
 fn profile_markdown(p: &ProfileSummary) -> String {
     let mut md = format!(
         "CPU profile (`--profile`: pprof-rs in the bench process at {hz} Hz, run: {run}; \
@@ -556,6 +592,7 @@ pub fn markdown(r: &Report) -> String {
         top.join(", "),
     ));
     md.push_str(&worker_memory_markdown(&l.worker_memory));
+    md.push_str(&tracing_markdown(&l.tracing));
     if let Some(profile) = &l.profile {
         md.push_str(&profile_markdown(profile));
     }
