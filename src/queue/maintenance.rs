@@ -8,7 +8,9 @@ use redis::{aio::ConnectionManager, AsyncCommands};
 use tokio::task::JoinHandle;
 
 use super::{
-    backend::{bury, ensure_group, requeue, stream_field, Backoff, Burial},
+    backend::{requeue, Backoff},
+    fetch::{ensure_group, stream_field},
+    finish::{bury, Burial},
     keys::{QueueKeys, GROUP},
     scripts, Queue,
 };

@@ -25,18 +25,22 @@
 
 mod backend;
 mod envelope;
+mod fetch;
+mod finish;
 pub mod keys;
 mod maintenance;
+mod retry;
 mod scripts;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{aio::ConnectionManager, AsyncCommands};
 
-pub use backend::{Completion, Delivery, JobError, RedisBackend};
+pub use backend::{Delivery, RedisBackend};
 pub use envelope::{DecodeError, Envelope, Job};
 pub use keys::QueueKeys;
 pub use maintenance::Maintenance;
+pub use retry::{Completion, JobError, RetryPolicy, Verdict};
 
 use crate::settings::QueueSettings;
 
@@ -299,7 +303,7 @@ impl Queue {
                 .ids
                 .iter()
                 .filter(|e| !in_flight.contains(&e.id))
-                .filter(|e| backend::stream_field(e, "j").is_some_and(|j| matches(&j)))
+                .filter(|e| fetch::stream_field(e, "j").is_some_and(|j| matches(&j)))
                 .map(|e| e.id.clone())
                 .collect();
             if !ids.is_empty() {
@@ -486,13 +490,13 @@ async fn group_position(
 
 /// When a ready entry became due: its `t` field (set on promotion), else its id's time.
 fn due_ms(entry: &redis::streams::StreamId) -> u64 {
-    backend::stream_field(entry, "t")
+    fetch::stream_field(entry, "t")
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(|| entry_ms(&entry.id))
 }
 
 fn dead_job(entry: redis::streams::StreamId) -> DeadJob {
-    let text = |field: &str| backend::stream_field(&entry, field).unwrap_or_default();
+    let text = |field: &str| fetch::stream_field(&entry, field).unwrap_or_default();
     DeadJob {
         job_id: text("id"),
         reason: text("reason"),
