@@ -210,9 +210,11 @@ async fn serve(
 /// How long a process's heartbeat outlives its last refresh (three sampler ticks).
 const HEARTBEAT_TTL: Duration = Duration::from_secs(15);
 
-/// Samples what cannot be counted as it happens: queue depths and lag, the account pause,
-/// the outcome stream's consumer lag and this process's heartbeat (every 5 s, a handful of
-/// cheap reads), the console's throughput (every minute) and the Didit balance (every 5 min).
+/// Samples what this process owns: its heartbeat (every 5 s), the console's throughput
+/// (every minute) and the Didit balance (every 5 min). Gauges read from the shared Redis
+/// (queue depths and lag, the account pause, the outcome stream's consumer lag) are read
+/// when `/metrics` is scraped instead (see [`refresh_shared_gauges`]): an idle process that
+/// nobody scrapes sends only its heartbeat.
 async fn sample(pipeline: Pipeline, throughput: Arc<Throughput>, process: uuid::Uuid) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut ticks: u64 = 0;
@@ -225,40 +227,6 @@ async fn sample(pipeline: Pipeline, throughput: Arc<Throughput>, process: uuid::
         if ticks % 12 == 0 {
             throughput.sample(m, &QUEUES);
         }
-        for queue in QUEUES {
-            if let Ok(stats) = pipeline.queue.stats(queue).await {
-                m.queue_depth
-                    .with_label_values(&[queue, "ready"])
-                    .set(stats.ready as f64);
-                m.queue_depth
-                    .with_label_values(&[queue, "in_flight"])
-                    .set(stats.in_flight as f64);
-                m.queue_depth
-                    .with_label_values(&[queue, "scheduled"])
-                    .set(stats.scheduled as f64);
-                m.queue_depth
-                    .with_label_values(&[queue, "dead"])
-                    .set(stats.dead as f64);
-                m.queue_lag
-                    .with_label_values(&[queue])
-                    .set(stats.lag_ms as f64 / 1000.0);
-            }
-        }
-        if let Ok(pause) = pipeline.store.pause().await {
-            for reason in AccountPause::ALL {
-                let on = pause == Some(reason);
-                m.didit_paused
-                    .with_label_values(&[reason.as_str()])
-                    .set(if on { 1.0 } else { 0.0 });
-            }
-        }
-        if let Ok(groups) = pipeline.store.event_consumer_lag().await {
-            for (group, lag) in groups {
-                m.events_consumer_lag
-                    .with_label_values(&[&group])
-                    .set(lag as f64);
-            }
-        }
         if ticks % 60 == 0 {
             if let Ok(balance) = pipeline.didit.balance().await {
                 if let Ok(value) = balance.balance.trim().parse::<f64>() {
@@ -267,6 +235,51 @@ async fn sample(pipeline: Pipeline, throughput: Arc<Throughput>, process: uuid::
             }
         }
         ticks += 1;
+    }
+}
+
+/// Shortest time between two reads of the shared gauges, however often `/metrics` is scraped.
+const SHARED_GAUGES_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// Reads the gauges every process sees alike from Redis — queue depths and lag, the account
+/// pause, the outcome stream's consumer lag — at most once per [`SHARED_GAUGES_MAX_AGE`].
+pub async fn refresh_shared_gauges(queue: &Queue, store: &Store, m: &Metrics) {
+    if !m.shared_gauges_due(SHARED_GAUGES_MAX_AGE) {
+        return;
+    }
+    for name in QUEUES {
+        if let Ok(stats) = queue.stats(name).await {
+            m.queue_depth
+                .with_label_values(&[name, "ready"])
+                .set(stats.ready as f64);
+            m.queue_depth
+                .with_label_values(&[name, "in_flight"])
+                .set(stats.in_flight as f64);
+            m.queue_depth
+                .with_label_values(&[name, "scheduled"])
+                .set(stats.scheduled as f64);
+            m.queue_depth
+                .with_label_values(&[name, "dead"])
+                .set(stats.dead as f64);
+            m.queue_lag
+                .with_label_values(&[name])
+                .set(stats.lag_ms as f64 / 1000.0);
+        }
+    }
+    if let Ok(pause) = store.pause().await {
+        for reason in AccountPause::ALL {
+            let on = pause == Some(reason);
+            m.didit_paused
+                .with_label_values(&[reason.as_str()])
+                .set(if on { 1.0 } else { 0.0 });
+        }
+    }
+    if let Ok(groups) = store.event_consumer_lag().await {
+        for (group, lag) in groups {
+            m.events_consumer_lag
+                .with_label_values(&[&group])
+                .set(lag as f64);
+        }
     }
 }
 

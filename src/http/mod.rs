@@ -64,6 +64,7 @@ pub fn internal_router(state: AppState) -> Router {
 async fn metrics(
     State(state): State<AppState>,
 ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    crate::startup::refresh_shared_gauges(&state.queue, &state.store, &state.metrics).await;
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -119,6 +119,7 @@ pub async fn run_workers(
         pipeline.settings.redis.prefix.clone(),
         format!("{consumer}-intake"),
         pipeline.settings.queue.reclaim_after,
+        pipeline.settings.queue.fetch_block,
     ));
     let start_pipeline = pipeline.clone();
     let start_consumer = format!("{consumer}-start");

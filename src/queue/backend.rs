@@ -14,7 +14,7 @@ use std::{
     collections::HashSet,
     marker::PhantomData,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering},
         Arc, Mutex,
     },
     task::{Context, Poll},
@@ -85,6 +85,13 @@ pub(super) struct Shared {
     /// Entry ids this consumer holds (fetched, running or waiting to start).
     held: Mutex<HashSet<String>>,
     pub(super) closing: AtomicBool,
+    /// The fetcher's connection id on the server (0 when unknown), so closing can end its
+    /// blocked read with `CLIENT UNBLOCK` instead of waiting up to `queue.fetch_block`.
+    pub(super) reader_id: AtomicI64,
+    /// Heartbeats that must still look for deliveries we never received: set after a failed
+    /// read (its reply may have carried jobs); two checks, because a lost delivery becomes
+    /// visible to the check only once it has been idle for a heartbeat period.
+    unreceived_checks: AtomicU8,
 }
 
 impl Shared {
@@ -106,6 +113,17 @@ impl Shared {
     }
     pub(super) fn snapshot(&self) -> Vec<String> {
         self.held().iter().cloned().collect()
+    }
+    pub(super) fn suspect_unreceived(&self) {
+        self.unreceived_checks.store(2, Ordering::SeqCst);
+    }
+    pub(super) fn unreceived_check_due(&self) -> bool {
+        self.unreceived_checks.load(Ordering::SeqCst) > 0
+    }
+    pub(super) fn unreceived_checked(&self) {
+        let _ = self
+            .unreceived_checks
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
     }
 }
 
@@ -151,6 +169,10 @@ impl<A: Job> RedisBackend<A> {
             shared: Arc::new(Shared {
                 held: Mutex::new(HashSet::new()),
                 closing: AtomicBool::new(false),
+                reader_id: AtomicI64::new(0),
+                // A new consumer name has nothing pending, but a restarted worker reuses
+                // its name: look once.
+                unreceived_checks: AtomicU8::new(1),
             }),
             rx: None,
             tasks: Vec::new(),
@@ -200,8 +222,24 @@ impl<A: Job> RedisBackend<A> {
         let shared = self.shared.clone();
         async move {
             let mut tasks = tasks.into_iter();
-            if let Some(fetcher) = tasks.next() {
-                let _ = fetcher.await;
+            if let Some(mut fetcher) = tasks.next() {
+                // End its blocked read now; again until it stops, in case the read had not
+                // started yet when we asked.
+                let mut conn = queue.connection();
+                loop {
+                    let id = shared.reader_id.load(Ordering::SeqCst);
+                    if id > 0 {
+                        let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
+                            .arg("UNBLOCK")
+                            .arg(id)
+                            .query_async(&mut conn)
+                            .await;
+                    }
+                    match tokio::time::timeout(Duration::from_millis(200), &mut fetcher).await {
+                        Ok(_) => break,
+                        Err(_) => continue,
+                    }
+                }
             }
             for task in tasks {
                 task.abort();

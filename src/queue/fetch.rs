@@ -55,6 +55,12 @@ impl<A: Job> Fetcher<A> {
                     }
                 },
             };
+            if self.shared.reader_id.load(Ordering::SeqCst) == 0 {
+                // Who we are on the server, so closing can end a blocked read at once.
+                if let Ok(id) = redis::cmd("CLIENT").arg("ID").query_async::<i64>(c).await {
+                    self.shared.reader_id.store(id, Ordering::SeqCst);
+                }
+            }
             let options = redis::streams::StreamReadOptions::default()
                 .group(GROUP, &self.consumer)
                 .count(count)
@@ -78,6 +84,10 @@ impl<A: Job> Fetcher<A> {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, queue = A::QUEUE, "reading jobs failed; retrying");
+                    // The reply may have been lost with jobs in it, and the connection may
+                    // be a new one: check for unreceived deliveries, learn our id again.
+                    self.shared.suspect_unreceived();
+                    self.shared.reader_id.store(0, Ordering::SeqCst);
                     backoff.wait().await;
                 }
             }
@@ -153,7 +163,8 @@ pub(super) async fn ensure_group(
 }
 
 /// Keeps this consumer's entries fresh, forgets the ones another consumer took, and gives
-/// back entries pending for us that we never received.
+/// back entries pending for us that we never received. Idle (nothing held, no failed read)
+/// it sends nothing.
 pub(super) async fn heartbeat(
     queue: Queue,
     keys: QueueKeys,
@@ -184,8 +195,11 @@ pub(super) async fn heartbeat(
                 }
             }
         }
-        if let Err(e) = recover_unreceived(&mut conn, &keys, &consumer, &shared, every).await {
-            tracing::debug!(error = %e, "checking for unreceived deliveries failed");
+        if shared.unreceived_check_due() {
+            match recover_unreceived(&mut conn, &keys, &consumer, &shared, every).await {
+                Ok(()) => shared.unreceived_checked(),
+                Err(e) => tracing::debug!(error = %e, "checking for unreceived deliveries failed"),
+            }
         }
     }
 }

@@ -207,6 +207,7 @@ impl<A: Job> Finisher<A> {
                     .arg(&delivery.entry_id)
                     .arg(GROUP)
                     .arg(&self.consumer)
+                    .arg(&self.keys.wake)
                     .invoke_async(&mut conn)
                     .await?;
                 if applied == 0 {

@@ -29,6 +29,7 @@ mod fetch;
 mod finish;
 pub mod keys;
 mod maintenance;
+mod promote;
 mod retry;
 mod scripts;
 
@@ -134,6 +135,12 @@ impl Queue {
 
     pub(crate) fn redis_url(&self) -> &str {
         secrecy::ExposeSecret::expose_secret(&self.url)
+    }
+
+    /// A key of the queue machinery shared by every queue (`<prefix>:<name>`; outside
+    /// `<prefix>:queue:` so it is never taken for a queue).
+    pub(crate) fn fleet_key(&self, name: &str) -> String {
+        format!("{}:{name}", self.prefix)
     }
 
     pub fn keys(&self, queue: &str) -> QueueKeys {
@@ -250,7 +257,8 @@ impl Queue {
                     .arg(id)
                     .arg(due)
                     .arg(envelope.encode())
-                    .arg(u8::from(earlier_only)),
+                    .arg(u8::from(earlier_only))
+                    .arg(&keys.wake),
             )
             .ignore();
         }
