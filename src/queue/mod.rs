@@ -11,8 +11,10 @@
 //! - `ready`: a Stream read through one consumer group. Each process is a uniquely named
 //!   consumer; `XREADGROUP` blocks on a connection of its own, so an idle worker picks a job
 //!   up the moment it is added. A finished job is `XACK`ed and `XDEL`eted, so memory stays flat.
-//! - `delayed` + `payloads`: a sorted set of due times and a hash of envelopes. Any process
-//!   promotes due jobs in bounded chunks with one script ([`scripts::PROMOTE`]); a job id is
+//! - `delayed` + `payloads`: a sorted set of due times and a hash of envelopes. Every process
+//!   sleeps until the earliest due time and is woken on the queue's `wake` channel when an
+//!   earlier job is scheduled ([`promote`]); it promotes due jobs in bounded chunks with one
+//!   script ([`scripts::PROMOTE`]); a job id is
 //!   one slot, so scheduling the same id again moves it instead of adding a second copy.
 //! - `dead`: a Stream of jobs that cannot run, each with its reason.
 //!

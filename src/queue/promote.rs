@@ -178,10 +178,19 @@ pub(super) async fn run(queue: Queue, queues: Vec<&'static str>) {
                     }
                 }
                 _ = ping.tick() => {
-                    let pong = tokio::time::timeout(ping_every, sink.ping::<String>()).await;
-                    if !matches!(pong, Ok(Ok(_))) {
-                        tracing::warn!("wake-up subscription lost; subscribing again");
-                        break;
+                    // In subscribed mode the reply is an array (`pong`, ""), so it is taken
+                    // as a plain value: any reply in time proves the subscription alive.
+                    let pong = tokio::time::timeout(ping_every, sink.ping::<redis::Value>()).await;
+                    match pong {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "wake-up subscription lost; subscribing again");
+                            break;
+                        }
+                        Err(_) => {
+                            tracing::warn!("wake-up subscription silent; subscribing again");
+                            break;
+                        }
                     }
                 }
             }

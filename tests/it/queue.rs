@@ -1240,3 +1240,67 @@ async fn a_killed_promoters_jobs_are_still_promoted() {
     assert_eq!(scheduled, 0);
     worker.stop().await;
 }
+
+/// Calls per command on the test's Redis since the last `CONFIG RESETSTAT`.
+async fn command_calls(redis: &TestRedis) -> std::collections::HashMap<String, u64> {
+    let mut c = redis.connection().await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .expect("info");
+    info.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_idle_worker_and_promoter_send_only_their_liveness_traffic() {
+    let redis = TestRedis::start().await;
+    let worker = TestWorker::start(&redis, fast(), "w1", 4).await;
+    promoters_listening(&redis, 1).await;
+    let mut c = redis.connection().await;
+    // Scheduled an hour ahead: the promoter has a timer, and must not poll for it.
+    producer(&redis, fast())
+        .await
+        .push_at(
+            "later",
+            &TestJob {
+                n: 1,
+                action: Action::Ok,
+            },
+            SystemTime::now() + Duration::from_secs(3600),
+        )
+        .await
+        .expect("push_at");
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async::<()>(&mut c)
+        .await
+        .expect("resetstat");
+
+    // A measuring window, not a synchronisation: what an idle process sends in 2 s.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls = command_calls(&redis).await;
+    let total: u64 = calls
+        .iter()
+        .filter(|(name, _)| !name.starts_with("info") && !name.starts_with("config"))
+        .map(|(_, n)| n)
+        .sum();
+    // With the test's short periods: a ping per 250 ms, a read per 500 ms, a reclaim turn
+    // per second (a handful of commands), nothing for the scheduled job.
+    assert!(
+        calls.get("evalsha").copied().unwrap_or(0) <= 2,
+        "the promoter polls: {calls:?}"
+    );
+    assert!(total <= 40, "{total} commands in 2 s while idle: {calls:?}");
+    worker.stop().await;
+}
