@@ -20,10 +20,11 @@ demo: deps
 
 ## test: lint, every test suite (unit and integration, real redis-server + sandbox), and the
 ## static and live checks of deploy/
-test: deps lint test-rust bench-smoke check-deploy
+test: deps lint doc deny check-docs test-rust bench-smoke check-deploy
 
 test-rust:
 	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
 
 ## bench: every benchmark: the queue, then the fleet end to end (in-process and as 1/2/4
 ## `kyc-worker run` child processes), merged with the targets into target/bench/report.json
@@ -56,6 +57,24 @@ console-screenshots: deps
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+.PHONY: deny check-docs
+
+## deny: licenses, duplicate crates and sources of every dependency against deny.toml
+## (advisories are not checked: that needs the network)
+deny: deps
+	$(CARGO) deny check bans licenses sources
+
+## check-docs: every Markdown table renders on GitHub, every link stays in the repository and
+## resolves, README.md is at most 200 lines (scripts/check-markdown.py)
+check-docs:
+	python3 scripts/check-markdown.py
+
+## doc: the API documentation of every crate, with any rustdoc warning (a broken link, an
+## undocumented public item of the SDK) an error
+.PHONY: doc
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace
 
 fmt:
 	$(CARGO) fmt --all

@@ -2,12 +2,11 @@
 //!
 //! Starts a private redis-server on a free port, `kyc-worker sandbox` with its webhooks
 //! pointed at the worker, and `kyc-worker run`; enqueues 20 verifications across the sandbox's
-//! scenarios; shows a live progress line, then a table of outcomes; stops what it started.
+//! scenarios; shows a live progress bar (on a terminal), then a table of outcomes; stops what it started.
 //! Run with `cargo run --release --example demo` after `cargo build --release`.
 
 use std::{
     collections::HashMap,
-    io::Write,
     net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -168,6 +167,11 @@ async fn main() -> anyhow::Result<()> {
     let client = redis::Client::open(redis_url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let deadline = Instant::now() + Duration::from_secs(90);
+    // Drawn on stderr, and only when it is a terminal.
+    let progress = indicatif::ProgressBar::new(requests.len() as u64);
+    progress.set_style(indicatif::ProgressStyle::with_template(
+        "{msg}, decided {bar:20} {pos:>2}/{len}  {per_sec}  ETA {eta}  {elapsed}",
+    )?);
     let outcomes = loop {
         let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
             .arg("kyc:events")
@@ -198,18 +202,14 @@ async fn main() -> anyhow::Result<()> {
                 _ => {}
             }
         }
-        print!(
-            "\rsessions created {created:>2}/20, decided {:>2}/20, {:>4.1} s ",
-            outcomes.len(),
-            started.elapsed().as_secs_f64()
-        );
-        std::io::stdout().flush()?;
+        progress.set_message(format!("sessions created {created:>2}/20"));
+        progress.set_position(outcomes.len() as u64);
         if outcomes.len() >= requests.len() {
-            println!();
+            progress.finish();
             break outcomes;
         }
         if Instant::now() > deadline {
-            println!();
+            progress.abandon();
             bail!("not every verification finished within 90 s");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Static checks of the deployment files (nothing here needs Docker, Kubernetes or Grafana):
-#   - promtool parses the alert rules, the Prometheus config and every dashboard query;
+#   - promtool parses the alert rules, the Prometheus config and every dashboard query, and
+#     runs the alerts' unit tests (deploy/prometheus/alerts.test.yml);
 #   - every metric the alerts, the PrometheusRule, the KEDA scaler and the dashboard use is
 #     exported by a real /metrics scrape of `kyc-worker run` after a short demo run;
 #   - the PrometheusRule carries exactly the rules of alerts.yml;
@@ -94,6 +95,8 @@ check "promtool check rules deploy/prometheus/alerts.yml" \
   promtool check rules deploy/prometheus/alerts.yml
 check "promtool check config deploy/prometheus/prometheus.yml" \
   promtool check config deploy/prometheus/prometheus.yml
+check "promtool test rules deploy/prometheus/alerts.test.yml" \
+  promtool test rules deploy/prometheus/alerts.test.yml
 
 # The PrometheusRule's rules, parsed by promtool too (they should equal alerts.yml anyway).
 prometheusrule_groups() {

@@ -40,6 +40,7 @@ CORE_METRICS = [
     "kyc_sessions_created_total", "kyc_decisions_total", "kyc_rule_matches_total",
     "kyc_time_to_decision_seconds", "kyc_decision_fetches_per_session",
     "kyc_events_published_total", "kyc_events_consumer_lag", "kyc_worker_up",
+    "kyc_webhook_last_received_timestamp_seconds",
     "process_cpu_seconds_total", "process_resident_memory_bytes", "process_start_time_seconds",
 ]
 

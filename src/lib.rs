@@ -11,35 +11,38 @@
 //! # Wiring every layer shares
 //! - [`settings`]: layered, validated settings (`config/default.toml`,
 //!   `config/{KYC_ENV}.toml`, `KYC__SECTION__KEY`).
-//! - [`telemetry`]: the tracing subscriber.
-//! - [`metrics`]: the Prometheus registry behind `/metrics`.
+//! - `telemetry`: the tracing subscriber.
+//! - `metrics`: the Prometheus registry behind `/metrics`.
 //!
 //! # Adapters: the only code that knows Redis
 //! - [`queue`]: durable jobs in Redis under apalis workers.
 //! - [`store`]: what the fleet remembers about requests and sessions.
-//! - [`ratelimit`]: the fleet-wide Didit budget.
+//! - `ratelimit`: the fleet-wide Didit budget.
 //!
 //! # Application: the pipeline
-//! - [`jobs`]: start, poll, decide, operator actions, erasure, the intake bridge, the sweep.
-//! - [`producer`]: how Rust services ask for a verification.
+//! - [`jobs`]: start, poll, decide, operator actions, erasure, the sweep.
+//! - [`producer`]: how services ask for a verification: from Rust, or through the intake
+//!   stream from any language.
 //!
 //! # Surfaces
-//! - [`http`]: webhooks in, verification requests in, status and health out.
-//! - [`console`]: the operator console under `/console/`.
+//! - `state`: what the HTTP handlers and the console share.
+//! - `http`: webhooks in, verification requests in, status and health out.
+//! - `console`: the operator console under `/console/`.
 //! - [`startup`]: `kyc-worker run`: connections, HTTP servers and workers, and shutdown.
 //! - [`cli`]: the `kyc-worker` command line.
 
 pub mod cli;
-pub mod console;
+pub(crate) mod console;
 pub mod domain;
-pub mod http;
+pub(crate) mod http;
 pub mod jobs;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod producer;
 pub mod queue;
-pub mod ratelimit;
+pub(crate) mod ratelimit;
 pub mod rules;
 pub mod settings;
 pub mod startup;
+pub(crate) mod state;
 pub mod store;
-pub mod telemetry;
+pub(crate) mod telemetry;

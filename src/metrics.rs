@@ -13,12 +13,12 @@ use prometheus::{
     IntGauge, Opts, Registry, TextEncoder,
 };
 
-use crate::domain::{AccountPause, EventType, SessionStatus};
+use crate::domain::{AccountPause, EventType, Refusal, SessionStatus};
 
 /// Outcomes of one job delivery (`kyc_jobs_total{outcome}`).
 pub const JOB_OUTCOMES: [&str; 5] = ["done", "run_again", "retried", "waited", "dead"];
 /// Results of one webhook delivery (`kyc_webhooks_total{result}`).
-pub const WEBHOOK_RESULTS: [&str; 8] = [
+pub const WEBHOOK_RESULTS: [&str; 9] = [
     "accepted",
     "bad_signature",
     "stale",
@@ -26,7 +26,18 @@ pub const WEBHOOK_RESULTS: [&str; 8] = [
     "malformed",
     "too_large",
     "unknown_session",
+    "adoption_refused",
     "error",
+];
+/// Why a console login failed (`kyc_console_login_failures_total{reason}`).
+pub const LOGIN_FAILURES: [&str; 3] = ["wrong_token", "bad_operator", "throttled"];
+/// Why a start request was refused (`kyc_intake_rejected_total{reason}`), besides the
+/// field refusals of [`Refusal`].
+const INTAKE_REJECTIONS: [&str; 4] = [
+    "malformed",
+    "backpressure",
+    "idempotency_mismatch",
+    "content_type",
 ];
 const QUEUE_STATES: [&str; 4] = ["ready", "scheduled", "in_flight", "dead"];
 const STATUS_CLASSES: [&str; 5] = ["2xx", "4xx", "5xx", "429", "error"];
@@ -34,13 +45,13 @@ const DECIDERS: [&str; 4] = ["didit", "rule", "operator", "kyc-worker"];
 /// What an operator did in the console (`kyc_console_actions_total{action}`).
 pub const CONSOLE_ACTIONS: [&str; 8] = [
     "login",
-    "login_refused",
     "approve",
     "decline",
     "resubmit",
     "replay",
     "replay_all",
     "purge",
+    "delete",
 ];
 
 /// Every metric the fleet exports.
@@ -67,7 +78,13 @@ pub struct Metrics {
     pub decision_fetches: Histogram,
     pub events_published: IntCounterVec,
     pub events_consumer_lag: GaugeVec,
+    pub webhook_last_received: Gauge,
+    pub webhooks_expected: IntGauge,
     pub console_actions: IntCounterVec,
+    pub console_login_failures: IntCounterVec,
+    /// 0 when Redis is seen to evict keys under memory pressure (`maxmemory-policy` is not
+    /// `noeviction`): jobs and records could vanish. 1 otherwise, until a reading says so.
+    pub redis_eviction_policy_ok: IntGauge,
     pub up: IntGauge,
 }
 
@@ -251,11 +268,40 @@ impl Metrics {
                 "Events not yet read by each consumer group of the outcome stream.",
                 &["group"],
             ),
+            webhook_last_received: register(
+                r,
+                Gauge::new(
+                    "kyc_webhook_last_received_timestamp_seconds",
+                    "Unix time of the last Didit webhook with a valid signature this process \
+                     received (0: none since it started).",
+                ),
+            ),
+            webhooks_expected: register(
+                r,
+                IntGauge::new(
+                    "kyc_webhooks_expected",
+                    "1 when didit.webhooks is on: decisions are expected by webhook, and polls \
+                     are only a slow safety net.",
+                ),
+            ),
             console_actions: counter(
                 r,
                 "kyc_console_actions_total",
                 "Operator console actions accepted, by action.",
                 &["action"],
+            ),
+            console_login_failures: counter(
+                r,
+                "kyc_console_login_failures_total",
+                "Console logins refused (wrong token, bad operator name, throttled), by reason.",
+                &["reason"],
+            ),
+            redis_eviction_policy_ok: register(
+                r,
+                IntGauge::new(
+                    "kyc_redis_eviction_policy_ok",
+                    "1 unless Redis's maxmemory-policy was read and is not noeviction.",
+                ),
             ),
             up: register(
                 r,
@@ -298,7 +344,8 @@ impl Metrics {
             self.webhooks.with_label_values(&[result]);
         }
         for source in ["http", "intake_stream"] {
-            for reason in ["invalid", "malformed", "backpressure"] {
+            let refusals = Refusal::ALL.iter().map(|r| r.as_str());
+            for reason in refusals.chain(INTAKE_REJECTIONS) {
                 self.intake_rejected.with_label_values(&[source, reason]);
             }
         }
@@ -314,9 +361,13 @@ impl Metrics {
         for kind in EventType::ALL {
             self.events_published.with_label_values(&[kind.as_str()]);
         }
+        for reason in LOGIN_FAILURES {
+            self.console_login_failures.with_label_values(&[reason]);
+        }
         for action in CONSOLE_ACTIONS {
             self.console_actions.with_label_values(&[action]);
         }
+        self.redis_eviction_policy_ok.set(1);
         self.up.set(1);
     }
 

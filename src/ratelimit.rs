@@ -14,7 +14,7 @@
 use std::{sync::LazyLock, time::Duration};
 
 use didit::Scope;
-use redis::{aio::ConnectionManager, Script};
+use redis::Script;
 
 use crate::settings::RateLimitSettings;
 
@@ -64,7 +64,7 @@ pub enum Priority {
 /// The limiter of one deployment (one API key).
 #[derive(Clone)]
 pub struct RateLimiter {
-    conn: ConnectionManager,
+    conn: crate::queue::RedisConnection,
     prefix: String,
     settings: RateLimitSettings,
 }
@@ -78,7 +78,11 @@ impl std::fmt::Debug for RateLimiter {
 }
 
 impl RateLimiter {
-    pub fn new(conn: ConnectionManager, prefix: &str, settings: RateLimitSettings) -> Self {
+    pub fn new(
+        conn: crate::queue::RedisConnection,
+        prefix: &str,
+        settings: RateLimitSettings,
+    ) -> Self {
         Self {
             conn,
             prefix: prefix.to_owned(),

@@ -10,9 +10,11 @@ use tracing_subscriber::{
 
 use crate::settings::{LogFormat, LogSettings};
 
-/// Installs the global subscriber writing to `sink`. Call once, before anything logs; a
-/// second call returns an error instead of replacing the first subscriber.
-pub fn init_subscriber<W>(settings: &LogSettings, sink: W) -> anyhow::Result<()>
+/// Installs the global subscriber writing to `sink`, with ANSI colours in the pretty format
+/// only when `colours` (a terminal: escape codes in a file or a log shipper are noise). Call
+/// once, before anything logs; a second call returns an error instead of replacing the first
+/// subscriber.
+pub fn init_subscriber<W>(settings: &LogSettings, sink: W, colours: bool) -> anyhow::Result<()>
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
@@ -26,6 +28,7 @@ where
             .with(
                 tracing_subscriber::fmt::layer()
                     .json()
+                    .with_ansi(false)
                     .flatten_event(true)
                     .with_current_span(false)
                     .with_writer(sink),
@@ -35,6 +38,7 @@ where
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_target(false)
+                    .with_ansi(colours)
                     .with_writer(sink),
             )
             .try_init()?,

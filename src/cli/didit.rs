@@ -56,9 +56,21 @@ enum DiditCommand {
         /// Sandbox only: the outcome to simulate (e.g. approve, decline_document_expired)
         #[arg(long)]
         scenario: Option<String>,
+        /// Where the user's browser goes after the flow
+        #[arg(long)]
+        callback: Option<String>,
         #[command(flatten)]
         wait_args: WaitArgs,
     },
+    /// List sessions, newest first
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+    /// List workflows (one row per version) or show one version
+    #[command(subcommand)]
+    Workflows(WorkflowsCommand),
+    /// List webhook destinations
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
     /// Approve a session (update-status)
     Approve(ReviewArgs),
     /// Decline a session (update-status)
@@ -71,6 +83,10 @@ enum DiditCommand {
         /// None: Didit picks the declined and unfinished steps.
         #[arg(long = "node", value_parser = parse_node)]
         nodes: Vec<NodeToResubmit>,
+        /// Do not ask Didit to e-mail the person (by default it does when the session was
+        /// created with contact_details.email, in that request's language)
+        #[arg(long)]
+        no_email: bool,
     },
     /// Add a session's face and/or document to the blocklist
     Blocklist {
@@ -91,13 +107,18 @@ enum DiditCommand {
         #[arg(short = 'o', long)]
         output: PathBuf,
     },
-    /// Register a webhook destination (Didit then POSTs status changes to URL)
+    /// Register a webhook destination (Didit then POSTs status changes to URL); its
+    /// secret is saved to a file (mode 0600), never printed except with --json
     Webhook {
         /// Public HTTPS URL of POST /webhooks/didit
         #[arg(long)]
         url: String,
         #[arg(long, default_value = "kyc-worker")]
         label: String,
+        /// Where KYC__DIDIT__WEBHOOK_SECRET=… is written (mode 0600), beside the API keys
+        /// `verify-email` saves
+        #[arg(long, default_value = "didit.env")]
+        env_file: PathBuf,
     },
     /// Create a Didit account (a code is e-mailed). The password is read from the
     /// DIDIT_PASSWORD environment variable, never from the command line (visible in `ps`).
@@ -123,29 +144,66 @@ enum DiditCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum SessionsCommand {
+    /// One page of sessions, newest first
+    List {
+        /// Only this person's sessions
+        #[arg(long)]
+        vendor_data: Option<String>,
+        /// Only these statuses, comma-separated as Didit spells them ("In Review,Declined")
+        #[arg(long)]
+        status: Option<String>,
+        /// Rows (Didit's default 50)
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkflowsCommand {
+    /// Every workflow version, newest first
+    List,
+    /// One workflow version, by its own id (the `uuid` of `workflows list`)
+    Show { settings_uuid: Uuid },
+}
+
+#[derive(Debug, Subcommand)]
+enum WebhooksCommand {
+    /// The registered destinations (never their secrets)
+    List,
+}
+
 #[derive(Debug, Args)]
 struct SetupArgs {
+    /// The workflow's name in Didit's console
     #[arg(long, default_value = "kyc-worker")]
     label: String,
+    /// Add a liveness check (LIVENESS): the user records a selfie video
     #[arg(long)]
     liveness: bool,
+    /// Add a face match (FACE_MATCH): the selfie against the document's photo
     #[arg(long)]
     face_match: bool,
+    /// Add an AML screening (AML) of the document's name and date of birth
     #[arg(long)]
     aml: bool,
+    /// Add NFC (NFC): read the passport's chip
     #[arg(long)]
     nfc: bool,
+    /// Add a phone verification (PHONE_VERIFICATION)
     #[arg(long)]
     phone: bool,
+    /// Add an e-mail verification (EMAIL_VERIFICATION)
     #[arg(long)]
     email: bool,
-    /// Face-match score below which Didit declines (0-100)
-    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    /// Face-match score below which Didit declines (0-100; needs --face-match)
+    #[arg(long, requires = "face_match", value_parser = clap::value_parser!(u8).range(0..=100))]
     face_match_threshold: Option<u8>,
-    /// Attempts a user gets (0-10)
+    /// Attempts a user gets (0-10; Didit's default when absent)
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=10))]
     max_retries: Option<u32>,
-    /// Seconds before an unfinished session expires (3600-2419200)
+    /// Seconds before an unfinished session expires (3600-2419200; Didit's default: 7 days)
     #[arg(long, value_parser = clap::value_parser!(u64).range(3600..=2_419_200))]
     expiration: Option<u64>,
 }
@@ -263,6 +321,7 @@ pub async fn run(args: DiditArgs, settings: &Settings) -> Result<(), CliError> {
             workflow_id,
             create_workflow,
             scenario,
+            callback,
             wait_args,
         } => {
             let workflow_id = if create_workflow {
@@ -290,6 +349,7 @@ pub async fn run(args: DiditArgs, settings: &Settings) -> Result<(), CliError> {
                     workflow_id,
                     vendor_data: Some(vendor_data),
                     sandbox_scenario: scenario,
+                    callback,
                     ..Default::default()
                 })
                 .await?;
@@ -298,15 +358,85 @@ pub async fn run(args: DiditArgs, settings: &Settings) -> Result<(), CliError> {
                 wait_for_decision(&client, session.session_id, &wait_args, out.json).await?;
             out.show(&decision, || describe_decision(&decision))
         }
+        DiditCommand::Sessions(SessionsCommand::List {
+            vendor_data,
+            status,
+            limit,
+        }) => {
+            let page = client
+                .list_sessions(&SessionQuery {
+                    vendor_data,
+                    status,
+                    limit,
+                    ..Default::default()
+                })
+                .await?;
+            out.show(&page, || {
+                let mut lines = vec![format!("{} session(s)", page.count)];
+                lines.extend(page.results.iter().map(|s| {
+                    format!(
+                        "{}  {:<12} {}",
+                        s.session_id,
+                        s.status.as_str(),
+                        s.created_at.as_deref().unwrap_or("-")
+                    )
+                }));
+                lines.join("\n")
+            })
+        }
+        DiditCommand::Workflows(WorkflowsCommand::List) => {
+            let page = client.list_workflows().await?;
+            out.show(&page, || {
+                let mut lines = vec![format!("{} workflow version(s)", page.count)];
+                lines.extend(page.results.iter().map(describe_workflow));
+                lines.join("\n")
+            })
+        }
+        DiditCommand::Workflows(WorkflowsCommand::Show { settings_uuid }) => {
+            let workflow = client.get_workflow(settings_uuid).await?;
+            out.show(&workflow, || describe_workflow(&workflow))
+        }
+        DiditCommand::Webhooks(WebhooksCommand::List) => {
+            let destinations = client.list_webhook_destinations().await?;
+            out.show(&destinations, || {
+                let mut lines = vec![format!("{} destination(s)", destinations.len())];
+                lines.extend(destinations.iter().map(|d| {
+                    format!(
+                        "{}  {}  {} ({})",
+                        d.uuid,
+                        d.url,
+                        d.subscribed_events.clone().unwrap_or_default().join(","),
+                        if d.enabled.unwrap_or(true) {
+                            "enabled"
+                        } else {
+                            "disabled"
+                        }
+                    )
+                }));
+                lines.join("\n")
+            })
+        }
         DiditCommand::Approve(a) => {
-            update_status(&client, &out, a, SessionStatus::Approved, None).await
+            update_status(&client, &out, a, SessionStatus::Approved, None, false).await
         }
         DiditCommand::Decline(a) => {
-            update_status(&client, &out, a, SessionStatus::Declined, None).await
+            update_status(&client, &out, a, SessionStatus::Declined, None, false).await
         }
-        DiditCommand::Resubmit { review, nodes } => {
+        DiditCommand::Resubmit {
+            review,
+            nodes,
+            no_email,
+        } => {
             let nodes = (!nodes.is_empty()).then_some(nodes);
-            update_status(&client, &out, review, SessionStatus::Resubmitted, nodes).await
+            update_status(
+                &client,
+                &out,
+                review,
+                SessionStatus::Resubmitted,
+                nodes,
+                !no_email,
+            )
+            .await
         }
         DiditCommand::Blocklist {
             session_id,
@@ -350,7 +480,11 @@ pub async fn run(args: DiditArgs, settings: &Settings) -> Result<(), CliError> {
                 )
             })
         }
-        DiditCommand::Webhook { url, label } => {
+        DiditCommand::Webhook {
+            url,
+            label,
+            env_file,
+        } => {
             let destination = client
                 .create_webhook_destination(&CreateWebhookDestination {
                     label,
@@ -359,15 +493,21 @@ pub async fn run(args: DiditArgs, settings: &Settings) -> Result<(), CliError> {
                     subscribed_events: vec!["status.updated".into(), "data.updated".into()],
                 })
                 .await?;
-            let has_secret = destination.secret_shared_key.is_some();
-            let mut shown = destination.clone();
-            shown.secret_shared_key = shown.secret_shared_key.map(|_| "[REDACTED]".to_owned());
-            out.show(&shown, || {
+            // Didit shows the secret in this answer only: keep it before anything else.
+            if let Some(secret) = &destination.secret_shared_key {
+                save_setting(&env_file, "KYC__DIDIT__WEBHOOK_SECRET", secret)?;
+            }
+            let saved = destination.secret_shared_key.is_some();
+            out.show(&destination, || {
                 let mut text = format!("webhook destination {} → {}", destination.uuid, destination.url);
-                if has_secret {
-                    text.push_str(
-                        "\nits secret_shared_key is shown once in Didit's console: set it as KYC__DIDIT__WEBHOOK_SECRET",
-                    );
+                if saved {
+                    text.push_str(&format!(
+                        "\nits secret saved to {} (mode 0600) as KYC__DIDIT__WEBHOOK_SECRET; \
+                         the fleet reads it from there once loaded into its environment",
+                        env_file.display()
+                    ));
+                } else {
+                    text.push_str("\nDidit returned no secret_shared_key: copy it from Didit's console into KYC__DIDIT__WEBHOOK_SECRET");
                 }
                 text
             })
@@ -495,22 +635,78 @@ async fn update_status(
     a: ReviewArgs,
     new_status: SessionStatus,
     nodes_to_resubmit: Option<Vec<NodeToResubmit>>,
+    email: bool,
 ) -> Result<(), CliError> {
-    let updated = client
-        .update_status(
-            a.session_id,
-            &UpdateStatusRequest {
-                new_status: new_status.clone(),
-                comment: a.comment,
-                nodes_to_resubmit,
-                send_email: None,
-                email_address: None,
-            },
-        )
-        .await?;
+    let mut request = UpdateStatusRequest {
+        new_status: new_status.clone(),
+        comment: a.comment,
+        nodes_to_resubmit,
+        send_email: None,
+        email_address: None,
+        email_language: None,
+    };
+    let emailed = if email {
+        // The address and language the session was created with, as the decision echoes.
+        let decision = client.decision(a.session_id).await?;
+        crate::jobs::email_the_person(&mut request, &decision)
+    } else {
+        false
+    };
+    let updated = client.update_status(a.session_id, &request).await?;
     out.show(&updated, || {
-        format!("session {} set to {new_status}", updated.session_id)
+        let mut text = format!("session {} set to {new_status}", updated.session_id);
+        if emailed {
+            text.push_str("; Didit e-mails the person the link");
+        }
+        text
     })
+}
+
+fn describe_workflow(w: &Workflow) -> String {
+    format!(
+        "{}  {} v{} ({})  {}  expires after {} s  [{}]",
+        w.uuid,
+        w.workflow_label.as_deref().unwrap_or("-"),
+        w.version.map_or_else(|| "?".to_owned(), |v| v.to_string()),
+        w.status.as_deref().unwrap_or("-"),
+        w.stable_id(),
+        w.session_expiration_time.unwrap_or(604_800),
+        w.features.as_deref().unwrap_or("-"),
+    )
+}
+
+/// Sets `KEY=value` in an env file (mode 0600), replacing the key's earlier line and
+/// keeping the others (the API keys `verify-email` wrote).
+fn save_setting(path: &std::path::Path, key: &str, value: &str) -> anyhow::Result<()> {
+    let existing = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let prefix = format!("{key}=");
+    let mut lines: Vec<String> = existing
+        .lines()
+        .filter(|l| !l.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect();
+    lines.push(format!("{key}={value}"));
+    write_private(path, &lines.join("\n"))
+}
+
+/// Writes a file only its owner can read (0600, also when it existed before).
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    // `mode` applies only to a new file: tighten an existing one too.
+    #[cfg(unix)]
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    writeln!(file, "{text}").with_context(|| format!("cannot write {}", path.display()))
 }
 
 async fn wait_for_decision(
@@ -614,19 +810,7 @@ fn save_keys(account: &VerifiedAccount, path: &std::path::Path) -> anyhow::Resul
             "# sandbox application (free, mocked sessions)\n# KYC__DIDIT__API_KEY={key}"
         ));
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    // `mode` applies only to a new file: tighten an existing one too.
-    #[cfg(unix)]
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", path.display()))?;
-    writeln!(file, "{}", lines.join("\n"))
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    write_private(path, &lines.join("\n"))?;
     Ok(lines.len())
 }
 

@@ -4,6 +4,7 @@
 //! unreachable host), 2 bad usage, an invalid setting or an invalid rules file (before anything
 //! touched Redis or Didit).
 
+mod batch;
 mod didit;
 mod queue;
 mod rules;
@@ -41,7 +42,7 @@ pub enum Command {
     Sandbox(Box<sandbox::SandboxArgs>),
     /// Call the Didit API directly: workflows, sessions, decisions, reviews, billing
     Didit(Box<didit::DiditArgs>),
-    /// Stop following a verification (no more polls; emits kyc.session.failed, reason cancelled)
+    /// Stop following a verification still open (no more polls; emits kyc.session.failed, reason cancelled); exit 1 naming the outcome when it already ended
     Cancel {
         /// The request id given (or printed) at enqueue
         request_id: String,
@@ -53,7 +54,7 @@ pub enum Command {
         #[arg(long)]
         vendor_data: String,
     },
-    /// A verification's audit trail (`session show REQUEST_ID|SESSION_ID`)
+    /// A verification's audit trail (`session show`), or a decision read now (`session refresh`)
     Session(session::SessionArgs),
     /// Queue depths and the dead set (list, replay, purge)
     Queue(queue::QueueArgs),
@@ -71,7 +72,34 @@ pub enum CliError {
     #[error(transparent)]
     Rules(#[from] crate::rules::RuleError),
     #[error(transparent)]
-    Failed(#[from] anyhow::Error),
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for CliError {
+    /// A setting error anywhere in the chain (e.g. Redis refused the password) keeps exit 2.
+    fn from(e: anyhow::Error) -> Self {
+        match e.downcast::<SettingsError>() {
+            Ok(setting) => CliError::Settings(setting),
+            Err(other) => CliError::Failed(other),
+        }
+    }
+}
+
+impl From<crate::queue::ConnectError> for CliError {
+    fn from(e: crate::queue::ConnectError) -> Self {
+        match e {
+            crate::queue::ConnectError::Setting(setting) => CliError::Settings(setting),
+            outage => CliError::Failed(outage.into()),
+        }
+    }
+}
+
+/// The connector of a one-shot command, checked: a Redis setting that cannot work exits 2,
+/// an unreachable Redis exits 1.
+async fn redis(settings: &Settings) -> Result<crate::queue::Connector, CliError> {
+    let connector = crate::queue::Connector::new(&settings.redis)?;
+    connector.check().await?;
+    Ok(connector)
 }
 
 impl CliError {
@@ -150,9 +178,12 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-/// Logs go to stderr so a command's own output on stdout stays machine-readable.
+/// Logs go to stderr so a command's own output on stdout stays machine-readable; in colour
+/// only when stderr is a terminal and `NO_COLOR` is not set.
 fn init_logs(settings: &Settings) -> Result<(), CliError> {
-    crate::telemetry::init_subscriber(&settings.log, std::io::stderr)
+    use std::io::IsTerminal;
+    let colours = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    crate::telemetry::init_subscriber(&settings.log, std::io::stderr, colours)
         .map_err(|e| CliError::Failed(e.context("cannot start logging")))
 }
 

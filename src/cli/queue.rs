@@ -61,13 +61,11 @@ enum DeadCommand {
 }
 
 pub async fn run(args: QueueArgs, settings: &Settings) -> Result<(), CliError> {
-    let queue = Queue::connect(
-        settings.redis.url(),
+    let queue = Queue::new(
+        super::redis(settings).await?.connect(),
         &settings.redis.prefix,
         settings.queue.clone(),
-    )
-    .await
-    .context("cannot connect to Redis")?;
+    );
     match args.command {
         QueueCommand::Stats => {
             let mut rows = Vec::new();

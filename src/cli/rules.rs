@@ -58,12 +58,12 @@ pub fn run(args: RulesArgs) -> Result<(), CliError> {
             let workflows: Vec<String> = rules
                 .workflows
                 .iter()
-                .map(|(name, list)| format!("{name} ({} rules)", list.len()))
+                .map(|(name, list)| format!("{name} ({})", count_rules(list.len())))
                 .collect();
             println!(
-                "ok: {source}: version \"{}\", {} default rules{}",
+                "ok: {source}: version \"{}\", {} in the default list{}",
                 rules.version,
-                rules.rules.len(),
+                count_rules(rules.rules.len()),
                 if workflows.is_empty() {
                     String::new()
                 } else {
@@ -111,6 +111,15 @@ pub fn run(args: RulesArgs) -> Result<(), CliError> {
             }
             Ok(())
         }
+    }
+}
+
+/// `1 rule`, `6 rules`.
+fn count_rules(n: usize) -> String {
+    if n == 1 {
+        "1 rule".to_owned()
+    } else {
+        format!("{n} rules")
     }
 }
 

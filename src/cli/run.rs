@@ -1,6 +1,6 @@
 //! `kyc-worker run` and `kyc-worker enqueue`.
 
-use std::{io::Write, path::PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
@@ -9,13 +9,12 @@ use uuid::Uuid;
 
 use super::CliError;
 use crate::{
-    domain::StartRequest,
+    domain::{ContactDetails, StartRequest},
     producer::{Producer, ProducerError},
     rules::RuleSet,
     settings::Settings,
     startup::{shutdown_signal, Application},
 };
-use didit::types::ContactDetails;
 
 /// Runs the fleet process until SIGTERM or ctrl-c, then drains and exits 0.
 pub async fn run(settings: Settings) -> Result<(), CliError> {
@@ -38,31 +37,51 @@ pub struct EnqueueArgs {
     /// A workflow named in settings ([workflows])
     #[arg(long, conflicts_with = "workflow_id")]
     workflow: Option<String>,
+    /// A Didit workflow by id (default: didit.workflow_id from settings)
     #[arg(long)]
     workflow_id: Option<Uuid>,
+    /// Where Didit sends the user after the hosted flow (a URL)
     #[arg(long)]
     callback: Option<String>,
+    /// Language of the hosted flow, e.g. en, es, pt-BR (default: the user's browser)
     #[arg(long)]
     language: Option<String>,
+    /// The user's e-mail: Didit mails them when a resubmission is asked for
     #[arg(long)]
     email: Option<String>,
     /// JSON object echoed in Didit's decision and webhooks
     #[arg(long)]
     metadata: Option<String>,
-    /// Sandbox only: the outcome to simulate
+    /// Sandbox only: the outcome to simulate, e.g. approve, decline_document_expired,
+    /// review_face_match_borderline (docs/sandbox.md lists them all)
     #[arg(long)]
     sandbox_scenario: Option<String>,
-    /// Enqueue one request per row of a CSV file with a header row; columns: vendor_data
-    /// (required), request_id, workflow, workflow_id, callback, language, sandbox_scenario.
-    /// Values must not contain commas.
+    /// Enqueue one request per row of a CSV file whose header row names the columns:
+    /// vendor_data (required), request_id, workflow, workflow_id, callback, language,
+    /// sandbox_scenario, and contact_details, expected_details, metadata as JSON. Nothing is
+    /// enqueued when a row is invalid (each bad row and field is named). Prints
+    /// `row,request_id` as CSV
     #[arg(long, conflicts_with = "vendor_data")]
     from_csv: Option<PathBuf>,
+    /// With --from-csv: enqueue the valid rows and list the invalid ones
+    #[arg(long, requires = "from_csv")]
+    skip_invalid: bool,
+    /// With --from-csv: write `row,request_id` to this file instead of stdout
+    #[arg(long, requires = "from_csv")]
+    out: Option<PathBuf>,
 }
 
 pub async fn enqueue(args: EnqueueArgs, settings: &Settings) -> Result<(), CliError> {
-    let producer = Producer::connect(settings).await.map_err(producer_error)?;
+    let producer = Producer::connect(settings)
+        .await
+        .map_err(|e| CliError::Failed(e.into()))?;
     if let Some(path) = &args.from_csv {
-        return enqueue_csv(&producer, path).await;
+        let options = super::batch::BatchOptions {
+            path,
+            skip_invalid: args.skip_invalid,
+            out: args.out.as_deref(),
+        };
+        return super::batch::enqueue_csv(&producer, options).await;
     }
     let metadata = match &args.metadata {
         Some(text) => Some(
@@ -91,59 +110,10 @@ pub async fn enqueue(args: EnqueueArgs, settings: &Settings) -> Result<(), CliEr
     Ok(())
 }
 
-async fn enqueue_csv(producer: &Producer, path: &std::path::Path) -> Result<(), CliError> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<String> = lines
-        .next()
-        .ok_or_else(|| CliError::Usage(format!("{} is empty", path.display())))?
-        .split(',')
-        .map(|h| h.trim().to_owned())
-        .collect();
-    if !header.iter().any(|h| h == "vendor_data") {
-        return Err(CliError::Usage(format!(
-            "{}: the header row has no vendor_data column",
-            path.display()
-        )));
-    }
-    let rows: Vec<&str> = lines.collect();
-    let total = rows.len();
-    let mut stderr = std::io::stderr();
-    for (i, row) in rows.iter().enumerate() {
-        let mut object = serde_json::Map::new();
-        for (name, value) in header.iter().zip(row.split(',')) {
-            let value = value.trim();
-            if !value.is_empty() {
-                object.insert(name.clone(), Value::from(value));
-            }
-        }
-        let request: StartRequest = serde_json::from_value(Value::Object(object))
-            .map_err(|e| CliError::Usage(format!("{} line {}: {e}", path.display(), i + 2)))?;
-        producer.start_kyc(request).await.map_err(|e| match e {
-            ProducerError::Invalid(e) => {
-                CliError::Usage(format!("{} line {}: {e}", path.display(), i + 2))
-            }
-            other => producer_error(other),
-        })?;
-        let done = i + 1;
-        let width = 30;
-        let filled = done * width / total.max(1);
-        let _ = write!(
-            stderr,
-            "\r[{}{}] {done}/{total}",
-            "#".repeat(filled),
-            " ".repeat(width - filled)
-        );
-    }
-    let _ = writeln!(stderr);
-    println!("enqueued {total} verification(s)");
-    Ok(())
-}
-
 fn producer_error(e: ProducerError) -> CliError {
     match e {
         ProducerError::Invalid(e) => CliError::Usage(format!("invalid start request: {e}")),
+        ProducerError::Connect(e) => e.into(),
         other => CliError::Failed(anyhow::anyhow!("{other}")),
     }
 }
@@ -152,16 +122,13 @@ fn producer_error(e: ProducerError) -> CliError {
 pub async fn cancel(request_id: &str, settings: &Settings) -> Result<(), CliError> {
     let id =
         crate::domain::RequestId::parse(request_id).map_err(|e| CliError::Usage(e.to_string()))?;
-    let queue = crate::queue::Queue::connect(
-        settings.redis.url(),
+    let connector = super::redis(settings).await?;
+    let queue = crate::queue::Queue::new(
+        connector.connect(),
         &settings.redis.prefix,
         settings.queue.clone(),
-    )
-    .await
-    .context("cannot connect to Redis")?;
-    let conn = crate::queue::connect(settings.redis.url())
-        .await
-        .context("cannot connect to Redis")?;
+    );
+    let conn = connector.connect();
     let store = crate::store::Store::new(conn, &settings.redis.prefix, settings.events.clone());
     match crate::jobs::cancel(&queue, &store, &id).await {
         Ok(true) => println!("cancelled {id}"),
@@ -172,23 +139,35 @@ pub async fn cancel(request_id: &str, settings: &Settings) -> Result<(), CliErro
 }
 
 /// `kyc-worker erase --vendor-data ID`: queues the erasure; the fleet carries it out.
+/// Prints the subject hash, which `kyc.subject.erased` carries, so the caller can match the
+/// event (the vendor_data itself is never in it).
 pub async fn erase(vendor_data: &str, settings: &Settings) -> Result<(), CliError> {
-    if vendor_data.trim().is_empty() {
+    let vendor_data = vendor_data.trim();
+    if vendor_data.is_empty() {
         return Err(CliError::Usage("--vendor-data must not be empty".into()));
     }
-    let queue = crate::queue::Queue::connect(
-        settings.redis.url(),
+    let connector = super::redis(settings).await?;
+    let queue = crate::queue::Queue::new(
+        connector.connect(),
         &settings.redis.prefix,
         settings.queue.clone(),
-    )
-    .await
-    .context("cannot connect to Redis")?;
+    );
+    let store = crate::store::Store::new(
+        queue.connection(),
+        &settings.redis.prefix,
+        settings.events.clone(),
+    );
     queue
         .push(&crate::jobs::EraseSubject {
-            vendor_data: vendor_data.trim().to_owned(),
+            vendor_data: vendor_data.to_owned(),
         })
         .await
         .context("cannot queue the erasure")?;
-    println!("erasure queued; kyc.subject.erased follows on the event stream once done");
+    let subject = store.subject_hash(vendor_data);
+    println!("{subject}");
+    eprintln!(
+        "erasure queued; kyc.subject.erased with data.subject_hash {subject} \
+         (request_id erasure-{subject}) follows on the event stream once done"
+    );
     Ok(())
 }

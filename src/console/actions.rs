@@ -1,11 +1,11 @@
 //! The console's actions: verify the token and the origin, enqueue or act on the dead set,
 //! audit, count, and redirect back to the page (POST/redirect/GET).
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use axum::{
-    extract::{Path, State},
-    http::{header, HeaderMap, HeaderValue, StatusCode},
+    extract::{ConnectInfo, Path, State},
+    http::{header, Extensions, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Redirect, Response},
     Form,
 };
@@ -18,18 +18,36 @@ use super::{
     ConsoleError, OPERATOR_COOKIE, TOKEN_COOKIE,
 };
 use crate::{
-    http::AppState,
     jobs::{OperatorAction, OperatorDecision, QUEUES},
+    state::AppState,
 };
 
-/// Checks that the caller may act: the admin token, and a same-origin request.
-fn admin(state: &AppState, headers: &HeaderMap) -> Result<Access, ConsoleError> {
+/// What an action's refusal says when it names no valid operator.
+const NAME_THE_OPERATOR: &str = "name the operator: X-Operator (or the login form's name), \
+     1-64 characters of letters, digits, '.', '_', '@', '-'";
+
+/// Checks that the caller may act and says who does: the admin token, a same-origin
+/// request, and an operator name (`named` — a form's field — else `X-Operator` or the login
+/// cookie). Every action is recorded under that name, so an action without one is refused
+/// rather than audited as nobody's.
+fn admin(
+    state: &AppState,
+    headers: &HeaderMap,
+    named: Option<&str>,
+) -> Result<String, ConsoleError> {
     let access = Access::of(&state.console, headers);
     if !access.admin {
         return Err(ConsoleError::Unauthorized);
     }
     same_origin(headers, &access)?;
-    Ok(access)
+    let operator = match named.map(str::trim).filter(|n| !n.is_empty()) {
+        Some(name) => Some(name.to_owned()),
+        None => access.operator.clone(),
+    };
+    match operator {
+        Some(name) if valid_operator(&name) => Ok(name),
+        _ => Err(ConsoleError::BadRequest(NAME_THE_OPERATOR.into())),
+    }
 }
 
 fn back(path: &str, notice: &str) -> Redirect {
@@ -83,24 +101,13 @@ pub async fn review(
     headers: HeaderMap,
     Form(form): Form<ReviewForm>,
 ) -> Result<Redirect, ConsoleError> {
-    let access = admin(&state, &headers)?;
+    let operator = admin(&state, &headers, form.operator.as_deref())?;
     let sid: Uuid = session_id
         .parse()
         .map_err(|_| ConsoleError::BadRequest("not a session id".into()))?;
     let action = OperatorDecision::parse(&form.action).ok_or_else(|| {
         ConsoleError::BadRequest("action must be approve, decline or resubmit".into())
     })?;
-    let operator = form
-        .operator
-        .filter(|o| !o.trim().is_empty())
-        .map(|o| o.trim().to_owned())
-        .or(access.operator)
-        .ok_or_else(|| ConsoleError::BadRequest("name the operator (X-Operator)".into()))?;
-    if !valid_operator(&operator) {
-        return Err(ConsoleError::BadRequest(
-            "operator: 1-64 characters of letters, digits, '.', '_', '@', '-'".into(),
-        ));
-    }
     let note = form
         .note
         .map(|n| n.trim().chars().take(200).collect::<String>())
@@ -110,14 +117,27 @@ pub async fn review(
             "this session is not held for review (any more)".into(),
         ));
     };
-    let job = state
+    // Marked before the job is queued: a job that runs at once then clears the mark with
+    // the session's review entry, instead of leaving a mark behind it.
+    let job = Uuid::new_v4().to_string();
+    state
+        .store
+        .mark_review_pending(
+            sid,
+            &json!({"action": action.as_str(), "operator": operator, "job_id": job, "at_ms": crate::queue::now_ms()}),
+        )
+        .await?;
+    state
         .queue
-        .push(&OperatorAction {
-            session_id: sid,
-            action,
-            operator: operator.clone(),
-            note,
-        })
+        .push_with_id(
+            &job,
+            &OperatorAction {
+                session_id: sid,
+                action,
+                operator: operator.clone(),
+                note,
+            },
+        )
         .await?;
     state
         .store
@@ -130,7 +150,10 @@ pub async fn review(
     record(&state, action.as_str(), &operator, &sid.to_string()).await?;
     Ok(back(
         "/console/reviews",
-        &format!("{} of session {sid} queued", action.as_str()),
+        &format!(
+            "{} of session {sid} queued: pending until its job has run",
+            action.as_str()
+        ),
     ))
 }
 
@@ -146,23 +169,52 @@ pub async fn replay(
     headers: HeaderMap,
     Form(form): Form<ReplayForm>,
 ) -> Result<Redirect, ConsoleError> {
-    let access = admin(&state, &headers)?;
+    let operator = admin(&state, &headers, None)?;
     let queue = dead_queue(&queue)?;
-    let entry = form.entry_id.trim();
-    let valid = !entry.is_empty()
-        && entry.len() <= 40
-        && entry.chars().all(|c| c.is_ascii_digit() || c == '-');
-    if !valid {
-        return Err(ConsoleError::BadRequest("not a dead entry id".into()));
-    }
+    let entry = dead_entry(&form.entry_id)?;
     if !state.queue.dead_replay(queue, entry).await? {
         return Err(ConsoleError::NotFound(
             "no such dead job (replayed or purged meanwhile)".into(),
         ));
     }
-    let operator = access.operator.unwrap_or_default();
     record(&state, "replay", &operator, &format!("{queue}/{entry}")).await?;
     Ok(back("/console/dead", &format!("replayed 1 {queue} job")))
+}
+
+/// A dead entry id from a form (`<ms>-<seq>`), or a 400.
+fn dead_entry(raw: &str) -> Result<&str, ConsoleError> {
+    let entry = raw.trim();
+    let valid = !entry.is_empty()
+        && entry.len() <= 40
+        && entry.chars().all(|c| c.is_ascii_digit() || c == '-');
+    if valid {
+        Ok(entry)
+    } else {
+        Err(ConsoleError::BadRequest("not a dead entry id".into()))
+    }
+}
+
+/// Deletes one dead job for good (the job's outcome event, if any, was published when it
+/// died).
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<ReplayForm>,
+) -> Result<Redirect, ConsoleError> {
+    let operator = admin(&state, &headers, None)?;
+    let queue = dead_queue(&queue)?;
+    let entry = dead_entry(&form.entry_id)?;
+    if !state.queue.dead_delete(queue, entry).await? {
+        return Err(ConsoleError::NotFound(
+            "no such dead job (replayed or deleted meanwhile)".into(),
+        ));
+    }
+    record(&state, "delete", &operator, &format!("{queue}/{entry}")).await?;
+    Ok(back(
+        "/console/dead",
+        &format!("deleted 1 dead {queue} job"),
+    ))
 }
 
 /// Replays every job dead in a queue now.
@@ -171,10 +223,9 @@ pub async fn replay_all(
     Path(queue): Path<String>,
     headers: HeaderMap,
 ) -> Result<Redirect, ConsoleError> {
-    let access = admin(&state, &headers)?;
+    let operator = admin(&state, &headers, None)?;
     let queue = dead_queue(&queue)?;
     let n = state.queue.dead_replay_all(queue).await?;
-    let operator = access.operator.unwrap_or_default();
     record(
         &state,
         "replay_all",
@@ -198,13 +249,12 @@ pub async fn purge(
     headers: HeaderMap,
     Form(form): Form<PurgeForm>,
 ) -> Result<Redirect, ConsoleError> {
-    let access = admin(&state, &headers)?;
+    let operator = admin(&state, &headers, None)?;
     let queue = dead_queue(&queue)?;
     let n = state
         .queue
         .dead_purge(queue, Duration::from_secs(form.older_than_s))
         .await?;
-    let operator = access.operator.unwrap_or_default();
     record(&state, "purge", &operator, &format!("{queue} ({n} jobs)")).await?;
     Ok(back("/console/dead", &format!("purged {n} {queue} jobs")))
 }
@@ -215,10 +265,44 @@ pub struct LoginForm {
     operator: String,
 }
 
+/// Failed logins one client address may make per [`LOGIN_FAILURE_WINDOW`] before it is
+/// answered 429 (a person mistyping gets plenty; a flood is stopped after these).
+/// docs/console.md states these numbers.
+const LOGIN_FAILURES_ALLOWED: u32 = 10;
+/// The window of [`LOGIN_FAILURES_ALLOWED`], from the first failure.
+const LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(300);
+
+/// The client's address: the peer, or the client a trusted proxy names.
+fn client_address(state: &AppState, headers: &HeaderMap, extensions: &Extensions) -> String {
+    let Some(ConnectInfo(peer)) = extensions.get::<ConnectInfo<SocketAddr>>() else {
+        return "unknown".to_owned();
+    };
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    state
+        .console
+        .trusted_proxies
+        .client_address(peer.ip(), forwarded)
+        .to_string()
+}
+
+/// Counts a refused login (never in the operators' action log: anyone can cause one).
+fn login_failed(state: &AppState, reason: &'static str) {
+    state
+        .metrics
+        .console_login_failures
+        .with_label_values(&[reason])
+        .inc();
+    tracing::info!(reason, "console login refused");
+}
+
 /// Checks the admin token and sets the login cookies (HttpOnly, SameSite=Strict).
 pub async fn login(
     State(state): State<AppState>,
     headers: HeaderMap,
+    extensions: Extensions,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, ConsoleError> {
     let access = Access::of(&state.console, &headers);
@@ -228,6 +312,15 @@ pub async fn login(
             "no admin token is configured: the console is read-only",
         ));
     };
+    let client = client_address(&state, &headers, &extensions);
+    if let Some(wait) = state
+        .store
+        .login_throttled(&client, LOGIN_FAILURES_ALLOWED)
+        .await?
+    {
+        login_failed(&state, "throttled");
+        return Err(ConsoleError::Throttled(wait));
+    }
     let operator = form.operator.trim();
     let matches = bool::from(subtle::ConstantTimeEq::ct_eq(
         form.token.trim().as_bytes(),
@@ -239,14 +332,20 @@ pub async fn login(
         } else {
             "Wrong token."
         };
-        let operator_shown = if valid_operator(operator) {
-            operator
-        } else {
-            ""
-        };
-        record(&state, "login_refused", operator_shown, "console").await?;
-        let body = html::page("Log in", Some(&access), &login_form(&state, Some(reason)));
-        return Ok((StatusCode::UNAUTHORIZED, html_headers(), body).into_response());
+        login_failed(
+            &state,
+            if matches {
+                "bad_operator"
+            } else {
+                "wrong_token"
+            },
+        );
+        state
+            .store
+            .count_login_failure(&client, LOGIN_FAILURE_WINDOW)
+            .await?;
+        let body = html::page("Log in", Some(&access), login_form(&state, Some(reason)));
+        return Ok((StatusCode::UNAUTHORIZED, html_headers(), body.into_string()).into_response());
     }
     record(&state, "login", operator, "console").await?;
     let attributes = "Path=/console; HttpOnly; SameSite=Strict";

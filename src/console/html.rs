@@ -1,30 +1,15 @@
-//! HTML building blocks: escaping, masking, the page frame.
+//! HTML building blocks: the page frame, masking, formatting.
 //!
-//! Pages are plain `format!` strings, so the one rule is: every value that did not come from
-//! this file goes through [`esc`] (text and attribute values alike), and personal data
-//! goes through [`mask`] unless the viewer presented the admin token.
+//! Pages are `maud` templates, checked at compile time: every value spliced into one is
+//! escaped unless it is wrapped in `PreEscaped`, which the console never does with a value
+//! it did not write itself. So a forgotten call cannot open an injection; what remains a
+//! rule is that personal data goes through [`pii`] (masked unless the viewer presented the
+//! admin token).
 
-use std::fmt::Write;
-
+use maud::{html, Markup, DOCTYPE};
 use serde_json::Value;
 
 use super::Access;
-
-/// Escapes text for an HTML element body or a quoted attribute value.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// A personal value as a read-only viewer sees it: the first two characters, then dots.
 pub fn mask(s: &str) -> String {
@@ -36,12 +21,12 @@ pub fn mask(s: &str) -> String {
     format!("{shown}{}", "•".repeat(hidden))
 }
 
-/// A personal value for this viewer, escaped.
+/// A personal value for this viewer (the template escapes it).
 pub fn pii(access: &Access, s: &str) -> String {
     if access.admin {
-        esc(s)
+        s.to_owned()
     } else {
-        esc(&mask(s))
+        mask(s)
     }
 }
 
@@ -65,7 +50,7 @@ const SAFE_KEYS: [&str; 12] = [
 pub fn payload(access: &Access, raw: &str) -> String {
     let Ok(mut value) = serde_json::from_str::<Value>(raw) else {
         return if access.admin {
-            esc(&raw.chars().take(2000).collect::<String>())
+            raw.chars().take(2000).collect()
         } else {
             format!("[undecodable payload, {} bytes]", raw.len())
         };
@@ -73,7 +58,7 @@ pub fn payload(access: &Access, raw: &str) -> String {
     if !access.admin {
         mask_values(&mut value, None);
     }
-    esc(&value.to_string())
+    value.to_string()
 }
 
 fn mask_values(value: &mut Value, key: Option<&str>) {
@@ -110,63 +95,81 @@ pub fn age(ms: u64) -> String {
 }
 
 /// The page frame: head, navigation, who is looking, the body.
-pub fn page(title: &str, access: Option<&Access>, body: &str) -> String {
-    let mut who = String::new();
-    match access {
-        Some(a) if a.admin => {
-            let _ = write!(
-                who,
-                "<span class=\"badge admin\">admin{}</span> <form method=\"post\" action=\"/console/logout\" class=\"inline\"><button type=\"submit\">Log out</button></form>",
-                a.operator
-                    .as_deref()
-                    .map(|o| format!(": {}", esc(o)))
-                    .unwrap_or_default()
-            );
+pub fn page(title: &str, access: Option<&Access>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="color-scheme" content="light dark";
+                title { (title) " · kyc-worker console" }
+                link rel="stylesheet" href="/console/assets/console.css";
+                script src="/console/assets/console.js" defer {}
+            }
+            body {
+                header {
+                    a.brand href="/console/" { "kyc-worker" }
+                    nav {
+                        a href="/console/" { "Overview" }
+                        a href="/console/sessions" { "Sessions" }
+                        a href="/console/reviews" { "Reviews" }
+                        a href="/console/dead" { "Dead set" }
+                    }
+                    div.who {
+                        @match access {
+                            Some(a) if a.admin => {
+                                span.badge.admin {
+                                    "admin"
+                                    @if let Some(o) = &a.operator { ": " (o) }
+                                }
+                                form.inline method="post" action="/console/logout" {
+                                    button type="submit" { "Log out" }
+                                }
+                            }
+                            Some(_) => {
+                                span.badge { "read-only, PII masked" }
+                                a href="/console/login" { "Log in" }
+                            }
+                            None => {}
+                        }
+                    }
+                }
+                main { (body) }
+            }
         }
-        Some(_) => who.push_str(
-            "<span class=\"badge\">read-only, PII masked</span> <a href=\"/console/login\">Log in</a>",
-        ),
-        None => {}
     }
-    format!(
-        r#"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} · kyc-worker console</title>
-<link rel="stylesheet" href="/console/assets/console.css">
-<script src="/console/assets/console.js" defer></script>
-</head>
-<body>
-<header>
-<a class="brand" href="/console/">kyc-worker</a>
-<nav>
-<a href="/console/">Overview</a>
-<a href="/console/sessions">Sessions</a>
-<a href="/console/reviews">Reviews</a>
-<a href="/console/dead">Dead set</a>
-</nav>
-<div class="who">{who}</div>
-</header>
-<main>
-{body}
-</main>
-</body>
-</html>
-"#,
-        title = esc(title),
-    )
 }
 
-/// A notice carried in `?notice=` after an action, escaped.
-pub fn notice(text: Option<&str>) -> String {
-    match text {
-        Some(t) if !t.is_empty() => format!(
-            "<p class=\"notice\" id=\"notice\">{}</p>",
-            esc(&t.chars().take(300).collect::<String>())
-        ),
-        _ => String::new(),
+/// A notice carried in `?notice=` after an action.
+pub fn notice(text: Option<&str>) -> Markup {
+    html! {
+        @if let Some(t) = text.filter(|t| !t.is_empty()) {
+            p.notice #notice { (t.chars().take(300).collect::<String>()) }
+        }
+    }
+}
+
+/// The auto-refresh switch of a list page: `console.js` reloads the page every few
+/// seconds while it is on (and no form field has the focus), and remembers it per page.
+pub fn refresh_toggle() -> Markup {
+    html! {
+        label.refresh {
+            input type="checkbox" #auto-refresh;
+            " auto-refresh every 5 s"
+        }
+    }
+}
+
+/// Links to the newest and the next (older) page of a list.
+pub fn pager(first: Option<&str>, next: Option<&str>) -> Markup {
+    html! {
+        @if first.is_some() || next.is_some() {
+            nav.pager {
+                @if let Some(href) = first { a #first-page href=(href) { "« newest" } }
+                @if let Some(href) = next { a #next-page href=(href) { "older »" } }
+            }
+        }
     }
 }
 
@@ -183,11 +186,13 @@ mod tests {
     }
 
     #[test]
-    fn escaping_covers_text_and_attribute_contexts() {
-        assert_eq!(
-            esc(r#"<script>alert("x")</script>&'"#),
-            "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&#39;"
-        );
+    fn spliced_values_are_escaped_in_text_and_attributes() {
+        let hostile = r#"<script>alert("x")</script>&'"#;
+        let markup = html! { p title=(hostile) { (hostile) } }.into_string();
+        assert!(!markup.contains("<script>"), "{markup}");
+        assert!(markup.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;"));
+        let framed = page(hostile, Some(&viewer(true)), notice(Some(hostile))).into_string();
+        assert!(!framed.contains("<script>alert"), "{framed}");
     }
 
     #[test]
@@ -195,7 +200,8 @@ mod tests {
         assert_eq!(mask("alice@example.com"), "al••••••••");
         assert_eq!(mask("a"), "a•••");
         assert_eq!(mask(""), "");
-        assert_eq!(pii(&viewer(true), "<b>"), "&lt;b&gt;");
+        assert_eq!(pii(&viewer(true), "<b>"), "<b>");
+        assert_eq!(pii(&viewer(false), "<b>x"), "<b•••");
     }
 
     #[test]

@@ -2,30 +2,33 @@
 //!
 //! Grafana shows trends; operators also need to see items and act on them: which
 //! verifications wait, which a rule held for review, why a job failed. The console is
-//! server-rendered HTML (every value escaped by [`html::esc`]) with a little plain JS, its
-//! assets compiled into the binary, served under `/console/` on the internal port.
+//! server-rendered HTML from compile-time `maud` templates (which escape every value they
+//! are given) with a little plain JS, its assets compiled into the binary, served under
+//! `/console/` on the internal port. Every list pages, and can re-read itself every few
+//! seconds (a switch on the page; `console.js`).
 //!
 //! **Access.** Without the admin token (`http.admin_token`) it is read-only and masks PII
 //! (vendor_data, payload values). The token is presented as `Authorization: Bearer` or by the
 //! login form, which sets an HttpOnly `SameSite=Strict` cookie holding a hash of it (never
 //! the token itself). Actions are POST only, need the token, and a cookie-authenticated POST
-//! must come from the console's own origin (`Origin` / `Sec-Fetch-Site`): that and the
-//! SameSite cookie are the CSRF protection.
+//! must come from the console's own origin (`Origin` / `Sec-Fetch-Site`; scheme, host and
+//! port): that and the SameSite cookie are the CSRF protection. Failed logins are throttled
+//! per client address (`http.trusted_proxies` says whose `X-Forwarded-For` is believed),
+//! answered 429 with `Retry-After` past the limit, counted in
+//! `kyc_console_login_failures_total{reason}` and kept out of the operators' action log, so
+//! a flood of wrong tokens can neither guess the token nor push real actions out of the log.
 //!
 //! **Actions** only read, verify and enqueue, like every HTTP handler: approve / decline /
-//! resubmit enqueue an [`OperatorAction`](crate::jobs::OperatorAction) job; replay and purge
-//! act on the dead set. Each is audited (the request's trail when it names one, and the
+//! resubmit enqueue an [`OperatorAction`](crate::jobs::OperatorAction) job, and the review
+//! queue shows it pending until that job has run; replay, delete and purge act on the dead
+//! set. Each is audited (the request's trail when it names one, and the
 //! shared console log) and counted in `kyc_console_actions_total{action}`.
 
 mod actions;
 mod html;
 mod pages;
 
-use std::{
-    collections::VecDeque,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
 use axum::{
     http::{header, HeaderMap, HeaderValue, StatusCode},
@@ -37,61 +40,12 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::{http::AppState, metrics::Metrics, ratelimit::RateLimiter};
+use crate::state::{AppState, ConsoleState};
 
 /// Name of the cookie that carries the hash of the admin token.
 const TOKEN_COOKIE: &str = "kyc_console";
 /// Name of the cookie that remembers the operator's name after login.
 const OPERATOR_COOKIE: &str = "kyc_operator";
-
-/// What the console needs beyond the other handlers' state.
-#[derive(Clone)]
-pub struct ConsoleState {
-    /// Serve `/console/` at all (`http.console`).
-    pub enabled: bool,
-    pub admin_token: Option<SecretString>,
-    pub limiter: RateLimiter,
-    pub throughput: Arc<Throughput>,
-}
-
-/// Finished jobs per queue over the last hour, counted by this process: samples of
-/// `kyc_jobs_total{outcome="done"}` taken once a minute by the fleet's sampler.
-#[derive(Debug, Default)]
-pub struct Throughput {
-    samples: Mutex<VecDeque<(tokio::time::Instant, Vec<u64>)>>,
-}
-
-/// How many per-minute samples cover the hour the overview shows.
-const SAMPLES_PER_HOUR: usize = 61;
-
-impl Throughput {
-    /// Takes one sample of every queue's finished-job counter.
-    pub fn sample(&self, metrics: &Metrics, queues: &[&str]) {
-        let counts = queues
-            .iter()
-            .map(|q| metrics.jobs.with_label_values(&[q, "done"]).get())
-            .collect();
-        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        samples.push_back((tokio::time::Instant::now(), counts));
-        while samples.len() > SAMPLES_PER_HOUR {
-            samples.pop_front();
-        }
-    }
-
-    /// Jobs of `queues[index]` finished since the oldest sample (at most an hour ago), and
-    /// how long ago that sample was taken.
-    fn since_oldest(&self, metrics: &Metrics, queue: &str, index: usize) -> (u64, Duration) {
-        let now = metrics.jobs.with_label_values(&[queue, "done"]).get();
-        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        match samples.front() {
-            Some((at, counts)) => (
-                now.saturating_sub(counts.get(index).copied().unwrap_or(0)),
-                at.elapsed(),
-            ),
-            None => (now, Duration::ZERO),
-        }
-    }
-}
 
 /// The console's routes (empty when `http.console` is off).
 pub fn router(state: AppState) -> Router {
@@ -111,6 +65,7 @@ pub fn router(state: AppState) -> Router {
             post(actions::replay_all),
         )
         .route("/console/dead/{queue}/purge", post(actions::purge))
+        .route("/console/dead/{queue}/delete", post(actions::delete))
         .route("/console/login", get(pages::login).post(actions::login))
         .route("/console/logout", post(actions::logout))
         .route("/console/assets/console.css", get(css))
@@ -175,12 +130,13 @@ impl Access {
             && cookie(headers, TOKEN_COOKIE).is_some_and(|c| {
                 bool::from(c.as_bytes().ct_eq(token_cookie_value(token).as_bytes()))
             });
-        let operator = headers
-            .get("x-operator")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| cookie(headers, OPERATOR_COOKIE).map(str::to_owned))
-            .filter(|o| valid_operator(o));
+        // A request that names an operator is taken at its word: an invalid `X-Operator`
+        // leaves it nameless rather than falling back to the login cookie's name.
+        let operator = match headers.get("x-operator") {
+            Some(v) => v.to_str().ok().map(str::to_owned),
+            None => cookie(headers, OPERATOR_COOKIE).map(str::to_owned),
+        }
+        .filter(|o| valid_operator(o));
         Access {
             admin: by_bearer || by_cookie,
             via_cookie: by_cookie,
@@ -227,13 +183,23 @@ fn same_origin(headers: &HeaderMap, access: &Access) -> Result<(), ConsoleError>
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     if let Some(origin) = origin {
-        let origin_host = url::Url::parse(origin).ok().and_then(|u| {
+        let origin = url::Url::parse(origin).ok();
+        let origin_host = origin.as_ref().and_then(|u| {
             u.host_str().map(|h| match u.port() {
                 Some(p) => format!("{h}:{p}"),
                 None => h.to_owned(),
             })
         });
-        if origin_host.is_none() || origin_host.as_deref() != host {
+        // This server speaks plain HTTP; behind a TLS-terminating proxy the proxy says so.
+        // (A browser cannot set X-Forwarded-Proto on a cross-site request.)
+        let scheme = headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(|v| v.trim().to_ascii_lowercase())
+            .unwrap_or_else(|| "http".to_owned());
+        let same_scheme = origin.as_ref().is_some_and(|u| u.scheme() == scheme);
+        if origin_host.is_none() || origin_host.as_deref() != host || !same_scheme {
             return Err(ConsoleError::Forbidden("cross-origin request refused"));
         }
     } else if access.via_cookie && fetch_site.is_none() {
@@ -257,8 +223,13 @@ pub enum ConsoleError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// Too many failed logins from this address: wait this long.
+    #[error("too many failed logins from this address; try again in {} s", .0.as_secs().max(1))]
+    Throttled(Duration),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Queue(#[from] crate::queue::QueueError),
 }
@@ -271,13 +242,14 @@ impl IntoResponse for ConsoleError {
             ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
             ConsoleError::Conflict(_) => StatusCode::CONFLICT,
-            ConsoleError::Redis(_) | ConsoleError::Queue(_) => {
+            ConsoleError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+            ConsoleError::Redis(_) | ConsoleError::Store(_) | ConsoleError::Queue(_) => {
                 tracing::error!(error = %self, "console request failed");
                 StatusCode::SERVICE_UNAVAILABLE
             }
         };
         let message = match &self {
-            ConsoleError::Redis(_) | ConsoleError::Queue(_) => {
+            ConsoleError::Redis(_) | ConsoleError::Store(_) | ConsoleError::Queue(_) => {
                 "Redis is unreachable; try again.".to_owned()
             }
             other => other.to_string(),
@@ -285,13 +257,19 @@ impl IntoResponse for ConsoleError {
         let body = html::page(
             "Error",
             None,
-            &format!(
-                "<h1>{}</h1><p class=\"error\">{}</p><p><a href=\"/console/\">Back to the overview</a></p>",
-                status.as_u16(),
-                html::esc(&message)
-            ),
+            maud::html! {
+                h1 { (status.as_u16()) }
+                p.error { (message) }
+                p { a href="/console/" { "Back to the overview" } }
+            },
         );
-        (status, html_headers(), body).into_response()
+        let mut response = (status, html_headers(), body.into_string()).into_response();
+        if let ConsoleError::Throttled(wait) = &self {
+            if let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
     }
 }
 
@@ -347,6 +325,14 @@ mod tests {
             HeaderValue::from_static("http://evil.example"),
         );
         assert!(same_origin(&headers, &cookie_access).is_err());
+        // Same host and port, another scheme: another origin.
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://127.0.0.1:9090"),
+        );
+        assert!(same_origin(&headers, &cookie_access).is_err());
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        assert!(same_origin(&headers, &cookie_access).is_ok());
         let mut cross = HeaderMap::new();
         cross.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
         let bearer = Access {

@@ -43,6 +43,15 @@ impl PollSchedule {
     }
 }
 
+/// A wait spread after its floor: `floor` plus up to half of it more (at most 10 s more),
+/// by `unit` in [0, 1). Jobs that were told to wait for the same instant (a 429's
+/// `Retry-After`, a full rate-limit window) come back spread out instead of all at once,
+/// and never before the floor.
+pub fn spread(floor: Duration, unit: f64) -> Duration {
+    let extra = (floor / 2).min(Duration::from_secs(10));
+    floor + extra.mul_f64(unit.clamp(0.0, 1.0))
+}
+
 /// A deterministic number in [0, 1) from the session and the poll count (splitmix64).
 fn jitter_unit(seed: u128, polls: u32) -> f64 {
     let mut z = (seed as u64)
@@ -57,6 +66,21 @@ fn jitter_unit(seed: u128, polls: u32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spread_wait_is_never_shorter_than_its_floor_and_at_most_10_s_longer() {
+        let floor = Duration::from_secs(30);
+        assert_eq!(spread(floor, 0.0), floor);
+        assert_eq!(spread(floor, 0.999_999).as_secs(), 39);
+        assert_eq!(
+            spread(Duration::from_millis(200), 1.0),
+            Duration::from_millis(300)
+        );
+        assert_eq!(
+            spread(Duration::from_secs(600), 1.0),
+            Duration::from_secs(610)
+        );
+    }
 
     fn polling_only() -> PollSchedule {
         PollSchedule {

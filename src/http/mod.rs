@@ -6,31 +6,11 @@
 mod intake;
 mod webhook;
 
-use std::sync::{
-    atomic::{AtomicBool, Ordering},
-    Arc,
-};
+use std::sync::atomic::Ordering;
 
 use axum::{extract::State, http::StatusCode, routing::get, routing::post, Router};
-use didit::webhook::WebhookVerifier;
 
-use crate::{producer::Producer, queue::Queue, store::Store};
-
-/// What the handlers share.
-#[derive(Clone)]
-pub struct AppState {
-    pub store: Store,
-    pub queue: Queue,
-    pub producer: Producer,
-    pub verifier: Arc<WebhookVerifier>,
-    /// Bearer token of the HTTP intake; `None`: the intake is off.
-    pub api_token: Option<secrecy::SecretString>,
-    /// Cleared when the workers have died, so liveness fails and the pod is restarted.
-    pub workers_alive: Arc<AtomicBool>,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// The operator console's settings and readers.
-    pub console: crate::console::ConsoleState,
-}
+pub use crate::state::AppState;
 
 /// Largest webhook body accepted (Didit's decisions are tens of KiB).
 const WEBHOOK_BODY_LIMIT: usize = 1024 * 1024;
@@ -64,7 +44,7 @@ pub fn internal_router(state: AppState) -> Router {
 async fn metrics(
     State(state): State<AppState>,
 ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    crate::startup::refresh_shared_gauges(&state.queue, &state.store, &state.metrics).await;
+    state.refresh_shared_gauges().await;
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -83,14 +63,17 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
     }
 }
 
-/// Readiness: Redis answers and the workers run. An account pause is not unreadiness:
-/// webhooks must keep arriving.
+/// Readiness: Redis answers and accepts writes, and the workers run. A Redis that refuses
+/// writes (out of memory under `noeviction`, a read-only replica) answers PING but fails
+/// every intake: unready too. An account pause is not unreadiness: webhooks must keep
+/// arriving.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
     if !state.workers_alive.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "workers stopped");
     }
-    match state.store.ping().await {
+    match state.store.writable().await {
         Ok(()) => (StatusCode::OK, "ready"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable"),
+        Err(e) if e.is_unreachable() => (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "redis refuses writes"),
     }
 }

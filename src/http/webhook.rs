@@ -78,6 +78,8 @@ async fn receive(
             return (status, e.result_label());
         }
     };
+    // Proof that Didit reaches this fleet: the misconfiguration alert and warning watch it.
+    state.metrics.webhook_last_received.set(now as f64);
     let payload = &verified.payload;
     let text = |k: &str| {
         payload
@@ -131,12 +133,14 @@ async fn receive(
                 return retry_later(state, &forget, e).await;
             }
         }
-        Ok(None) => match adopt(state, session_id, payload).await {
-            Ok(true) => {}
-            Ok(false) => {
+        Ok(None) => match adopt(state, session_id, &verified).await {
+            Ok(Adopted::Yes) => {}
+            Ok(Adopted::NotOurs) => {
                 tracing::info!(result = "unknown_session", session = %session_id, "webhook for a session we do not follow");
                 return (StatusCode::OK, "unknown_session");
             }
+            // Counted, audited and answered 200: Didit's retry would be refused the same way.
+            Ok(Adopted::Refused) => return (StatusCode::OK, "adoption_refused"),
             Err(e) => return retry_later(state, &forget, e).await,
         },
         Err(e) => return retry_later(state, &forget, e).await,
@@ -157,32 +161,79 @@ async fn receive(
     (StatusCode::OK, "accepted")
 }
 
-/// A session we have no record of (records expired, or created by another system) whose
+/// What became of a webhook for a session we have no record of.
+enum Adopted {
+    /// Its request now follows it.
+    Yes,
+    /// Its metadata names none of our requests.
+    NotOurs,
+    /// It names one of our requests, but may not take it (see [`adopt`]).
+    Refused,
+}
+
+/// A session we have no record of (records expired, or the create's answer was lost) whose
 /// signed payload names one of our requests in its metadata: record the link so the
-/// decision still yields that request's event. Returns whether it was ours.
+/// decision still yields that request's event.
+///
+/// Limits: the metadata is believed only when the signature covers it (`X-Signature-V2` or
+/// `X-Signature`; the Simple signature covers four fields, not the metadata), and a session
+/// is given only to a request of the same person that has none — never to one that follows
+/// (or was decided in) another session. A refusal changes nothing; it is counted
+/// (`kyc_webhooks_total{result="adoption_refused"}`) and audited on the request's trail.
 async fn adopt(
     state: &AppState,
     session_id: Uuid,
-    payload: &serde_json::Value,
-) -> redis::RedisResult<bool> {
+    verified: &didit::webhook::VerifiedWebhook,
+) -> Result<Adopted, crate::store::StoreError> {
+    let payload = &verified.payload;
     let request = payload
         .get("metadata")
         .and_then(|m| m.get(REQUEST_ID_METADATA))
         .and_then(|r| r.as_str())
         .and_then(|r| RequestId::parse(r).ok());
     let Some(request) = request else {
-        return Ok(false);
+        return Ok(Adopted::NotOurs);
     };
     let vendor_data = payload
         .get("vendor_data")
         .and_then(|v| v.as_str())
         .unwrap_or_default();
+    // The V2 and raw signatures cover the whole body; the Simple one does not.
+    let refusal = if !verified.scheme.covers_decision() {
+        Some("the signature does not cover the metadata")
+    } else {
+        state
+            .store
+            .claim_for_adoption(&request, session_id, vendor_data)
+            .await?
+            .refusal()
+    };
+    if let Some(reason) = refusal {
+        tracing::warn!(result = "adoption_refused", session = %session_id, reason, scheme = verified.scheme.as_str(), "a webhook for an unknown session names one of our requests; not adopted");
+        state
+            .store
+            .audit(
+                std::slice::from_ref(&request),
+                "adoption_refused",
+                serde_json::json!({"session_id": session_id, "reason": reason, "scheme": verified.scheme.as_str()}),
+            )
+            .await?;
+        return Ok(Adopted::Refused);
+    }
     // The session's real deadline is unknown here; the poll's own reads decide its fate.
     let deadline = crate::queue::now_ms() + Duration::from_secs(30 * 24 * 3600).as_millis() as u64;
+    let status = SessionStatus::parse(
+        payload
+            .get("status")
+            .and_then(|s| s.as_str())
+            .unwrap_or_default(),
+    );
     let session = crate::store::NewSession {
         id: session_id,
         url: "",
         deadline_ms: deadline,
+        workflow_version: payload.get("workflow_version").and_then(|v| v.as_i64()),
+        status: &status,
     };
     state
         .store
@@ -195,7 +246,7 @@ async fn adopt(
         )
         .await?;
     tracing::info!(result = "adopted", session = %session_id, "webhook for a session without a record names one of our requests");
-    Ok(true)
+    Ok(Adopted::Yes)
 }
 
 /// Forgets the delivery and answers 503, so Didit's retry is processed.

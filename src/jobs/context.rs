@@ -12,21 +12,22 @@ use uuid::Uuid;
 
 use crate::{
     domain::{
-        AccountPause, Decider, EventType, OutcomeEvent, PollSchedule, RequestId, SessionStatus,
+        AccountPause, Decider, EventStatus, EventType, OutcomeEvent, PollSchedule, RequestId,
+        SessionStatus,
     },
     metrics::Metrics,
-    queue::{now_ms, JobError, Queue},
+    queue::{now_ms, JobError, Queue, QueueError},
     ratelimit::{Priority, RateLimiter},
     rules::RuleSet,
     settings::Settings,
-    store::{SessionRecord, Store},
+    store::{SessionRecord, Store, StoreError},
 };
 
 use super::PollDecision;
 
 /// The handlers' shared state. Cheap to clone.
 #[derive(Clone)]
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     pub didit: DiditClient,
     pub queue: Queue,
     pub store: Store,
@@ -34,8 +35,9 @@ pub struct Pipeline {
     pub metrics: Arc<Metrics>,
     pub rules: Arc<RuleSet>,
     pub settings: Arc<Settings>,
-    /// Session expiration per workflow, read from Didit once per process.
-    expirations: Arc<Mutex<HashMap<Uuid, Duration>>>,
+    /// Session expiration per (workflow, version), read from Didit once per process and
+    /// version: a republished workflow is a new version, read when a session runs on it.
+    expirations: Arc<Mutex<HashMap<(Uuid, i64), Duration>>>,
     /// One expiration read at a time, so a burst of starts on a new process reads a
     /// workflow once rather than once per job.
     expiration_read: Arc<tokio::sync::Mutex<()>>,
@@ -109,12 +111,7 @@ impl Pipeline {
         F: FnOnce(DiditClient) -> Fut,
         Fut: std::future::Future<Output = Result<T, DiditError>>,
     {
-        if let Some(wait) = self
-            .limiter
-            .acquire(endpoint.scopes(), priority)
-            .await
-            .map_err(redis_failure)?
-        {
+        if let Some(wait) = self.limiter.acquire(endpoint.scopes(), priority).await? {
             for scope in endpoint.scopes() {
                 self.metrics
                     .rate_limit_deferred
@@ -123,24 +120,21 @@ impl Pipeline {
             }
             return Err(JobError::Wait {
                 reason: format!("Didit budget for {endpoint} used up"),
-                after: wait,
+                // Every job refused now is told the same instant (the window's next free
+                // slot, a 429 pause's end): spread them so they do not return together.
+                after: spread_wait(wait),
             });
         }
         let result = call(self.didit.clone()).await;
         if let Err(e) = &result {
-            if e.status() == Some(429) {
+            if e.is_rate_limited() {
                 for scope in endpoint.scopes() {
                     self.metrics
                         .didit_rate_limited
                         .with_label_values(&[scope.as_str()])
                         .inc();
                 }
-                let wait = match e.class() {
-                    ErrorClass::Retryable {
-                        retry_after: Some(d),
-                    } => d,
-                    _ => Duration::from_secs(5),
-                };
+                let wait = e.retry_after().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(endpoint = %endpoint, wait_ms = wait.as_millis() as u64, "Didit answered 429: pausing these calls fleet-wide");
                 if let Err(e) = self.limiter.pause(endpoint.scopes(), wait).await {
                     tracing::warn!(error = %e, "could not record the rate-limit pause");
@@ -150,41 +144,34 @@ impl Pipeline {
         Ok(result)
     }
 
-    /// The workflow's session expiration; Didit's default when it cannot be read.
-    pub async fn expiration(&self, workflow: Uuid) -> Duration {
-        let cached = || {
+    /// The session expiration of a workflow version (`version` as Didit's create response
+    /// gives it; `None`: the latest published version); Didit's default when it cannot be
+    /// read.
+    ///
+    /// Didit reads a workflow by the version's own id (`settings_uuid`), which only the
+    /// rows of `GET /v3/workflows/` give: one list call finds the version's row, whose
+    /// `session_expiration_time` is the answer (a row without it is read by its id). Every
+    /// version the list shows is remembered, so a burst of sessions reads the list once and
+    /// a republished workflow is read again when its first session arrives.
+    pub async fn expiration(&self, workflow: Uuid, version: Option<i64>) -> Duration {
+        let cached = |version: i64| {
             self.expirations
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .get(&workflow)
+                .get(&(workflow, version))
                 .copied()
         };
-        if let Some(d) = cached() {
+        if let Some(d) = version.and_then(cached) {
             return d;
         }
         let _one_at_a_time = self.expiration_read.lock().await;
-        if let Some(d) = cached() {
+        if let Some(d) = version.and_then(cached) {
             return d;
         }
-        let read = self
-            .call(Endpoint::GetWorkflow, Priority::High, |d| async move {
-                d.get_workflow(workflow).await
-            })
-            .await;
-        match read {
-            Ok(Ok(w)) => {
-                let d = w
-                    .session_expiration_time
-                    .map(Duration::from_secs)
-                    .unwrap_or(DEFAULT_EXPIRATION);
-                self.expirations
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(workflow, d);
-                d
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "workflow expiration unknown; using Didit's default");
+        match self.read_expiration(workflow, version).await {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                tracing::debug!(workflow = %workflow, ?version, "workflow version not listed; using Didit's default expiration");
                 DEFAULT_EXPIRATION
             }
             Err(e) => {
@@ -192,6 +179,65 @@ impl Pipeline {
                 DEFAULT_EXPIRATION
             }
         }
+    }
+
+    /// Lists the workflows, remembers every version's expiration and returns the asked one.
+    async fn read_expiration(
+        &self,
+        workflow: Uuid,
+        version: Option<i64>,
+    ) -> Result<Option<Duration>, String> {
+        let page = self
+            .call(Endpoint::ListWorkflows, Priority::High, |d| async move {
+                d.list_workflows().await
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let rows: Vec<_> = page
+            .results
+            .into_iter()
+            .filter(|w| w.stable_id() == workflow || w.uuid == workflow)
+            .collect();
+        {
+            let mut cache = self.expirations.lock().unwrap_or_else(|e| e.into_inner());
+            for row in &rows {
+                if let (Some(v), Some(s)) = (row.version, row.session_expiration_time) {
+                    cache.insert((workflow, v), Duration::from_secs(s));
+                }
+            }
+        }
+        let row = match version {
+            Some(v) => rows.into_iter().find(|w| w.version == Some(v)),
+            None => rows
+                .into_iter()
+                .filter(|w| w.status.as_deref() != Some("draft"))
+                .max_by_key(|w| w.version),
+        };
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        if let Some(s) = row.session_expiration_time {
+            return Ok(Some(Duration::from_secs(s)));
+        }
+        let id = row.uuid;
+        let read = self
+            .call(Endpoint::GetWorkflow, Priority::High, |d| async move {
+                d.get_workflow(id).await
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let d = read
+            .session_expiration_time
+            .map_or(DEFAULT_EXPIRATION, Duration::from_secs);
+        if let Some(v) = row.version {
+            self.expirations
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((workflow, v), d);
+        }
+        Ok(Some(d))
     }
 
     /// Schedules the session's next poll in its one slot, unless an earlier one is there.
@@ -211,8 +257,8 @@ impl Pipeline {
                 },
                 SystemTime::now() + after,
             )
-            .await
-            .map_err(redis_failure)
+            .await?;
+        Ok(())
     }
 
     /// Returns the wait to apply when Didit calls are paused fleet-wide.
@@ -221,7 +267,7 @@ impl Pipeline {
         let paused = match seen {
             Some((at, paused)) if at.elapsed() < PAUSE_FRESH => paused,
             _ => {
-                let paused = self.store.pause().await.map_err(redis_failure)?.is_some();
+                let paused = self.store.pause().await?.is_some();
                 self.saw_pause(paused);
                 paused
             }
@@ -235,7 +281,7 @@ impl Pipeline {
 
     /// Maps a Didit failure to the queue's language, pausing the fleet on account errors.
     pub async fn didit_failure(&self, error: DiditError) -> JobError {
-        if matches!(error.kind, didit::DiditErrorKind::Decode(_)) {
+        if error.is_malformed_response() {
             // A body we cannot read is more likely a proxy than a permanent answer, but it
             // is not Didit's throttling either: retry, counting attempts.
             return JobError::Retry {
@@ -249,6 +295,7 @@ impl Pipeline {
                 // Didit's own floor when it gave one; else about 5 s, spread so that jobs
                 // failing together (an outage) do not come back in lockstep.
                 after: retry_after
+                    .map(spread_wait)
                     .unwrap_or_else(|| {
                         use rand::Rng;
                         Duration::from_secs(5).mul_f64(rand::rng().random_range(0.8..1.2))
@@ -283,8 +330,40 @@ impl Pipeline {
         };
         self.store
             .track_review(session_id, session, status, &decider.label(), &data)
+            .await?;
+        self.publish_to_all(session_id, session, kind, status, decider, data)
             .await
-            .map_err(redis_failure)?;
+    }
+
+    /// Publishes `kyc.session.resubmission_requested` for every request the session answers
+    /// (`data`: the nodes, the reason, who asked), in the session's change round.
+    pub async fn publish_resubmission(
+        &self,
+        session_id: Uuid,
+        session: &SessionRecord,
+        decider: &Decider,
+        data: Value,
+    ) -> Result<(), JobError> {
+        self.publish_to_all(
+            session_id,
+            session,
+            EventType::ResubmissionRequested,
+            &SessionStatus::Resubmitted,
+            decider,
+            data,
+        )
+        .await
+    }
+
+    async fn publish_to_all(
+        &self,
+        session_id: Uuid,
+        session: &SessionRecord,
+        kind: EventType,
+        status: &SessionStatus,
+        decider: &Decider,
+        data: Value,
+    ) -> Result<(), JobError> {
         for request in &session.requests {
             let vendor_data = self.vendor_data(session, request).await?;
             let event = OutcomeEvent::new(
@@ -292,10 +371,11 @@ impl Pipeline {
                 request.clone(),
                 Some(session_id),
                 vendor_data,
-                status.as_str(),
+                status.clone().into(),
                 decider,
                 data.clone(),
-            );
+            )
+            .in_round(session.round);
             self.publish(&event).await?;
         }
         Ok(())
@@ -314,8 +394,7 @@ impl Pipeline {
         Ok(self
             .store
             .request(request)
-            .await
-            .map_err(redis_failure)?
+            .await?
             .map(|r| r.vendor_data)
             .unwrap_or_default())
     }
@@ -334,45 +413,87 @@ impl Pipeline {
             request.clone(),
             session_id,
             vendor_data.to_owned(),
-            "failed",
+            EventStatus::Failed,
             &Decider::Fleet,
             json!({"reason": reason.as_str(), "detail": detail}),
         );
         self.publish(&event).await.map(drop)
     }
 
-    /// Publishes an event once per (request, session, type, status) and counts it;
-    /// `true` when it was new.
+    /// Publishes an event once per (request, session, change round, type, status) and
+    /// counts it; `true` when it was new.
     pub async fn publish(&self, event: &OutcomeEvent) -> Result<bool, JobError> {
-        let new = self.store.publish(event).await.map_err(redis_failure)?;
+        let new = self.store.publish(event).await?;
         if new {
             self.metrics
                 .events_published
-                .with_label_values(&[event.kind])
+                .with_label_values(&[event.kind.as_str()])
                 .inc();
-            if event.kind == EventType::Decided.as_str() {
+            if event.kind == EventType::Decided {
                 self.metrics
                     .decisions
-                    .with_label_values(&[&event.status, Metrics::decider_kind(&event.decided_by)])
+                    .with_label_values(&[
+                        event.status.as_str(),
+                        Metrics::decider_kind(&event.decided_by),
+                    ])
                     .inc();
             }
-            tracing::info!(event = event.kind, status = %event.status, session = ?event.session_id, "event published");
+            tracing::info!(event = event.kind.as_str(), status = %event.status, session = ?event.session_id, "event published");
         }
         Ok(new)
     }
 
-    /// Unix ms when a session created now gives up: expiration + grace.
-    pub async fn deadline_for(&self, workflow: Uuid) -> u64 {
+    /// Unix ms when a session whose expiry window starts now gives up: the expiration of
+    /// its workflow version + grace.
+    pub async fn deadline_for(&self, workflow: Uuid, version: Option<i64>) -> u64 {
         now_ms()
-            + (self.expiration(workflow).await + self.settings.poll.expiry_grace).as_millis() as u64
+            + (self.expiration(workflow, version).await + self.settings.poll.expiry_grace)
+                .as_millis() as u64
     }
 }
 
-/// A Redis error inside a handler: retry the job later (the queue's backoff).
-pub fn redis_failure(e: impl std::fmt::Display) -> JobError {
-    JobError::Retry {
-        reason: format!("redis: {e}"),
-        after: None,
+/// A wait after `floor`, spread at random (see [`crate::domain::spread`]).
+fn spread_wait(floor: Duration) -> Duration {
+    use rand::Rng;
+    crate::domain::spread(floor, rand::rng().random_range(0.0..1.0))
+}
+
+/// A store failure inside a handler: retry the job later (the queue's backoff) when Redis
+/// may answer then; a corrupt record reads the same on every attempt, so dead-letter it.
+impl From<StoreError> for JobError {
+    fn from(e: StoreError) -> Self {
+        if e.is_retryable() {
+            JobError::Retry {
+                reason: e.to_string(),
+                after: None,
+            }
+        } else {
+            JobError::Fatal(e.to_string())
+        }
+    }
+}
+
+/// A queue failure inside a handler: Redis may answer later; a job that cannot be encoded
+/// never will.
+impl From<QueueError> for JobError {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::Redis(_) => JobError::Retry {
+                reason: e.to_string(),
+                after: None,
+            },
+            QueueError::Encode(_) => JobError::Fatal(e.to_string()),
+        }
+    }
+}
+
+/// A rate-limiter failure (Redis unreachable) inside a handler: retry the job later.
+impl From<redis::RedisError> for JobError {
+    fn from(e: redis::RedisError) -> Self {
+        JobError::Retry {
+            reason: format!("redis: {e}"),
+            after: None,
+        }
     }
 }
 
@@ -388,13 +509,18 @@ pub fn decision_summary(d: &Decision) -> Value {
         if let Some(last) = items.last() {
             features.insert(name.to_owned(), json!(last.status));
         }
-        // The lowest score across items: the weakest evidence is what matters.
-        let lowest = items
-            .iter()
-            .filter_map(|i| i.score)
-            .fold(None, |m: Option<f64>, s| Some(m.map_or(s, |m| m.min(s))));
-        if let Some(score) = lowest {
+        // The latest attempt's score is the feature's: an earlier failed attempt the
+        // person redid (a resubmission, a retry) no longer speaks for them. The lowest over
+        // all attempts is kept beside it, under its own name.
+        if let Some(score) = items.iter().rev().find_map(|i| i.score) {
             scores.insert(name.to_owned(), json!(score));
+        }
+        if items.iter().filter(|i| i.score.is_some()).count() > 1 {
+            let lowest = items
+                .iter()
+                .filter_map(|i| i.score)
+                .fold(f64::INFINITY, f64::min);
+            scores.insert(format!("{name}_lowest"), json!(lowest));
         }
         for item in items {
             for w in item.warnings.iter().flatten() {
@@ -427,5 +553,44 @@ pub async fn pause_probe(pipeline: Pipeline) {
                 "Didit calls resumed: the cause is gone"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_scores_are_the_latest_attempts_and_the_lowest_has_its_own_name() {
+        let decision: Decision = serde_json::from_value(json!({
+            "session_id": "11111111-2222-3333-4444-555555555555",
+            "status": "Approved",
+            "face_matches": [{"status": "Declined", "score": 31.0}, {"status": "Approved", "score": 93.5}],
+            "liveness_checks": [{"status": "Approved", "score": 97.0}],
+        }))
+        .expect("decision");
+        let summary = decision_summary(&decision);
+        assert_eq!(summary["scores"]["face_match"], json!(93.5));
+        assert_eq!(summary["scores"]["face_match_lowest"], json!(31.0));
+        assert_eq!(summary["scores"]["liveness"], json!(97.0));
+        assert!(summary["scores"].get("liveness_lowest").is_none());
+        assert_eq!(summary["features"]["face_match"], json!("Approved"));
+    }
+
+    #[test]
+    fn a_store_failure_retries_unless_the_record_is_corrupt() {
+        let io = StoreError::from(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused",
+        )));
+        assert!(matches!(
+            JobError::from(io),
+            JobError::Retry { after: None, ref reason } if reason.starts_with("redis: ")
+        ));
+        let corrupt = StoreError::Corrupt {
+            record: "session",
+            field: "deadline_ms",
+        };
+        assert!(matches!(JobError::from(corrupt), JobError::Fatal(_)));
     }
 }

@@ -5,12 +5,15 @@
 //! run on the echo of our own `update-status` (the session record remembers what a rule
 //! set), and a rule's review hold is released only by a newer change at Didit, not by
 //! reading the same status again. Every outcome is published once per (request, session,
-//! status) with the rules that matched, the values they read and the rule-set version.
+//! change round, status) with the rules that matched, the values they read and the rule-set
+//! version. A blocklist rule acts on a session Didit already declined too: declining is
+//! only half of what it asks. A resubmission is announced as its own event, and Didit
+//! e-mails the person the link when the request gave an address.
 
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{context::redis_failure, Pipeline};
+use super::Pipeline;
 use crate::{
     domain::{Decider, SessionStatus},
     queue::JobError,
@@ -20,7 +23,7 @@ use crate::{
 };
 use didit::{
     types::{BlocklistAddRequest, Decision, UpdateStatusRequest},
-    Endpoint, ErrorClass,
+    Endpoint,
 };
 
 /// What the poll does after the decision step.
@@ -50,7 +53,7 @@ pub async fn decide(
         if held == &status {
             return Ok(After::Watch);
         }
-        p.store.clear_hold(sid).await.map_err(redis_failure)?;
+        p.store.clear_hold(sid).await?;
     }
     let workflow = workflow_name(p, decision.workflow_id);
     let evaluation = p.rules.evaluate(
@@ -68,8 +71,7 @@ pub async fn decide(
     if !p.rules.rules.is_empty() || !p.rules.workflows.is_empty() {
         p.store
             .audit(&session.requests, "rules_evaluated", data["rules"].clone())
-            .await
-            .map_err(redis_failure)?;
+            .await?;
     }
     let (Some(action), Some(rule)) = (
         &evaluation.outcome.action,
@@ -80,7 +82,11 @@ pub async fn decide(
         return Ok(after_result(&status));
     };
     let target = action.status().unwrap_or_else(|| status.clone());
-    if p.settings.rules.dry_run || target == status || matches!(action, Action::None) {
+    let blocklist = matches!(action, Action::Blocklist { .. });
+    if p.settings.rules.dry_run
+        || (target == status && !blocklist)
+        || matches!(action, Action::None)
+    {
         // Dry run, or the rule agrees with Didit: Didit's decision stands.
         p.publish_status(sid, session, &status, &Decider::Didit, data)
             .await?;
@@ -94,46 +100,60 @@ pub async fn decide(
     match action {
         Action::Review => {
             // Didit cannot be set to In Review: a local hold, released by a person or a newer change.
-            p.store
-                .set_hold(sid, &status, rule)
-                .await
-                .map_err(redis_failure)?;
+            p.store.set_hold(sid, &status, rule).await?;
             p.publish_status(sid, session, &SessionStatus::InReview, &decider, data)
                 .await?;
             Ok(After::Watch)
         }
         Action::Resubmit { nodes } => {
-            let count = p.store.count_resubmit(sid).await.map_err(redis_failure)?;
+            let count = p.store.count_resubmit(sid).await?;
             if count > p.settings.rules.max_resubmits {
-                p.store
-                    .set_hold(sid, &status, rule)
-                    .await
-                    .map_err(redis_failure)?;
+                p.store.set_hold(sid, &status, rule).await?;
                 data["rules"]["resubmits_exhausted"] = json!(true);
                 p.publish_status(sid, session, &SessionStatus::InReview, &decider, data)
                     .await?;
                 return Ok(After::Watch);
             }
-            let request = UpdateStatusRequest {
+            let mut request = UpdateStatusRequest {
                 new_status: SessionStatus::Resubmitted,
                 comment: Some(comment),
                 nodes_to_resubmit: (!nodes.is_empty()).then(|| nodes.clone()),
                 send_email: None,
                 email_address: None,
+                email_language: None,
             };
+            let emailed = email_the_person(&mut request, decision);
+            // Recorded before the call: should the echo arrive first, it is no change.
+            let round = p.store.record_resubmission(sid, &decider.label()).await?;
             update_status(p, sid, &request).await?;
-            p.store
-                .set_rule_status(sid, &SessionStatus::Resubmitted, rule)
-                .await
-                .map_err(redis_failure)?;
+            let resubmitted = SessionRecord {
+                round,
+                status: Some(SessionStatus::Resubmitted),
+                ..session.clone()
+            };
+            let data = json!({
+                "nodes": nodes,
+                "reason": evaluation.outcome.comment,
+                "requested_by": decider.label(),
+                "emailed": emailed,
+                "rules": data["rules"],
+            });
+            p.publish_resubmission(sid, &resubmitted, &decider, data)
+                .await?;
             Ok(After::Follow)
         }
-        &Action::Blocklist { face, document } => {
+        &Action::Blocklist {
+            face,
+            document,
+            phone,
+            email,
+        } => {
             let request = BlocklistAddRequest {
                 session_id: sid,
                 blocklist_face: face,
                 blocklist_document: document,
-                ..Default::default()
+                blocklist_phone: phone,
+                blocklist_email: email,
             };
             let added = p
                 .call(Endpoint::BlocklistAdd, Priority::High, |d| async move {
@@ -142,6 +162,19 @@ pub async fn decide(
                 .await?;
             if let Err(e) = added {
                 return Err(p.didit_failure(e).await);
+            }
+            p.store
+                .audit(
+                    &session.requests,
+                    "didit_blocklist",
+                    json!({"session_id": sid, "face": face, "document": document, "phone": phone, "email": email, "rule": rule}),
+                )
+                .await?;
+            if target == status {
+                // Didit declined it already: the decline stands, the rule added the blocklist.
+                p.publish_status(sid, session, &status, &decider, data)
+                    .await?;
+                return Ok(after_result(&status));
             }
             set_and_publish(p, sid, session, &target, rule, comment, &decider, data).await
         }
@@ -169,12 +202,10 @@ async fn set_and_publish(
         nodes_to_resubmit: None,
         send_email: None,
         email_address: None,
+        email_language: None,
     };
     // Recorded before the call: should the echo arrive first, it is still recognised.
-    p.store
-        .set_rule_status(sid, target, rule)
-        .await
-        .map_err(redis_failure)?;
+    p.store.set_rule_status(sid, target, rule).await?;
     update_status(p, sid, &request).await?;
     p.store
         .audit(
@@ -182,8 +213,7 @@ async fn set_and_publish(
             "didit_update_status",
             json!({"session_id": sid, "new_status": target.as_str(), "rule": rule}),
         )
-        .await
-        .map_err(redis_failure)?;
+        .await?;
     p.publish_status(sid, session, target, decider, data)
         .await?;
     Ok(after_result(target))
@@ -203,14 +233,32 @@ pub(super) async fn update_status(
         .await?;
     match answer {
         Ok(_) => Ok(()),
-        Err(e)
-            if e.class() == ErrorClass::Request
-                && e.to_string().contains("same as the current status") =>
-        {
-            Ok(())
-        }
+        Err(e) if e.is_status_unchanged() => Ok(()),
         Err(e) => Err(p.didit_failure(e).await),
     }
+}
+
+/// Asks Didit to e-mail the person the resubmission (the link and the reasons) when the
+/// request gave an address: `contact_details.email`, which the decision echoes, in the
+/// request's `email_lang`. Returns whether it asked. The address goes to Didit only; it is
+/// never logged, stored or published.
+pub fn email_the_person(request: &mut UpdateStatusRequest, decision: &Decision) -> bool {
+    let contact = decision.rest.get("contact_details");
+    let text = |key: &str| {
+        contact
+            .and_then(|c| c.get(key))
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let Some(address) = text("email") else {
+        return false;
+    };
+    request.send_email = Some(true);
+    request.email_address = Some(address);
+    request.email_language = text("email_lang");
+    true
 }
 
 fn after_result(status: &SessionStatus) -> After {

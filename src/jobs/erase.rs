@@ -10,13 +10,13 @@ use apalis::prelude::Data;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{context::redis_failure, Pipeline, StartKyc};
+use super::{Pipeline, StartKyc};
 use crate::{
-    domain::{Decider, EventType, OutcomeEvent, RequestId},
+    domain::{Decider, EventStatus, EventType, OutcomeEvent, RequestId},
     queue::{Completion, Job, JobError},
     ratelimit::Priority,
 };
-use didit::{types::SessionQuery, Endpoint, ErrorClass};
+use didit::{types::SessionQuery, Endpoint};
 
 /// Job: erase everything about one person.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,46 +68,31 @@ pub async fn handle(
             {
                 Ok(()) => deleted_at_didit += 1,
                 // Already gone (a rerun, or deleted meanwhile).
-                Err(e) if e.status() == Some(404) => {}
-                Err(e) if e.class() == ErrorClass::Request => {
-                    return Err(JobError::Fatal(e.to_string()))
-                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) if e.is_request_error() => return Err(JobError::Fatal(e.to_string())),
                 Err(e) => return Err(p.didit_failure(e).await),
             }
         }
     }
     // Here: records, waiting work and events that name the person.
-    let (requests, sessions) = p.store.subject(vendor_data).await.map_err(redis_failure)?;
+    let (requests, sessions) = p.store.subject(vendor_data).await?;
     for sid in &sessions {
         p.queue
             .unschedule(
                 <super::PollDecision as Job>::QUEUE,
                 &super::PollDecision::slot(*sid),
             )
-            .await
-            .map_err(redis_failure)?;
+            .await?;
     }
-    p.store
-        .forget(vendor_data, &requests, &sessions)
-        .await
-        .map_err(redis_failure)?;
+    p.store.forget(vendor_data, &requests, &sessions).await?;
     let jobs = p
         .queue
         .purge_jobs(<StartKyc as Job>::QUEUE, |args| {
             args.get("vendor_data").and_then(|v| v.as_str()) == Some(vendor_data)
         })
-        .await
-        .map_err(redis_failure)?;
-    let intake = p
-        .store
-        .forget_intake(vendor_data)
-        .await
-        .map_err(redis_failure)?;
-    let events = p
-        .store
-        .forget_events(vendor_data)
-        .await
-        .map_err(redis_failure)?;
+        .await?;
+    let intake = p.store.forget_intake(vendor_data).await?;
+    let events = p.store.forget_events(vendor_data).await?;
     tracing::info!(
         subject = %subject,
         deleted_at_didit,
@@ -125,7 +110,7 @@ pub async fn handle(
         marker,
         None,
         String::new(),
-        "erased",
+        EventStatus::Erased,
         &Decider::Fleet,
         json!({
             "subject_hash": subject,

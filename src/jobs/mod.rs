@@ -3,17 +3,16 @@
 //! - [`StartKyc`]: one Didit session per request, the user's link, the first poll.
 //! - [`PollDecision`]: reads a session's decision; "not yet" re-schedules on the poll
 //!   schedule (never an attempt), a final status publishes its event.
-//! - [`EraseSubject`]: a person's right to erasure, at Didit and here.
+//! - `EraseSubject`: a person's right to erasure, at Didit and here.
 //! - [`OperatorAction`]: a person's decision from the console, carried out at Didit.
 //!
-//! Handlers turn every Didit failure into the queue's language through [`Pipeline::didit_failure`]:
+//! Handlers turn every Didit failure into the queue's language through `Pipeline::didit_failure`:
 //! 429/5xx wait without using attempts, account problems pause the fleet, request problems
 //! fail the request with an event.
 
 mod context;
 mod decide;
 mod erase;
-mod intake;
 mod operator;
 mod poll;
 mod start;
@@ -23,16 +22,18 @@ use std::time::Duration;
 
 use apalis::prelude::*;
 
-pub use context::Pipeline;
-pub use erase::EraseSubject;
+pub(crate) use context::Pipeline;
+pub(crate) use decide::email_the_person;
+pub(crate) use erase::EraseSubject;
 pub use operator::{OperatorAction, OperatorDecision};
 pub use poll::PollDecision;
-pub use start::{StartKyc, REQUEST_ID_METADATA};
+pub use start::StartKyc;
+pub(crate) use start::REQUEST_ID_METADATA;
 
 use crate::queue::{Maintenance, RedisBackend};
 
 /// Every queue this pipeline uses, for maintenance and stats.
-pub const QUEUES: [&str; 4] = [
+pub(crate) const QUEUES: [&str; 4] = [
     <StartKyc as crate::queue::Job>::QUEUE,
     <PollDecision as crate::queue::Job>::QUEUE,
     <EraseSubject as crate::queue::Job>::QUEUE,
@@ -41,28 +42,50 @@ pub const QUEUES: [&str; 4] = [
 
 /// Why a request could not be cancelled.
 #[derive(Debug, thiserror::Error)]
-pub enum CancelError {
+pub(crate) enum CancelError {
     #[error("no request {0}")]
     Unknown(String),
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    /// The verification already ended: cancelling would rewrite its outcome.
+    #[error("{request} is already {status}: only an open verification can be cancelled")]
+    Settled { request: String, status: String },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Queue(#[from] crate::queue::QueueError),
 }
 
-/// Stops following a verification: no more polls, and `kyc.session.failed` with
-/// `data.reason` = `cancelled`. Returns `false` when it was cancelled before. Needs no Didit
-/// call: the session at Didit is left as it is.
-pub async fn cancel(
+/// Stops following a verification that is still open (queued, created, in progress,
+/// resubmitted or In Review): no more polls, out of the review queue, and
+/// `kyc.session.failed` with `data.reason` = `cancelled`. A verification that reached its
+/// outcome (Approved, Declined, expired, failed) is refused with
+/// [`CancelError::Settled`]: its outcome was published and stands. Returns `false` when it
+/// was cancelled before. Needs no Didit call: the session at Didit is left as it is.
+pub(crate) async fn cancel(
     queue: &crate::queue::Queue,
     store: &crate::store::Store,
     request: &crate::domain::RequestId,
 ) -> Result<bool, CancelError> {
-    use crate::domain::{Decider, EventType, FailureReason, OutcomeEvent};
+    use crate::domain::{
+        Decider, EventStatus, EventType, FailureReason, OutcomeEvent, SessionStatus,
+    };
     let record = store
         .request(request)
         .await?
         .ok_or_else(|| CancelError::Unknown(request.to_string()))?;
+    if record.cancelled {
+        return Ok(false);
+    }
+    let settled = match &record.last_status {
+        Some(EventStatus::Session(s)) => s.is_final() && *s != SessionStatus::InReview,
+        Some(EventStatus::Failed | EventStatus::Erased) => true,
+        None => false,
+    };
+    if let (true, Some(status)) = (settled, &record.last_status) {
+        return Err(CancelError::Settled {
+            request: request.to_string(),
+            status: status.to_string(),
+        });
+    }
     if !store.cancel_request(request, record.session_id).await? {
         return Ok(false);
     }
@@ -78,7 +101,7 @@ pub async fn cancel(
         request.clone(),
         record.session_id,
         record.vendor_data.clone(),
-        "failed",
+        EventStatus::Failed,
         &Decider::Fleet,
         serde_json::json!({"reason": FailureReason::Cancelled.as_str()}),
     );
@@ -96,13 +119,14 @@ pub async fn cancel(
                 )
                 .await?;
             store.close_session(sid).await?;
+            store.unlist_review(sid).await?;
         }
     }
     Ok(true)
 }
 
 /// Runs the pipeline's workers until `shutdown` resolves, then drains for at most `drain`.
-pub async fn run_workers(
+pub(crate) async fn run_workers(
     pipeline: Pipeline,
     consumer: String,
     concurrency: usize,
@@ -112,15 +136,6 @@ pub async fn run_workers(
     let maintenance = Maintenance::spawn(pipeline.queue.clone(), QUEUES.to_vec(), consumer.clone());
     let probe = tokio::spawn(context::pause_probe(pipeline.clone()));
     let sweeper = tokio::spawn(sweep::sweep(pipeline.clone()));
-    let intake = tokio::spawn(intake::read_intake(
-        crate::producer::Producer::new(pipeline.queue.clone(), pipeline.store.clone()),
-        pipeline.metrics.clone(),
-        pipeline.settings.redis.url().to_owned(),
-        pipeline.settings.redis.prefix.clone(),
-        format!("{consumer}-intake"),
-        pipeline.settings.queue.reclaim_after,
-        pipeline.settings.queue.fetch_block,
-    ));
     let start_pipeline = pipeline.clone();
     let start_consumer = format!("{consumer}-start");
     let poll_consumer = format!("{consumer}-poll");
@@ -184,7 +199,6 @@ pub async fn run_workers(
         .await;
     probe.abort();
     sweeper.abort();
-    intake.abort();
     maintenance.stop();
     result.map_err(|e| anyhow::anyhow!("workers stopped: {e}"))
 }

@@ -4,19 +4,27 @@
 //! click shares the fleet's rate limit and survives a Didit outage like every other call.
 //! The status it sets is recorded before the call, so Didit's echo is recognised and never
 //! runs the rules again; the decision is published as `kyc.session.decided` with
-//! `decided_by = operator:<name>` and the previous status the request record holds.
+//! `decided_by = operator:<name>` and the previous status the request record holds. A
+//! resubmission is announced as `kyc.session.resubmission_requested`, and Didit e-mails
+//! the person the link when the request gave an address (read from the decision, which
+//! echoes the request's contact details).
 
 use apalis::prelude::Data;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{context::redis_failure, decide::update_status, Pipeline};
+use super::{
+    decide::{email_the_person, update_status},
+    Pipeline,
+};
 use crate::{
     domain::{Decider, SessionStatus},
     queue::{Completion, Job, JobError},
+    ratelimit::Priority,
+    store::SessionRecord,
 };
-use didit::types::UpdateStatusRequest;
+use didit::{types::UpdateStatusRequest, Endpoint};
 
 /// What an operator decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,7 +92,7 @@ pub async fn handle(
         });
     }
     let sid = job.session_id;
-    let Some(session) = p.store.session(sid).await.map_err(redis_failure)? else {
+    let Some(session) = p.store.session(sid).await? else {
         return Err(JobError::Fatal(format!("no record of session {sid}")));
     };
     // Held by Didit or by a rule: listed in the review queue until a later status is
@@ -103,25 +111,38 @@ pub async fn handle(
         Some(note) if !note.is_empty() => format!("{}: {note}", decider.label()),
         _ => decider.label(),
     };
-    // Recorded before the call: should the echo arrive first, it is still recognised.
-    p.store
-        .set_rule_status(sid, &target, &decider.label())
-        .await
-        .map_err(redis_failure)?;
-    update_status(
-        &p,
-        sid,
-        &UpdateStatusRequest {
-            new_status: target.clone(),
-            comment: Some(comment),
-            nodes_to_resubmit: None,
-            send_email: None,
-            email_address: None,
-        },
-    )
-    .await?;
+    let mut request = UpdateStatusRequest {
+        new_status: target.clone(),
+        comment: Some(comment),
+        nodes_to_resubmit: None,
+        send_email: None,
+        email_address: None,
+        email_language: None,
+    };
+    let mut round = session.round;
+    let mut emailed = false;
+    if job.action == OperatorDecision::Resubmit {
+        // Didit e-mails the link only when asked, to the address the decision echoes.
+        let read = p
+            .call(Endpoint::Decision, Priority::High, |d| async move {
+                d.decision(sid).await
+            })
+            .await?;
+        match read {
+            Ok(decision) => emailed = email_the_person(&mut request, &decision),
+            Err(e) => return Err(p.didit_failure(e).await),
+        }
+        // Recorded before the call: the echo is then no change of status.
+        round = p.store.record_resubmission(sid, &decider.label()).await?;
+    } else {
+        // Recorded before the call: should the echo arrive first, it is still recognised.
+        p.store
+            .set_rule_status(sid, &target, &decider.label())
+            .await?;
+    }
+    update_status(&p, sid, &request).await?;
     if session.hold_status.is_some() {
-        p.store.clear_hold(sid).await.map_err(redis_failure)?;
+        p.store.clear_hold(sid).await?;
     }
     p.store
         .audit(
@@ -129,14 +150,26 @@ pub async fn handle(
             "didit_update_status",
             json!({"session_id": sid, "new_status": target.as_str(), "operator": job.operator}),
         )
-        .await
-        .map_err(redis_failure)?;
+        .await?;
     if job.action == OperatorDecision::Resubmit {
         // The person goes through the flow again: follow the session on the poll schedule.
         p.store
             .track_review(sid, &session, &target, &decider.label(), &json!({}))
-            .await
-            .map_err(redis_failure)?;
+            .await?;
+        let resubmitted = SessionRecord {
+            round,
+            status: Some(SessionStatus::Resubmitted),
+            ..session.clone()
+        };
+        let data = json!({
+            "nodes": null,
+            // The operator's note goes to Didit only.
+            "reason": null,
+            "requested_by": decider.label(),
+            "emailed": emailed,
+        });
+        p.publish_resubmission(sid, &resubmitted, &decider, data)
+            .await?;
         p.schedule_poll(sid, 1, p.schedule().interval(0, sid.as_u128()))
             .await?;
         return Ok(Completion::Done);

@@ -3,8 +3,10 @@
 //! Each session has one poll slot (the job id `poll:<session>`), so a duplicate delivery or
 //! a webhook that asks for an immediate read never forks the chain. Waiting is not failure:
 //! "not yet" re-runs on the poll schedule without using an attempt. The deadline is the
-//! workflow's expiration plus grace, recomputed when Didit restarts the window after a
-//! resubmission.
+//! session's expiry plus grace: the decision's `expires_at` when Didit gives it, else the
+//! expiration of the workflow version the session runs, recomputed when Didit restarts the
+//! window after a resubmission. A resubmission the fleet did not ask for (Didit's console,
+//! the API from elsewhere) is announced when it is read.
 
 use std::time::{Duration, SystemTime};
 
@@ -14,7 +16,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::{
-    context::{decision_summary, redis_failure},
+    context::decision_summary,
     decide::{decide, After},
     Pipeline,
 };
@@ -24,7 +26,7 @@ use crate::{
     ratelimit::Priority,
     store::SessionRecord,
 };
-use didit::{Endpoint, ErrorClass};
+use didit::Endpoint;
 
 /// Job: read the decision of one session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,13 +66,13 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
         return Ok(again(wait, job.polls));
     }
     let sid = job.session_id;
-    let Some(session) = p.store.session(sid).await.map_err(redis_failure)? else {
+    let Some(session) = p.store.session(sid).await? else {
         tracing::info!(session = %sid, "no record of this session any more; not following it");
         return Ok(Completion::Done);
     };
     // Cancelled requests are not followed any more; a session serving none is left alone.
     if session.requests.is_empty() {
-        p.store.close_session(sid).await.map_err(redis_failure)?;
+        p.store.close_session(sid).await?;
         return Ok(Completion::Done);
     }
     let priority = if job.urgent {
@@ -85,10 +87,10 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
         .await?;
     let decision = match read {
         Ok(d) => d,
-        Err(e) if e.class() == ErrorClass::Request => {
+        Err(e) if e.is_request_error() => {
             // Deleted at Didit, or never ours: nothing will ever be decided.
             fail_all(&p, sid, &session, FailureReason::BadRequest, &e.to_string()).await?;
-            p.store.close_session(sid).await.map_err(redis_failure)?;
+            p.store.close_session(sid).await?;
             return Ok(Completion::Done);
         }
         Err(e) => {
@@ -106,19 +108,28 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
             return Err(error);
         }
     };
-    let change = (session.status.as_ref() != Some(&decision.status)).then(
-        || json!({"session_id": sid, "status": decision.status.as_str(), "urgent": job.urgent}),
-    );
-    let fetches = p
+    let changed = session.status.as_ref() != Some(&decision.status);
+    let change =
+        json!({"session_id": sid, "status": decision.status.as_str(), "urgent": job.urgent});
+    let (fetches, round) = p
         .store
-        .record_read(sid, &session.requests, &decision.status, change)
-        .await
-        .map_err(redis_failure)?;
+        .record_read(sid, &session, &decision.status, change)
+        .await?;
     let status = decision.status.clone();
+    let previous_status = session.status.clone();
+    let mut session = session;
+    if changed {
+        // As the record now says: a new round, and a status set by a rule or an operator
+        // forgotten once Didit moved past it.
+        if session.rule_status.as_ref() != Some(&status) {
+            session.rule_status = None;
+        }
+        session.status = Some(status.clone());
+        session.round = round;
+    }
     let now = now_ms();
     if EventType::for_status(&status).is_some() {
-        let first_result = session
-            .status
+        let first_result = previous_status
             .as_ref()
             .is_none_or(|s| EventType::for_status(s).is_none());
         if first_result {
@@ -132,7 +143,7 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
         data["url"] = json!(decision.session_url);
         match decide(&p, sid, &session, &decision, data).await? {
             After::Settled => {
-                p.store.close_session(sid).await.map_err(redis_failure)?;
+                p.store.close_session(sid).await?;
                 return Ok(Completion::Done);
             }
             After::Follow => return Ok(again(p.schedule().interval(0, sid.as_u128()), 1)),
@@ -143,21 +154,30 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
                     // A person decides later; keep reading slowly so that decision has its event.
                     return Ok(again(p.settings.poll.review_interval, job.polls + 1));
                 }
-                p.store.close_session(sid).await.map_err(redis_failure)?;
+                p.store.close_session(sid).await?;
                 return Ok(Completion::Done);
             }
         }
     }
+    if status == SessionStatus::Resubmitted && changed {
+        // Not the fleet's own (that was recorded before the call, so it is no change here):
+        // someone at Didit asked; the nodes and reason are Didit's to show.
+        let data = json!({"nodes": null, "reason": null, "requested_by": Decider::Didit.label()});
+        p.publish_resubmission(sid, &session, &Decider::Didit, data)
+            .await?;
+    }
     let mut deadline = session.deadline_ms;
-    if status == SessionStatus::Resubmitted
-        && session.status.as_ref() != Some(&SessionStatus::Resubmitted)
-    {
+    if let Some(expires) = expires_at_ms(&decision) {
+        // Didit's own expiry for this run of the flow wins.
+        let from_didit = expires + p.settings.poll.expiry_grace.as_millis() as u64;
+        if from_didit != deadline {
+            deadline = from_didit;
+            p.store.set_session_deadline(sid, deadline).await?;
+        }
+    } else if status == SessionStatus::Resubmitted && changed {
         if let Some(workflow) = decision.workflow_id {
-            deadline = p.deadline_for(workflow).await;
-            p.store
-                .set_session_deadline(sid, deadline)
-                .await
-                .map_err(redis_failure)?;
+            deadline = p.deadline_for(workflow, session.workflow_version).await;
+            p.store.set_session_deadline(sid, deadline).await?;
         }
     }
     if now > deadline {
@@ -168,19 +188,28 @@ pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipelin
                 rid.clone(),
                 Some(sid),
                 vendor_data,
-                SessionStatus::Expired.as_str(),
+                SessionStatus::Expired.into(),
                 &Decider::Fleet,
                 json!({"reason": "deadline", "last_status": status.as_str()}),
-            );
+            )
+            .in_round(session.round);
             p.publish(&event).await?;
         }
-        p.store.close_session(sid).await.map_err(redis_failure)?;
+        p.store.close_session(sid).await?;
         return Ok(Completion::Done);
     }
     Ok(again(
         p.schedule().interval(job.polls, sid.as_u128()),
         job.polls + 1,
     ))
+}
+
+/// When an unfinished session expires at Didit, from the decision's `expires_at` (Unix ms).
+fn expires_at_ms(decision: &didit::types::Decision) -> Option<u64> {
+    let text = decision.expires_at.as_deref()?;
+    let at =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
 /// Publishes `kyc.session.failed` for every request a session serves.

@@ -27,7 +27,6 @@ use apalis_core::{
     worker::{context::WorkerContext, ext::ack::AcknowledgeLayer},
 };
 use futures_util::{future::BoxFuture, FutureExt};
-use redis::aio::ConnectionManager;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::{
@@ -286,7 +285,7 @@ async fn give_back(
 
 /// Gives entries this consumer holds back to the queue (see [`scripts::REQUEUE`]).
 pub(super) async fn requeue(
-    conn: &mut ConnectionManager,
+    conn: &mut super::RedisConnection,
     keys: &QueueKeys,
     consumer: &str,
     ids: &[String],

@@ -13,7 +13,7 @@ use std::{
 };
 
 use apalis_core::task::Task;
-use redis::{aio::ConnectionManager, streams::StreamReadReply, AsyncCommands};
+use redis::{streams::StreamReadReply, AsyncCommands};
 use tokio::sync::mpsc;
 
 use super::{
@@ -35,7 +35,8 @@ pub(super) struct Fetcher<A: Job> {
 
 impl<A: Job> Fetcher<A> {
     pub(super) async fn run(self) {
-        let mut conn: Option<ConnectionManager> = None;
+        // A connection of its own: a blocking read must not hold up the shared one.
+        let mut conn = self.queue.connector().connect();
         let mut backoff = Backoff::new();
         while !self.shared.closing.load(Ordering::SeqCst) {
             // Wait for room, then ask for as many jobs as there is room for.
@@ -44,17 +45,7 @@ impl<A: Job> Fetcher<A> {
             };
             drop(permit);
             let count = self.tx.capacity().max(1);
-            let c = match conn.as_mut() {
-                Some(c) => c,
-                None => match super::connect(self.queue.redis_url()).await {
-                    Ok(c) => conn.insert(c),
-                    Err(e) => {
-                        tracing::warn!(error = %e, queue = A::QUEUE, "cannot connect to redis; retrying");
-                        backoff.wait().await;
-                        continue;
-                    }
-                },
-            };
+            let c = &mut conn;
             if self.shared.reader_id.load(Ordering::SeqCst) == 0 {
                 // Who we are on the server, so closing can end a blocked read at once.
                 if let Ok(id) = redis::cmd("CLIENT").arg("ID").query_async::<i64>(c).await {
@@ -151,7 +142,7 @@ pub(super) fn stream_field(entry: &redis::streams::StreamId, name: &str) -> Opti
 }
 
 pub(super) async fn ensure_group(
-    conn: &mut ConnectionManager,
+    conn: &mut super::RedisConnection,
     keys: &QueueKeys,
 ) -> redis::RedisResult<()> {
     let created: redis::RedisResult<()> =
@@ -208,7 +199,7 @@ pub(super) async fn heartbeat(
 /// connection) are pending for us but held by nobody: give them back now rather than wait
 /// for a reclaim that would count them as abandoned.
 async fn recover_unreceived(
-    conn: &mut ConnectionManager,
+    conn: &mut super::RedisConnection,
     keys: &QueueKeys,
     consumer: &str,
     shared: &Shared,

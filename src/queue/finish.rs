@@ -16,6 +16,7 @@ use super::{
     backend::{Backoff, Delivery, Shared},
     envelope::{Envelope, Job},
     keys::{QueueKeys, GROUP},
+    now_ms,
     retry::{Completion, JobError, RetryPolicy, Verdict},
     scripts, unix_ms, Queue,
 };
@@ -115,24 +116,37 @@ fn decide<A: Job>(
             },
         },
         Err(error) => {
-            let verdict = match error.downcast_ref::<JobError>() {
-                Some(job_error) => delivery.verdict(job_error, settings),
+            let retry;
+            let job_error = match error.downcast_ref::<JobError>() {
+                Some(job_error) => job_error,
                 // Anything else (a panic caught, a timeout) is worth another attempt.
-                None => delivery.verdict(
-                    &JobError::Retry {
+                None => {
+                    retry = JobError::Retry {
                         reason: error.to_string(),
                         after: None,
-                    },
-                    settings,
-                ),
+                    };
+                    &retry
+                }
             };
-            match verdict {
+            match delivery.verdict(job_error, settings) {
                 Verdict::Bury { reason } => Finish::Bury { reason },
                 Verdict::Retry {
                     at_ms,
                     attempt,
                     outcome,
                 } => {
+                    if let JobError::Retry { reason, .. } = job_error {
+                        // Every retry says why, with ids only: a reason is an error's text
+                        // (Redis's, Didit's status and field names), never a record's values.
+                        tracing::warn!(
+                            queue = A::QUEUE,
+                            job = %delivery.job_id,
+                            attempt,
+                            retry_in_ms = at_ms.saturating_sub(now_ms()),
+                            reason = %reason,
+                            "job failed; retrying"
+                        );
+                    }
                     let mut envelope = (*delivery.envelope).clone();
                     envelope.attempt = attempt;
                     Finish::Schedule {

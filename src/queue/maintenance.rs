@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use redis::{aio::ConnectionManager, AsyncCommands};
+use redis::AsyncCommands;
 use tokio::task::JoinHandle;
 
 use super::{
@@ -99,7 +99,7 @@ async fn run_reclaim(queue: Queue, queues: Vec<&'static str>, consumer: String) 
 /// requeues them, or buries those abandoned too often; then removes empty dead consumers.
 async fn reclaim(
     queue: &Queue,
-    conn: &mut ConnectionManager,
+    conn: &mut crate::queue::RedisConnection,
     keys: &QueueKeys,
     consumer: &str,
 ) -> redis::RedisResult<()> {
@@ -123,7 +123,7 @@ async fn reclaim(
 /// Requeues entries idle past `reclaim_after`, burying those abandoned too often.
 async fn reclaim_idle(
     queue: &Queue,
-    conn: &mut ConnectionManager,
+    conn: &mut crate::queue::RedisConnection,
     keys: &QueueKeys,
     consumer: &str,
 ) -> redis::RedisResult<()> {
@@ -184,10 +184,21 @@ async fn reclaim_idle(
     Ok(())
 }
 
-/// Deletes consumers that hold nothing and have not read for a while (dead processes);
-/// each check-and-delete is one script, so a consumer reading meanwhile is never deleted.
+/// Whether `consumer` is this process's: `me` itself (reclaims) or one of its workers
+/// (`me-<queue>`). Redis may report a live worker blocked in `XREADGROUP` as idle since
+/// its last delivery, so an idle time alone does not prove a consumer dead.
+fn is_own_consumer(consumer: &str, me: &str) -> bool {
+    consumer == me
+        || consumer
+            .strip_prefix(me)
+            .is_some_and(|rest| rest.starts_with('-'))
+}
+
+/// Deletes other processes' consumers that hold nothing and have not read for a while
+/// (dead processes); each check-and-delete is one script, so a consumer reading meanwhile
+/// is never deleted.
 async fn remove_dead_consumers(
-    conn: &mut ConnectionManager,
+    conn: &mut crate::queue::RedisConnection,
     keys: &QueueKeys,
     me: &str,
     idle: Duration,
@@ -195,7 +206,7 @@ async fn remove_dead_consumers(
     let info: redis::streams::StreamInfoConsumersReply =
         conn.xinfo_consumers(&keys.ready, GROUP).await?;
     for c in info.consumers {
-        if c.name != me && c.pending == 0 && c.idle as u128 > idle.as_millis() {
+        if !is_own_consumer(&c.name, me) && c.pending == 0 && c.idle as u128 > idle.as_millis() {
             let removed: i64 = scripts::FORGET_CONSUMER
                 .key(&keys.ready)
                 .arg(GROUP)
@@ -215,7 +226,7 @@ async fn remove_dead_consumers(
 /// `XACK`): everything before both the oldest pending entry and the group's read position
 /// has been delivered and acknowledged. `last_delivered` is the group's read position.
 async fn trim_finished(
-    conn: &mut ConnectionManager,
+    conn: &mut crate::queue::RedisConnection,
     keys: &QueueKeys,
     last_delivered: &str,
     any_pending: bool,
@@ -264,6 +275,14 @@ fn next_id(id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_never_takes_its_own_workers_for_dead_consumers() {
+        assert!(is_own_consumer("web-1-ab12cd", "web-1-ab12cd"));
+        assert!(is_own_consumer("web-1-ab12cd-start", "web-1-ab12cd"));
+        assert!(!is_own_consumer("web-1-zz99zz-start", "web-1-ab12cd"));
+        assert!(!is_own_consumer("web-1-ab12cdx", "web-1-ab12cd"));
+    }
 
     #[test]
     fn stream_ids_compare_numerically() {

@@ -13,19 +13,20 @@
 //!   up the moment it is added. A finished job is `XACK`ed and `XDEL`eted, so memory stays flat.
 //! - `delayed` + `payloads`: a sorted set of due times and a hash of envelopes. Every process
 //!   sleeps until the earliest due time and is woken on the queue's `wake` channel when an
-//!   earlier job is scheduled ([`promote`]); it promotes due jobs in bounded chunks with one
-//!   script ([`scripts::PROMOTE`]); a job id is
+//!   earlier job is scheduled (`promote`); it promotes due jobs in bounded chunks with one
+//!   script (`scripts::PROMOTE`); a job id is
 //!   one slot, so scheduling the same id again moves it instead of adding a second copy.
 //! - `dead`: a Stream of jobs that cannot run, each with its reason.
 //!
 //! # Guarantees
 //! At-least-once: a job leaves `ready` only in the same atomic step that finishes, reschedules
 //! or buries it. A process that dies holding jobs loses them to `XAUTOCLAIM` after
-//! `queue.reclaim_after`; a live process keeps its jobs fresh ([`scripts::REFRESH`]) so a long
+//! `queue.reclaim_after`; a live process keeps its jobs fresh (`scripts::REFRESH`) so a long
 //! job is never stolen. A job abandoned `queue.max_deliveries` times (it kills whatever runs
 //! it) is dead-lettered. Redis errors never stop a worker: it backs off and resumes.
 
 mod backend;
+mod connection;
 mod envelope;
 mod fetch;
 mod finish;
@@ -37,9 +38,12 @@ mod scripts;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::{aio::ConnectionManager, AsyncCommands};
+use redis::AsyncCommands;
 
 pub use backend::{Delivery, RedisBackend};
+pub use connection::{
+    eviction_policy, ConnectError, Connector, RedisConnection, OUTAGE_WARNING_EVERY,
+};
 pub use envelope::{DecodeError, Envelope, Job};
 pub use keys::QueueKeys;
 pub use maintenance::Maintenance;
@@ -93,9 +97,8 @@ impl DeadJob {
 /// Cheap to clone; all clones share one multiplexed connection.
 #[derive(Clone)]
 pub struct Queue {
-    conn: ConnectionManager,
-    /// Kept for the dedicated blocking connections of fetchers; may carry a password.
-    url: secrecy::SecretString,
+    /// Its connector also makes the dedicated blocking connections of fetchers.
+    conn: RedisConnection,
     prefix: String,
     settings: QueueSettings,
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
@@ -110,19 +113,23 @@ impl std::fmt::Debug for Queue {
 }
 
 impl Queue {
-    /// Connects with a reply timeout longer than any script we run, and reconnects by itself.
+    /// A queue over a connection made by the process's [`Connector`].
+    pub fn new(conn: RedisConnection, prefix: &str, settings: QueueSettings) -> Self {
+        Self {
+            conn,
+            prefix: prefix.to_owned(),
+            settings,
+            metrics: None,
+        }
+    }
+
+    /// A queue on the standalone Redis at `url` (tests, benchmarks, tools).
     pub async fn connect(
         url: &str,
         prefix: &str,
         settings: QueueSettings,
     ) -> Result<Self, QueueError> {
-        Ok(Self {
-            conn: connect(url).await?,
-            url: secrecy::SecretString::from(url.to_owned()),
-            prefix: prefix.to_owned(),
-            settings,
-            metrics: None,
-        })
+        Ok(Self::new(connect(url).await?, prefix, settings))
     }
 
     /// Counts finished deliveries in `kyc_jobs_total` and their duration.
@@ -135,8 +142,9 @@ impl Queue {
         self.metrics.as_deref()
     }
 
-    pub(crate) fn redis_url(&self) -> &str {
-        secrecy::ExposeSecret::expose_secret(&self.url)
+    /// Makes the dedicated connections this queue's fetchers block on.
+    pub(crate) fn connector(&self) -> &Connector {
+        self.conn.connector()
     }
 
     /// A key of the queue machinery shared by every queue (`<prefix>:<name>`; outside
@@ -153,7 +161,7 @@ impl Queue {
         &self.settings
     }
 
-    pub(crate) fn connection(&self) -> ConnectionManager {
+    pub(crate) fn connection(&self) -> RedisConnection {
         self.conn.clone()
     }
 
@@ -172,6 +180,14 @@ impl Queue {
             .xadd(self.keys(A::QUEUE).ready, "*", &[("j", envelope.encode())])
             .await?;
         Ok(())
+    }
+
+    /// A job to run now as [`Queue::push`] would add it — the ready stream's key and the
+    /// envelope — for a script that adds it together with other writes, atomically.
+    pub fn prepare<A: Job>(&self, args: &A) -> Result<(String, String), QueueError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let envelope = Envelope::new(id, args, self.deadline_from_now())?;
+        Ok((self.keys(A::QUEUE).ready, envelope.encode()))
     }
 
     /// Adds many jobs to run now in one round trip; returns their ids.
@@ -414,6 +430,57 @@ impl Queue {
         Ok(reply.ids.into_iter().map(dead_job).collect())
     }
 
+    /// Dead jobs of a queue newest first, strictly older than the entry `before` (from the
+    /// newest when `None`), at most `limit`: the dead set a page at a time.
+    pub async fn dead_page(
+        &self,
+        queue: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadJob>, QueueError> {
+        let end = before.map_or_else(|| "+".to_owned(), |b| format!("({b}"));
+        let mut conn = self.conn.clone();
+        let reply: redis::streams::StreamRangeReply = conn
+            .xrevrange_count(self.keys(queue).dead, end, "-", limit)
+            .await?;
+        Ok(reply.ids.into_iter().map(dead_job).collect())
+    }
+
+    /// Deletes one dead job; `false` when no such dead entry exists (replayed or deleted
+    /// meanwhile).
+    pub async fn dead_delete(&self, queue: &str, entry_id: &str) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
+        let removed: u64 = conn.xdel(self.keys(queue).dead, &[entry_id]).await?;
+        Ok(removed == 1)
+    }
+
+    /// Whether the job `id` still waits on `queue`: scheduled (a delay or a retry) or in
+    /// its ready stream (due or running). Reads the ready stream, so it is meant for small
+    /// queues such as the operator's.
+    pub async fn job_waiting(&self, queue: &str, id: &str) -> Result<bool, QueueError> {
+        let keys = self.keys(queue);
+        let mut conn = self.conn.clone();
+        let delayed: Option<f64> = conn.zscore(&keys.delayed, id).await?;
+        if delayed.is_some() {
+            return Ok(true);
+        }
+        let mut from = "-".to_owned();
+        loop {
+            let page: redis::streams::StreamRangeReply =
+                conn.xrange_count(&keys.ready, &from, "+", 200).await?;
+            for entry in &page.ids {
+                let payload = fetch::stream_field(entry, "j").unwrap_or_default();
+                if serde_json::from_str::<Envelope>(&payload).is_ok_and(|e| e.id == id) {
+                    return Ok(true);
+                }
+            }
+            match page.ids.last() {
+                Some(last) if page.ids.len() == 200 => from = format!("({}", last.id),
+                _ => return Ok(false),
+            }
+        }
+    }
+
     /// Puts one dead job back on the ready stream with its attempts reset; `false` when no
     /// such dead entry exists. Atomic: two operators replaying at once run it once.
     pub async fn dead_replay(&self, queue: &str, entry_id: &str) -> Result<bool, QueueError> {
@@ -478,7 +545,7 @@ impl Queue {
 
 /// In-flight count and the timestamp of the oldest entry not yet delivered.
 async fn group_position(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &QueueKeys,
 ) -> Result<(u64, Option<u64>), QueueError> {
     let groups: redis::streams::StreamInfoGroupsReply = match conn.xinfo_groups(&keys.ready).await {
@@ -516,15 +583,10 @@ fn dead_job(entry: redis::streams::StreamId) -> DeadJob {
     }
 }
 
-/// Connects with reconnection and a reply timeout that outlasts our slowest script.
-pub async fn connect(url: &str) -> Result<ConnectionManager, redis::RedisError> {
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(Duration::from_secs(10)))
-        .set_number_of_retries(2);
-    redis::Client::open(url)?
-        .get_connection_manager_with_config(config)
-        .await
+/// A connection to the standalone Redis at `url`, made by a [`Connector`] (tests,
+/// benchmarks, tools; the fleet builds its connector from `[redis]`). Lazy: no I/O yet.
+pub async fn connect(url: &str) -> Result<RedisConnection, redis::RedisError> {
+    Ok(Connector::from_url(url)?.connect())
 }
 
 /// The ms part of a stream entry id (`1700000000000-3` → 1700000000000).

@@ -21,10 +21,9 @@
 use std::{collections::HashMap, time::Duration};
 
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
-use super::{backend::Backoff, keys::QueueKeys, now_ms, scripts, Queue};
+use super::{backend::Backoff, keys::QueueKeys, now_ms, scripts, ConnectError, Queue};
 
 /// Due jobs promoted per script call: bounded so one call never holds Redis for long.
 pub(super) const PROMOTE_CHUNK: usize = 1000;
@@ -43,7 +42,7 @@ pub(super) struct Promoted {
 
 /// Runs one promotion call (at most [`PROMOTE_CHUNK`] jobs).
 pub(super) async fn promote_once(
-    conn: &mut ConnectionManager,
+    conn: &mut super::RedisConnection,
     keys: &QueueKeys,
 ) -> redis::RedisResult<Promoted> {
     let (moved, next, now): (usize, i64, u64) = scripts::PROMOTE
@@ -198,9 +197,24 @@ pub(super) async fn run(queue: Queue, queues: Vec<&'static str>) {
     }
 }
 
-async fn subscribe(queue: &Queue, keys: &[QueueKeys]) -> redis::RedisResult<redis::aio::PubSub> {
-    let client = redis::Client::open(queue.redis_url())?;
-    let mut pubsub = client.get_async_pubsub().await?;
+/// Why the wake-up subscription could not be made; always retried (a setting error was
+/// already refused at start, when the process first reached Redis).
+#[derive(Debug, thiserror::Error)]
+enum SubscribeError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Subscribes to every queue's wake channel on a connection of its own, made by the
+/// process's connector (TLS, credentials, the master the sentinels name now: after a
+/// failover the next subscription goes to the new master).
+async fn subscribe(
+    queue: &Queue,
+    keys: &[QueueKeys],
+) -> Result<redis::aio::PubSub, SubscribeError> {
+    let mut pubsub = queue.connector().pubsub().await?;
     let channels: Vec<&str> = keys.iter().map(|k| k.wake.as_str()).collect();
     pubsub.subscribe(channels).await?;
     Ok(pubsub)

@@ -82,7 +82,7 @@ impl RetryPolicy {
     }
 
     /// Backoff before the next try after `attempt` failed attempts: `retry_min · 2^(attempt-1)`
-    /// capped at `retry_max`, times `jitter` (clamped to [`JITTER`]).
+    /// capped at `retry_max`, times `jitter` (clamped to `JITTER`).
     pub fn backoff(&self, attempt: u32, jitter: f64) -> Duration {
         let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
         let base = self.retry_min.saturating_mul(factor).min(self.retry_max);

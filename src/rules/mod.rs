@@ -73,10 +73,13 @@ pub enum Action {
     Resubmit {
         nodes: Vec<NodeToResubmit>,
     },
-    /// Decline and add the session's face and/or document to Didit's blocklist.
+    /// Decline (or keep Didit's decline) and add the session's face, document, phone
+    /// and/or e-mail to Didit's blocklist.
     Blocklist {
         face: bool,
         document: bool,
+        phone: bool,
+        email: bool,
     },
     /// Record the match only.
     None,
@@ -438,6 +441,10 @@ struct RawBlocklist {
     face: bool,
     #[serde(default)]
     document: bool,
+    #[serde(default)]
+    phone: bool,
+    #[serde(default)]
+    email: bool,
 }
 
 fn default_true() -> bool {
@@ -506,13 +513,17 @@ fn compile(raw: RawRule, lists: &BTreeMap<String, Vec<String>>) -> Result<Rule, 
                     .into(),
             ))
         }
-        ("blocklist", None, Some(b)) if b.face || b.document => Action::Blocklist {
-            face: b.face,
-            document: b.document,
-        },
+        ("blocklist", None, Some(b)) if b.face || b.document || b.phone || b.email => {
+            Action::Blocklist {
+                face: b.face,
+                document: b.document,
+                phone: b.phone,
+                email: b.email,
+            }
+        }
         ("blocklist", _, _) => {
             return Err(err(
-                "blocklist needs blocklist = { face = true } and/or { document = true }".into(),
+                "blocklist needs blocklist = { face = true } (or document, phone, email)".into(),
             ))
         }
         (_, Some(_), _) => return Err(err("nodes only go with action = \"resubmit\"".into())),

@@ -351,7 +351,7 @@ action = "review"
 }
 
 #[test]
-fn several_items_per_feature_take_the_latest_document_and_the_lowest_score() {
+fn several_items_per_feature_take_the_latest_document_and_score() {
     let d = decision(
         "In Review",
         json!({
@@ -360,18 +360,19 @@ fn several_items_per_feature_take_the_latest_document_and_the_lowest_score() {
                 {"document_type": "Identity Card", "date_of_birth": "1980-01-01", "expiration_date": "2031-01-01", "issuing_state": "ESP"}
             ],
             "face_matches": [{"score": 97.0}, {"score": 91.0}, {"score": 99.0}],
-            "liveness_checks": [{"score": 80.0}, {"score": 99.0}],
+            "liveness_checks": [{"score": 99.0}, {"score": 80.0}],
         }),
     );
     let e = default_pack().evaluate(None, &d, NOW);
-    // The resubmitted document is valid and Spanish; liveness 80 on one attempt blocks approval.
+    // The resubmitted document is valid and Spanish; the latest liveness, 80, blocks
+    // approval although an earlier attempt scored 99.
     assert_eq!(decided_by(&e), None, "{e:#?}");
     let strong = e
         .not_matched
         .iter()
         .find(|n| n.rule == "strong_biometrics_approve")
         .expect("recorded");
-    assert_eq!(strong.values_read["scores.face_match"], json!(91.0));
+    assert_eq!(strong.values_read["scores.face_match"], json!(99.0));
     assert_eq!(strong.values_read["scores.liveness"], json!(80.0));
 }
 

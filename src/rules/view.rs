@@ -61,13 +61,19 @@ pub struct DocumentView {
     pub days_to_expiry: Option<i64>,
 }
 
-/// The lowest score across attempts (0–100).
+/// Scores (0–100): the latest attempt's, which is the person's current standing (an
+/// earlier attempt they redid no longer speaks for them), and the lowest across attempts
+/// under its own name, for rules that care about any weak attempt.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ScoresView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub face_match: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub liveness: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub face_match_lowest: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_lowest: Option<f64>,
 }
 
 /// From the latest AML screening.
@@ -160,11 +166,21 @@ pub const FIELDS: &[Field] = &[
     field("scores", "map", None),
     field(
         "scores.face_match",
-        "double (lowest across attempts)",
+        "double (the latest attempt's)",
         Some("no face match in this decision"),
     ),
     field(
         "scores.liveness",
+        "double (the latest attempt's)",
+        Some("no liveness check in this decision"),
+    ),
+    field(
+        "scores.face_match_lowest",
+        "double (lowest across attempts)",
+        Some("no face match in this decision"),
+    ),
+    field(
+        "scores.liveness_lowest",
         "double (lowest across attempts)",
         Some("no liveness check in this decision"),
     ),
@@ -263,8 +279,10 @@ impl DecisionView {
                 .and_then(parse_date)
                 .map(|born| age_on(born, today)),
             scores: ScoresView {
-                face_match: lowest_score(&decision.face_matches),
-                liveness: lowest_score(&decision.liveness_checks),
+                face_match: latest_score(&decision.face_matches),
+                liveness: latest_score(&decision.liveness_checks),
+                face_match_lowest: lowest_score(&decision.face_matches),
+                liveness_lowest: lowest_score(&decision.liveness_checks),
             },
             aml: latest(&decision.aml_screenings).map(aml),
             warnings,
@@ -305,6 +323,16 @@ fn feature_arrays(decision: &Decision) -> [(&'static str, &Option<Vec<FeatureIte
 /// Didit appends an item per attempt: the last is the latest.
 fn latest(items: &Option<Vec<FeatureItem>>) -> Option<&FeatureItem> {
     items.as_ref().and_then(|items| items.last())
+}
+
+/// The score of the latest attempt that has one.
+fn latest_score(items: &Option<Vec<FeatureItem>>) -> Option<f64> {
+    items
+        .iter()
+        .flatten()
+        .rev()
+        .filter_map(|item| item.score)
+        .find(|score| score.is_finite())
 }
 
 fn lowest_score(items: &Option<Vec<FeatureItem>>) -> Option<f64> {
@@ -394,7 +422,7 @@ mod tests {
     const NOW: OffsetDateTime = datetime!(2026-03-01 12:00 UTC);
 
     #[test]
-    fn the_latest_item_wins_for_the_document_and_the_lowest_for_scores() {
+    fn the_latest_item_wins_for_the_document_and_the_scores_and_the_lowest_has_its_name() {
         let d = decision(json!({
             "session_id": "11111111-2222-3333-4444-555555555555",
             "status": "In Review",
@@ -415,8 +443,10 @@ mod tests {
         assert_eq!(doc.nationality.as_deref(), Some("ESP"));
         assert_eq!(doc.days_to_expiry, Some(10));
         assert_eq!(view.age, Some(26));
-        assert_eq!(view.scores.face_match, Some(71.5));
+        assert_eq!(view.scores.face_match, Some(88.0));
+        assert_eq!(view.scores.face_match_lowest, Some(71.5));
         assert_eq!(view.scores.liveness, Some(92.0));
+        assert_eq!(view.scores.liveness_lowest, Some(92.0));
         let ip = view.ip.as_ref().expect("ip");
         assert_eq!(ip.country.as_deref(), Some("ESP"));
         assert_eq!(ip.is_vpn_or_tor, Some(true));

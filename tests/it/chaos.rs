@@ -567,3 +567,226 @@ async fn chaos_sigterm_under_load_drains_in_time_exits_0_and_loses_nothing() {
     .await;
     assert_no_dead(&app, &load).await;
 }
+
+/// When each request's `kyc.session.created` was published (the stream entry's time, Unix ms).
+async fn created_at_ms(app: &TestApp) -> HashMap<String, u64> {
+    let mut c = app.redis.connection().await;
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg("kyc:events")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .expect("xrange events");
+    reply
+        .ids
+        .iter()
+        .filter(|e| {
+            e.map
+                .get("type")
+                .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+                .is_some_and(|t| t == "kyc.session.created")
+        })
+        .filter_map(|e| {
+            let request = redis::from_redis_value_ref::<String>(e.map.get("request_id")?).ok()?;
+            let ms = e.id.split('-').next()?.parse().ok()?;
+            Some((request, ms))
+        })
+        .collect()
+}
+
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn chaos_after_a_sigkill_mid_burst_every_reclaimed_job_runs_within_the_reclaim_bound() {
+    // Arrange: `reclaim_after` 3 s; a Didit request timeout of 7 s, so a request lock that
+    // lived twice the request timeout (14 s) would hold the reclaimed jobs past the bound
+    // (3 s + 10 s). Didit answers every call after 700 ms, so the victim dies holding its
+    // jobs mid-create (intent recorded, lock held).
+    let reclaim_after = Duration::from_secs(3);
+    let app = spawn_app(AppOptions {
+        webhooks: true,
+        in_process: false,
+        complete_after: Duration::from_millis(500),
+        env: vec![
+            (
+                "KYC__QUEUE__RECLAIM_AFTER".into(),
+                format!("{}s", reclaim_after.as_secs()),
+            ),
+            ("KYC__DIDIT__REQUEST_TIMEOUT".into(), "7s".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    app.sandbox_control(serde_json::json!({"action": "set_latency", "ms": 700}))
+        .await;
+    let load = enqueue(&app, "reclaim").await;
+    let c = app.redis.connection().await;
+    let mut victim = Worker::start(&app, &load);
+    let mid_create = eventually("the victim mid-create", Duration::from_secs(30), || async {
+        // Request records (`kyc:request:<hash>`, beside their `:lock` keys) whose intent is
+        // recorded and whose session is not yet.
+        let mut c = c.clone();
+        let keys: Vec<String> = redis::AsyncCommands::keys(&mut c, "kyc:request:*")
+            .await
+            .ok()?;
+        let mut mid_create = 0;
+        for key in keys.iter().filter(|k| !k.ends_with(":lock")) {
+            let (intent, session): (Option<String>, Option<String>) = redis::cmd("HMGET")
+                .arg(key)
+                .arg("intent_at_ms")
+                .arg("session_id")
+                .query_async(&mut c)
+                .await
+                .ok()?;
+            if intent.is_some() && session.is_none() {
+                mid_create += 1;
+            }
+        }
+        (mid_create >= (load.n() / 4).max(1)).then_some(mid_create)
+    })
+    .await;
+
+    // Act: SIGKILL it mid-burst; a new process takes over (and Didit's webhooks).
+    victim.sigkill();
+    let killed_ms = unix_ms_now();
+    let _survivor = Worker::start_on(&app, &load, app.port);
+    eprintln!("[chaos reclaim] killed with at least {mid_create} creates in flight");
+
+    // Assert: every request's session is announced within reclaim_after + 10 s of the kill,
+    // and nothing is lost or doubled.
+    let bound = reclaim_after + Duration::from_secs(10);
+    let created = eventually(
+        "every request's session created",
+        bound + Duration::from_secs(20),
+        || async {
+            let created = created_at_ms(&app).await;
+            (created.len() >= load.n()).then_some(created)
+        },
+    )
+    .await;
+    let (last_request, last_ms) = created
+        .iter()
+        .max_by_key(|(_, ms)| **ms)
+        .map(|(r, ms)| (r.clone(), *ms))
+        .expect("some");
+    let after_kill = Duration::from_millis(last_ms.saturating_sub(killed_ms));
+    eprintln!(
+        "[chaos reclaim] sessions={} last created {:.1}s after the kill (bound {:.0}s)",
+        load.n(),
+        after_kill.as_secs_f64(),
+        bound.as_secs_f64()
+    );
+    assert!(
+        after_kill <= bound,
+        "[chaos reclaim] {} started {after_kill:?} after the kill (bound {bound:?})",
+        load.describe(&last_request)
+    );
+    let events = wait_outcomes(&app, &load).await;
+    assert_exactly_once(&load, &events);
+    report(&app, &load, &events, "sigkills=1").await;
+    assert_no_dead(&app, &load).await;
+}
+
+/// Sessions the lookup scenarios make (small: they count Didit calls, not throughput).
+const LOOKUP_SESSIONS: usize = 6;
+
+/// Enqueues `n` approve requests named `name-*`; returns when they were enqueued.
+async fn enqueue_few(app: &TestApp, name: &str, n: usize) -> u64 {
+    let producer = app.producer().await;
+    let at = unix_ms_now();
+    for i in 0..n {
+        producer
+            .start_kyc(StartRequest {
+                request_id: Some(format!("{name}-{i}")),
+                vendor_data: format!("{name}-user-{i}"),
+                sandbox_scenario: Some("approve".into()),
+                ..Default::default()
+            })
+            .await
+            .expect("enqueue");
+    }
+    at
+}
+
+#[tokio::test]
+async fn chaos_creates_refused_with_429_cost_no_session_lookup() {
+    // Arrange: Didit refuses the first creates with 429 (nothing was created).
+    let app = spawn_app(AppOptions::default()).await;
+    app.sandbox_control(serde_json::json!({
+        "action": "fail_next", "endpoint": "session_create",
+        "count": LOOKUP_SESSIONS, "status": 429,
+    }))
+    .await;
+
+    // Act
+    enqueue_few(&app, "throttled", LOOKUP_SESSIONS).await;
+    app.wait_events("kyc.session.created", LOOKUP_SESSIONS)
+        .await;
+
+    // Assert: the retries created at once instead of listing the person's sessions first.
+    let stats = app.sandbox_stats().await;
+    eprintln!("[chaos 429] didit_requests={}", stats["requests"]);
+    assert_eq!(stats["responses"]["session_create"]["429"], LOOKUP_SESSIONS);
+    assert_eq!(stats["sessions_created"], LOOKUP_SESSIONS);
+    assert_eq!(
+        stats["requests"]["session_list"].as_u64().unwrap_or(0),
+        0,
+        "a create Didit refused unprocessed needs no lookup"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn chaos_an_ambiguous_create_waits_the_request_timeout_before_its_lookup() {
+    // Arrange: a request timeout (8 s) longer than the usual 5 s wait after a 5xx; Didit
+    // answers the first create of each request with 500, which may or may not have
+    // created the session.
+    let timeout = Duration::from_secs(8);
+    let app = spawn_app(AppOptions {
+        env: vec![(
+            "KYC__DIDIT__REQUEST_TIMEOUT".into(),
+            format!("{}s", timeout.as_secs()),
+        )],
+        ..Default::default()
+    })
+    .await;
+    app.sandbox_control(serde_json::json!({
+        "action": "fail_next", "endpoint": "session_create",
+        "count": LOOKUP_SESSIONS, "status": 500,
+    }))
+    .await;
+
+    // Act
+    let enqueued_ms = enqueue_few(&app, "ambiguous", LOOKUP_SESSIONS).await;
+    app.wait_events("kyc.session.created", LOOKUP_SESSIONS)
+        .await;
+
+    // Assert: no session was looked up (nor created again) before the first create could
+    // have timed out; each request has one session.
+    let created = created_at_ms(&app).await;
+    let first = created.values().min().copied().unwrap_or(0);
+    let waited = Duration::from_millis(first.saturating_sub(enqueued_ms));
+    eprintln!(
+        "[chaos ambiguous] first session after {:.1}s (request timeout {:.0}s)",
+        waited.as_secs_f64(),
+        timeout.as_secs_f64()
+    );
+    assert!(
+        waited >= timeout,
+        "a lookup ran {waited:?} after an ambiguous create (request timeout {timeout:?})"
+    );
+    let stats = app.sandbox_stats().await;
+    assert_eq!(stats["sessions_created"], LOOKUP_SESSIONS);
+    assert_eq!(
+        stats["requests"]["session_list"].as_u64().unwrap_or(0),
+        LOOKUP_SESSIONS as u64,
+        "one lookup per ambiguous create"
+    );
+    app.stop().await;
+}

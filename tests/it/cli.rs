@@ -101,3 +101,80 @@ fn an_unreachable_base_url_gives_one_clear_line_and_exit_code_1() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// One-shot commands fail at once (exit 1) naming where Redis was expected; `kyc-worker run`
+/// instead waits for Redis with readiness red (`redis_topologies`).
+#[test]
+fn an_unreachable_redis_is_named_by_host_and_port_and_never_by_its_password() {
+    let port = free_port();
+    let url = format!("redis://operator:hunter2-secret@127.0.0.1:{port}/0");
+    for args in [
+        vec!["queue", "stats"],
+        vec!["session", "show", "some-request"],
+        vec!["enqueue", "--vendor-data", "nobody"],
+        vec!["erase", "--vendor-data", "nobody"],
+    ] {
+        let out = kyc_worker(
+            &args,
+            &[
+                ("KYC__REDIS__URL", &url),
+                ("KYC__HTTP__PORT", &free_port().to_string()),
+            ],
+        );
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("cannot connect to Redis at 127.0.0.1:{port}")),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("hunter2"), "{args:?}: {err}");
+    }
+}
+
+/// Every option of a command's `--help` has a description (on its line or the next).
+fn undescribed_flags(help: &str) -> Vec<String> {
+    let lines: Vec<&str> = help.lines().collect();
+    let mut missing = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        if !trimmed.starts_with('-') {
+            continue;
+        }
+        let described_here = trimmed.contains("  ");
+        let indent = line.len() - trimmed.len();
+        let described_below = lines.get(i + 1).is_some_and(|next| {
+            let text = next.trim_start();
+            !text.is_empty() && !text.starts_with('-') && next.len() - text.len() > indent
+        });
+        if !described_here && !described_below {
+            missing.push(trimmed.to_owned());
+        }
+    }
+    missing
+}
+
+#[test]
+fn enqueue_and_didit_setup_describe_every_flag() {
+    assert_eq!(
+        undescribed_flags(
+            "Options:\n      --bare\n      --x <X>\n          said\n  -h, --help  Print help\n"
+        ),
+        vec!["--bare".to_owned()]
+    );
+    for args in [vec!["enqueue", "--help"], vec!["didit", "setup", "--help"]] {
+        let out = kyc_worker(&args, &[]);
+        assert!(out.status.success(), "{args:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            undescribed_flags(&help),
+            Vec::<String>::new(),
+            "{args:?}:\n{help}"
+        );
+        assert!(
+            help.lines()
+                .filter(|l| l.trim_start().starts_with("--"))
+                .count()
+                >= 5
+        );
+    }
+}

@@ -331,6 +331,18 @@ async fn erasure_deletes_the_person_at_didit_and_leaves_no_trace_here() {
     let data: serde_json::Value = serde_json::from_str(&erased[0]["data"]).expect("data");
     assert_eq!(data["sessions_deleted_at_didit"], their_sessions.len());
     assert!(data["subject_hash"].as_str().is_some_and(|h| h.len() == 32));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        data["subject_hash"],
+        "erase prints the hash the event carries"
+    );
+    assert_eq!(
+        erased[0]["request_id"],
+        format!(
+            "erasure-{}",
+            data["subject_hash"].as_str().unwrap_or_default()
+        )
+    );
     // …no trace of the person in Redis, and the other person untouched.
     let mut c = app.redis.connection().await;
     let stored = everything_in_redis(&mut c).await;
@@ -391,6 +403,18 @@ async fn the_audit_trail_shows_what_happened_and_why_without_personal_data() {
     assert!(
         !text.contains("audit-person-5521"),
         "vendor_data in the audit trail"
+    );
+    let stamps: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(stamps.len() >= 7, "{text}");
+    assert!(
+        stamps
+            .iter()
+            .all(|t| t.len() == "2026-11-26T15:04:05.120Z".len() && t.ends_with('Z')),
+        "timestamps of one width: {stamps:?}"
     );
     let by_session = show(&decided[0]["session_id"]);
     assert_eq!(

@@ -225,7 +225,7 @@ async fn without_the_admin_token_the_console_is_read_only_and_masks_pii() {
         .text()
         .await
         .expect("metrics text");
-    assert!(metrics.contains("kyc_console_actions_total{action=\"login_refused\"} 1"));
+    assert!(metrics.contains("kyc_console_login_failures_total{reason=\"wrong_token\"} 1"));
     assert!(metrics.contains("kyc_console_actions_total{action=\"approve\"} 0"));
     app.stop().await;
 }
@@ -311,6 +311,8 @@ async fn hostile_values_are_escaped_on_every_page() {
         format!("/console/sessions?q={request}"),
         "/console/sessions?q=%3Cscript%3Ealert('x')%3C%2Fscript%3E%22%26".to_owned(),
         "/console/reviews?notice=%3Cscript%3Ealert(3)%3C%2Fscript%3E".to_owned(),
+        "/console/sessions".to_owned(),
+        "/console/dead?queue=operator".to_owned(),
     ] {
         pages.push((path.clone(), get_page(&app, &path, Some(ADMIN_TOKEN)).await));
     }
@@ -322,7 +324,11 @@ async fn hostile_values_are_escaped_on_every_page() {
         assert!(!body.contains("<img src=x"), "{path}: {body}");
     }
     let reviews = &pages[1].1 .1;
-    assert!(reviews.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&quot;&amp;"));
+    // Text and double-quoted attribute values: `<`, `>`, `&` and `"` are what can end them.
+    let escaped = "&lt;script&gt;alert('x')&lt;/script&gt;&quot;&amp;";
+    assert!(reviews.contains(escaped), "{reviews}");
+    let list = &pages[6].1 .1;
+    assert!(list.contains(escaped), "the sessions list: {list}");
     let dead = &pages[2].1 .1;
     assert!(
         dead.contains("&lt;img src=x onerror=alert(1)&gt;"),
@@ -497,6 +503,65 @@ impl Browser {
         .as_str()
         .unwrap_or_default()
         .to_owned()
+    }
+
+    /// Runs a script in the page and returns its value.
+    async fn execute(&self, script: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            &self.path("/execute/sync"),
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    /// Sends a Chrome DevTools command (chromedriver's `goog/cdp/execute`).
+    async fn cdp(&self, cmd: &str, params: Value) {
+        self.call(
+            reqwest::Method::POST,
+            &self.path("/goog/cdp/execute"),
+            Some(json!({"cmd": cmd, "params": params})),
+        )
+        .await;
+    }
+
+    /// The `data-request` of every row of the sessions list, top to bottom.
+    async fn listed_requests(&self) -> Vec<String> {
+        let value = self
+            .execute(
+                "return Array.from(document.querySelectorAll('tr.session-row')).map(r => r.dataset.request);",
+            )
+            .await;
+        serde_json::from_value(value).unwrap_or_default()
+    }
+
+    /// How many elements a CSS selector matches now (without waiting).
+    async fn count(&self, css: &str) -> usize {
+        let value = self
+            .execute(&format!(
+                "return document.querySelectorAll({}).length;",
+                json!(css)
+            ))
+            .await;
+        value.as_u64().unwrap_or(0) as usize
+    }
+
+    /// Accepts the `confirm()` dialog the last click opened, waiting for it.
+    async fn accept_dialog(&self) {
+        eventually("a dialog to accept", DEADLINE, || async {
+            let reply: Value = self
+                .http
+                .post(format!("{}{}", self.base, self.path("/alert/accept")))
+                .json(&json!({}))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            reply["value"].is_null().then_some(())
+        })
+        .await;
     }
 
     /// Saves a PNG of the page as `console-<name>.png` when `KYC_CONSOLE_SCREENSHOTS` names
@@ -846,7 +911,7 @@ async fn a_read_only_viewer_sees_no_personal_data_and_the_login_cookie_holds_no_
     // Arrange: a review whose request carries personal details, and a dead start job with
     // the same details in its payload (refused for its language).
     let app = console_app().await;
-    let details = didit::types::ExpectedDetails {
+    let details = kyc_worker::domain::ExpectedDetails {
         first_name: Some("Zebulon".into()),
         last_name: Some("Quixotewright".into()),
         identification_number: Some("ZX4455667".into()),
@@ -1056,5 +1121,380 @@ async fn replay_all_and_purge_work_the_dead_set_and_are_logged() {
         .expect("metrics text");
     assert!(metrics.contains("kyc_console_actions_total{action=\"replay_all\"} 1"));
     assert!(metrics.contains("kyc_console_actions_total{action=\"purge\"} 1"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_admin_action_without_a_valid_operator_name_is_refused_and_changes_nothing() {
+    // Arrange: one dead operator job, and a session held for review.
+    let app = console_app().await;
+    let (_, sid) = decided(
+        &app,
+        "nameless-review",
+        "review_face_match_borderline",
+        "In Review",
+    )
+    .await;
+    let q = queue(&app).await;
+    q.push(&OperatorAction {
+        session_id: Uuid::new_v4(),
+        action: OperatorDecision::Approve,
+        operator: "gina".into(),
+        note: None,
+    })
+    .await
+    .expect("push");
+    eventually("the job for no session is dead", DEADLINE, || async {
+        let stats = q.stats(OperatorAction::QUEUE).await.ok()?;
+        (stats.dead == 1).then_some(())
+    })
+    .await;
+    let review = format!("/console/reviews/{sid}");
+
+    // Act
+    let mut refused = Vec::new();
+    for (path, headers, form) in [
+        ("/console/dead/operator/purge", vec![], vec![]),
+        ("/console/dead/operator/replay-all", vec![], vec![]),
+        (
+            "/console/dead/operator/purge",
+            vec![("x-operator", "alice smith")],
+            vec![],
+        ),
+        (
+            "/console/dead/operator/purge",
+            vec![("x-operator", "")],
+            vec![],
+        ),
+        (review.as_str(), vec![], vec![("action", "approve")]),
+        (
+            review.as_str(),
+            vec![],
+            vec![("action", "approve"), ("operator", "<b>x</b>")],
+        ),
+    ] {
+        let response = post_form(&app, path, Some(ADMIN_TOKEN), &headers, &form).await;
+        let status = response.status().as_u16();
+        let body = response.text().await.expect("body");
+        refused.push((path.to_owned(), headers.clone(), status, body));
+    }
+
+    // Assert
+    for (path, headers, status, body) in &refused {
+        assert_eq!(*status, 400, "{path} {headers:?}: {body}");
+        assert!(body.contains("X-Operator"), "{body}");
+    }
+    assert_eq!(q.stats(OperatorAction::QUEUE).await.expect("stats").dead, 1);
+    let (_, reviews) = get_page(&app, "/console/reviews", None).await;
+    assert!(reviews.contains(&format!("review-{sid}")), "{reviews}");
+    let (_, overview) = get_page(&app, "/console/", Some(ADMIN_TOKEN)).await;
+    assert!(!overview.contains("id=\"actions\""), "logged: {overview}");
+    let metrics = reqwest::get(app.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    for action in ["purge", "replay_all", "approve"] {
+        assert!(
+            metrics.contains(&format!(
+                "kyc_console_actions_total{{action=\"{action}\"}} 0"
+            )),
+            "{action} counted"
+        );
+    }
+    let purged = post_form(
+        &app,
+        "/console/dead/operator/purge",
+        Some(ADMIN_TOKEN),
+        &[("x-operator", "gina")],
+        &[],
+    )
+    .await;
+    assert_eq!(purged.status().as_u16(), 303);
+    assert_eq!(q.stats(OperatorAction::QUEUE).await.expect("stats").dead, 0);
+    app.stop().await;
+}
+
+/// Queues `n` operator actions for sessions nobody knows and waits until all are dead.
+async fn dead_operator_jobs(app: &TestApp, n: u64) {
+    let q = queue(app).await;
+    for _ in 0..n {
+        q.push(&OperatorAction {
+            session_id: Uuid::new_v4(),
+            action: OperatorDecision::Approve,
+            operator: "nobody".into(),
+            note: None,
+        })
+        .await
+        .expect("push");
+    }
+    eventually(&format!("{n} dead operator jobs"), DEADLINE, || async {
+        let stats = q.stats(OperatorAction::QUEUE).await.ok()?;
+        (stats.dead >= n).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_sessions_page_lists_recent_verifications_newest_first_filters_and_pages() {
+    // Arrange: three verifications, one after the other.
+    let app = console_app().await;
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let (first, _) = decided(&app, "list-user-1", "approve", "Approved").await;
+    let (declined, _) = decided(&app, "list-user-2", "decline_document_expired", "Declined").await;
+    let (last, _) = decided(&app, "list-user-3", "approve", "Approved").await;
+
+    // Act: the page without a search, two rows a page.
+    browser.goto(&app.url("/console/sessions?limit=2")).await;
+    browser.find("tr.session-row").await;
+    let page_one = browser.listed_requests().await;
+    let masked = browser.text("tr.session-row .vendor-data").await;
+    browser.screenshot("sessions-list").await;
+    browser.click("#next-page").await;
+    browser.find("#first-page").await;
+    let page_two = browser.listed_requests().await;
+    // Filtered by status, then by a decider nobody was.
+    browser.goto(&app.url("/console/sessions")).await;
+    browser
+        .click("#status-filter option[value='Declined']")
+        .await;
+    browser.click("#apply-filters").await;
+    browser
+        .find("#status-filter option[value='Declined'][selected]")
+        .await;
+    let declined_only = browser.listed_requests().await;
+    browser
+        .click("#decider-filter option[value='operator']")
+        .await;
+    browser.click("#apply-filters").await;
+    let none = browser.text("#none").await;
+
+    // Assert
+    assert_eq!(page_one, vec![last.clone(), declined.clone()]);
+    assert_eq!(page_two, vec![first]);
+    assert_eq!(masked, "li••••••••", "read-only: vendor_data masked");
+    assert_eq!(declined_only, vec![declined]);
+    assert!(none.contains("No verification matches"), "{none}");
+    browser.quit().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_review_queue_and_the_dead_set_page_and_one_dead_job_is_deleted() {
+    // Arrange: three sessions held for review, three dead operator jobs.
+    let app = console_app().await;
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let mut held = Vec::new();
+    for n in 0..3 {
+        let (_, sid) = decided(
+            &app,
+            &format!("paged-review-{n}"),
+            "review_face_match_borderline",
+            "In Review",
+        )
+        .await;
+        held.push(sid);
+    }
+    dead_operator_jobs(&app, 3).await;
+    browser.log_in(&app, "hana").await;
+
+    // Act: the review queue two at a time; the operator queue's dead set two at a time.
+    browser.goto(&app.url("/console/reviews?limit=2")).await;
+    browser.find("#reviews").await;
+    let reviews_one = browser.count("#reviews tbody tr").await;
+    browser.click("#next-page").await;
+    browser.find("#first-page").await;
+    let reviews_two = browser.count("#reviews tbody tr").await;
+    let last_held = browser.count(&format!("#review-{}", held[2])).await;
+    browser
+        .goto(&app.url("/console/dead?queue=operator&limit=2"))
+        .await;
+    browser.find("#dead-operator tr.dead-job").await;
+    let dead_one = browser.count("#dead-operator tr.dead-job").await;
+    browser.click("#next-page").await;
+    browser.find("#first-page").await;
+    let dead_two = browser.count("#dead-operator tr.dead-job").await;
+    let doomed = browser
+        .execute("return document.querySelector('#dead-operator input[name=entry_id]').value;")
+        .await;
+    browser.click("#dead-operator button.delete").await;
+    browser.accept_dialog().await;
+    let notice = browser.text("#notice").await;
+
+    // Assert
+    assert_eq!((reviews_one, reviews_two, last_held), (2, 1, 1));
+    assert_eq!((dead_one, dead_two), (2, 1));
+    assert!(notice.contains("deleted 1 dead operator job"), "{notice}");
+    let q = queue(&app).await;
+    assert_eq!(q.stats(OperatorAction::QUEUE).await.expect("stats").dead, 2);
+    let left = q.dead_list(OperatorAction::QUEUE, 10).await.expect("dead");
+    let doomed = doomed.as_str().expect("an entry id");
+    assert!(left.iter().all(|j| j.entry_id != doomed), "{left:?}");
+    let (_, overview) = get_page(&app, "/console/", None).await;
+    assert!(
+        overview.contains(&format!("operator/{doomed}")),
+        "not logged"
+    );
+    browser.quit().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_action_shows_pending_until_its_job_ran_and_the_rules_that_held_it_are_shown() {
+    // Arrange: a rule holds every adult for review; Didit's update fails once with a 500
+    // (the job waits and retries), then with a 400 (the next job dies).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "version = \"pending-test\"\n\n[[rules]]\nname = \"hold_adults\"\nwhen = \"age >= 18\"\naction = \"review\"\n",
+    )
+    .expect("write rules");
+    let app = spawn_app(AppOptions {
+        rules: true,
+        env: vec![
+            ("KYC__HTTP__ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
+            ("KYC__RULES__FILE".into(), rules.display().to_string()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let (request, sid) = decided(&app, "pending-1", "approve", "In Review").await;
+    let (_, refused) = decided(&app, "pending-2", "approve", "In Review").await;
+    browser.log_in(&app, "ivan").await;
+    app.sandbox_control(
+        json!({"action": "fail_next", "endpoint": "update_status", "count": 1, "status": 500}),
+    )
+    .await;
+
+    // Act
+    browser.goto(&app.url("/console/reviews")).await;
+    let matched = browser.text(&format!("#rules-{sid}")).await;
+    browser.click(&format!("#approve-{sid}")).await;
+    let pending = browser.text(&format!("#pending-{sid}")).await;
+    browser.screenshot("reviews-pending").await;
+    let approved = eventually("the operator's Approved event", DEADLINE, || async {
+        let found = decided_events(&app.events().await, &request, "Approved");
+        (!found.is_empty()).then_some(found)
+    })
+    .await;
+    eventually(
+        "the page re-read itself without the row",
+        DEADLINE,
+        || async {
+            (browser.count(&format!("#review-{sid}")).await == 0
+                && browser.count(&format!("#review-{refused}")).await == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    app.sandbox_control(
+        json!({"action": "fail_next", "endpoint": "update_status", "count": 1, "status": 400}),
+    )
+    .await;
+    browser.click(&format!("#decline-{refused}")).await;
+    let not_done = browser.text(&format!("#not-done-{refused}")).await;
+
+    // Assert
+    assert!(matched.contains("hold_adults"), "{matched}");
+    assert!(matched.contains("review"), "{matched}");
+    assert!(pending.contains("approve by ivan"), "{pending}");
+    assert_eq!(approved[0]["decided_by"], "operator:ivan");
+    assert!(
+        not_done.contains("decline by ivan did not go through"),
+        "{not_done}"
+    );
+    assert_eq!(
+        browser.count(&format!("#decline-{refused}")).await,
+        1,
+        "the buttons are back once the job ran"
+    );
+    browser.quit().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_auto_refresh_switch_rereads_a_list_and_is_remembered_per_page() {
+    // Arrange
+    let app = console_app().await;
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    browser.goto(&app.url("/console/")).await;
+    let before = browser.text("#q-operator-dead").await;
+
+    // Act: switch it on, then a job dies while the page is open.
+    browser.click("#auto-refresh").await;
+    dead_operator_jobs(&app, 1).await;
+    let after = eventually("the overview re-read itself", DEADLINE, || async {
+        let text = browser.text("#q-operator-dead").await;
+        (text == "1").then_some(text)
+    })
+    .await;
+    browser.goto(&app.url("/console/dead")).await;
+    let elsewhere = browser
+        .execute("return document.getElementById('auto-refresh').checked;")
+        .await;
+    browser.goto(&app.url("/console/")).await;
+    browser.find("#q-operator-dead").await;
+    let remembered = browser
+        .execute("return document.getElementById('auto-refresh').checked;")
+        .await;
+
+    // Assert
+    assert_eq!(before, "0");
+    assert_eq!(after, "1");
+    assert_eq!(elsewhere, json!(false), "the switch is per page");
+    assert_eq!(remembered, json!(true));
+    for page in ["/console/sessions", "/console/reviews", "/console/dead"] {
+        let (_, body) = get_page(&app, page, None).await;
+        assert!(body.contains("id=\"auto-refresh\""), "{page} has no switch");
+    }
+    browser.quit().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_console_follows_the_systems_dark_mode() {
+    // Arrange
+    let app = console_app().await;
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let background = "return getComputedStyle(document.body).backgroundColor;";
+
+    // Act
+    browser
+        .cdp(
+            "Emulation.setEmulatedMedia",
+            json!({"features": [{"name": "prefers-color-scheme", "value": "dark"}]}),
+        )
+        .await;
+    browser.goto(&app.url("/console/")).await;
+    browser.find("#queues").await;
+    let dark = browser.execute(background).await;
+    browser.screenshot("overview-dark").await;
+    browser
+        .cdp(
+            "Emulation.setEmulatedMedia",
+            json!({"features": [{"name": "prefers-color-scheme", "value": "light"}]}),
+        )
+        .await;
+    browser.goto(&app.url("/console/")).await;
+    browser.find("#queues").await;
+    let light = browser.execute(background).await;
+
+    // Assert
+    assert_eq!(dark, json!("rgb(12, 17, 29)"));
+    assert_eq!(light, json!("rgb(246, 247, 249)"));
+    browser.quit().await;
     app.stop().await;
 }

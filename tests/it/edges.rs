@@ -355,7 +355,7 @@ async fn the_http_intake_starts_a_session_and_the_status_route_returns_its_link(
     assert!(
         status["url"]
             .as_str()
-            .is_some_and(|u| u.starts_with("https://verify.didit.me/")),
+            .is_some_and(|u| u.starts_with(app.sandbox.base_url().as_str())),
         "{status}"
     );
     assert_eq!(status["decided_by"], "didit");

@@ -487,3 +487,76 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// A schema of `spec` (an OpenAPI 3.0 document) as JSON Schema, ready for `jsonschema`, to
+/// check real answers against the document that promises them.
+pub fn openapi_to_json_schema(
+    spec: &serde_json::Value,
+    schema: &serde_json::Value,
+) -> serde_json::Value {
+    to_json_schema(spec, schema, 0)
+}
+
+/// OpenAPI 3.0 → JSON Schema: `nullable: true` becomes a type union (or `anyOf` with null),
+/// `$ref`s to components are inlined, `example`s dropped.
+fn to_json_schema(
+    spec: &serde_json::Value,
+    schema: &serde_json::Value,
+    depth: usize,
+) -> serde_json::Value {
+    assert!(depth < 32, "runaway $ref recursion in the OpenAPI document");
+    let serde_json::Value::Object(map) = schema else {
+        return schema.clone();
+    };
+    let nullable = map.get("nullable") == Some(&serde_json::Value::Bool(true));
+    let mut out = if let Some(reference) = map.get("$ref").and_then(serde_json::Value::as_str) {
+        let name = reference
+            .strip_prefix("#/components/schemas/")
+            .expect("only component refs are used");
+        match to_json_schema(spec, &spec["components"]["schemas"][name], depth + 1) {
+            serde_json::Value::Object(m) => m,
+            other => panic!("component {name} is not a schema: {other}"),
+        }
+    } else {
+        let mut out = serde_json::Map::new();
+        for (key, value) in map {
+            let converted = match key.as_str() {
+                "nullable" | "example" | "examples" => continue,
+                "properties" => serde_json::Value::Object(
+                    value
+                        .as_object()
+                        .expect("properties is an object")
+                        .iter()
+                        .map(|(name, s)| (name.clone(), to_json_schema(spec, s, depth + 1)))
+                        .collect(),
+                ),
+                "items" | "additionalProperties" | "not" => to_json_schema(spec, value, depth + 1),
+                "oneOf" | "anyOf" | "allOf" => serde_json::Value::Array(
+                    value
+                        .as_array()
+                        .expect("a list of schemas")
+                        .iter()
+                        .map(|s| to_json_schema(spec, s, depth + 1))
+                        .collect(),
+                ),
+                _ => value.clone(),
+            };
+            out.insert(key.clone(), converted);
+        }
+        out
+    };
+    if nullable {
+        if let Some(serde_json::Value::Array(choices)) = out.get_mut("enum") {
+            choices.push(serde_json::Value::Null);
+        }
+        match out.get("type").cloned() {
+            Some(serde_json::Value::String(t)) => {
+                out.insert("type".into(), serde_json::json!([t, "null"]));
+            }
+            _ => {
+                return serde_json::json!({"anyOf": [serde_json::Value::Object(out), {"type": "null"}]})
+            }
+        }
+    }
+    serde_json::Value::Object(out)
+}

@@ -96,11 +96,10 @@ async fn run_scenarios(app: &TestApp) {
     }
 
     let created = app.wait_events("kyc.session.created", 5).await;
+    let link = format!("{}session/", app.sandbox.base_url());
     assert!(created.iter().all(|e| {
         let data: serde_json::Value = serde_json::from_str(&e["data"]).expect("data");
-        data["url"]
-            .as_str()
-            .is_some_and(|u| u.starts_with("https://verify.didit.me/"))
+        data["url"].as_str().is_some_and(|u| u.starts_with(&link))
     }));
     eventually(
         "every request has its outcome",
@@ -420,7 +419,14 @@ async fn enqueue_from_csv_starts_one_verification_per_row_and_names_a_bad_row() 
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("enqueued 2"));
+    // Each row's request id on stdout as CSV (rows numbered as a spreadsheet does, the
+    // header being row 1), the count on stderr.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("2,csv-1") && stdout.contains("3,csv-2"),
+        "{stdout}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("enqueued 2"));
     let decided = app.wait_events("kyc.session.decided", 2).await;
     let ids: std::collections::HashSet<String> =
         decided.iter().map(|e| e["request_id"].clone()).collect();

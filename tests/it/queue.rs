@@ -53,7 +53,7 @@ impl Job for TestJob {
 /// Where handlers record what happened, in the test's own Redis.
 #[derive(Clone)]
 pub struct Probe {
-    conn: redis::aio::ConnectionManager,
+    conn: kyc_worker::queue::RedisConnection,
 }
 
 impl Probe {

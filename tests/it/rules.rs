@@ -58,7 +58,30 @@ fn check_accepts_the_default_pack() {
     let file = repo_file("config/rules.toml");
     let out = kyc_worker(&["rules", "check", &file], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("6 default rules"));
+    assert!(text(&out.stdout).contains("6 rules in the default list"));
+}
+
+#[test]
+fn check_counts_one_rule_as_one_rule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rules.toml");
+    std::fs::write(
+        &path,
+        "version = \"one\"\n\n[[rules]]\nname = \"only\"\nwhen = \"age >= 18\"\naction = \"approve\"\n\n\
+         [[workflows.kyb.rules]]\nname = \"also_one\"\nwhen = \"age >= 21\"\naction = \"review\"\n",
+    )
+    .expect("write");
+
+    let out = kyc_worker(&["rules", "check", &path.display().to_string()], &[]);
+
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("version \"one\", 1 rule in the default list"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("kyb (1 rule)"), "{stdout}");
+    assert!(!stdout.contains("1 rules"), "{stdout}");
 }
 
 #[test]

@@ -310,7 +310,8 @@ async fn each_scenario_reaches_its_status_through_the_real_client() {
             .await
             .expect("create");
         assert_eq!(s.status, SessionStatus::NotStarted);
-        assert!(s.url.starts_with("https://verify.didit.me/session/"));
+        let link = format!("{}session/", sandbox.base_url());
+        assert!(s.url.starts_with(&link), "{} is not a sandbox link", s.url);
         created.push(s.session_id);
     }
     for ((scenario, status), id) in cases.iter().zip(created) {
@@ -528,6 +529,7 @@ async fn webhooks_are_signed_like_didits_in_order_and_retried() {
         nodes_to_resubmit: None,
         send_email: None,
         email_address: None,
+        email_language: None,
     };
     client
         .update_status(created.session_id, &approve)
@@ -847,6 +849,7 @@ async fn the_cli_sandbox_serves_didit_full_and_a_wrong_key_fails_cleanly() {
     })
     .await;
     let base = format!("http://127.0.0.1:{port}");
+    let link = format!("open: {base}/session/");
     let ok = tokio::task::spawn_blocking(move || {
         Command::new(kyc_worker_binary())
             .args([
@@ -874,10 +877,7 @@ async fn the_cli_sandbox_serves_didit_full_and_a_wrong_key_fails_cleanly() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    assert!(
-        stdout.contains("open: https://verify.didit.me/session/"),
-        "{stdout}"
-    );
+    assert!(stdout.contains(&link), "{stdout}");
     assert!(stdout.contains(": Approved"), "{stdout}");
 
     let base = format!("http://127.0.0.1:{port}");
@@ -1046,4 +1046,45 @@ async fn control_values_that_would_overflow_are_refused_and_the_sandbox_keeps_ru
         .post("/v3/billing/top-up/", json!({"amount_in_dollars": "inf"}))
         .await;
     assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn a_session_link_from_the_sandbox_opens_a_page_of_the_sandbox() {
+    // Arrange
+    let app = crate::helpers::spawn_app(crate::helpers::AppOptions::default()).await;
+    let out = app.cli(&[
+        "enqueue",
+        "--vendor-data",
+        "link-user-1",
+        "--sandbox-scenario",
+        "approve",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created = app.wait_events("kyc.session.created", 1).await;
+    let data: serde_json::Value = serde_json::from_str(&created[0]["data"]).expect("data");
+    let link = data["url"].as_str().expect("a link").to_owned();
+
+    // Act
+    let page = reqwest::get(&link).await.expect("the link opens");
+    let status = page.status();
+    let text = page.text().await.expect("page");
+    let unknown = reqwest::get(format!("{}session/notatoken", app.sandbox.base_url()))
+        .await
+        .expect("unknown link")
+        .status();
+
+    // Assert
+    assert!(
+        link.starts_with(&format!("{}session/", app.sandbox.base_url())),
+        "{link}"
+    );
+    assert_eq!(status, StatusCode::OK);
+    assert!(text.contains(&created[0]["session_id"]), "{text}");
+    assert!(text.contains("approve"), "{text}");
+    assert_eq!(unknown, StatusCode::NOT_FOUND);
+    app.stop().await;
 }

@@ -6,72 +6,14 @@
 use std::{sync::LazyLock, time::Duration};
 
 use crate::sandbox::{control, start, Raw};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use crate::helpers::{eventually, DEADLINE};
+use crate::helpers::{eventually, openapi_to_json_schema, DEADLINE};
 
 static SPEC: LazyLock<Value> = LazyLock::new(|| {
     let text = include_str!("../fixtures/didit-openapi.json");
     serde_json::from_str(text).expect("the OpenAPI fixture is JSON")
 });
-
-/// OpenAPI 3.0 → JSON Schema: `nullable: true` becomes a type union (or `anyOf` with null),
-/// `$ref`s to components are inlined, `example`s dropped.
-fn to_json_schema(schema: &Value, depth: usize) -> Value {
-    assert!(depth < 32, "runaway $ref recursion in the OpenAPI document");
-    let Value::Object(map) = schema else {
-        return schema.clone();
-    };
-    let nullable = map.get("nullable") == Some(&Value::Bool(true));
-    let mut out = if let Some(reference) = map.get("$ref").and_then(Value::as_str) {
-        let name = reference
-            .strip_prefix("#/components/schemas/")
-            .expect("only component refs are used");
-        match to_json_schema(&SPEC["components"]["schemas"][name], depth + 1) {
-            Value::Object(m) => m,
-            other => panic!("component {name} is not a schema: {other}"),
-        }
-    } else {
-        let mut out = Map::new();
-        for (key, value) in map {
-            let converted = match key.as_str() {
-                "nullable" | "example" | "examples" => continue,
-                "properties" => Value::Object(
-                    value
-                        .as_object()
-                        .expect("properties is an object")
-                        .iter()
-                        .map(|(name, s)| (name.clone(), to_json_schema(s, depth + 1)))
-                        .collect(),
-                ),
-                "items" | "additionalProperties" | "not" => to_json_schema(value, depth + 1),
-                "oneOf" | "anyOf" | "allOf" => Value::Array(
-                    value
-                        .as_array()
-                        .expect("a list of schemas")
-                        .iter()
-                        .map(|s| to_json_schema(s, depth + 1))
-                        .collect(),
-                ),
-                _ => value.clone(),
-            };
-            out.insert(key.clone(), converted);
-        }
-        out
-    };
-    if nullable {
-        if let Some(Value::Array(choices)) = out.get_mut("enum") {
-            choices.push(Value::Null);
-        }
-        match out.get("type").cloned() {
-            Some(Value::String(t)) => {
-                out.insert("type".into(), json!([t, "null"]));
-            }
-            _ => return json!({"anyOf": [Value::Object(out), {"type": "null"}]}),
-        }
-    }
-    Value::Object(out)
-}
 
 /// Asserts `body` is what the document promises for `method path` answering `status`.
 fn assert_matches_spec(path: &str, method: &str, status: u16, body: &Value) {
@@ -81,7 +23,7 @@ fn assert_matches_spec(path: &str, method: &str, status: u16, body: &Value) {
         schema.is_object(),
         "the document has no JSON schema for {method} {path} {status}"
     );
-    let schema = to_json_schema(schema, 0);
+    let schema = openapi_to_json_schema(&SPEC, schema);
     let validator = jsonschema::options()
         .should_validate_formats(true)
         .build(&schema)
@@ -298,6 +240,172 @@ async fn account_workflow_and_webhook_responses_match_didits_schemas() {
     assert_eq!(
         (status, too_small),
         (400, json!(["Amount must be at least $50."]))
+    );
+}
+
+#[tokio::test]
+async fn workflow_versions_and_resubmission_e_mails_match_didits_schemas() {
+    let sandbox = start(Duration::from_secs(3600)).await;
+    let raw = Raw::new(&sandbox, "sandbox");
+    let (status, v1) = raw
+        .post(
+            "/v3/workflows/",
+            json!({"workflow_label": "Versioned", "features": [{"feature": "OCR"}],
+                   "session_expiration_time": 3600}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v1}");
+    let v1_uuid = v1["uuid"].as_str().expect("uuid").to_owned();
+    let stable = v1["workflow_id"].clone();
+
+    // Publishing a published version makes a new one under the same workflow_id.
+    let (status, v2) = raw
+        .patch(
+            &format!("/v3/workflows/{v1_uuid}/"),
+            json!({"session_expiration_time": 7200, "status": "published"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v2}");
+    assert_matches_spec("/v3/workflows/{settings_uuid}/", "patch", 200, &v2);
+    assert_ne!(v2["uuid"], v1["uuid"]);
+    assert_eq!(
+        (
+            &v2["workflow_id"],
+            &v2["version"],
+            &v2["session_expiration_time"]
+        ),
+        (&stable, &json!(2), &json!(7200))
+    );
+    let v2_uuid = v2["uuid"].as_str().expect("uuid").to_owned();
+    // Without a status the version changes in place; a published one never becomes a draft.
+    let (status, renamed) = raw
+        .patch(
+            &format!("/v3/workflows/{v2_uuid}/"),
+            json!({"workflow_label": "Versioned KYC"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{renamed}");
+    assert_eq!(
+        (&renamed["uuid"], &renamed["version"]),
+        (&v2["uuid"], &json!(2))
+    );
+    let (status, refused) = raw
+        .patch(
+            &format!("/v3/workflows/{v2_uuid}/"),
+            json!({"status": "draft"}),
+        )
+        .await;
+    assert_eq!(
+        (status, refused),
+        (
+            400,
+            json!({"status": ["Cannot revert a published version to draft."]})
+        )
+    );
+    let (status, unknown) = raw
+        .patch(
+            &format!("/v3/workflows/{v2_uuid}/"),
+            json!({"workflow_type": "kyc"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{unknown}");
+
+    // One row per version, each read by its own id.
+    let (status, list) = raw.get("/v3/workflows/").await;
+    assert_eq!(status, 200);
+    assert_matches_spec("/v3/workflows/", "get", 200, &list);
+    let mut versions: Vec<(i64, u64)> = list["results"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|w| w["workflow_id"] == stable)
+        .map(|w| {
+            (
+                w["version"].as_i64().expect("version"),
+                w["session_expiration_time"].as_u64().expect("expiration"),
+            )
+        })
+        .collect();
+    versions.sort_unstable();
+    assert_eq!(versions, [(1, 3600), (2, 7200)]);
+    let (_, one) = raw.get(&format!("/v3/workflows/{v1_uuid}/")).await;
+    assert_eq!(one["session_expiration_time"], 3600);
+
+    // A session on the stable id runs the latest version; one on a version's id runs that.
+    let (status, latest) = raw
+        .post(
+            "/v3/session/",
+            json!({"workflow_id": stable, "vendor_data": "versioned-1",
+                   "contact_details": {"email": "person@example.org", "email_lang": "es"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{latest}");
+    assert_matches_spec("/v3/session/", "post", 201, &latest);
+    assert_eq!(
+        (&latest["workflow_id"], &latest["workflow_version"]),
+        (&stable, &json!(2))
+    );
+    let (status, v3) = raw
+        .patch(
+            &format!("/v3/workflows/{v2_uuid}/"),
+            json!({"status": "published"}),
+        )
+        .await;
+    assert_eq!((status, &v3["version"]), (200, &json!(3)));
+    let (_, pinned) = raw
+        .post(
+            "/v3/session/",
+            json!({"workflow_id": v2_uuid, "vendor_data": "versioned-2"}),
+        )
+        .await;
+    assert_eq!(
+        (&pinned["workflow_id"], &pinned["workflow_version"]),
+        (&stable, &json!(2))
+    );
+
+    // update-status asks Didit to e-mail the person, in the language asked for.
+    let sid = latest["session_id"]
+        .as_str()
+        .expect("session id")
+        .to_owned();
+    control(
+        &sandbox,
+        json!({"action": "set_status", "session_id": sid, "status": "Declined"}),
+    )
+    .await;
+    let path = format!("/v3/session/{sid}/update-status/");
+    let (status, missing) = raw
+        .patch(
+            &path,
+            json!({"new_status": "Resubmitted", "send_email": true}),
+        )
+        .await;
+    assert_eq!(
+        (status, missing),
+        (
+            400,
+            json!({"email_address": ["Email address is required when send_email is true."]})
+        )
+    );
+    let (status, updated) = raw
+        .patch(
+            &path,
+            json!({"new_status": "Resubmitted", "send_email": true,
+                   "email_address": "person@example.org", "email_language": "es"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_matches_spec(
+        "/v3/session/{sessionId}/update-status/",
+        "patch",
+        200,
+        &updated,
+    );
+    let emails = crate::sandbox::stats(&sandbox).await["emails"].clone();
+    assert_eq!(
+        emails,
+        json!([{"session_id": sid, "status": "Resubmitted",
+                "email_address": "person@example.org", "email_language": "es"}])
     );
 }
 

@@ -5,10 +5,9 @@
 //! every Redis key name are searched for them. Media URLs and secrets must not be stored in
 //! any Redis value either.
 
-use didit::types::ExpectedDetails;
 use std::{collections::HashMap, path::Path, time::Duration};
 
-use kyc_worker::domain::StartRequest;
+use kyc_worker::domain::{ExpectedDetails, StartRequest};
 use redis::AsyncCommands;
 use serde_json::json;
 

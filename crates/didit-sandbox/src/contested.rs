@@ -1,13 +1,13 @@
-//! The answers on which Didit's sources disagree (§15 of the API notes), each selectable so
-//! that the fleet's tests can exercise both branches rather than only the one the sandbox
-//! happened to pick.
+//! The answers on which Didit's sources disagree (its spec, docs and observed traffic), each
+//! selectable so that the fleet's tests can exercise both branches rather than only the one
+//! the sandbox happened to pick.
 //!
 //! Each choice is named by the HTTP status it answers with, as the `--wrong-key-status`,
 //! `--same-status` and `--delete-status` flags and the matching control actions spell it.
 
 use std::{fmt, str::FromStr};
 
-/// §15.1: what a request with a wrong or revoked `x-api-key` gets.
+/// What a request with a wrong or revoked `x-api-key` gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WrongKeyStatus {
     /// `401 {"detail": "Invalid API Key."}` (the documented answer).
@@ -17,7 +17,7 @@ pub enum WrongKeyStatus {
     Forbidden,
 }
 
-/// §15.6: what `update-status` to the status the session already has answers.
+/// What `update-status` to the status the session already has answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SameStatus {
     /// `200 {"session_id": ...}`, nothing changes and no webhook is sent (newer docs).
@@ -27,7 +27,7 @@ pub enum SameStatus {
     BadRequest,
 }
 
-/// §15.10: what a successful `DELETE /v3/session/{id}/delete/` answers.
+/// What a successful `DELETE /v3/session/{id}/delete/` answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeleteStatus {
     /// `204` with an empty body (July 2026 spec).
@@ -40,8 +40,11 @@ pub enum DeleteStatus {
 /// The three choices together, as `SandboxConfig` and the sandbox state hold them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Contested {
+    /// The answer to a wrong or revoked API key (`--wrong-key-status`).
     pub wrong_key: WrongKeyStatus,
+    /// The answer to update-status to the current status (`--same-status`).
     pub same_status: SameStatus,
+    /// The answer to a successful delete (`--delete-status`).
     pub delete: DeleteStatus,
 }
 

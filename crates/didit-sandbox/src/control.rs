@@ -1,19 +1,19 @@
 //! `POST /sandbox/control`: change the sandbox while it runs, without losing sessions.
 //!
 //! Sandbox-only, no API key (the route does not exist at Didit). One JSON object per call,
-//! `{"action": "...", ...}`; `docs/sandbox.md` lists every action. Answers 200
-//! `{"ok": true}` or 400 `{"detail": "..."}`.
+//! `{"action": "...", ...}`; `docs/sandbox.md` lists every action. The route answers 200
+//! `{"ok": true}` or 400 `{"detail": "..."}`; this module only applies the action, so it needs
+//! nothing of the HTTP surface that calls it.
 
 use std::time::Duration;
 
-use axum::{body::Bytes, http::StatusCode, response::Response};
-use serde_json::{json, Value};
+use axum::body::Bytes;
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
     contested::{DeleteStatus, SameStatus, WrongKeyStatus},
-    limits::{Limit, LimitSpec, RateScope},
-    routes::{detail, json_response, ENDPOINT_NAMES},
+    limits::{Limit, LimitSpec, RateScope, ENDPOINT_NAMES},
     scenarios::{self, Scenario, Subject},
     state::{Inner, Shared, Step},
 };
@@ -38,13 +38,14 @@ const ACTIONS: &[&str] = &[
     "reset_stats",
 ];
 
-pub fn handle(shared: &Shared, body: &Bytes) -> Response {
+/// Applies one control request; returns the action it carried out, or why it was refused.
+pub fn handle(shared: &Shared, body: &Bytes) -> Result<String, String> {
     let request: Value = match serde_json::from_slice(body) {
         Ok(v @ Value::Object(_)) => v,
-        _ => return bad("expected a JSON object such as {\"action\": \"revoke_api_key\"}"),
+        _ => return Err("expected a JSON object such as {\"action\": \"revoke_api_key\"}".into()),
     };
     let Some(action) = request["action"].as_str() else {
-        return bad(&format!(
+        return Err(format!(
             "\"action\" is required, one of: {}",
             ACTIONS.join(", ")
         ));
@@ -56,14 +57,7 @@ pub fn handle(shared: &Shared, body: &Bytes) -> Response {
     if action == "reset_stats" && result.is_ok() {
         shared.webhook_stats.reset();
     }
-    match result {
-        Ok(()) => json_response(StatusCode::OK, json!({"ok": true, "action": action})),
-        Err(message) => bad(&message),
-    }
-}
-
-fn bad(message: &str) -> Response {
-    detail(StatusCode::BAD_REQUEST, message)
+    result.map(|()| action.to_owned())
 }
 
 fn apply(inner: &mut Inner, action: &str, r: &Value) -> Result<(), String> {

@@ -29,6 +29,8 @@
 //! - `control`: the sandbox-only control actions.
 //! - `contested`: the answers Didit's sources disagree on, each selectable.
 
+#![warn(missing_docs)]
+
 mod contested;
 mod control;
 mod limits;
@@ -76,12 +78,15 @@ pub const MAX_RETRY_SCALE: f64 = 1000.0;
 /// `POST /sandbox/control`.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
+    /// The address to listen on (loopback by default).
     pub host: IpAddr,
     /// 0 picks a free port (tests); read it back from [`SandboxHandle::addr`].
     pub port: u16,
+    /// The only `x-api-key` accepted; any other gets 401 (or 403, see [`Contested`]).
     pub api_key: String,
     /// Where every status change is delivered, signed with `webhook_secret`.
     pub webhook_url: Option<Url>,
+    /// The destination secret deliveries are signed with, as Didit signs them.
     pub webhook_secret: String,
     /// Time from creation (or resubmission) to the final status; `In Progress` comes at half.
     pub complete_after: Duration,
@@ -99,7 +104,8 @@ pub struct SandboxConfig {
     pub webhook_timeout: Duration,
     /// Credit balance in USD at start.
     pub balance: f64,
-    /// The §15 answers Didit's sources disagree on.
+    /// Which branch to serve where Didit's sources disagree (401 or 403 for a wrong key,
+    /// same-status update, delete answer).
     pub contested: Contested,
 }
 
@@ -159,7 +165,7 @@ impl Sandbox {
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
         let addr = listener.local_addr().context("no local address")?;
         let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
-        let shared = Arc::new(state::Shared::new(&config, events)?);
+        let shared = Arc::new(state::Shared::new(&config, events, base_url(addr))?);
 
         let dispatcher = tokio::spawn(webhooks::dispatch(
             receiver,
@@ -186,6 +192,17 @@ impl Sandbox {
     }
 }
 
+/// `http://ADDRESS:PORT/` of a listening address (loopback for an unspecified one).
+fn base_url(addr: SocketAddr) -> Url {
+    let host = if addr.ip().is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        addr.ip()
+    };
+    Url::parse(&format!("http://{}", SocketAddr::new(host, addr.port())))
+        .expect("an IP address and a port always form a valid URL")
+}
+
 /// A running sandbox. Dropping it stops the server and every background task.
 pub struct SandboxHandle {
     addr: SocketAddr,
@@ -195,22 +212,14 @@ pub struct SandboxHandle {
 }
 
 impl SandboxHandle {
+    /// The address the sandbox listens on, with the port actually bound.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// `http://127.0.0.1:PORT`, what `KYC__DIDIT__BASE_URL` should be.
     pub fn base_url(&self) -> Url {
-        let host = if self.addr.ip().is_unspecified() {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        } else {
-            self.addr.ip()
-        };
-        Url::parse(&format!(
-            "http://{}",
-            SocketAddr::new(host, self.addr.port())
-        ))
-        .expect("an IP address and a port always form a valid URL")
+        base_url(self.addr)
     }
 
     /// The registration host, what `KYC__DIDIT__AUTH_BASE_URL` should be.
@@ -254,6 +263,11 @@ impl Drop for SandboxHandle {
         }
     }
 }
+
+/// The README's code blocks, compiled as doctests so the README cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 async fn shutdown_signal() -> anyhow::Result<()> {
     #[cfg(unix)]

@@ -29,6 +29,7 @@ pub enum RateScope {
 }
 
 impl RateScope {
+    /// Every scope, in declaration order.
     pub const ALL: [RateScope; 4] = [
         RateScope::Get,
         RateScope::Write,
@@ -36,6 +37,7 @@ impl RateScope {
         RateScope::Pdf,
     ];
 
+    /// The name `--limit` and `GET /sandbox/stats` use: `get`, `write`, `create` or `pdf`.
     pub fn as_str(self) -> &'static str {
         match self {
             RateScope::Get => "get",
@@ -83,7 +85,9 @@ pub const MAX_WINDOW: Duration = Duration::from_secs(86_400);
 /// One limit: at most `max` requests in any `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
+    /// The most requests admitted in any window.
     pub max: u32,
+    /// The sliding window's length, at most [`MAX_WINDOW`].
     pub window: Duration,
 }
 
@@ -108,7 +112,9 @@ impl Limit {
 /// `SCOPE=N/WINDOW`, e.g. `get=60/1s`, `create=10/500ms`, `write=300/1m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitSpec {
+    /// The scope whose limit is replaced.
     pub scope: RateScope,
+    /// Its new limit.
     pub limit: Limit,
 }
 
@@ -303,6 +309,27 @@ impl Limiter {
     }
 }
 
+/// Endpoint names as `/sandbox/stats` and `fail_next` spell them (the client's metric labels).
+pub const ENDPOINT_NAMES: [&str; 17] = [
+    "session_create",
+    "decision",
+    "session_list",
+    "update_status",
+    "blocklist_add",
+    "generate_pdf",
+    "session_delete",
+    "workflow_create",
+    "workflow_list",
+    "workflow_get",
+    "workflow_update",
+    "webhook_destination_create",
+    "webhook_destination_list",
+    "balance",
+    "top_up",
+    "register",
+    "verify_email",
+];
+
 /// Faults a test asks for: slowness, random 500s, and failures of the next N calls.
 #[derive(Debug, Default)]
 pub struct Faults {
@@ -357,6 +384,9 @@ pub struct Stats {
     responses: BTreeMap<String, BTreeMap<u16, u64>>,
     pub sessions_created: u64,
     pub sessions_reused: u64,
+    /// The e-mails Didit would have sent (update-status with `send_email`), oldest first:
+    /// `{"session_id", "status", "email_address", "email_language"}`.
+    pub emails: Vec<Value>,
 }
 
 impl Stats {
@@ -395,6 +425,7 @@ impl Stats {
             "responses": responses,
             "sessions_created": self.sessions_created,
             "sessions_reused": self.sessions_reused,
+            "emails": self.emails,
         })
     }
 }

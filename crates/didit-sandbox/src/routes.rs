@@ -41,6 +41,7 @@ pub enum Op {
     CreateWorkflow,
     ListWorkflows,
     GetWorkflow(Uuid),
+    UpdateWorkflow(Uuid),
     CreateDestination,
     ListDestinations,
     Balance,
@@ -50,26 +51,6 @@ pub enum Op {
     Stats,
     Control,
 }
-
-/// Endpoint names as `/sandbox/stats` and `fail_next` spell them (the client's metric labels).
-pub const ENDPOINT_NAMES: [&str; 16] = [
-    "session_create",
-    "decision",
-    "session_list",
-    "update_status",
-    "blocklist_add",
-    "generate_pdf",
-    "session_delete",
-    "workflow_create",
-    "workflow_list",
-    "workflow_get",
-    "webhook_destination_create",
-    "webhook_destination_list",
-    "balance",
-    "top_up",
-    "register",
-    "verify_email",
-];
 
 impl Op {
     pub fn name(self) -> &'static str {
@@ -84,6 +65,7 @@ impl Op {
             Op::CreateWorkflow => "workflow_create",
             Op::ListWorkflows => "workflow_list",
             Op::GetWorkflow(_) => "workflow_get",
+            Op::UpdateWorkflow(_) => "workflow_update",
             Op::CreateDestination => "webhook_destination_create",
             Op::ListDestinations => "webhook_destination_list",
             Op::Balance => "balance",
@@ -124,6 +106,7 @@ impl Op {
             | Op::BlocklistAdd
             | Op::DeleteSession(_)
             | Op::CreateWorkflow
+            | Op::UpdateWorkflow(_)
             | Op::CreateDestination
             | Op::TopUp => &[RateScope::Write],
             Op::Register | Op::VerifyEmail | Op::Stats | Op::Control => &[],
@@ -168,6 +151,11 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if method == Method::GET {
+        if let Some(token) = hosted_flow_token(uri.path()) {
+            return hosted_flow_page(&shared, token);
+        }
+    }
     let op = match resolve(&method, uri.path()) {
         Resolved::Op(op) => op,
         Resolved::Redirect(path) => {
@@ -191,7 +179,12 @@ async fn handle(
     };
     match op {
         Op::Stats => return stats(&shared),
-        Op::Control => return control::handle(&shared, &body),
+        Op::Control => {
+            return match control::handle(&shared, &body) {
+                Ok(action) => json_response(StatusCode::OK, json!({"ok": true, "action": action})),
+                Err(message) => detail(StatusCode::BAD_REQUEST, &message),
+            }
+        }
         _ => {}
     }
     let (latency, injected) = {
@@ -345,6 +338,7 @@ fn resolve(method: &Method, path: &str) -> Resolved {
         ("/v3/workflows/", "POST", _) => Op::CreateWorkflow,
         ("/v3/workflows/", "GET", _) => Op::ListWorkflows,
         ("/v3/workflows/{id}/", "GET", Some(id)) => Op::GetWorkflow(id),
+        ("/v3/workflows/{id}/", "PATCH", Some(id)) => Op::UpdateWorkflow(id),
         ("/v3/webhook/destinations/", "POST", _) => Op::CreateDestination,
         ("/v3/webhook/destinations/", "GET", _) => Op::ListDestinations,
         ("/v3/billing/balance/", "GET", _) => Op::Balance,
@@ -410,6 +404,41 @@ pub fn detail(status: StatusCode, message: &str) -> Response {
 
 pub fn not_found() -> Response {
     detail(StatusCode::NOT_FOUND, "Not found.")
+}
+
+/// The token of a session link, `/session/{token}` or `/{language}/session/{token}`.
+fn hosted_flow_token(path: &str) -> Option<&str> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let token = match segments.as_slice() {
+        ["session", token] | [_, "session", token] => *token,
+        _ => return None,
+    };
+    (!token.is_empty() && token.chars().all(|c| c.is_ascii_alphanumeric())).then_some(token)
+}
+
+/// What a person opening a sandbox session's link sees: no verification to complete, the
+/// sandbox plays the session's scenario by itself.
+fn hosted_flow_page(shared: &Shared, token: &str) -> Response {
+    let inner = shared.lock();
+    let Some(session) = inner.session_by_token(token) else {
+        return html_not_found();
+    };
+    let body = format!(
+        "<!doctype html>\n<html lang=\"en\">\n<head>\n  <meta charset=\"utf-8\">\n  \
+         <title>Didit sandbox session</title>\n</head>\n<body>\n  <h1>Didit sandbox</h1>\n  \
+         <p>Session <code id=\"session-id\">{}</code> is <b id=\"status\">{}</b>.</p>\n  \
+         <p>This is the local emulator of Didit: there is nothing to complete here. It plays \
+         the scenario <code id=\"scenario\">{}</code> by itself.</p>\n</body>\n</html>\n",
+        session.id,
+        session.status.as_str(),
+        session.scenario.as_str(),
+    );
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 /// Django's own page for a URL no pattern matches.
@@ -485,7 +514,7 @@ mod tests {
             Resolved::NotFound
         ));
         assert_eq!(op(Method::GET, "/sandbox/stats"), Some(Op::Stats));
-        for name in ENDPOINT_NAMES {
+        for name in crate::limits::ENDPOINT_NAMES {
             assert!(!name.is_empty());
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! Only `decline_document_expired` and `decline_aml_hit` are Didit's own slugs; the others are
 //! ours, each exercising one path of the fleet's rules. Scores, warnings and document data
-//! follow the shapes of `reference/didit/openapi.json`: a warning's `log_type` is `error` when
+//! follow the shapes of Didit's OpenAPI document: a warning's `log_type` is `error` when
 //! the workflow declines on it and `warning` when it routes to review. `docs/sandbox.md`
 //! lists what each scenario yields; keep the two in step.
 
@@ -16,14 +16,31 @@ use didit::SessionStatus;
 /// How the simulated user's flow ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
+    /// `approve` (the default): `Approved`, every check passed, no warnings.
     Approve,
+    /// `decline_document_expired` (a Didit slug): `Declined`, the document expired 400 days
+    /// ago (`DOCUMENT_EXPIRED`, error).
     DeclineDocumentExpired,
+    /// `decline_face_mismatch`: `Declined`, face match score 23.5
+    /// (`LOW_FACE_MATCH_SIMILARITY`, error).
     DeclineFaceMismatch,
+    /// `decline_liveness`: `Declined`, liveness score 12.3 (`LOW_LIVENESS_SCORE`, error);
+    /// no face match ran.
     DeclineLiveness,
+    /// `decline_aml_hit` (a Didit slug): `Declined`, one sanctions hit
+    /// (`POSSIBLE_MATCH_FOUND`, error).
     DeclineAmlHit,
+    /// `review_face_match_borderline`: `In Review`, face match score 68.4
+    /// (`LOW_FACE_MATCH_SIMILARITY`, warning).
     ReviewFaceMatchBorderline,
+    /// `review_high_scores_warning`: `In Review` with high liveness and face scores and one
+    /// warning-level risk on the document (`POSSIBLE_DUPLICATED_USER`).
     ReviewHighScoresWarning,
+    /// `review_aml_possible_match`: `In Review`, one PEP hit (`POSSIBLE_MATCH_FOUND`,
+    /// warning).
     ReviewAmlPossibleMatch,
+    /// `approve_underage`: `Approved`, but the holder is 16 today, for rules that check age
+    /// themselves.
     ApproveUnderage,
     /// Opens the link, never finishes: `In Progress` until expiry, then `Abandoned`.
     Abandon,
@@ -32,6 +49,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
+    /// Every scenario, in declaration order.
     pub const ALL: [Scenario; 11] = [
         Scenario::Approve,
         Scenario::DeclineDocumentExpired,
@@ -46,6 +64,7 @@ impl Scenario {
         Scenario::Expire,
     ];
 
+    /// The `sandbox_scenario` slug (`approve`, `decline_document_expired`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             Scenario::Approve => "approve",
@@ -62,6 +81,7 @@ impl Scenario {
         }
     }
 
+    /// Reads a `sandbox_scenario` slug; `None` for an unknown one (the sandbox answers 400).
     pub fn parse(s: &str) -> Option<Scenario> {
         Scenario::ALL.into_iter().find(|x| x.as_str() == s)
     }
@@ -86,13 +106,17 @@ impl Scenario {
 /// What a finished flow produced: the session status and its decision sections, keyed by
 /// the v3 array names (`id_verifications`, …).
 pub struct Outcome {
+    /// The session's final status.
     pub status: SessionStatus,
+    /// The decision's feature arrays by their v3 names, each a JSON array.
     pub sections: Map<String, Value>,
 }
 
 /// The person and the run a decision describes.
 pub struct Subject {
+    /// The session the decision belongs to (feature data is derived from it).
     pub session_id: Uuid,
+    /// The day the flow finishes, which document dates and ages are computed from.
     pub today: Date,
     /// The vendor_data had its face or document blocklisted: Didit declines on sight.
     pub blocklisted: bool,

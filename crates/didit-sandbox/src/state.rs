@@ -68,9 +68,16 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: &SandboxConfig, events: UnboundedSender<Event>) -> anyhow::Result<Self> {
+    /// `link_base` is the sandbox's own address: the hosted-flow links of its sessions
+    /// point there (a sandbox session has no page at Didit).
+    pub fn new(
+        config: &SandboxConfig,
+        events: UnboundedSender<Event>,
+        link_base: Url,
+    ) -> anyhow::Result<Self> {
         let now = OffsetDateTime::now_utc();
         let inner = Inner {
+            link_base,
             api_key: config.api_key.clone(),
             key_revoked: false,
             balance: config.balance,
@@ -129,6 +136,8 @@ pub async fn drive_sessions(shared: Arc<Shared>) {
 }
 
 pub struct Inner {
+    /// Where session links point: the sandbox itself (`{link_base}session/{token}`).
+    link_base: Url,
     pub api_key: String,
     pub key_revoked: bool,
     /// USD.
@@ -164,8 +173,11 @@ pub struct Session {
     pub number: i64,
     pub token: String,
     pub url: String,
+    /// The workflow's stable id (shared by its versions).
     pub workflow_id: Uuid,
     pub workflow_version: i64,
+    /// The id of the version it runs (`settings_uuid`), whose steps and expiration apply.
+    pub workflow_uuid: Uuid,
     pub vendor_data: Option<String>,
     pub metadata: Value,
     pub callback: Option<String>,
@@ -284,8 +296,13 @@ impl Session {
     }
 }
 
+/// One version of a workflow: Didit lists, reads and runs versions; `workflow_id` groups
+/// them and `uuid` (the `settings_uuid`) names one.
 pub struct Workflow {
     pub uuid: Uuid,
+    /// The stable id shared by every version (equals `uuid` for version 1).
+    pub workflow_id: Uuid,
+    pub version: i64,
     pub label: String,
     pub features: Vec<String>,
     pub session_expiration_s: u64,
@@ -303,10 +320,27 @@ impl Workflow {
     ) -> Self {
         Self {
             uuid,
+            workflow_id: uuid,
+            version: 1,
             label: label.to_owned(),
             features,
             session_expiration_s,
             max_retry_attempts: 3,
+            created_at,
+        }
+    }
+
+    /// The next published version: a new `uuid` and `version` + 1 under the same
+    /// `workflow_id`, with the same settings until the caller changes them.
+    pub fn next_version(&self, created_at: OffsetDateTime) -> Self {
+        Self {
+            uuid: Uuid::new_v4(),
+            workflow_id: self.workflow_id,
+            version: self.version + 1,
+            label: self.label.clone(),
+            features: self.features.clone(),
+            session_expiration_s: self.session_expiration_s,
+            max_retry_attempts: self.max_retry_attempts,
             created_at,
         }
     }
@@ -351,10 +385,10 @@ impl Workflow {
     pub fn to_json(&self) -> Value {
         json!({
             "uuid": self.uuid,
-            "workflow_id": self.uuid,
+            "workflow_id": self.workflow_id,
             "workflow_label": self.label,
             "workflow_type": "kyc",
-            "is_default": self.uuid == WORKFLOW_ID,
+            "is_default": self.workflow_id == WORKFLOW_ID,
             "is_archived": false,
             "is_white_label_enabled": false,
             "total_price": 0.0,
@@ -367,7 +401,7 @@ impl Workflow {
             "max_retry_attempts": self.max_retry_attempts,
             "retry_window_days": 7,
             "session_expiration_time": self.session_expiration_s,
-            "version": 1,
+            "version": self.version,
             "status": "published",
             "has_draft": false,
             "created_by": {"name": "API Client", "email": null, "type": "api_key"},
@@ -493,22 +527,52 @@ impl Inner {
         Some(session)
     }
 
+    /// One workflow version by its own id (`settings_uuid`), as `GET /v3/workflows/{id}/`
+    /// reads it.
     pub fn workflow(&self, id: Uuid) -> Option<&Workflow> {
         self.workflows.iter().find(|w| w.uuid == id)
+    }
+
+    /// The version a session created with `id` runs: the latest version of the workflow
+    /// whose stable id it is (a first version's `uuid` is that id too), else the version
+    /// whose own id it is.
+    pub fn version_for(&self, id: Uuid) -> Option<&Workflow> {
+        self.latest_version(id).or_else(|| self.workflow(id))
+    }
+
+    /// The latest version of a workflow, by its stable id.
+    pub fn latest_version(&self, workflow_id: Uuid) -> Option<&Workflow> {
+        self.workflows
+            .iter()
+            .filter(|w| w.workflow_id == workflow_id)
+            .max_by_key(|w| w.version)
+    }
+
+    /// The session a hosted-flow link names.
+    pub fn session_by_token(&self, token: &str) -> Option<&Session> {
+        self.sessions.values().find(|s| s.token == token)
     }
 
     /// Creates a session, or returns the unfinished one of the same vendor_data on the same
     /// workflow with its metadata and callback overwritten (Didit's only idempotency).
     /// The bool says whether it is new.
     pub fn create_session(&mut self, new: NewSession) -> (Uuid, bool) {
+        let (workflow_id, version, workflow_uuid, expiration) =
+            match self.version_for(new.workflow_id) {
+                Some(w) => (w.workflow_id, w.version, w.uuid, w.session_expiration_s),
+                None => (new.workflow_id, 1, new.workflow_id, DEFAULT_EXPIRATION_S),
+            };
+        // Reused only on the workflow's latest version: a republished workflow starts afresh.
+        let latest = self.latest_version(workflow_id).map(|w| w.uuid);
         if let Some(vendor) = &new.vendor_data {
             let reusable = self
                 .by_vendor
-                .get(&(new.workflow_id, vendor.clone()))
+                .get(&(workflow_id, vendor.clone()))
                 .into_iter()
                 .flatten()
                 .filter_map(|id| self.sessions.get(id))
                 .filter(|s| s.status.is_reusable())
+                .filter(|s| latest.is_none_or(|l| s.workflow_uuid == l))
                 .max_by_key(|s| s.number)
                 .map(|s| s.id);
             if let Some(existing) = reusable.and_then(|id| self.sessions.get_mut(&id)) {
@@ -519,15 +583,17 @@ impl Inner {
             }
         }
         let now = self.now();
-        let expiration = self
-            .workflow(new.workflow_id)
-            .map_or(DEFAULT_EXPIRATION_S, |w| w.session_expiration_s);
         let id = Uuid::new_v4();
         let token = Alphanumeric.sample_string(&mut rand::rng(), 12);
-        let url = match &new.language {
-            Some(lang) => format!("https://verify.didit.me/{lang}/session/{token}"),
-            None => format!("https://verify.didit.me/session/{token}"),
+        let path = match &new.language {
+            Some(lang) => format!("{lang}/session/{token}"),
+            None => format!("session/{token}"),
         };
+        let url = self
+            .link_base
+            .join(&path)
+            .map(String::from)
+            .unwrap_or_else(|_| format!("{}{path}", self.link_base));
         let number = self.next_number;
         self.next_number += 1;
         let session = Session {
@@ -535,8 +601,9 @@ impl Inner {
             number,
             token,
             url,
-            workflow_id: new.workflow_id,
-            workflow_version: 1,
+            workflow_id,
+            workflow_version: version,
+            workflow_uuid,
             vendor_data: new.vendor_data,
             metadata: new.metadata,
             callback: new.callback,
@@ -611,10 +678,7 @@ impl Inner {
         let Some(session) = self.sessions.get(&id) else {
             return;
         };
-        let workflow = self
-            .workflows
-            .iter()
-            .find(|w| w.uuid == session.workflow_id);
+        let workflow = self.workflow(session.workflow_uuid);
         let produces = |section: &str| workflow.is_none_or(|w| w.produces(section));
         let (status, sections, auto) = match step {
             Step::Open => {
@@ -664,7 +728,7 @@ impl Inner {
         let expiration = self
             .sessions
             .get(&id)
-            .and_then(|s| self.workflow(s.workflow_id))
+            .and_then(|s| self.workflow(s.workflow_uuid))
             .map_or(DEFAULT_EXPIRATION_S, |w| w.session_expiration_s);
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
@@ -698,7 +762,7 @@ impl Inner {
 
     /// The decision as `GET /v3/session/{id}/decision/` returns it.
     pub fn decision_json(&self, session: &Session) -> Value {
-        let workflow = self.workflow(session.workflow_id);
+        let workflow = self.workflow(session.workflow_uuid);
         let mut d = Map::new();
         d.insert("session_id".into(), json!(session.id));
         d.insert("session_kind".into(), json!("user"));
@@ -808,6 +872,32 @@ impl Inner {
 mod tests {
     use super::*;
 
+    fn test_link_base() -> Url {
+        Url::parse("http://127.0.0.1:8089/").expect("url")
+    }
+
+    #[test]
+    fn session_links_point_at_the_sandbox() {
+        let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let shared = Shared::new(
+            &SandboxConfig::for_tests(Duration::from_secs(60)),
+            events,
+            test_link_base(),
+        )
+        .expect("state");
+        let mut inner = shared.lock();
+        let (id, _) = inner.create_session(new_session("linked"));
+        let session = &inner.sessions[&id];
+        assert_eq!(
+            session.url,
+            format!("http://127.0.0.1:8089/session/{}", session.token)
+        );
+        assert_eq!(
+            inner.session_by_token(&session.token).map(|s| s.id),
+            Some(id)
+        );
+    }
+
     fn new_session(vendor: &str) -> NewSession {
         NewSession {
             workflow_id: WORKFLOW_ID,
@@ -824,8 +914,12 @@ mod tests {
     #[test]
     fn the_due_index_holds_exactly_the_sessions_with_a_step_ahead() {
         let (events, _receiver) = tokio::sync::mpsc::unbounded_channel();
-        let shared =
-            Shared::new(&SandboxConfig::for_tests(Duration::from_secs(60)), events).expect("state");
+        let shared = Shared::new(
+            &SandboxConfig::for_tests(Duration::from_secs(60)),
+            events,
+            test_link_base(),
+        )
+        .expect("state");
         let mut inner = shared.lock();
         let ids: Vec<Uuid> = (0..3)
             .map(|n| inner.create_session(new_session(&format!("v{n}"))).0)
@@ -862,7 +956,12 @@ mod tests {
     #[test]
     fn the_clock_refuses_to_move_past_its_bound_and_keeps_its_offset() {
         let (events, _receiver) = tokio::sync::mpsc::unbounded_channel();
-        let shared = Shared::new(&SandboxConfig::for_tests(Duration::ZERO), events).expect("state");
+        let shared = Shared::new(
+            &SandboxConfig::for_tests(Duration::ZERO),
+            events,
+            test_link_base(),
+        )
+        .expect("state");
         let mut inner = shared.lock();
         inner
             .advance_clock(Duration::from_secs(86_400))

@@ -2,7 +2,8 @@
 //!
 //! The body is `didit_wire_body(payload)` (sorted keys, compact, ASCII-escaped) and the
 //! signatures come from `didit::webhook::sign`, the same code the fleet verifies with, so the
-//! two cannot drift apart; the §14.7 vectors pin that code to Didit's algorithm.
+//! two cannot drift apart; the worked vectors in `didit::webhook`'s tests pin that code to
+//! Didit's algorithm.
 //!
 //! Order: one queue per (session, target) with at most one delivery in flight, so a
 //! session's deliveries arrive in the order its status changed, while a slow or failing

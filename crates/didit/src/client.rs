@@ -1,4 +1,4 @@
-//! The Didit HTTP client: one typed method per call the fleet makes.
+//! The Didit HTTP client: one typed method per Didit call.
 //!
 //! Every call goes through [`DiditClient::send`], which sets the API key, applies the
 //! timeout, and turns any failure into a classified [`DiditError`]. Paths keep Didit's
@@ -19,24 +19,47 @@ use super::{
 };
 
 /// Where and how a [`DiditClient`] talks to Didit.
+///
+/// Its `Debug` prints the API key as `[REDACTED]`, so a configuration can be logged.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let mut config = didit::ClientConfig::new(
+///     "http://127.0.0.1:8089".parse().expect("url"),
+///     "http://127.0.0.1:8089/auth/v2".parse().expect("url"),
+///     "sandbox".to_owned().into(),
+/// );
+/// config.request_timeout = Duration::from_secs(10);
+/// assert!(format!("{config:?}").contains("[REDACTED]"));
+/// ```
 #[derive(Clone)]
 pub struct ClientConfig {
-    /// `https://verification.didit.me` for Didit, or a sandbox's address.
+    /// The verification host every `/v3/...` path is joined to:
+    /// `https://verification.didit.me` for Didit, or a sandbox's address. A path on it is
+    /// kept (`http://proxy/didit` calls `http://proxy/didit/v3/...`).
     pub base_url: Url,
-    /// The registration host (`https://apx.didit.me/auth/v2` for Didit).
+    /// The account host of programmatic registration (`https://apx.didit.me/auth/v2` for
+    /// Didit); only [`DiditClient::register`] and [`DiditClient::verify_email`] use it.
     pub auth_base_url: Url,
-    /// Sent as `x-api-key` on every call.
+    /// The application's API key, sent as `x-api-key` on every call. A sandbox application's
+    /// key creates free, mocked sessions (`environment: "sandbox"`).
     pub api_key: SecretString,
+    /// The longest wait for a TCP (and TLS) connection to open; a timeout is retryable.
     pub connect_timeout: Duration,
-    /// The whole exchange, for every call but the PDF report.
+    /// The longest a whole exchange (connect, send, read the body) may take, for every call
+    /// but the PDF report.
     pub request_timeout: Duration,
-    /// Generating a PDF report takes Didit longer.
+    /// The same bound for [`DiditClient::generate_pdf`]: Didit renders the report on every
+    /// call, which takes several seconds.
     pub pdf_timeout: Duration,
+    /// The `User-Agent` header; `didit-rs/<version>` by default.
     pub user_agent: String,
 }
 
 impl ClientConfig {
-    /// Didit's defaults: 5 s to connect, 30 s per call, 120 s for a PDF.
+    /// A configuration with this crate's defaults: 5 s to connect, 30 s per call, 120 s for
+    /// a PDF, and `didit-rs/<version>` as the user agent.
     pub fn new(base_url: Url, auth_base_url: Url, api_key: SecretString) -> Self {
         Self {
             base_url,
@@ -63,35 +86,58 @@ impl fmt::Debug for ClientConfig {
     }
 }
 
-/// Sees every call a [`DiditClient`] makes: for metrics. `status` is the HTTP status, `None`
-/// when no response came (timeout, connection refused).
+/// Sees every call a [`DiditClient`] makes: for metrics. Installed with
+/// [`DiditClient::with_observer`].
 pub trait RequestObserver: Send + Sync {
+    /// Called once per call when it ends, successful or not. `status` is the HTTP status
+    /// (200 for any success), `None` when no response came (timeout, connection refused);
+    /// `elapsed` runs from sending the request to reading the whole body. Called on the
+    /// caller's task: it should not block.
     fn observe(&self, endpoint: Endpoint, status: Option<u16>, elapsed: Duration);
 }
 
-/// The Didit operations the fleet uses. Used as the `endpoint` metric label and to pick the
-/// rate-limit bucket.
+/// The Didit operations this client can call, one per [`DiditClient`] method. It names the
+/// call in a [`DiditError`], serves as a metric label ([`Endpoint::as_str`]) and tells which
+/// rate-limit windows the call counts against ([`Endpoint::scopes`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
+    /// `POST /v3/session/`: [`DiditClient::create_session`].
     CreateSession,
+    /// `GET /v3/session/{id}/decision/`: [`DiditClient::decision`].
     Decision,
+    /// `GET /v3/sessions/`: [`DiditClient::list_sessions`].
     ListSessions,
+    /// `PATCH /v3/session/{id}/update-status/`: [`DiditClient::update_status`].
     UpdateStatus,
+    /// `POST /v3/blocklist/add/`: [`DiditClient::blocklist_add`].
     BlocklistAdd,
+    /// `GET /v3/session/{id}/generate-pdf/`: [`DiditClient::generate_pdf`].
     GeneratePdf,
+    /// `DELETE /v3/session/{id}/delete/`: [`DiditClient::delete_session`].
     DeleteSession,
+    /// `POST /v3/workflows/`: [`DiditClient::create_workflow`].
     CreateWorkflow,
+    /// `GET /v3/workflows/`: [`DiditClient::list_workflows`].
     ListWorkflows,
+    /// `GET /v3/workflows/{id}/`: [`DiditClient::get_workflow`].
     GetWorkflow,
+    /// `POST /v3/webhook/destinations/`: [`DiditClient::create_webhook_destination`].
     CreateWebhookDestination,
+    /// `GET /v3/webhook/destinations/`: [`DiditClient::list_webhook_destinations`].
     ListWebhookDestinations,
+    /// `GET /v3/billing/balance/`: [`DiditClient::balance`].
     Balance,
+    /// `POST /v3/billing/top-up/`: [`DiditClient::top_up`].
     TopUp,
+    /// `POST programmatic/register/` on the account host: [`DiditClient::register`].
     Register,
+    /// `POST programmatic/verify-email/` on the account host: [`DiditClient::verify_email`].
     VerifyEmail,
 }
 
-/// Didit's rate-limit scopes (60 s sliding windows per API key).
+/// Didit's rate-limit scopes: independent 60-second sliding windows per API key. A call
+/// counts against every scope [`Endpoint::scopes`] lists, and the first one exceeded answers
+/// 429 with `Retry-After`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {
     /// Every GET: 600/min.
@@ -107,6 +153,7 @@ pub enum Scope {
 }
 
 impl Endpoint {
+    /// Every endpoint, in declaration order (e.g. to pre-register metric label values).
     pub const ALL: [Endpoint; 16] = [
         Endpoint::CreateSession,
         Endpoint::Decision,
@@ -126,6 +173,8 @@ impl Endpoint {
         Endpoint::VerifyEmail,
     ];
 
+    /// A stable snake_case name (`session_create`, `decision`, …), fit for a metric label
+    /// and the `Display` form.
     pub fn as_str(self) -> &'static str {
         match self {
             Endpoint::CreateSession => "session_create",
@@ -192,6 +241,8 @@ impl fmt::Display for Endpoint {
 }
 
 impl Scope {
+    /// A stable lower-case name (`get`, `write`, `create`, `pdf`, `account`), fit for a
+    /// metric label.
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Get => "get",
@@ -203,7 +254,31 @@ impl Scope {
     }
 }
 
-/// A Didit API client. Cheap to clone: the connection pool is shared.
+/// A Didit API client: one async method per call, each returning the typed response or a
+/// classified [`DiditError`].
+///
+/// Cheap to clone: clones share the connection pool. It never follows redirects (a
+/// redirect would drop `x-api-key`) and never retries: what to do about a failure is the
+/// caller's choice, guided by [`DiditError::class`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), didit::DiditError> {
+/// use didit::{ClientConfig, DiditClient, SessionStatus};
+///
+/// let config = ClientConfig::new(
+///     "https://verification.didit.me".parse().expect("url"),
+///     "https://apx.didit.me/auth/v2".parse().expect("url"),
+///     std::env::var("DIDIT_API_KEY").unwrap_or_default().into(),
+/// );
+/// let client = DiditClient::new(&config)?;
+/// let session_id = "11111111-2222-3333-4444-555555555555".parse().expect("uuid");
+/// let decision = client.decision(session_id).await?;
+/// if decision.status == SessionStatus::Approved {
+///     println!("approved");
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct DiditClient {
     http: reqwest::Client,
@@ -259,10 +334,19 @@ impl DiditClient {
         self
     }
 
+    /// The verification host this client calls.
     pub fn base_url(&self) -> &Url {
         &self.base_url
     }
 
+    /// Creates a verification session (`POST /v3/session/`, answered 201) and returns the
+    /// hosted `url` to send the person to.
+    ///
+    /// Didit's only idempotency: with `vendor_data` set, an unfinished session (`Not
+    /// Started`, `In Progress`, `Resubmitted`, `Awaiting User`) of the same user on the
+    /// workflow's latest version is returned instead of a new one, with its own status.
+    /// A 400 saying there are not enough credits classifies as
+    /// [`AccountPause::NoCredits`](crate::AccountPause::NoCredits).
     pub async fn create_session(
         &self,
         req: &CreateSessionRequest,
@@ -276,12 +360,18 @@ impl DiditClient {
         .await
     }
 
+    /// Reads everything the session has produced so far
+    /// (`GET /v3/session/{id}/decision/`). Callable at any point of the lifecycle; each
+    /// feature array is `None` until that step ran. An unknown or deleted session answers
+    /// 404 (a [`ErrorClass::Request`](crate::ErrorClass::Request) error).
     pub async fn decision(&self, session_id: Uuid) -> Result<Decision, DiditError> {
         let path = format!("/v3/session/{session_id}/decision/");
         self.json(Endpoint::Decision, Method::GET, &path, Body::<()>::None)
             .await
     }
 
+    /// Lists sessions newest first (`GET /v3/sessions/`), one page of at most
+    /// `query.limit` rows (Didit's default 50); follow `offset` for more.
     pub async fn list_sessions(
         &self,
         query: &SessionQuery,
@@ -317,6 +407,12 @@ impl DiditClient {
         decode(Endpoint::ListSessions, &response)
     }
 
+    /// Approves, declines or asks for resubmission of a session
+    /// (`PATCH /v3/session/{id}/update-status/`). Didit accepts it only from `Approved`,
+    /// `Declined`, `In Review`, `Kyc Expired`, `Abandoned` or `Resubmitted` (see
+    /// [`SessionStatus::accepts_status_update`](crate::SessionStatus::accepts_status_update)),
+    /// answers with the session id alone, and fires a `status.updated` webhook: read the
+    /// decision again for the new state. Re-sending the current status may answer 400.
     pub async fn update_status(
         &self,
         session_id: Uuid,
@@ -332,6 +428,9 @@ impl DiditClient {
         .await
     }
 
+    /// Adds the face, document, phone and/or e-mail of a session to the application's
+    /// blocklist (`POST /v3/blocklist/add/`); later sessions that match are declined. At
+    /// least one flag must be true.
     pub async fn blocklist_add(
         &self,
         req: &BlocklistAddRequest,
@@ -345,7 +444,10 @@ impl DiditClient {
         .await
     }
 
-    /// The session's PDF report (raw `application/pdf` bytes).
+    /// The session's PDF report (`GET /v3/session/{id}/generate-pdf/`): raw
+    /// `application/pdf` bytes, rendered anew on every call, bounded by
+    /// [`ClientConfig::pdf_timeout`]. Only for `Approved`, `Declined`, `In Review` and
+    /// `Kyc Expired` sessions; any other answers 403, classified as a request error.
     pub async fn generate_pdf(&self, session_id: Uuid) -> Result<Vec<u8>, DiditError> {
         let url = self.url(
             &self.base_url,
@@ -361,8 +463,9 @@ impl DiditClient {
         .await
     }
 
-    /// Deletes a session. Didit answers 204 (July 2026) or 200 with a JSON summary
-    /// (August 2026); both mean done.
+    /// Deletes a session and its media (`DELETE /v3/session/{id}/delete/`). Didit answers
+    /// 204 (July 2026) or 200 with a JSON summary (August 2026); both mean done. Not
+    /// idempotent: deleting again answers 404.
     pub async fn delete_session(&self, session_id: Uuid) -> Result<(), DiditError> {
         let url = self.url(&self.base_url, &format!("/v3/session/{session_id}/delete/"));
         self.send(
@@ -376,6 +479,8 @@ impl DiditClient {
         .map(drop)
     }
 
+    /// Creates a workflow (`POST /v3/workflows/`): the ordered checks a session runs.
+    /// Not idempotent: each call creates one more.
     pub async fn create_workflow(
         &self,
         req: &CreateWorkflowRequest,
@@ -389,6 +494,8 @@ impl DiditClient {
         .await
     }
 
+    /// Lists the application's workflows (`GET /v3/workflows/`), one row per version,
+    /// newest first.
     pub async fn list_workflows(&self) -> Result<Page<Workflow>, DiditError> {
         self.json(
             Endpoint::ListWorkflows,
@@ -399,12 +506,17 @@ impl DiditClient {
         .await
     }
 
+    /// Reads one workflow version (`GET /v3/workflows/{id}/`), e.g. for its
+    /// `session_expiration_time`.
     pub async fn get_workflow(&self, workflow: Uuid) -> Result<Workflow, DiditError> {
         let path = format!("/v3/workflows/{workflow}/");
         self.json(Endpoint::GetWorkflow, Method::GET, &path, Body::<()>::None)
             .await
     }
 
+    /// Registers a webhook destination (`POST /v3/webhook/destinations/`). The answer is
+    /// the only one that carries the destination's signing secret
+    /// ([`WebhookDestination::secret_shared_key`]): keep it.
     pub async fn create_webhook_destination(
         &self,
         req: &CreateWebhookDestination,
@@ -418,6 +530,8 @@ impl DiditClient {
         .await
     }
 
+    /// Lists the application's webhook destinations (`GET /v3/webhook/destinations/`),
+    /// without their secrets.
     pub async fn list_webhook_destinations(&self) -> Result<Vec<WebhookDestination>, DiditError> {
         self.json(
             Endpoint::ListWebhookDestinations,
@@ -428,6 +542,7 @@ impl DiditClient {
         .await
     }
 
+    /// The account's credit balance (`GET /v3/billing/balance/`).
     pub async fn balance(&self) -> Result<Balance, DiditError> {
         self.json(
             Endpoint::Balance,
@@ -438,6 +553,8 @@ impl DiditClient {
         .await
     }
 
+    /// Starts a credit top-up (`POST /v3/billing/top-up/`, at least $50): the answer is a
+    /// checkout link a person must complete; no credit is added by this call alone.
     pub async fn top_up(&self, req: &TopUpRequest) -> Result<TopUp, DiditError> {
         self.json(
             Endpoint::TopUp,
@@ -448,7 +565,9 @@ impl DiditClient {
         .await
     }
 
-    /// Programmatic registration on the account host (no API key needed).
+    /// Registers an account on the account host (`POST programmatic/register/`, no API key
+    /// needed); Didit e-mails a code to pass to [`DiditClient::verify_email`]. The password
+    /// needs 8 characters with upper and lower case, a digit and a symbol.
     pub async fn register(
         &self,
         email: &str,
@@ -468,6 +587,8 @@ impl DiditClient {
         decode(Endpoint::Register, &bytes)
     }
 
+    /// Confirms a registration with the e-mailed code (`POST programmatic/verify-email/`)
+    /// and returns the account's applications with their API keys.
     pub async fn verify_email(
         &self,
         email: &str,

@@ -1,4 +1,4 @@
-//! A Rust client for the [Didit](https://didit.me) identity verification API, v3.
+//! A Rust client for the Didit identity verification API, v3.
 //!
 //! Didit runs the hosted verification flow (document, liveness, face match, AML…); a service
 //! creates a session, sends the person to its `url`, and learns the decision from a signed
@@ -12,6 +12,10 @@
 //!   decision arrays are `null` until a step produced data).
 //! - [`webhook`]: verifying (and, for emulators, producing) Didit's webhook signatures.
 //! - [`SessionStatus`]: the ten statuses of a session, spelled as Didit spells them.
+//!
+//! The crate's README covers installing it, error handling and what it leaves to the caller;
+//! `examples/create_session.rs` and `examples/verify_webhook.rs` run against the local sandbox
+//! and on their own.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), didit::DiditError> {
@@ -36,6 +40,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 mod client;
 mod error;
 mod redact;
@@ -46,6 +52,13 @@ pub mod webhook;
 pub use client::{ClientConfig, DiditClient, Endpoint, RequestObserver, Scope};
 pub use error::{
     parse_retry_after, AccountPause, DiditError, DiditErrorKind, ErrorBody, ErrorClass,
+    MAX_RETRY_AFTER,
 };
 pub use redact::redact_values;
 pub use status::SessionStatus;
+
+/// The README's code blocks, compiled (and run where they need no network) as doctests, so
+/// the README cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -1,4 +1,4 @@
-//! The ten session statuses Didit reports, and what each means for the fleet.
+//! The ten session statuses Didit reports, and which of Didit's rules each one obeys.
 
 use std::fmt;
 
@@ -7,18 +7,54 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// A Didit session status, spelled exactly as Didit spells it on the wire (`"Kyc Expired"`
 /// has one capital K). A value Didit adds later is kept as `Unknown` rather than failing
 /// the whole decision: the session is then treated as still moving.
+///
+/// ```
+/// use didit::SessionStatus;
+///
+/// let status = SessionStatus::parse("Kyc Expired");
+/// assert_eq!(status, SessionStatus::KycExpired);
+/// assert!(status.is_final());
+/// assert_eq!(status.to_string(), "Kyc Expired");
+///
+/// // A spelling Didit does not use is kept, not refused.
+/// let other = SessionStatus::parse("KYC Expired");
+/// assert_eq!(other, SessionStatus::Unknown("KYC Expired".to_owned()));
+/// assert!(!other.is_final());
+///
+/// // Serde uses the same spelling.
+/// let json: SessionStatus = serde_json::from_str("\"In Review\"").expect("json");
+/// assert_eq!(json, SessionStatus::InReview);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SessionStatus {
+    /// `Not Started`: created; the person has not opened the link yet.
     NotStarted,
+    /// `In Progress`: the person is going through the hosted flow.
     InProgress,
+    /// `Approved`: every check passed. Final, though a reviewer or `update-status` may
+    /// overturn it, and it becomes `Kyc Expired` when the document's validity lapses.
     Approved,
+    /// `Declined`: one or more checks failed. Final, though it may be resubmitted or
+    /// overturned.
     Declined,
+    /// `In Review`: flagged for a person to decide. Final for the automatic flow; the
+    /// review's outcome arrives later as a new status.
     InReview,
+    /// `Awaiting User`: business verification (KYB) only, waiting for the key people's own
+    /// sessions.
     AwaitingUser,
+    /// `Resubmitted`: the person was asked to redo some steps, with the same link.
     Resubmitted,
+    /// `Expired`: the session timed out before the person opened the link. Final.
     Expired,
+    /// `Abandoned`: the person started but did not finish in time. Final, but it may be
+    /// resubmitted through the API.
     Abandoned,
+    /// `Kyc Expired` (one capital K): an approved session whose document validity lapsed.
+    /// Final.
     KycExpired,
+    /// A status this crate does not know, kept as Didit spelled it. Not final, so a caller
+    /// keeps waiting rather than acting on a status it cannot interpret.
     Unknown(String),
 }
 
@@ -37,6 +73,8 @@ impl SessionStatus {
         SessionStatus::KycExpired,
     ];
 
+    /// Didit's spelling on the wire (`"Not Started"`, `"Kyc Expired"`, …); for `Unknown`,
+    /// the text it was parsed from.
     pub fn as_str(&self) -> &str {
         match self {
             SessionStatus::NotStarted => "Not Started",

@@ -1,4 +1,4 @@
-//! Didit webhook signatures: how Didit signs a delivery, and how we check one.
+//! Didit webhook signatures: how Didit signs a delivery, and how to check one.
 //!
 //! Didit sends three HMAC-SHA256 signatures (lower-case hex, key = the destination's secret
 //! as UTF-8) and `X-Timestamp` (Unix seconds):
@@ -10,8 +10,44 @@
 //! - `X-Signature-Simple` over `"{timestamp}:{session_id}:{status}:{webhook_type}"`. It does
 //!   not cover `decision`: a caller trusting only this one must re-fetch the decision.
 //!
-//! The sandbox signs with the same functions, so a change here is seen by both sides; the
-//! worked vectors of `reference/didit-api.md` §14.7 pin the algorithm to Didit's.
+//! Didit publishes no test vector; the unit tests here pin the algorithm to vectors computed
+//! from Didit's documented algorithm (a Unicode body with a whole-valued float among them).
+//! An emulator signs with [`sign`], so a change here is seen by both sides.
+//!
+//! Verifying a delivery in a web handler: pass the raw body bytes as received (before any
+//! JSON parsing) and the four headers, then act on [`VerifiedWebhook::payload`]. Answer 2xx
+//! within Didit's 5-second delivery timeout, and deduplicate on the payload's `event_id`:
+//! Didit retries a delivery answered with a 5xx or 404 (after about 1 and then 4 minutes).
+//!
+//! ```
+//! use std::time::Duration;
+//! use didit::webhook::{self, SignatureHeaders, SignatureScheme, WebhookVerifier};
+//!
+//! let secret = "whsec_example";
+//! let body = br#"{"session_id":"11111111-2222-3333-4444-555555555555","status":"Approved","timestamp":1767225600,"webhook_type":"status.updated"}"#;
+//! let now = 1_767_225_600;
+//! // What Didit would send (an emulator or a test produces it with `sign`).
+//! let sent = webhook::sign(secret, body, now).expect("a JSON body");
+//!
+//! let verifier = WebhookVerifier::new(vec![secret.to_owned().into()], Duration::from_secs(300));
+//! let timestamp = now.to_string();
+//! let headers = SignatureHeaders {
+//!     timestamp: Some(&timestamp),
+//!     v2: Some(&sent.v2),
+//!     raw: Some(&sent.raw),
+//!     simple: Some(&sent.simple),
+//! };
+//! let delivery = verifier.verify(&headers, body, now).expect("authentic");
+//! assert_eq!(delivery.scheme, SignatureScheme::V2);
+//! assert_eq!(delivery.payload["status"], "Approved");
+//!
+//! // A changed status matches none of the three signatures.
+//! let forged = br#"{"session_id":"11111111-2222-3333-4444-555555555555","status":"Declined","timestamp":1767225600,"webhook_type":"status.updated"}"#;
+//! assert_eq!(
+//!     verifier.verify(&headers, forged, now).expect_err("forged"),
+//!     webhook::WebhookError::BadSignature,
+//! );
+//! ```
 
 use std::time::Duration;
 
@@ -22,16 +58,29 @@ use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// `X-Signature`: HMAC-SHA256 of the raw body bytes, lower-case hex (see
+/// [`SignatureScheme::Raw`]). Header names are lower case, as HTTP libraries normalise them.
 pub const HEADER_SIGNATURE: &str = "x-signature";
+/// `X-Signature-V2`: HMAC-SHA256 of the canonical JSON of the body (see
+/// [`SignatureScheme::V2`]).
 pub const HEADER_SIGNATURE_V2: &str = "x-signature-v2";
+/// `X-Signature-Simple`: HMAC-SHA256 of `"{timestamp}:{session_id}:{status}:{webhook_type}"`
+/// (see [`SignatureScheme::Simple`]).
 pub const HEADER_SIGNATURE_SIMPLE: &str = "x-signature-simple";
+/// `X-Timestamp`: when Didit sent the delivery, in Unix seconds.
 pub const HEADER_TIMESTAMP: &str = "x-timestamp";
 
 /// Which header proved the delivery authentic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignatureScheme {
+    /// `X-Signature-V2`, over the canonical JSON (sorted keys, compact, Unicode unescaped,
+    /// whole floats as integers). Survives a re-encoded body; covers all of it.
     V2,
+    /// `X-Signature`, over the exact bytes received. Covers all of the body, but only while
+    /// nothing re-encoded it.
     Raw,
+    /// `X-Signature-Simple`, over the timestamp, session id, status and event type only.
+    /// Does not cover `decision`: re-read the decision from the API before trusting it.
     Simple,
 }
 
@@ -41,6 +90,8 @@ impl SignatureScheme {
         !matches!(self, SignatureScheme::Simple)
     }
 
+    /// A stable name for logs and metric labels: `v2`, `v1` (the raw-body signature, Didit's
+    /// first) or `simple`.
     pub fn as_str(self) -> &'static str {
         match self {
             SignatureScheme::V2 => "v2",
@@ -50,25 +101,44 @@ impl SignatureScheme {
     }
 }
 
-/// Why a delivery was refused. Each maps to a 4xx and a `kyc_webhooks_total{result}` value.
+/// Why a delivery was refused (or, from [`sign`], could not be signed). A receiver answers
+/// each with a 4xx; [`WebhookError::result_label`] groups them for a metric.
+///
+/// Didit does not retry a 401 or 400, so a refused delivery is lost unless replayed from
+/// Didit's console: log and count refusals.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WebhookError {
+    /// A required header is absent: `X-Timestamp`, or every signature header (then
+    /// `X-Signature-V2` is named).
     #[error("missing header {0}")]
     MissingHeader(&'static str),
+    /// `X-Timestamp` is not an integer.
     #[error("X-Timestamp is not Unix seconds")]
     BadTimestamp,
+    /// `X-Timestamp` is further from the receiver's clock than the tolerance, in either
+    /// direction: a replay, or a clock to fix.
     #[error("X-Timestamp is {skew_s} s away from our clock (tolerance {tolerance_s} s)")]
-    Stale { skew_s: i64, tolerance_s: u64 },
+    Stale {
+        /// The receiver's clock minus `X-Timestamp`, in seconds (negative: from the future).
+        skew_s: i64,
+        /// The tolerance the verifier was built with, in seconds.
+        tolerance_s: u64,
+    },
+    /// The body is not JSON, or not a JSON object. Holds the parser's explanation.
     #[error("body is not a JSON object: {0}")]
     Malformed(String),
+    /// No signature header matches the body under any configured secret (or it is not hex).
     #[error("no signature header matches any configured secret")]
     BadSignature,
+    /// The body's signed `timestamp` differs from `X-Timestamp`: an old signed body sent
+    /// again with a fresh header.
     #[error("the body's timestamp differs from X-Timestamp")]
     TimestampMismatch,
 }
 
 impl WebhookError {
-    /// The `result` label of `kyc_webhooks_total` for this refusal.
+    /// A coarse reason for a metric label: `bad_signature` (missing header or no match),
+    /// `stale` (timestamp unreadable, too old or mismatched) or `malformed` (body).
     pub fn result_label(&self) -> &'static str {
         match self {
             WebhookError::MissingHeader(_) | WebhookError::BadSignature => "bad_signature",
@@ -80,20 +150,32 @@ impl WebhookError {
     }
 }
 
-/// The signature headers of one delivery, as received (any may be absent).
+/// The signature headers of one delivery, as received (any may be absent). Borrowed from
+/// the request, whatever the web framework; header names are [`HEADER_TIMESTAMP`] and the
+/// other `HEADER_*` constants.
 #[derive(Debug, Clone, Default)]
 pub struct SignatureHeaders<'a> {
+    /// `X-Timestamp`: Unix seconds when Didit sent the delivery. Required.
     pub timestamp: Option<&'a str>,
+    /// `X-Signature-V2`, checked first.
     pub v2: Option<&'a str>,
+    /// `X-Signature`, checked when V2 is absent or does not match.
     pub raw: Option<&'a str>,
+    /// `X-Signature-Simple`, the last resort.
     pub simple: Option<&'a str>,
 }
 
 /// A delivery that passed verification.
 #[derive(Debug, Clone)]
 pub struct VerifiedWebhook {
+    /// The signature that matched. When it is [`SignatureScheme::Simple`], the body's
+    /// `decision` is not authenticated.
     pub scheme: SignatureScheme,
+    /// `X-Timestamp`, in Unix seconds.
     pub timestamp: i64,
+    /// The parsed body: `event_id`, `webhook_type` (`status.updated`, `data.updated`, …),
+    /// `session_id`, `status`, `vendor_data`, `metadata`, and for final statuses `decision`
+    /// (the same object as the decision endpoint's).
     pub payload: Value,
 }
 
@@ -105,6 +187,10 @@ pub struct WebhookVerifier {
 }
 
 impl WebhookVerifier {
+    /// A verifier accepting a signature made with any of `secrets` (the destination's
+    /// `secret_shared_key`, used as its UTF-8 bytes; list the previous one too while
+    /// rotating), and an `X-Timestamp` at most `tolerance` from the receiver's clock
+    /// (Didit recommends 300 s).
     pub fn new(secrets: Vec<SecretString>, tolerance: Duration) -> Self {
         Self { secrets, tolerance }
     }
@@ -193,15 +279,22 @@ impl WebhookVerifier {
     }
 }
 
-/// The three signatures Didit attaches to a delivery of `body` at `timestamp`.
+/// The three signatures Didit attaches to a delivery of `body` at `timestamp`, each
+/// lower-case hex.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signatures {
+    /// The value of `X-Signature-V2`.
     pub v2: String,
+    /// The value of `X-Signature`.
     pub raw: String,
+    /// The value of `X-Signature-Simple`.
     pub simple: String,
 }
 
-/// Signs a delivery as Didit does. `body` must be the exact bytes that will be sent.
+/// Signs a delivery as Didit does: for emulators and for tests of a receiver. `body` must be
+/// the exact bytes that will be sent (Didit's own are [`didit_wire_body`]), and its
+/// `timestamp` field, when present, should equal `timestamp`, which goes in `X-Timestamp`.
+/// Fails only when `body` is not JSON.
 pub fn sign(secret: &str, body: &[u8], timestamp: i64) -> Result<Signatures, WebhookError> {
     let payload: Value =
         serde_json::from_slice(body).map_err(|e| WebhookError::Malformed(e.to_string()))?;
@@ -232,7 +325,15 @@ pub fn didit_wire_body(payload: &Value) -> String {
     out
 }
 
-/// The canonical form signed by `X-Signature-V2`.
+/// The canonical form signed by `X-Signature-V2`: keys sorted, no whitespace, non-ASCII
+/// characters unescaped, and floats with an integral value written as integers (`95.0` →
+/// `95`), as Python's `json.dumps(sort_keys=True, separators=(",", ":"),
+/// ensure_ascii=False)` does after Didit's float shortening.
+///
+/// ```
+/// let payload = serde_json::json!({"score": 95.0, "name": "José", "a": 1});
+/// assert_eq!(didit::webhook::canonical_json(&payload), r#"{"a":1,"name":"José","score":95}"#);
+/// ```
 pub fn canonical_json(payload: &Value) -> String {
     canonical_value_string(&shorten_floats(payload))
 }

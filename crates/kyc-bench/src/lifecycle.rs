@@ -35,7 +35,6 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio::{sync::oneshot, task::JoinHandle};
 
@@ -424,7 +423,11 @@ fn id_ms(id: &str) -> u64 {
 }
 
 impl Watch {
-    async fn read(&mut self, conn: &mut ConnectionManager, stream: &str) -> anyhow::Result<()> {
+    async fn read(
+        &mut self,
+        conn: &mut kyc_worker::queue::RedisConnection,
+        stream: &str,
+    ) -> anyhow::Result<()> {
         loop {
             let start = if self.last_id.is_empty() {
                 "-".to_owned()
@@ -659,7 +662,7 @@ async fn start_queue_drained(queue: &Queue, limit: Duration) -> anyhow::Result<(
 /// Pushes `n` start requests and polls until each has its created event.
 async fn create_waiting(
     fleet: &Fleet,
-    admin: &mut ConnectionManager,
+    admin: &mut kyc_worker::queue::RedisConnection,
     n: usize,
     tag: &str,
 ) -> anyhow::Result<()> {

@@ -332,7 +332,7 @@ async fn run_lateness(url: &str, rate: u64, seconds: u64) -> anyhow::Result<Late
 }
 
 async fn subscribers(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut impl redis::aio::ConnectionLike,
     channel: &str,
 ) -> anyhow::Result<u64> {
     let reply: Vec<(String, u64)> = redis::cmd("PUBSUB")

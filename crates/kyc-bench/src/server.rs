@@ -9,7 +9,6 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use redis::aio::ConnectionManager;
 
 /// A private redis-server for the run, killed on drop.
 pub struct BenchRedis {
@@ -76,7 +75,7 @@ impl Drop for BenchRedis {
     }
 }
 
-pub async fn flush(conn: &mut ConnectionManager) -> anyhow::Result<()> {
+pub async fn flush(conn: &mut impl redis::aio::ConnectionLike) -> anyhow::Result<()> {
     redis::cmd("FLUSHALL").query_async::<()>(conn).await?;
     redis::cmd("CONFIG")
         .arg("RESETSTAT")
@@ -86,14 +85,16 @@ pub async fn flush(conn: &mut ConnectionManager) -> anyhow::Result<()> {
 }
 
 /// Calls of every command since the last RESETSTAT, minus our own measuring commands.
-pub async fn commands_since_reset(conn: &mut ConnectionManager) -> anyhow::Result<u64> {
+pub async fn commands_since_reset(
+    conn: &mut impl redis::aio::ConnectionLike,
+) -> anyhow::Result<u64> {
     Ok(command_calls_since_reset(conn).await?.values().sum())
 }
 
 /// Calls per command (scripted ones included) since the last RESETSTAT, minus our own
 /// measuring commands.
 pub async fn command_calls_since_reset(
-    conn: &mut ConnectionManager,
+    conn: &mut impl redis::aio::ConnectionLike,
 ) -> anyhow::Result<BTreeMap<String, u64>> {
     let mut calls = raw_command_calls(conn).await?;
     calls.retain(|name, _| {
@@ -107,7 +108,7 @@ pub async fn command_calls_since_reset(
 
 /// Calls per command (scripted ones included) since the last RESETSTAT, every command.
 pub async fn raw_command_calls(
-    conn: &mut ConnectionManager,
+    conn: &mut impl redis::aio::ConnectionLike,
 ) -> anyhow::Result<BTreeMap<String, u64>> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
@@ -129,7 +130,7 @@ pub async fn raw_command_calls(
     Ok(calls_by_name)
 }
 
-pub async fn used_memory(conn: &mut ConnectionManager) -> anyhow::Result<u64> {
+pub async fn used_memory(conn: &mut impl redis::aio::ConnectionLike) -> anyhow::Result<u64> {
     let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
     info.lines()
         .find_map(|l| l.strip_prefix("used_memory:"))
@@ -137,7 +138,7 @@ pub async fn used_memory(conn: &mut ConnectionManager) -> anyhow::Result<u64> {
         .context("INFO memory has no used_memory")
 }
 
-pub async fn redis_version(conn: &mut ConnectionManager) -> String {
+pub async fn redis_version(conn: &mut impl redis::aio::ConnectionLike) -> String {
     let info: String = redis::cmd("INFO")
         .arg("server")
         .query_async(conn)
@@ -151,7 +152,7 @@ pub async fn redis_version(conn: &mut ConnectionManager) -> String {
 }
 
 /// CPU seconds (user + system) redis-server has used since it started.
-pub async fn redis_cpu_seconds(conn: &mut ConnectionManager) -> anyhow::Result<f64> {
+pub async fn redis_cpu_seconds(conn: &mut impl redis::aio::ConnectionLike) -> anyhow::Result<f64> {
     let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
     let field = |name: &str| -> f64 {
         info.lines()

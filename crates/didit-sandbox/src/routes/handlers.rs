@@ -117,6 +117,7 @@ pub fn call(inner: &mut Inner, op: Op, request: &Request<'_>) -> Response {
         Op::GetWorkflow(id) => Ok(inner
             .workflow(id)
             .map_or_else(not_found, |w| json_response(StatusCode::OK, w.to_json()))),
+        Op::UpdateWorkflow(id) => update_workflow(inner, id, request),
         Op::CreateDestination => create_destination(inner, request),
         Op::ListDestinations => Ok(json_response(
             StatusCode::OK,
@@ -246,7 +247,7 @@ fn create_session(inner: &mut Inner, request: &Request<'_>) -> Result<Response, 
     let expected_details = opt_object(&body, "expected_details", &mut errors);
     let contact_details = opt_object(&body, "contact_details", &mut errors);
     if let Some(id) = workflow_id {
-        if inner.workflow(id).is_none() {
+        if inner.version_for(id).is_none() {
             errors.add_plain("workflow_id", "Invalid workflow_id.");
         }
     }
@@ -422,14 +423,28 @@ fn update_status(inner: &mut Inner, id: Uuid, request: &Request<'_>) -> Result<R
         },
     };
     let comment = opt_string(&body, "comment", &mut errors);
-    if body.get("send_email").and_then(Value::as_bool) == Some(true)
-        && opt_string(&body, "email_address", &mut errors).is_none()
-    {
+    let send_email = match body.get("send_email") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            errors.add("send_email", "Must be a valid boolean.");
+            false
+        }
+    };
+    let email_address = opt_string(&body, "email_address", &mut errors);
+    if email_address.as_deref().is_some_and(|a| !a.contains('@')) {
+        errors.add("email_address", "Enter a valid email address.");
+    }
+    if send_email && email_address.is_none() {
         errors.add(
             "email_address",
             "Email address is required when send_email is true.",
         );
     }
+    // Unknown codes fall back to English, as at Didit.
+    let email_language = opt_string(&body, "email_language", &mut errors)
+        .filter(|l| LANGUAGES.contains(&l.as_str()))
+        .unwrap_or_else(|| "en".to_owned());
     let mut nodes: Option<Vec<Value>> = None;
     match body.get("nodes_to_resubmit") {
         None | Some(Value::Null) => {}
@@ -545,6 +560,14 @@ fn update_status(inner: &mut Inner, id: Uuid, request: &Request<'_>) -> Result<R
         "comment": comment.unwrap_or_default(),
         "created_at": rfc3339(inner.now()),
     });
+    if send_email {
+        inner.stats.emails.push(json!({
+            "session_id": id,
+            "status": new_status.as_str(),
+            "email_address": email_address,
+            "email_language": email_language,
+        }));
+    }
     inner.set_status(id, new_status, Some(review));
     Ok(json_response(StatusCode::OK, json!({"session_id": id})))
 }
@@ -668,26 +691,55 @@ fn generate_pdf(inner: &Inner, id: Uuid) -> Response {
 fn create_workflow(inner: &mut Inner, request: &Request<'_>) -> Result<Response, Refusal> {
     let body = request.json()?;
     let mut errors = FieldErrors::default();
+    let fields = workflow_fields(inner, &body, &mut errors);
+    if body.get("features").is_none_or(Value::is_null) {
+        errors.add("features", "This field is required.");
+    }
+    errors.into_result()?;
+    let mut workflow = Workflow::new(
+        Uuid::new_v4(),
+        &fields.label.unwrap_or_else(|| "ID Verification".to_owned()),
+        fields.features.unwrap_or_default(),
+        fields.expiration.unwrap_or(DEFAULT_EXPIRATION_S),
+        inner.now(),
+    );
+    workflow.max_retry_attempts = fields.retries.unwrap_or(3);
+    let json = workflow.to_json();
+    inner.workflows.push(workflow);
+    Ok(json_response(StatusCode::CREATED, json))
+}
+
+/// The settings a create or update body sets; `None` where it says nothing.
+struct WorkflowFields {
+    label: Option<String>,
+    features: Option<Vec<String>>,
+    expiration: Option<u64>,
+    retries: Option<u64>,
+    status: Option<String>,
+}
+
+/// Reads a workflow body against Didit's strict whitelist, collecting field errors.
+fn workflow_fields(inner: &Inner, body: &Value, errors: &mut FieldErrors) -> WorkflowFields {
     if let Some(map) = body.as_object() {
         for key in map.keys().filter(|k| !WORKFLOW_KEYS.contains(&k.as_str())) {
             errors.add(key, "This field is not allowed.");
         }
     }
-    let label = opt_string(&body, "workflow_label", &mut errors)
-        .unwrap_or_else(|| "ID Verification".to_owned());
-    if label.chars().count() > 50 {
+    let label = opt_string(body, "workflow_label", errors);
+    if label.as_ref().is_some_and(|l| l.chars().count() > 50) {
         errors.add(
             "workflow_label",
             "Ensure this field has no more than 50 characters.",
         );
     }
-    let mut features = Vec::new();
-    match body.get("features") {
-        None | Some(Value::Null) => errors.add("features", "This field is required."),
+    let features = match body.get("features") {
+        None | Some(Value::Null) => None,
         Some(Value::Array(items)) if items.is_empty() => {
-            errors.add("features", "Ensure this field has at least 1 elements.")
+            errors.add("features", "Ensure this field has at least 1 elements.");
+            None
         }
         Some(Value::Array(items)) => {
+            let mut features = Vec::new();
             for item in items {
                 match item.get("feature").and_then(Value::as_str) {
                     Some(f) if WORKFLOW_FEATURES.contains(&f) => features.push(f.to_owned()),
@@ -699,53 +751,114 @@ fn create_workflow(inner: &mut Inner, request: &Request<'_>) -> Result<Response,
                     }
                 }
             }
+            Some(features)
         }
-        Some(_) => errors.add("features", "Expected a list of items."),
-    }
+        Some(_) => {
+            errors.add("features", "Expected a list of items.");
+            None
+        }
+    };
     let min = inner.min_expiration.as_secs().max(1);
     let expiration = match body.get("session_expiration_time") {
-        None | Some(Value::Null) => DEFAULT_EXPIRATION_S,
+        None | Some(Value::Null) => None,
         Some(v) => match v.as_u64() {
             Some(s) if s < min => {
                 errors.add(
                     "session_expiration_time",
                     format!("Ensure this value is greater than or equal to {min}."),
                 );
-                0
+                None
             }
             Some(s) if s > MAX_EXPIRATION_S => {
                 errors.add(
                     "session_expiration_time",
                     format!("Ensure this value is less than or equal to {MAX_EXPIRATION_S}."),
                 );
-                0
+                None
             }
-            Some(s) => s,
+            Some(s) => Some(s),
             None => {
                 errors.add("session_expiration_time", "A valid integer is required.");
-                0
+                None
             }
         },
     };
     let retries = match body.get("max_retry_attempts") {
-        None | Some(Value::Null) => 3,
+        None | Some(Value::Null) => None,
         Some(v) => match v.as_u64().filter(|n| *n <= 10) {
-            Some(n) => n,
+            Some(n) => Some(n),
             None => {
                 errors.add(
                     "max_retry_attempts",
                     "Ensure this value is less than or equal to 10.",
                 );
-                0
+                None
             }
         },
     };
+    let status = opt_string(body, "status", errors);
+    if let Some(s) = &status {
+        if s != "draft" && s != "published" {
+            errors.add("status", choice_error(&json!(s)));
+        }
+    }
+    WorkflowFields {
+        label,
+        features,
+        expiration,
+        retries,
+        status,
+    }
+}
+
+/// `PATCH /v3/workflows/{settings_uuid}/` on a published version (the sandbox has no
+/// drafts): without `status` the version changes in place; with `status: "published"` a
+/// new version is published under the same `workflow_id` (new `uuid`, `version` + 1) and
+/// returned; `status: "draft"` is refused, as Didit refuses to revert a published version.
+fn update_workflow(
+    inner: &mut Inner,
+    id: Uuid,
+    request: &Request<'_>,
+) -> Result<Response, Refusal> {
+    if inner.workflow(id).is_none() {
+        return Err(Box::new(not_found()));
+    }
+    let body = request.json()?;
+    let mut errors = FieldErrors::default();
+    let fields = workflow_fields(inner, &body, &mut errors);
+    if fields.status.as_deref() == Some("draft") {
+        errors.add("status", "Cannot revert a published version to draft.");
+    }
     errors.into_result()?;
-    let mut workflow = Workflow::new(Uuid::new_v4(), &label, features, expiration, inner.now());
-    workflow.max_retry_attempts = retries;
-    let json = workflow.to_json();
-    inner.workflows.push(workflow);
-    Ok(json_response(StatusCode::CREATED, json))
+    let now = inner.now();
+    let index = inner
+        .workflows
+        .iter()
+        .position(|w| w.uuid == id)
+        .ok_or_else(|| Box::new(not_found()))?;
+    if fields.status.as_deref() == Some("published") {
+        let next = inner.workflows[index].next_version(now);
+        inner.workflows.push(next);
+    }
+    let target = if fields.status.is_some() {
+        inner.workflows.len() - 1
+    } else {
+        index
+    };
+    let workflow = &mut inner.workflows[target];
+    if let Some(label) = fields.label {
+        workflow.label = label;
+    }
+    if let Some(features) = fields.features {
+        workflow.features = features;
+    }
+    if let Some(expiration) = fields.expiration {
+        workflow.session_expiration_s = expiration;
+    }
+    if let Some(retries) = fields.retries {
+        workflow.max_retry_attempts = retries;
+    }
+    Ok(json_response(StatusCode::OK, workflow.to_json()))
 }
 
 fn list_workflows(inner: &Inner) -> Response {

@@ -19,7 +19,7 @@ use redis::AsyncCommands;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::Store;
+use super::{sessions::SessionRecord, Store, StoreResult};
 use crate::{
     domain::{RequestId, SessionStatus},
     queue::now_ms,
@@ -33,7 +33,7 @@ const CONSOLE_LOG_LENGTH: isize = 1000;
 
 /// A session held In Review, as the review queue shows it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ReviewItem {
+pub(crate) struct ReviewItem {
     pub session_id: Uuid,
     /// Unix ms when it was held.
     pub since_ms: u64,
@@ -48,7 +48,7 @@ impl Store {
         format!("{}:reviews", self.prefix)
     }
 
-    fn review_key(&self, id: Uuid) -> String {
+    pub(super) fn review_key(&self, id: Uuid) -> String {
         format!("{}:review:{id}", self.prefix)
     }
 
@@ -69,14 +69,14 @@ impl Store {
     /// Keeps the review index in step with a published status: In Review enters it (with
     /// its summary), any other status leaves it. The session record remembers that it is
     /// listed, so a session never held costs nothing here.
-    pub async fn track_review(
+    pub(crate) async fn track_review(
         &self,
         id: Uuid,
-        session: &super::SessionRecord,
+        session: &SessionRecord,
         status: &SessionStatus,
         decided_by: &str,
         data: &Value,
-    ) -> redis::RedisResult<()> {
+    ) -> StoreResult<()> {
         let mut pipe = redis::pipe();
         if status == &SessionStatus::InReview {
             let key = self.review_key(id);
@@ -104,35 +104,20 @@ impl Store {
         } else {
             return Ok(());
         }
-        let mut c = self.conn.clone();
-        pipe.query_async(&mut c).await
+        self.run(&pipe).await
     }
 
-    /// Sessions held In Review, oldest first (at most `limit`). Entries whose session
-    /// record expired or moved on are dropped from the index as they are met.
-    pub async fn reviews(&self, limit: usize) -> redis::RedisResult<Vec<ReviewItem>> {
-        let mut c = self.conn.clone();
-        let ids: Vec<String> = c
-            .zrange(self.reviews_key(), 0, limit.saturating_sub(1) as isize)
-            .await?;
-        let mut items = Vec::with_capacity(ids.len());
-        for raw in ids {
-            let held = match raw.parse::<Uuid>() {
-                Ok(id) => self.review(id).await?,
-                Err(_) => None,
-            };
-            match held {
-                Some(item) => items.push(item),
-                None => {
-                    let _: () = c.zrem(self.reviews_key(), &raw).await?;
-                }
-            }
-        }
-        Ok(items)
+    /// Takes a session out of the review queue (nothing follows it any more: its requests
+    /// were cancelled).
+    pub(crate) async fn unlist_review(&self, id: Uuid) -> StoreResult<()> {
+        let mut pipe = redis::pipe();
+        self.forget_review(&mut pipe, id);
+        pipe.hdel(self.session_key(id), LISTED_FIELD).ignore();
+        self.run(&pipe).await
     }
 
     /// One session of the review queue, when it is still held In Review.
-    pub async fn review(&self, id: Uuid) -> redis::RedisResult<Option<ReviewItem>> {
+    pub(crate) async fn review(&self, id: Uuid) -> StoreResult<Option<ReviewItem>> {
         let Some(session) = self.session(id).await? else {
             return Ok(None);
         };
@@ -161,26 +146,28 @@ impl Store {
 
     /// How many sessions the review index holds (an upper bound: stale entries are dropped
     /// only when listed).
-    pub async fn review_count(&self) -> redis::RedisResult<u64> {
+    pub(crate) async fn review_count(&self) -> StoreResult<u64> {
         let mut c = self.conn.clone();
-        c.zcard(self.reviews_key()).await
+        Ok(c.zcard(self.reviews_key()).await?)
     }
 
     /// Says this process is alive for `ttl`.
-    pub async fn heartbeat(&self, process: Uuid, ttl: Duration) -> redis::RedisResult<()> {
+    pub(crate) async fn heartbeat(&self, process: Uuid, ttl: Duration) -> StoreResult<()> {
         let mut c = self.conn.clone();
-        c.set_ex(self.process_key(process), now_ms(), ttl.as_secs().max(1))
-            .await
+        c.set_ex::<_, _, ()>(self.process_key(process), now_ms(), ttl.as_secs().max(1))
+            .await?;
+        Ok(())
     }
 
     /// Removes this process's heartbeat (it is stopping).
-    pub async fn forget_process(&self, process: Uuid) -> redis::RedisResult<()> {
+    pub(crate) async fn forget_process(&self, process: Uuid) -> StoreResult<()> {
         let mut c = self.conn.clone();
-        c.del(self.process_key(process)).await
+        c.del::<_, ()>(self.process_key(process)).await?;
+        Ok(())
     }
 
     /// How many fleet processes refreshed their heartbeat lately (a `SCAN`: console only).
-    pub async fn processes_alive(&self) -> redis::RedisResult<usize> {
+    pub(crate) async fn processes_alive(&self) -> StoreResult<usize> {
         let mut c = self.conn.clone();
         let pattern = format!("{}:process:*", self.prefix);
         let mut keys: redis::AsyncIter<'_, String> = c.scan_match(&pattern).await?;
@@ -193,23 +180,21 @@ impl Store {
     }
 
     /// Appends one console action to the shared log (no personal data in `entry`).
-    pub async fn console_log(&self, mut entry: Value) -> redis::RedisResult<()> {
+    pub(crate) async fn console_log(&self, mut entry: Value) -> StoreResult<()> {
         entry["at_ms"] = now_ms().into();
         let key = self.console_log_key();
-        let mut c = self.conn.clone();
-        redis::pipe()
-            .lpush(&key, entry.to_string())
+        let mut pipe = redis::pipe();
+        pipe.lpush(&key, entry.to_string())
             .ignore()
             .ltrim(&key, 0, CONSOLE_LOG_LENGTH - 1)
             .ignore()
             .expire(&key, self.ttl())
-            .ignore()
-            .query_async(&mut c)
-            .await
+            .ignore();
+        self.run(&pipe).await
     }
 
     /// The newest `n` console actions, newest first.
-    pub async fn console_log_recent(&self, n: usize) -> redis::RedisResult<Vec<Value>> {
+    pub(crate) async fn console_log_recent(&self, n: usize) -> StoreResult<Vec<Value>> {
         let mut c = self.conn.clone();
         let lines: Vec<String> = c
             .lrange(self.console_log_key(), 0, n.saturating_sub(1) as isize)

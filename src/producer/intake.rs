@@ -10,13 +10,11 @@
 
 use std::time::Duration;
 
-use redis::{aio::ConnectionManager, streams::StreamId, AsyncCommands};
+use redis::{streams::StreamId, AsyncCommands};
 use serde_json::{Map, Value};
 
-use crate::{
-    domain::StartRequest,
-    producer::{Producer, ProducerError},
-};
+use super::{Producer, ProducerError};
+use crate::{domain::StartRequest, store::StoreError};
 
 const GROUP: &str = "workers";
 /// Rejected entries kept for inspection.
@@ -29,7 +27,7 @@ const JSON_FIELDS: [&str; 3] = ["contact_details", "expected_details", "metadata
 pub async fn read_intake(
     producer: Producer,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
-    url: String,
+    connector: crate::queue::Connector,
     prefix: String,
     consumer: String,
     reclaim_after: Duration,
@@ -37,24 +35,15 @@ pub async fn read_intake(
 ) {
     let stream = format!("{prefix}:intake");
     let rejected = format!("{prefix}:intake:rejected");
-    let mut conn: Option<ConnectionManager> = None;
+    // A connection of its own: its blocking reads must not hold up the shared one.
+    let mut conn = connector.connect();
     let mut last_reclaim = tokio::time::Instant::now();
     // Whether the last read found entries: only a stream in use is checked for backpressure
     // before each read, so an idle one costs one blocking read per `queue.fetch_block`. At
     // the switch from idle to busy one read (at most `READ_COUNT` entries) goes unchecked.
     let mut busy = true;
     loop {
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => match crate::queue::connect(&url).await {
-                Ok(c) => conn.insert(c),
-                Err(e) => {
-                    tracing::warn!(error = %e, "intake: cannot connect to redis; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            },
-        };
+        let c = &mut conn;
         // Backpressure: while too much work waits, leave the stream unread (producers see
         // it grow) instead of turning it into more queued work.
         if let Err(ProducerError::Backpressure {
@@ -120,7 +109,7 @@ pub async fn read_intake(
 async fn take(
     producer: &Producer,
     metrics: &crate::metrics::Metrics,
-    c: &mut ConnectionManager,
+    c: &mut crate::queue::RedisConnection,
     stream: &str,
     rejected: &str,
     entry: StreamId,
@@ -128,7 +117,11 @@ async fn take(
     let refusal = match parse_entry(&entry) {
         Ok(request) => match producer.start_kyc(request).await {
             Ok(_) => None,
-            Err(ProducerError::Invalid(e)) => Some(("invalid", e.to_string())),
+            Err(ProducerError::Invalid(e)) => Some((e.refusal.as_str(), e.to_string())),
+            // The reason starts with `idempotency_mismatch:` and names the fields.
+            Err(e @ ProducerError::IdempotencyMismatch { .. }) => {
+                Some(("idempotency_mismatch", e.to_string()))
+            }
             Err(other) => return Err(other),
         },
         Err(reason) => Some(("malformed", reason)),
@@ -138,7 +131,9 @@ async fn take(
             .intake_rejected
             .with_label_values(&["intake_stream", kind])
             .inc();
-        reject(c, rejected, &entry.id, &reason).await?;
+        reject(c, rejected, &entry.id, &reason)
+            .await
+            .map_err(StoreError::from)?;
     }
     redis::pipe()
         .xack(stream, GROUP, &[&entry.id])
@@ -146,12 +141,13 @@ async fn take(
         .xdel(stream, &[&entry.id])
         .ignore()
         .query_async::<()>(c)
-        .await?;
+        .await
+        .map_err(StoreError::from)?;
     Ok(())
 }
 
 async fn reject(
-    c: &mut ConnectionManager,
+    c: &mut crate::queue::RedisConnection,
     rejected: &str,
     entry_id: &str,
     reason: &str,
@@ -172,10 +168,18 @@ async fn reject(
         .map(drop)
 }
 
-/// Turns an entry's fields into a start request (not yet validated).
+/// Turns an entry's fields into a start request (not yet validated). Reasons name fields and
+/// what was expected, never a value; a field that is not a start request's is named only as
+/// `redact_values` allows (it is the sender's text).
 fn parse_entry(entry: &StreamId) -> Result<StartRequest, String> {
     let mut object = Map::new();
     for (name, value) in &entry.map {
+        if !StartRequest::FIELDS.contains(&name.as_str()) {
+            // Whatever its value, serde refuses it below as an unknown field, naming the
+            // expected ones.
+            object.insert(name.clone(), Value::Null);
+            continue;
+        }
         let text: String =
             redis::from_redis_value_ref(value).map_err(|_| format!("field {name} is not text"))?;
         let value = if JSON_FIELDS.contains(&name.as_str()) {
@@ -188,6 +192,45 @@ fn parse_entry(entry: &StreamId) -> Result<StartRequest, String> {
     object
         .entry("request_id")
         .or_insert_with(|| Value::from(format!("intake-{}", entry.id)));
-    serde_json::from_value(Value::Object(object))
-        .map_err(|e| crate::telemetry::redact_values(&e.to_string()))
+    serde_json::from_value(Value::Object(object)).map_err(|e| {
+        format!(
+            "not a start request: {}",
+            crate::telemetry::redact_values(&e.to_string())
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(fields: &[(&str, &[u8])]) -> StreamId {
+        StreamId {
+            id: "1-0".to_owned(),
+            milliseconds_elapsed_from_delivery: None,
+            delivered_count: None,
+            map: fields
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), redis::Value::BulkString(v.to_vec())))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_with_the_expected_ones_and_no_value() {
+        let reason = parse_entry(&entry(&[("vendor_data", b"u-1"), ("vendor_dta", b"Jane")]))
+            .expect_err("unknown field");
+        assert!(
+            reason.starts_with("not a start request: unknown field `vendor_dta`, expected one of `request_id`, `vendor_data`"),
+            "{reason}"
+        );
+        assert!(!reason.contains("Jane"), "{reason}");
+        // Not a name: not repeated; a value that is not text does not change that.
+        let reason = parse_entry(&entry(&[("vendor_data", b"u-1"), ("Jane Doe", &[0xff])]))
+            .expect_err("unknown field");
+        assert!(
+            reason.starts_with("not a start request: an unknown field, expected one of"),
+            "{reason}"
+        );
+    }
 }

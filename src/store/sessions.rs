@@ -1,0 +1,343 @@
+//! The session record and the sweep of open sessions.
+//!
+//! Didit reuses an unfinished session for the same vendor_data, so one session may answer
+//! several requests: the session record is the reverse map (its `r:<request id>` fields)
+//! that a webhook or a poll follows to every request it decides, with what the rules did to
+//! it. Open sessions are also listed by when they were last looked at, so a sweep finds the
+//! ones whose polls were lost.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use uuid::Uuid;
+
+use super::{console::LISTED_FIELD, field, Store, StoreResult};
+use crate::{
+    domain::{RequestId, SessionStatus},
+    queue::now_ms,
+};
+
+/// What the fleet knows of one Didit session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SessionRecord {
+    /// The requests it answers that are still followed (not cancelled).
+    pub requests: Vec<RequestId>,
+    /// The requests it answered until they were cancelled.
+    pub cancelled: Vec<RequestId>,
+    /// The person it verifies (Didit reuses a session only for the same vendor_data).
+    pub vendor_data: Option<String>,
+    /// Didit's status at the last decision read (or the resubmission the fleet asked for).
+    pub status: Option<SessionStatus>,
+    /// The change round: how many times `status` changed. An event belongs to the round it
+    /// was published in, so a status reached again (Declined, resubmitted, Declined) is a
+    /// new event while a second read of the same change is not.
+    pub round: u64,
+    /// The workflow version the session was created on (Didit's `workflow_version`), whose
+    /// expiration applies; `None` when unknown (a session found or adopted, not created).
+    pub workflow_version: Option<i64>,
+    /// Unix ms after which an unfinished session is given up.
+    pub deadline_ms: u64,
+    pub created_at_ms: u64,
+    /// The status a rule set at Didit (its echo must not run the rules again) and the rule.
+    pub rule_status: Option<SessionStatus>,
+    pub rule_name: Option<String>,
+    /// Didit's status when a rule held the session for review; a newer change releases it.
+    pub hold_status: Option<SessionStatus>,
+    /// Resubmissions rules asked for.
+    pub resubmits: u32,
+    /// Listed in the review queue (the console's); see [`Store::track_review`].
+    pub listed_for_review: bool,
+}
+
+/// A session Didit created (or reused), as [`Store::record_session`] records it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NewSession<'a> {
+    pub id: Uuid,
+    pub url: &'a str,
+    /// Unix ms after which the session is given up unless Didit finished it.
+    pub deadline_ms: u64,
+    /// The workflow version Didit created it on, when the create response said.
+    pub workflow_version: Option<i64>,
+    /// Its status when Didit answered: `Not Started`, or a reused session's own.
+    pub status: &'a SessionStatus,
+}
+
+impl Store {
+    pub(super) fn session_key(&self, id: Uuid) -> String {
+        format!("{}:session:{id}", self.prefix)
+    }
+
+    fn open_sessions_key(&self) -> String {
+        format!("{}:sessions:open", self.prefix)
+    }
+
+    /// Adds a request to a session's record (created if new) and lists the session as open.
+    /// Didit reuses an unfinished session only for the same person: the first request's
+    /// creation time and deadline stay.
+    pub(super) fn open_session(
+        &self,
+        pipe: &mut redis::Pipeline,
+        request: &RequestId,
+        vendor_data: &str,
+        session: NewSession<'_>,
+        now: &str,
+    ) {
+        let key = self.session_key(session.id);
+        pipe.hset_multiple(
+            &key,
+            &[
+                (format!("r:{}", request.as_str()).as_str(), "1"),
+                ("vendor_data", vendor_data),
+            ],
+        )
+        .ignore()
+        .hset_nx(&key, "created_at_ms", now)
+        .ignore()
+        .hset_nx(&key, "deadline_ms", session.deadline_ms)
+        .ignore();
+        if let Some(version) = session.workflow_version {
+            pipe.hset_nx(&key, "workflow_version", version).ignore();
+        }
+        pipe.expire(&key, self.ttl())
+            .ignore()
+            .zadd(self.open_sessions_key(), session.id.to_string(), now)
+            .ignore();
+    }
+
+    /// Marks a request as no longer followed in its session's record.
+    pub(super) fn unfollow(&self, pipe: &mut redis::Pipeline, session: Uuid, request: &RequestId) {
+        let key = self.session_key(session);
+        pipe.hset(&key, format!("r:{}", request.as_str()), 0)
+            .ignore()
+            .expire(&key, self.ttl())
+            .ignore();
+    }
+
+    /// Adds the removal of a session's record to an erasure's pipeline.
+    pub(super) fn forget_session(&self, pipe: &mut redis::Pipeline, id: Uuid) {
+        pipe.del(self.session_key(id)).ignore();
+        pipe.zrem(self.open_sessions_key(), id.to_string()).ignore();
+    }
+
+    pub(crate) async fn session(&self, id: Uuid) -> StoreResult<Option<SessionRecord>> {
+        const RECORD: &str = "session";
+        let mut c = self.conn.clone();
+        let map: std::collections::HashMap<String, String> =
+            c.hgetall(self.session_key(id)).await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        // `r:<request id>` is 1 while the request is followed, 0 once it was cancelled.
+        let (mut requests, mut cancelled) = (Vec::new(), Vec::new());
+        for (field, value) in &map {
+            let Some(rid) = field
+                .strip_prefix("r:")
+                .and_then(|r| RequestId::parse(r).ok())
+            else {
+                continue;
+            };
+            if value == "0" {
+                cancelled.push(rid);
+            } else {
+                requests.push(rid);
+            }
+        }
+        requests.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        cancelled.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(Some(SessionRecord {
+            requests,
+            cancelled,
+            vendor_data: map.get("vendor_data").cloned(),
+            status: map.get("status").map(|s| SessionStatus::parse(s)),
+            round: field(&map, RECORD, "round")?.unwrap_or(0),
+            workflow_version: field(&map, RECORD, "workflow_version")?,
+            deadline_ms: field(&map, RECORD, "deadline_ms")?.unwrap_or(u64::MAX),
+            rule_status: map.get("rule_status").map(|s| SessionStatus::parse(s)),
+            rule_name: map.get("rule_name").cloned(),
+            hold_status: map.get("hold_status").map(|s| SessionStatus::parse(s)),
+            resubmits: field(&map, RECORD, "resubmits")?.unwrap_or(0),
+            created_at_ms: field(&map, RECORD, "created_at_ms")?.unwrap_or(0),
+            listed_for_review: map.contains_key(LISTED_FIELD),
+        }))
+    }
+
+    /// Sets fields of a session record, keeping its lifetime bounded: a write after the
+    /// record expired must not leave a key without a TTL behind.
+    async fn update_session(&self, id: Uuid, fields: &[(&str, String)]) -> StoreResult<()> {
+        let key = self.session_key(id);
+        let mut pipe = redis::pipe();
+        pipe.hset_multiple(&key, fields)
+            .ignore()
+            .expire(&key, self.ttl())
+            .ignore();
+        self.run(&pipe).await
+    }
+
+    /// Records one decision read of a session: the status Didit gave and the read count.
+    /// A status other than the recorded one is a change: the change round moves on, the
+    /// step `decision_read` (`change`) is audited, and the status a rule or an operator
+    /// set is forgotten once Didit moved past it (a later return to that status is not
+    /// its echo). Returns the reads so far and the change round now.
+    pub(crate) async fn record_read(
+        &self,
+        id: Uuid,
+        session: &SessionRecord,
+        status: &SessionStatus,
+        change: serde_json::Value,
+    ) -> StoreResult<(u64, u64)> {
+        let key = self.session_key(id);
+        let changed = session.status.as_ref() != Some(status);
+        let mut pipe = redis::pipe();
+        pipe.hincr(&key, "fetches", 1);
+        if changed {
+            pipe.hincr(&key, "round", 1);
+            if session.rule_status.as_ref().is_some_and(|r| r != status) {
+                pipe.hdel(&key, &["rule_status", "rule_name"]).ignore();
+            }
+            self.audit_into(&mut pipe, &session.requests, "decision_read", change);
+        }
+        pipe.hset(&key, "status", status.as_str())
+            .ignore()
+            .expire(&key, self.ttl())
+            .ignore();
+        let mut c = self.conn.clone();
+        if changed {
+            let (n, round): (u64, u64) = pipe.query_async(&mut c).await?;
+            Ok((n, round))
+        } else {
+            let (n,): (u64,) = pipe.query_async(&mut c).await?;
+            Ok((n, session.round))
+        }
+    }
+
+    /// Records a resubmission the fleet asked for (a rule or an operator) as the session's
+    /// status before Didit's echo is read: the change round moves on, and the echo is the
+    /// same status, not a change. Returns the change round now.
+    pub(crate) async fn record_resubmission(&self, id: Uuid, by: &str) -> StoreResult<u64> {
+        let key = self.session_key(id);
+        let mut c = self.conn.clone();
+        let (round,): (u64,) = redis::pipe()
+            .hincr(&key, "round", 1)
+            .hset_multiple(
+                &key,
+                &[
+                    ("status", SessionStatus::Resubmitted.as_str()),
+                    ("rule_status", SessionStatus::Resubmitted.as_str()),
+                    ("rule_name", by),
+                ],
+            )
+            .ignore()
+            .expire(&key, self.ttl())
+            .ignore()
+            .query_async(&mut c)
+            .await?;
+        Ok(round)
+    }
+
+    /// Records that a rule set `status` at Didit, so the echo is recognised.
+    pub(crate) async fn set_rule_status(
+        &self,
+        id: Uuid,
+        status: &SessionStatus,
+        rule: &str,
+    ) -> StoreResult<()> {
+        self.update_session(
+            id,
+            &[
+                ("rule_status", status.as_str().to_owned()),
+                ("rule_name", rule.to_owned()),
+            ],
+        )
+        .await
+    }
+
+    /// Holds a session for review by a rule while Didit's status stays `status`.
+    pub(crate) async fn set_hold(
+        &self,
+        id: Uuid,
+        status: &SessionStatus,
+        rule: &str,
+    ) -> StoreResult<()> {
+        self.update_session(
+            id,
+            &[
+                ("hold_status", status.as_str().to_owned()),
+                ("rule_name", rule.to_owned()),
+            ],
+        )
+        .await
+    }
+
+    /// Releases a rule's hold (Didit moved on).
+    pub(crate) async fn clear_hold(&self, id: Uuid) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        c.hdel::<_, _, ()>(self.session_key(id), "hold_status")
+            .await?;
+        Ok(())
+    }
+
+    /// Counts a resubmission a rule asked for; returns the count.
+    pub(crate) async fn count_resubmit(&self, id: Uuid) -> StoreResult<u32> {
+        let key = self.session_key(id);
+        let mut c = self.conn.clone();
+        let (n,): (u32,) = redis::pipe()
+            .hincr(&key, "resubmits", 1)
+            .expire(&key, self.ttl())
+            .ignore()
+            .query_async(&mut c)
+            .await?;
+        Ok(n)
+    }
+
+    pub(crate) async fn set_session_deadline(&self, id: Uuid, deadline_ms: u64) -> StoreResult<()> {
+        self.update_session(id, &[("deadline_ms", deadline_ms.to_string())])
+            .await
+    }
+
+    /// Stops sweeping a session (it reached a status nothing follows).
+    pub(crate) async fn close_session(&self, id: Uuid) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        c.zrem::<_, _, ()>(self.open_sessions_key(), id.to_string())
+            .await?;
+        Ok(())
+    }
+
+    /// Open sessions not looked at for `every` (oldest first, at most `limit`); each is
+    /// marked as looked at now. The score of an open session is when it was last swept
+    /// (or created).
+    pub(crate) async fn sessions_to_sweep(
+        &self,
+        limit: usize,
+        every: Duration,
+    ) -> StoreResult<Vec<Uuid>> {
+        let mut c = self.conn.clone();
+        let now = now_ms();
+        let before = now.saturating_sub(every.as_millis() as u64);
+        let due: Vec<String> = c
+            .zrangebyscore_limit(self.open_sessions_key(), "-inf", before, 0, limit as isize)
+            .await?;
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &due {
+            pipe.zadd(self.open_sessions_key(), id, now).ignore();
+        }
+        self.run(&pipe).await?;
+        Ok(due.iter().filter_map(|id| id.parse().ok()).collect())
+    }
+
+    /// Takes the fleet-wide sweep turn for `every`; `false` when another process has it.
+    pub(crate) async fn take_sweep_turn(&self, every: Duration) -> StoreResult<bool> {
+        let mut c = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!("{}:sweep:turn", self.prefix))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(every.as_millis().max(1) as u64)
+            .query_async(&mut c)
+            .await?;
+        Ok(set.is_some())
+    }
+}
