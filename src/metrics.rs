@@ -57,6 +57,8 @@ pub const CONSOLE_ACTIONS: [&str; 8] = [
 /// Every metric the fleet exports.
 pub struct Metrics {
     registry: Registry,
+    /// When the gauges read from the shared Redis were last refreshed.
+    shared_gauges_at: std::sync::Mutex<Option<std::time::Instant>>,
     pub jobs: IntCounterVec,
     pub job_duration: HistogramVec,
     pub queue_depth: GaugeVec,
@@ -333,6 +335,7 @@ impl Metrics {
                 IntGauge::new("kyc_worker_up", "1 while this process runs."),
             ),
             registry,
+            shared_gauges_at: std::sync::Mutex::new(None),
         };
         m.initialise(queues);
         Arc::new(m)
@@ -402,6 +405,20 @@ impl Metrics {
         }
         self.delivery_duration.with_label_values(&[name]);
         self.delivery_lag.with_label_values(&[name]);
+    }
+
+    /// Whether the gauges read from the shared Redis are older than `max_age`; if so, marks
+    /// them refreshed now (the caller refreshes them), so concurrent scrapes read once.
+    pub fn shared_gauges_due(&self, max_age: Duration) -> bool {
+        let mut at = self
+            .shared_gauges_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if at.is_some_and(|t| t.elapsed() < max_age) {
+            return false;
+        }
+        *at = Some(std::time::Instant::now());
+        true
     }
 
     /// The text exposition of every metric.

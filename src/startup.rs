@@ -12,7 +12,6 @@ use didit::{webhook::WebhookVerifier, DiditClient};
 use tokio::net::TcpListener;
 
 use crate::{
-    domain::AccountPause,
     http::{internal_router, public_router, AppState},
     jobs::{run_workers, Pipeline, QUEUES},
     metrics::Metrics,
@@ -230,6 +229,7 @@ impl Application {
             settings.redis.prefix.clone(),
             format!("{}-intake", self.consumer),
             settings.queue.reclaim_after,
+            settings.queue.fetch_block,
         ));
         let mut worker_stop = stop_rx.clone();
         let workers = run_workers(
@@ -462,9 +462,11 @@ impl WebhookWatch {
 /// How long a process's heartbeat outlives its last refresh (three sampler ticks).
 const HEARTBEAT_TTL: Duration = Duration::from_secs(15);
 
-/// Samples what cannot be counted as it happens: queue depths and lag, the account pause,
-/// the outcome stream's consumer lag and this process's heartbeat (every 5 s, a handful of
-/// cheap reads), the console's throughput (every minute) and the Didit balance (every 5 min).
+/// Samples what this process owns: its heartbeat (every 5 s), the console's throughput
+/// (every minute) and the Didit balance (every 5 min). Gauges read from the shared Redis
+/// (queue depths and lag, the account pause, the outcome stream's consumer lag) are read
+/// when `/metrics` is scraped instead (see `AppState::refresh_shared_gauges`): an idle process that
+/// nobody scrapes sends only its heartbeat.
 async fn sample(pipeline: Pipeline, throughput: Arc<Throughput>, process: uuid::Uuid) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut ticks: u64 = 0;
@@ -496,40 +498,6 @@ async fn sample(pipeline: Pipeline, throughput: Arc<Throughput>, process: uuid::
         }
         if ticks % 12 == 0 {
             throughput.sample(m, &QUEUES);
-        }
-        for queue in QUEUES {
-            if let Ok(stats) = pipeline.queue.stats(queue).await {
-                m.queue_depth
-                    .with_label_values(&[queue, "ready"])
-                    .set(stats.ready as f64);
-                m.queue_depth
-                    .with_label_values(&[queue, "in_flight"])
-                    .set(stats.in_flight as f64);
-                m.queue_depth
-                    .with_label_values(&[queue, "scheduled"])
-                    .set(stats.scheduled as f64);
-                m.queue_depth
-                    .with_label_values(&[queue, "dead"])
-                    .set(stats.dead as f64);
-                m.queue_lag
-                    .with_label_values(&[queue])
-                    .set(stats.lag_ms as f64 / 1000.0);
-            }
-        }
-        if let Ok(pause) = pipeline.store.pause().await {
-            for reason in AccountPause::ALL {
-                let on = pause == Some(reason);
-                m.didit_paused
-                    .with_label_values(&[reason.as_str()])
-                    .set(if on { 1.0 } else { 0.0 });
-            }
-        }
-        if let Ok(groups) = pipeline.store.event_consumer_lag().await {
-            for (group, lag) in groups {
-                m.events_consumer_lag
-                    .with_label_values(&[&group])
-                    .set(lag as f64);
-            }
         }
         if ticks % 60 == 0 {
             if let Ok(balance) = pipeline.didit.balance().await {

@@ -13,7 +13,8 @@ use didit::webhook::WebhookVerifier;
 use secrecy::SecretString;
 
 use crate::{
-    metrics::Metrics, producer::Producer, queue::Queue, ratelimit::RateLimiter, store::Store,
+    domain::AccountPause, jobs::QUEUES, metrics::Metrics, producer::Producer, queue::Queue,
+    ratelimit::RateLimiter, store::Store,
 };
 
 /// What the handlers share.
@@ -30,6 +31,56 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The operator console's settings and readers.
     pub console: ConsoleState,
+}
+
+/// Shortest time between two reads of the shared gauges, however often `/metrics` is scraped.
+const SHARED_GAUGES_MAX_AGE: Duration = Duration::from_secs(5);
+
+impl AppState {
+    /// Reads the gauges every process sees alike from Redis — queue depths and lag, the
+    /// account pause, the outcome stream's consumer lag — at most once per
+    /// `SHARED_GAUGES_MAX_AGE`. Called when `/metrics` is scraped, so an idle process that
+    /// nobody scrapes does not read them.
+    pub async fn refresh_shared_gauges(&self) {
+        let m = &self.metrics;
+        if !m.shared_gauges_due(SHARED_GAUGES_MAX_AGE) {
+            return;
+        }
+        for name in QUEUES {
+            if let Ok(stats) = self.queue.stats(name).await {
+                m.queue_depth
+                    .with_label_values(&[name, "ready"])
+                    .set(stats.ready as f64);
+                m.queue_depth
+                    .with_label_values(&[name, "in_flight"])
+                    .set(stats.in_flight as f64);
+                m.queue_depth
+                    .with_label_values(&[name, "scheduled"])
+                    .set(stats.scheduled as f64);
+                m.queue_depth
+                    .with_label_values(&[name, "dead"])
+                    .set(stats.dead as f64);
+                m.queue_lag
+                    .with_label_values(&[name])
+                    .set(stats.lag_ms as f64 / 1000.0);
+            }
+        }
+        if let Ok(pause) = self.store.pause().await {
+            for reason in AccountPause::ALL {
+                let on = pause == Some(reason);
+                m.didit_paused
+                    .with_label_values(&[reason.as_str()])
+                    .set(if on { 1.0 } else { 0.0 });
+            }
+        }
+        if let Ok(groups) = self.store.event_consumer_lag().await {
+            for (group, lag) in groups {
+                m.events_consumer_lag
+                    .with_label_values(&[&group])
+                    .set(lag as f64);
+            }
+        }
+    }
 }
 
 /// What the console needs beyond the other handlers' state.

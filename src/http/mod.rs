@@ -44,6 +44,7 @@ pub fn internal_router(state: AppState) -> Router {
 async fn metrics(
     State(state): State<AppState>,
 ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    state.refresh_shared_gauges().await;
     (
         [(
             axum::http::header::CONTENT_TYPE,

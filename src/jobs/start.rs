@@ -337,12 +337,14 @@ async fn find_session(
     Ok(None)
 }
 
-/// Makes sure the session is followed, then publishes `kyc.session.created`.
+/// Publishes `kyc.session.created`, then makes sure the session is followed.
 ///
-/// Both steps are idempotent (the poll has one slot, the event one marker) and run on every
-/// delivery, in this order, so a crash between them on an earlier run leaves nothing
-/// undone. With `may_be_settled`, a session our record shows at a result nothing follows
-/// is left alone.
+/// In this order so that no poll can decide a session whose created event is not out yet:
+/// consumers see `created` before any decision. Both steps are idempotent (the event has
+/// one marker, the poll one slot) and run on every delivery, so a crash between them on an
+/// earlier run leaves nothing undone: the redelivery publishes nothing new and schedules the
+/// poll. With `may_be_settled`, a session our record shows at a result nothing follows is
+/// not polled.
 async fn announce(
     p: &Pipeline,
     rid: &RequestId,
@@ -352,6 +354,16 @@ async fn announce(
     status: &SessionStatus,
     may_be_settled: bool,
 ) -> Result<(), JobError> {
+    let event = OutcomeEvent::new(
+        EventType::Created,
+        rid.clone(),
+        Some(sid),
+        vendor_data.to_owned(),
+        status.clone().into(),
+        &Decider::Didit,
+        json!({"url": url}),
+    );
+    p.publish(&event).await?;
     let settled = may_be_settled
         && p.store
             .session(sid)
@@ -362,16 +374,7 @@ async fn announce(
         let delay = p.schedule().interval(0, sid.as_u128());
         p.schedule_poll(sid, 0, delay).await?;
     }
-    let event = OutcomeEvent::new(
-        EventType::Created,
-        rid.clone(),
-        Some(sid),
-        vendor_data.to_owned(),
-        status.clone().into(),
-        &Decider::Didit,
-        json!({"url": url}),
-    );
-    p.publish(&event).await.map(drop)
+    Ok(())
 }
 
 /// A failed create: a request-level refusal ends the request with `kyc.session.failed`;

@@ -20,6 +20,8 @@ use crate::{domain::StartRequest, store::StoreError, telemetry::TraceParent};
 const GROUP: &str = "workers";
 /// Rejected entries kept for inspection.
 const REJECTED_MAX_LEN: usize = 10_000;
+/// Entries taken per read.
+const READ_COUNT: usize = 100;
 const JSON_FIELDS: [&str; 3] = ["contact_details", "expected_details", "metadata"];
 
 /// Reads the intake stream until the task is aborted.
@@ -30,12 +32,17 @@ pub async fn read_intake(
     prefix: String,
     consumer: String,
     reclaim_after: Duration,
+    fetch_block: Duration,
 ) {
     let stream = format!("{prefix}:intake");
     let rejected = format!("{prefix}:intake:rejected");
     // A connection of its own: its blocking reads must not hold up the shared one.
     let mut conn = connector.connect();
     let mut last_reclaim = tokio::time::Instant::now();
+    // Whether the last read found entries: only a stream in use is checked for backpressure
+    // before each read, so an idle one costs one blocking read per `queue.fetch_block`. At
+    // the switch from idle to busy one read (at most `READ_COUNT` entries) goes unchecked.
+    let mut busy = true;
     loop {
         let c = &mut conn;
         // Backpressure: while too much work waits, leave the stream unread (producers see
@@ -43,8 +50,11 @@ pub async fn read_intake(
         if let Err(ProducerError::Backpressure {
             retry_after,
             waiting,
-        }) = producer.check_capacity().await
-        {
+        }) = if busy {
+            producer.check_capacity().await
+        } else {
+            Ok(())
+        } {
             tracing::warn!(waiting, "intake stream paused: the fleet is behind");
             tokio::time::sleep(retry_after).await;
             continue;
@@ -69,12 +79,15 @@ pub async fn read_intake(
         }
         let options = redis::streams::StreamReadOptions::default()
             .group(GROUP, &consumer)
-            .count(100)
-            .block(1000);
+            .count(READ_COUNT)
+            .block(fetch_block.as_millis() as usize);
         let read: redis::RedisResult<redis::streams::StreamReadReply> =
             c.xread_options(&[&stream], &[">"], &options).await;
         match read {
-            Ok(reply) => entries.extend(reply.keys.into_iter().flat_map(|k| k.ids)),
+            Ok(reply) => {
+                entries.extend(reply.keys.into_iter().flat_map(|k| k.ids));
+                busy = !entries.is_empty();
+            }
             Err(e) if e.code() == Some("NOGROUP") => {
                 let _: redis::RedisResult<()> = c.xgroup_create_mkstream(&stream, GROUP, "0").await;
                 continue;

@@ -2,8 +2,8 @@
 //!
 //! Why one factory: TLS (a private CA, a client certificate), ACL credentials and Sentinel
 //! discovery must apply to every connection the process opens — the shared multiplexed one
-//! of the queue, store and rate limiter, and the dedicated blocking ones of the fetchers and
-//! the intake reader — and a failure must say which setting is at fault. A [`Connector`] is
+//! of the queue, store and rate limiter, the dedicated blocking ones of the fetchers and the
+//! intake reader, and the promoter's wake-up subscription ([`Connector::pubsub`]) — and a failure must say which setting is at fault. A [`Connector`] is
 //! built once from `[redis]`; it reads and checks the TLS files up front (a missing or
 //! unparsable file is a setting error before any network traffic) and hands out
 //! [`RedisConnection`]s.
@@ -27,7 +27,7 @@ use std::{
 };
 
 use redis::{
-    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub},
     Client, ClientTlsConfig, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo,
     RedisConnectionInfo, RedisError, RedisFuture, RedisResult, ServerErrorKind, TlsCertificates,
     Value,
@@ -334,13 +334,50 @@ impl Connector {
         }
     }
 
+    /// A pub/sub connection to the (master) node, for subscribers: the same client as every
+    /// other connection (TLS, credentials), and in sentinel mode the master the sentinels
+    /// name now, checked with `ROLE`. Not reconnected by itself: a subscriber notices a
+    /// broken subscription (its stream ends or a `PING` fails) and asks again, which follows
+    /// a failover to the new master.
+    pub async fn pubsub(&self) -> Result<PubSub, ConnectError> {
+        let (client, node) = self.master_client().await?;
+        if let Some(node) = &node {
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT));
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .map_err(|e| self.classify(e, Side::Data))?;
+            self.check_master(&mut conn, node).await?;
+        }
+        match tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub()).await {
+            Ok(Ok(pubsub)) => Ok(pubsub),
+            Ok(Err(e)) => Err(self.classify(e, Side::Data)),
+            Err(_) => Err(ConnectError::Unreachable {
+                hosts: self.hosts().to_owned(),
+                source: RedisError::from((ErrorKind::Io, "pub/sub connection timed out")),
+            }),
+        }
+    }
+
     /// The standalone server's connection (lazy), or the master the sentinels name, connected
     /// and checked with `ROLE`.
     async fn resolve_master(&self) -> Result<ConnectionManager, ConnectError> {
+        let (client, node) = self.master_client().await?;
+        let mut manager = manager(client).map_err(|e| self.classify(e, Side::Data))?;
+        if let Some(node) = node {
+            self.check_master(&mut manager, &node).await?;
+            tracing::info!(master = %node, "redis master found through sentinel");
+        }
+        Ok(manager)
+    }
+
+    /// The standalone server's client, or the client of the node the sentinels name as the
+    /// master with that node (not yet checked: see [`Connector::check_master`]).
+    async fn master_client(&self) -> Result<(Client, Option<RedisNode>), ConnectError> {
         let (sentinels, master_name, data, tls, use_tls) = match &*self.inner {
-            Topology::Standalone { client, .. } => {
-                return manager(client.clone()).map_err(|e| self.classify(e, Side::Data));
-            }
+            Topology::Standalone { client, .. } => return Ok((client.clone(), None)),
             Topology::Sentinel {
                 sentinels,
                 master_name,
@@ -392,9 +429,18 @@ impl Connector {
         let node = RedisNode { host, port };
         let client = node_client(&node, data.clone(), *use_tls, tls.as_ref())
             .map_err(|e| self.classify(e, Side::Data))?;
-        let mut manager = manager(client).map_err(|e| self.classify(e, Side::Data))?;
+        Ok((client, Some(node)))
+    }
+
+    /// Checks with `ROLE` that `node`, named by the sentinels, really is the master (during a
+    /// failover a sentinel may name a node that is still a replica).
+    async fn check_master(
+        &self,
+        conn: &mut impl ConnectionLike,
+        node: &RedisNode,
+    ) -> Result<(), ConnectError> {
         let role: redis::Role = redis::cmd("ROLE")
-            .query_async(&mut manager)
+            .query_async(conn)
             .await
             .map_err(|e| self.classify(e, Side::Data))?;
         if !matches!(role, redis::Role::Primary { .. }) {
@@ -407,8 +453,7 @@ impl Connector {
                 )),
             });
         }
-        tracing::info!(master = %node, "redis master found through sentinel");
-        Ok(manager)
+        Ok(())
     }
 }
 

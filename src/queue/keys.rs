@@ -14,6 +14,9 @@ pub struct QueueKeys {
     pub payloads: String,
     /// Stream of dead jobs with their reason.
     pub dead: String,
+    /// Pub/sub channel on which scripts announce a new earliest due time of `delayed`, so
+    /// every promoter sleeps until exactly then (a channel, not a key: it holds nothing).
+    pub wake: String,
 }
 
 impl QueueKeys {
@@ -24,6 +27,7 @@ impl QueueKeys {
             delayed: format!("{base}:delayed"),
             payloads: format!("{base}:payloads"),
             dead: format!("{base}:dead"),
+            wake: format!("{base}:wake"),
         }
     }
 }

@@ -1,6 +1,10 @@
-//! Work any process may do for every queue: promote due delayed jobs, reclaim jobs of dead
-//! consumers, remove those consumers. Each step is a bounded script or a bounded command, so
-//! several processes doing it at once is safe and cheap.
+//! Work any process may do for every queue: promote due delayed jobs (see [`super::promote`]),
+//! reclaim jobs of dead consumers, remove those consumers. Each step is a bounded script or a
+//! bounded command, so several processes doing it at once is safe and cheap.
+//!
+//! Reclaiming is one process's turn per period (`reclaim_after / 2`), taken with one `SET NX`:
+//! the fleet reclaims as often as before, but an idle fleet of many processes does not
+//! repeat the same checks once per process.
 
 use std::time::Duration;
 
@@ -8,92 +12,85 @@ use redis::AsyncCommands;
 use tokio::task::JoinHandle;
 
 use super::{
-    backend::{bury, ensure_group, requeue, stream_field, Backoff, Burial},
+    backend::{requeue, Backoff},
+    fetch::{ensure_group, stream_field},
+    finish::{bury, Burial},
     keys::{QueueKeys, GROUP},
-    scripts, Queue,
+    promote, scripts, Queue,
 };
 
-/// Due jobs promoted per script call: bounded so one call never holds Redis for long.
-const PROMOTE_CHUNK: usize = 1000;
 /// Entries examined per `XAUTOCLAIM` call.
 const RECLAIM_CHUNK: usize = 100;
 
-/// The maintenance loop of one process.
+/// The maintenance tasks of one process: the promoter and the reclaimer.
 #[derive(Debug)]
 pub struct Maintenance {
-    handle: JoinHandle<()>,
+    promoter: JoinHandle<()>,
+    reclaimer: JoinHandle<()>,
 }
 
 impl Maintenance {
     /// Starts maintenance of `queues` as `consumer` (this process's consumer name).
     pub fn spawn(queue: Queue, queues: Vec<&'static str>, consumer: String) -> Self {
         Self {
-            handle: tokio::spawn(run(queue, queues, consumer)),
+            promoter: tokio::spawn(promote::run(queue.clone(), queues.clone())),
+            reclaimer: tokio::spawn(run_reclaim(queue, queues, consumer)),
         }
     }
 
     pub fn stop(self) {
-        self.handle.abort();
+        self.promoter.abort();
+        self.reclaimer.abort();
     }
 }
 
 impl Drop for Maintenance {
     fn drop(&mut self) {
-        self.handle.abort();
+        self.promoter.abort();
+        self.reclaimer.abort();
     }
 }
 
-async fn run(queue: Queue, queues: Vec<&'static str>, consumer: String) {
-    let settings = queue.settings().clone();
-    let reclaim_every = (settings.reclaim_after / 2).max(Duration::from_millis(100));
-    let mut last_reclaim = tokio::time::Instant::now();
+async fn run_reclaim(queue: Queue, queues: Vec<&'static str>, consumer: String) {
+    let every = (queue.settings().reclaim_after / 2).max(Duration::from_millis(100));
+    let turn_key = queue.fleet_key("maintenance:turn");
     let mut conn = queue.connection();
     let mut backoff = Backoff::new();
     loop {
+        tokio::time::sleep(every).await;
+        // The turn lapses a little before the next period, so the holder can take it again.
+        let lapse = every
+            .saturating_sub(every / 10)
+            .max(Duration::from_millis(1));
+        let turn: redis::RedisResult<Option<String>> = redis::cmd("SET")
+            .arg(&turn_key)
+            .arg(&consumer)
+            .arg("NX")
+            .arg("PX")
+            .arg(lapse.as_millis() as u64)
+            .query_async(&mut conn)
+            .await;
+        match turn {
+            Ok(Some(_)) => {}
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "maintenance turn not taken");
+                backoff.wait().await;
+                continue;
+            }
+        }
         let mut healthy = true;
         for name in &queues {
             let keys = queue.keys(name);
-            if let Err(e) = promote_due(&mut conn, &keys).await {
-                tracing::warn!(error = %e, queue = name, "promoting delayed jobs failed");
+            if let Err(e) = reclaim(&queue, &mut conn, &keys, &consumer).await {
+                tracing::warn!(error = %e, queue = name, "reclaiming abandoned jobs failed");
                 healthy = false;
-            }
-        }
-        if last_reclaim.elapsed() >= reclaim_every {
-            last_reclaim = tokio::time::Instant::now();
-            for name in &queues {
-                let keys = queue.keys(name);
-                if let Err(e) = reclaim(&queue, &mut conn, &keys, &consumer).await {
-                    tracing::warn!(error = %e, queue = name, "reclaiming abandoned jobs failed");
-                    healthy = false;
-                }
             }
         }
         if healthy {
             backoff.reset();
-            tokio::time::sleep(settings.promote_interval).await;
         } else {
             backoff.wait().await;
-        }
-    }
-}
-
-/// Moves every due delayed job to the ready stream, a chunk at a time.
-pub(super) async fn promote_due(
-    conn: &mut crate::queue::RedisConnection,
-    keys: &QueueKeys,
-) -> redis::RedisResult<usize> {
-    let mut total = 0;
-    loop {
-        let moved: usize = scripts::PROMOTE
-            .key(&keys.delayed)
-            .key(&keys.payloads)
-            .key(&keys.ready)
-            .arg(PROMOTE_CHUNK)
-            .invoke_async(conn)
-            .await?;
-        total += moved;
-        if moved < PROMOTE_CHUNK {
-            return Ok(total);
         }
     }
 }
@@ -101,6 +98,30 @@ pub(super) async fn promote_due(
 /// Takes entries idle past `reclaim_after` (their consumer died: live ones refresh theirs),
 /// requeues them, or buries those abandoned too often; then removes empty dead consumers.
 async fn reclaim(
+    queue: &Queue,
+    conn: &mut crate::queue::RedisConnection,
+    keys: &QueueKeys,
+    consumer: &str,
+) -> redis::RedisResult<()> {
+    let settings = queue.settings();
+    let groups: redis::streams::StreamInfoGroupsReply = match conn.xinfo_groups(&keys.ready).await {
+        Ok(g) => g,
+        // No stream yet: nothing was ever queued here.
+        Err(e) if e.to_string().contains("no such key") => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let Some(group) = groups.groups.into_iter().find(|g| g.name == GROUP) else {
+        return ensure_group(conn, keys).await;
+    };
+    if group.pending > 0 {
+        reclaim_idle(queue, conn, keys, consumer).await?;
+    }
+    remove_dead_consumers(conn, keys, consumer, settings.reclaim_after * 2).await?;
+    trim_finished(conn, keys, &group.last_delivered_id, group.pending > 0).await
+}
+
+/// Requeues entries idle past `reclaim_after`, burying those abandoned too often.
+async fn reclaim_idle(
     queue: &Queue,
     conn: &mut crate::queue::RedisConnection,
     keys: &QueueKeys,
@@ -160,8 +181,7 @@ async fn reclaim(
             break;
         }
     }
-    remove_dead_consumers(conn, keys, consumer, settings.reclaim_after * 2).await?;
-    trim_finished(conn, keys).await
+    Ok(())
 }
 
 /// Whether `consumer` is this process's: `me` itself (reclaims) or one of its workers
@@ -204,22 +224,23 @@ async fn remove_dead_consumers(
 
 /// Trims entries that are acknowledged but still in the stream (an `XDEL` lost after its
 /// `XACK`): everything before both the oldest pending entry and the group's read position
-/// has been delivered and acknowledged.
+/// has been delivered and acknowledged. `last_delivered` is the group's read position.
 async fn trim_finished(
     conn: &mut crate::queue::RedisConnection,
     keys: &QueueKeys,
+    last_delivered: &str,
+    any_pending: bool,
 ) -> redis::RedisResult<()> {
-    let groups: redis::streams::StreamInfoGroupsReply = conn.xinfo_groups(&keys.ready).await?;
-    let Some(group) = groups.groups.into_iter().find(|g| g.name == GROUP) else {
-        return Ok(());
-    };
-    let pending: redis::streams::StreamPendingReply = conn.xpending(&keys.ready, GROUP).await?;
-    let oldest_pending = match &pending {
-        redis::streams::StreamPendingReply::Data(d) => Some(d.start_id.clone()),
-        _ => None,
+    let oldest_pending = if any_pending {
+        match conn.xpending(&keys.ready, GROUP).await? {
+            redis::streams::StreamPendingReply::Data(d) => Some(d.start_id),
+            _ => None,
+        }
+    } else {
+        None
     };
     // Keep the oldest pending entry and everything not yet delivered.
-    let after_read = next_id(&group.last_delivered_id);
+    let after_read = next_id(last_delivered);
     let limit = match oldest_pending {
         Some(p) if stream_id_lt(&p, &after_read) => p,
         _ => after_read,

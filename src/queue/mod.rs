@@ -11,8 +11,10 @@
 //! - `ready`: a Stream read through one consumer group. Each process is a uniquely named
 //!   consumer; `XREADGROUP` blocks on a connection of its own, so an idle worker picks a job
 //!   up the moment it is added. A finished job is `XACK`ed and `XDEL`eted, so memory stays flat.
-//! - `delayed` + `payloads`: a sorted set of due times and a hash of envelopes. Any process
-//!   promotes due jobs in bounded chunks with one script (`scripts::PROMOTE`); a job id is
+//! - `delayed` + `payloads`: a sorted set of due times and a hash of envelopes. Every process
+//!   sleeps until the earliest due time and is woken on the queue's `wake` channel when an
+//!   earlier job is scheduled (`promote`); it promotes due jobs in bounded chunks with one
+//!   script (`scripts::PROMOTE`); a job id is
 //!   one slot, so scheduling the same id again moves it instead of adding a second copy.
 //! - `dead`: a Stream of jobs that cannot run, each with its reason.
 //!
@@ -26,21 +28,26 @@
 mod backend;
 mod connection;
 mod envelope;
+mod fetch;
+mod finish;
 pub mod keys;
 mod maintenance;
+mod promote;
+mod retry;
 mod scripts;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::AsyncCommands;
 
-pub use backend::{Completion, Delivery, JobError, RedisBackend};
+pub use backend::{Delivery, RedisBackend};
 pub use connection::{
     eviction_policy, ConnectError, Connector, RedisConnection, OUTAGE_WARNING_EVERY,
 };
 pub use envelope::{DecodeError, Envelope, Job};
 pub use keys::QueueKeys;
 pub use maintenance::Maintenance;
+pub use retry::{Completion, JobError, RetryPolicy, Verdict};
 
 use crate::settings::QueueSettings;
 
@@ -138,6 +145,12 @@ impl Queue {
     /// Makes the dedicated connections this queue's fetchers block on.
     pub(crate) fn connector(&self) -> &Connector {
         self.conn.connector()
+    }
+
+    /// A key of the queue machinery shared by every queue (`<prefix>:<name>`; outside
+    /// `<prefix>:queue:` so it is never taken for a queue).
+    pub(crate) fn fleet_key(&self, name: &str) -> String {
+        format!("{}:{name}", self.prefix)
     }
 
     pub fn keys(&self, queue: &str) -> QueueKeys {
@@ -262,7 +275,8 @@ impl Queue {
                     .arg(id)
                     .arg(due)
                     .arg(envelope.encode())
-                    .arg(u8::from(earlier_only)),
+                    .arg(u8::from(earlier_only))
+                    .arg(&keys.wake),
             )
             .ignore();
         }
@@ -315,7 +329,7 @@ impl Queue {
                 .ids
                 .iter()
                 .filter(|e| !in_flight.contains(&e.id))
-                .filter(|e| backend::stream_field(e, "j").is_some_and(|j| matches(&j)))
+                .filter(|e| fetch::stream_field(e, "j").is_some_and(|j| matches(&j)))
                 .map(|e| e.id.clone())
                 .collect();
             if !ids.is_empty() {
@@ -455,7 +469,7 @@ impl Queue {
             let page: redis::streams::StreamRangeReply =
                 conn.xrange_count(&keys.ready, &from, "+", 200).await?;
             for entry in &page.ids {
-                let payload = backend::stream_field(entry, "j").unwrap_or_default();
+                let payload = fetch::stream_field(entry, "j").unwrap_or_default();
                 if serde_json::from_str::<Envelope>(&payload).is_ok_and(|e| e.id == id) {
                     return Ok(true);
                 }
@@ -553,13 +567,13 @@ async fn group_position(
 
 /// When a ready entry became due: its `t` field (set on promotion), else its id's time.
 fn due_ms(entry: &redis::streams::StreamId) -> u64 {
-    backend::stream_field(entry, "t")
+    fetch::stream_field(entry, "t")
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(|| entry_ms(&entry.id))
 }
 
 fn dead_job(entry: redis::streams::StreamId) -> DeadJob {
-    let text = |field: &str| backend::stream_field(&entry, field).unwrap_or_default();
+    let text = |field: &str| fetch::stream_field(&entry, field).unwrap_or_default();
     DeadJob {
         job_id: text("id"),
         reason: text("reason"),

@@ -17,8 +17,10 @@ use redis::Script;
 
 /// Moves due delayed jobs to the ready stream, at most ARGV[1] per call so one call never
 /// blocks Redis for long, whatever the backlog. "Due" is Redis's clock, so processes with
-/// skewed clocks agree.
-/// KEYS: delayed, payloads, ready. ARGV: limit. Returns the number moved.
+/// skewed clocks agree. When it moved jobs and more wait, it announces the new earliest due
+/// time on the wake channel, so other promoters drop their timer for what was just moved.
+/// KEYS: delayed, payloads, ready. ARGV: limit, wake channel.
+/// Returns {moved, earliest due ms left (-1 when none), Redis now ms}.
 pub static PROMOTE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -34,14 +36,21 @@ for i = 1, #due, 2 do
   end
   redis.call('ZREM', KEYS[1], id)
 end
-return #due / 2
+local next = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local next_ms = -1
+if next[2] then next_ms = tonumber(next[2]) end
+if #due > 0 and next_ms >= 0 then
+  redis.call('PUBLISH', ARGV[2], 'n:' .. next_ms)
+end
+return {#due / 2, next_ms, now}
 "#,
     )
 });
 
 /// Schedules a job for a later time. The job id is its slot: scheduling it again moves it,
-/// or, with ARGV[4] = 1, moves it only earlier (an earlier run already there wins).
-/// KEYS: delayed, payloads. ARGV: job id, due_ms, envelope, earlier_only.
+/// or, with ARGV[4] = 1, moves it only earlier (an earlier run already there wins). A job
+/// that becomes the earliest of the queue wakes the promoters (ARGV[5], the wake channel).
+/// KEYS: delayed, payloads. ARGV: job id, due_ms, envelope, earlier_only, wake channel.
 pub static SCHEDULE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -51,8 +60,12 @@ if ARGV[4] == '1' then
     return 0
   end
 end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+if not first[2] or tonumber(ARGV[2]) < tonumber(first[2]) then
+  redis.call('PUBLISH', ARGV[5], 's:' .. ARGV[2])
+end
 return 1
 "#,
     )
@@ -74,8 +87,10 @@ return 1
 });
 
 /// Finishes a delivery by scheduling the job's next run. If the slot already holds an
-/// earlier run (a webhook asked for "now" while this one ran), that one wins.
-/// KEYS: delayed, payloads, ready. ARGV: job id, due_ms, envelope, entry id, group, consumer.
+/// earlier run (a webhook asked for "now" while this one ran), that one wins. A run that
+/// becomes the earliest of the queue wakes the promoters, as in [`SCHEDULE`].
+/// KEYS: delayed, payloads, ready. ARGV: job id, due_ms, envelope, entry id, group, consumer,
+/// wake channel.
 /// Returns 0 when the entry is not ours any more (nothing written).
 pub static RESCHEDULE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -86,8 +101,12 @@ if not p[1] or p[1][2] ~= ARGV[6] then
 end
 local current = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not current or tonumber(current) > tonumber(ARGV[2]) then
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
   redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+  if not first[2] or tonumber(ARGV[2]) < tonumber(first[2]) then
+    redis.call('PUBLISH', ARGV[7], 's:' .. ARGV[2])
+  end
 end
 redis.call('XACK', KEYS[3], ARGV[5], ARGV[4])
 redis.call('XDEL', KEYS[3], ARGV[4])

@@ -20,7 +20,9 @@ pub struct QueueSettings {
     pub retry_max: Duration,
     pub fetch_batch: usize,
     pub fetch_block: Duration,
-    pub promote_interval: Duration,
+    /// Longest a lost wake-up (a broken subscription) can delay a delayed job: the promoter
+    /// checks its subscription twice per period.
+    pub wake_bound: Duration,
     pub dead_max_len: u64,
     /// Start requests waiting (ready + scheduled) past which producers are told to back off.
     pub backpressure_limit: u64,
@@ -37,8 +39,8 @@ impl Default for QueueSettings {
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
             fetch_batch: 32,
-            fetch_block: Duration::from_secs(1),
-            promote_interval: Duration::from_millis(200),
+            fetch_block: Duration::from_secs(5),
+            wake_bound: Duration::from_secs(1),
             dead_max_len: 100_000,
             backpressure_limit: 100_000,
         }
@@ -56,7 +58,7 @@ pub(super) struct RawQueue {
     retry_max: String,
     fetch_batch: String,
     fetch_block: String,
-    promote_interval: String,
+    wake_bound: String,
     dead_max_len: String,
     backpressure_limit: String,
 }
@@ -73,10 +75,7 @@ impl RawQueue {
             retry_max: parse_positive_duration("queue.retry_max", &q.retry_max)?,
             fetch_batch: parse_count("queue.fetch_batch", &q.fetch_batch)?,
             fetch_block: parse_positive_duration("queue.fetch_block", &q.fetch_block)?,
-            promote_interval: parse_positive_duration(
-                "queue.promote_interval",
-                &q.promote_interval,
-            )?,
+            wake_bound: parse_positive_duration("queue.wake_bound", &q.wake_bound)?,
             dead_max_len: parse_count("queue.dead_max_len", &q.dead_max_len)?,
             backpressure_limit: parse_count("queue.backpressure_limit", &q.backpressure_limit)?,
         };

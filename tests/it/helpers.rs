@@ -421,7 +421,7 @@ pub async fn spawn_app(options: AppOptions) -> TestApp {
         ("KYC__POLL__POLLING_MAX", "300ms".to_owned()),
         ("KYC__POLL__PAUSE_RECHECK", "200ms".to_owned()),
         ("KYC__POLL__REVIEW_INTERVAL", "30s".to_owned()),
-        ("KYC__QUEUE__PROMOTE_INTERVAL", "50ms".to_owned()),
+        ("KYC__QUEUE__WAKE_BOUND", "500ms".to_owned()),
         ("KYC__QUEUE__RECLAIM_AFTER", "3s".to_owned()),
         ("KYC__QUEUE__FETCH_BLOCK", "500ms".to_owned()),
         ("KYC__WORKER__SHUTDOWN_TIMEOUT", "5s".to_owned()),

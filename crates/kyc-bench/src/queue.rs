@@ -4,8 +4,9 @@
 //! Every figure is a rate or a per-unit cost taken in one run, so ratios hold on a noisy
 //! machine: jobs/s enqueue and consume at concurrency 1 and 64 (5,000-job backlog, because
 //! apalis-redis defaults fail above ~8,000 due jobs), Redis commands per job from
-//! `INFO commandstats` deltas, delayed-job lateness at 1,000 jobs/s, and Redis bytes per
-//! delayed job at 100,000.
+//! `INFO commandstats` deltas, delayed-job lateness at 1,000 and 5,000 jobs/s, Redis bytes
+//! per delayed job at 100,000, and the Redis commands per second of one and of four idle
+//! `kyc-worker run` processes (an idle fleet must not load the Redis everyone shares).
 
 use std::{
     path::{Path, PathBuf},
@@ -27,7 +28,12 @@ use kyc_worker::{
     settings::QueueSettings,
 };
 
-use crate::server::{commands_since_reset, flush, redis_version, used_memory, BenchRedis};
+use crate::{
+    processes::WorkerProcess,
+    server::{
+        commands_since_reset, flush, raw_command_calls, redis_version, used_memory, BenchRedis,
+    },
+};
 
 /// What to run; the defaults are the issue's sizes, `quick` shrinks them for CI.
 #[derive(Debug, Clone)]
@@ -35,7 +41,9 @@ pub struct QueueBenchOptions {
     pub backlog: usize,
     pub delayed: usize,
     pub lateness_seconds: u64,
-    pub lateness_rate: u64,
+    pub lateness_rates: Vec<u64>,
+    /// How long idle processes are measured.
+    pub idle_seconds: u64,
     pub out_dir: PathBuf,
     pub redis_server: String,
 }
@@ -46,7 +54,8 @@ impl QueueBenchOptions {
             backlog: 5_000,
             delayed: 100_000,
             lateness_seconds: 5,
-            lateness_rate: 1_000,
+            lateness_rates: vec![1_000, 5_000],
+            idle_seconds: 60,
             out_dir,
             redis_server: "redis-server".into(),
         }
@@ -56,8 +65,8 @@ impl QueueBenchOptions {
         Self {
             backlog: 1_000,
             delayed: 5_000,
-            lateness_seconds: 1,
-            lateness_rate: 500,
+            lateness_seconds: 2,
+            idle_seconds: 10,
             ..Self::full(out_dir)
         }
     }
@@ -81,13 +90,36 @@ pub struct QueueBenchReport {
     pub apalis_redis_default: Throughput,
     /// ours consume at c=64 divided by apalis-redis's.
     pub consume_ratio_c64: f64,
-    pub delayed_lateness_p50_ms: u64,
-    pub delayed_lateness_p99_ms: u64,
-    pub delayed_rate_per_s: u64,
+    /// Delayed jobs scheduled at a steady rate, each due 1 s after it was scheduled.
+    pub lateness: Vec<Lateness>,
+    /// Idle `kyc-worker run` processes.
+    pub idle: Vec<IdleTraffic>,
     pub redis_bytes_per_delayed_job: f64,
     pub delayed_jobs_measured: usize,
     pub redis_version: String,
     pub cpus: usize,
+}
+
+/// How late delayed jobs started at one scheduling rate.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Lateness {
+    pub rate_per_s: u64,
+    pub jobs: usize,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+}
+
+/// Redis commands sent by idle fleet processes, from `INFO commandstats` (scripted commands
+/// and pings included; only the measuring `INFO` left out).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IdleTraffic {
+    pub processes: usize,
+    pub seconds: f64,
+    pub commands: u64,
+    pub per_process_per_s: f64,
+    /// Calls per command over the window, all processes together.
+    pub by_command: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -244,7 +276,7 @@ async fn run_apalis(
 }
 
 /// Lateness of delayed jobs pushed at `rate`/s for `seconds`, each due 1 s after its push.
-async fn run_lateness(url: &str, rate: u64, seconds: u64) -> anyhow::Result<(u64, u64)> {
+async fn run_lateness(url: &str, rate: u64, seconds: u64) -> anyhow::Result<Lateness> {
     let mut admin = connect(url).await?;
     flush(&mut admin).await?;
     let queue = Queue::connect(url, "bench", settings()).await?;
@@ -260,6 +292,12 @@ async fn run_lateness(url: &str, rate: u64, seconds: u64) -> anyhow::Result<(u64
         let _ = stopped.await;
         Ok::<(), apalis_core::error::WorkerError>(())
     }));
+    // The promoter subscribes before the first job is scheduled.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while subscribers(&mut admin, &queue.keys(NoopJob::QUEUE).wake).await? == 0 {
+        anyhow::ensure!(Instant::now() < deadline, "the promoter did not subscribe");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let per_tick = (rate / 100).max(1);
     let ticks = seconds * 100;
     let mut interval = tokio::time::interval(Duration::from_millis(10));
@@ -284,7 +322,77 @@ async fn run_lateness(url: &str, rate: u64, seconds: u64) -> anyhow::Result<(u64
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     lateness.sort_unstable();
-    Ok((percentile(&lateness, 0.50), percentile(&lateness, 0.99)))
+    Ok(Lateness {
+        rate_per_s: rate,
+        jobs: lateness.len(),
+        p50_ms: percentile(&lateness, 0.50),
+        p99_ms: percentile(&lateness, 0.99),
+        max_ms: lateness.last().copied().unwrap_or(0),
+    })
+}
+
+async fn subscribers(
+    conn: &mut impl redis::aio::ConnectionLike,
+    channel: &str,
+) -> anyhow::Result<u64> {
+    let reply: Vec<(String, u64)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(conn)
+        .await?;
+    Ok(reply.first().map(|(_, n)| *n).unwrap_or(0))
+}
+
+/// Redis commands of `processes` idle `kyc-worker run` children over `seconds`, after they
+/// are ready and have settled (their start-up reads are not idle traffic).
+async fn run_idle(url: &str, processes: usize, seconds: u64) -> anyhow::Result<IdleTraffic> {
+    let mut admin = connect(url).await?;
+    flush(&mut admin).await?;
+    let mut children = Vec::with_capacity(processes);
+    for _ in 0..processes {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let env: Vec<(String, String)> = [
+            ("KYC__REDIS__URL", url.to_owned()),
+            ("KYC__REDIS__PREFIX", "kyc".to_owned()),
+            ("KYC__HTTP__HOST", "127.0.0.1".to_owned()),
+            ("KYC__HTTP__PORT", port.to_string()),
+            // Nothing listens there: an idle fleet makes no Didit call worth answering.
+            ("KYC__DIDIT__BASE_URL", "http://127.0.0.1:9".to_owned()),
+            ("KYC__LOG__LEVEL", "error".to_owned()),
+            ("KYC__RULES__FILE", String::new()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        children.push(WorkerProcess::spawn(&env, port)?);
+    }
+    for child in &mut children {
+        child.ready().await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async::<()>(&mut admin)
+        .await?;
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    // Every command counts here, pings included; only the measuring INFO is left out (and
+    // the RESETSTAT that opened the window).
+    let mut by_command = raw_command_calls(&mut admin).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    drop(children);
+    by_command.remove("info");
+    by_command.remove("config|resetstat");
+    let commands: u64 = by_command.values().sum();
+    Ok(IdleTraffic {
+        processes,
+        seconds: elapsed,
+        commands,
+        per_process_per_s: commands as f64 / elapsed / processes as f64,
+        by_command,
+    })
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -344,17 +452,23 @@ pub async fn run(options: &QueueBenchOptions) -> anyhow::Result<QueueBenchReport
         commands_per_job: a_commands,
         unfinished: au1 + au64,
     };
-    let (p50, p99) = run_lateness(&url, options.lateness_rate, options.lateness_seconds).await?;
+    let mut lateness = Vec::new();
+    for &rate in &options.lateness_rates {
+        lateness.push(run_lateness(&url, rate, options.lateness_seconds).await?);
+    }
     let bytes = run_memory(&url, options.delayed).await?;
+    let mut idle = Vec::new();
+    for processes in [1, 4] {
+        idle.push(run_idle(&url, processes, options.idle_seconds).await?);
+    }
     let mut admin = connect(&url).await?;
     let report = QueueBenchReport {
         backlog,
         consume_ratio_c64: if a64 > 0.0 { c64 / a64 } else { f64::INFINITY },
         ours,
         apalis_redis_default,
-        delayed_lateness_p50_ms: p50,
-        delayed_lateness_p99_ms: p99,
-        delayed_rate_per_s: options.lateness_rate,
+        lateness,
+        idle,
         redis_bytes_per_delayed_job: bytes,
         delayed_jobs_measured: options.delayed,
         redis_version: redis_version(&mut admin).await,
@@ -392,8 +506,11 @@ pub fn markdown(r: &QueueBenchReport) -> String {
          | consume c=64, jobs/s | {o64:.0} | {a64:.0} | {r64:.1}× |\n\
          | Redis commands per job | {oc:.2} | {ac:.2} | {rc:.2}× |\n\
          | jobs unfinished after 120 s | {ou} | {au} | |\n\n\
-         Delayed jobs at {rate}/s, each due 1 s after it was scheduled: lateness p50 {p50} ms, p99 {p99} ms.\n\n\
-         Redis memory per delayed job with {n} scheduled: {bytes:.0} bytes.\n",
+         Delayed jobs, each due 1 s after it was scheduled (ms after the due time the job started):\n\n\
+         | scheduled per s | jobs | p50 | p99 | max |\n|---:|---:|---:|---:|---:|\n{late}\n\
+         Idle `kyc-worker run` processes (INFO commandstats delta, every command counted):\n\n\
+         | processes | seconds | commands | per process per s | busiest commands |\n|---:|---:|---:|---:|---|\n{idle}\n\
+         Redis memory per delayed job with {n} scheduled: {bytes:.0} bytes.\n{targets}",
         redis = r.redis_version,
         cpus = r.cpus,
         backlog = r.backlog,
@@ -411,12 +528,42 @@ pub fn markdown(r: &QueueBenchReport) -> String {
         rc = ratio(o.commands_per_job, a.commands_per_job),
         ou = o.unfinished,
         au = a.unfinished,
-        rate = r.delayed_rate_per_s,
-        p50 = r.delayed_lateness_p50_ms,
-        p99 = r.delayed_lateness_p99_ms,
+        late = r
+            .lateness
+            .iter()
+            .map(|l| format!(
+                "| {} | {} | {} | {} | {} |\n",
+                l.rate_per_s, l.jobs, l.p50_ms, l.p99_ms, l.max_ms
+            ))
+            .collect::<String>(),
+        idle = r
+            .idle
+            .iter()
+            .map(|i| format!(
+                "| {} | {:.0} | {} | {:.2} | {} |\n",
+                i.processes,
+                i.seconds,
+                i.commands,
+                i.per_process_per_s,
+                busiest(&i.by_command)
+            ))
+            .collect::<String>(),
+        targets = crate::report::targets_markdown(&crate::report::queue_targets(r)),
         n = r.delayed_jobs_measured,
         bytes = r.redis_bytes_per_delayed_job,
     )
+}
+
+/// The five most called commands, "name n, …".
+fn busiest(by_command: &std::collections::BTreeMap<String, u64>) -> String {
+    let mut calls: Vec<(&String, &u64)> = by_command.iter().filter(|(_, n)| **n > 0).collect();
+    calls.sort_by(|a, b| b.1.cmp(a.1));
+    calls
+        .iter()
+        .take(5)
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn ratio(a: f64, b: f64) -> f64 {

@@ -200,17 +200,64 @@ pub fn targets(lifecycle: &LifecycleReport, queue: Option<&QueueBenchReport>) ->
         "MiB",
     ));
     if let Some(q) = queue {
-        targets.push(at_least(
+        targets.extend(queue_targets(q));
+    }
+    targets
+}
+
+/// A targets table in Markdown, headed "Targets:".
+pub fn targets_markdown(targets: &[Target]) -> String {
+    let mut md = String::from(
+        "\nTargets:\n\n| target | bound | measured | met | margin |\n|---|---|---|---|---|\n",
+    );
+    for t in targets {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            t.name,
+            t.target,
+            t.measured,
+            if t.met { "yes" } else { "**no**" },
+            t.margin
+        ));
+    }
+    md
+}
+
+/// The queue's own targets: consume speed against apalis-redis, commands per job, delayed
+/// jobs on time, and an idle process that is quiet.
+pub fn queue_targets(q: &QueueBenchReport) -> Vec<Target> {
+    let mut targets = vec![
+        at_least(
             "queue consume vs apalis-redis, c=64",
             q.consume_ratio_c64,
-            5.0,
+            4.0,
             "×",
-        ));
-        targets.push(at_most(
+        ),
+        at_most(
             "Redis commands per no-op job",
             q.ours.commands_per_job,
             4.0,
             "commands",
+        ),
+    ];
+    if let Some(l) = q.lateness.iter().find(|l| l.rate_per_s == 1_000) {
+        targets.push(at_most(
+            "delayed job lateness p99 at 1,000/s",
+            l.p99_ms as f64,
+            50.0,
+            "ms",
+        ));
+    }
+    for idle in &q.idle {
+        targets.push(at_most(
+            &format!(
+                "idle Redis commands/s per process, {} process{}",
+                idle.processes,
+                if idle.processes == 1 { "" } else { "es" }
+            ),
+            idle.per_process_per_s,
+            5.0,
+            "/s",
         ));
     }
     targets
@@ -615,19 +662,7 @@ pub fn markdown(r: &Report) -> String {
             row.sessions_first_hour
         ));
     }
-    md.push_str(
-        "\nTargets:\n\n| target | bound | measured | met | margin |\n|---|---|---|---|---|\n",
-    );
-    for t in &r.targets {
-        md.push_str(&format!(
-            "| {} | {} | {} | {} | {} |\n",
-            t.name,
-            t.target,
-            t.measured,
-            if t.met { "yes" } else { "**no**" },
-            t.margin
-        ));
-    }
+    md.push_str(&targets_markdown(&r.targets));
     if let Some(q) = &r.queue {
         md.push('\n');
         md.push_str(&crate::queue::markdown(q));

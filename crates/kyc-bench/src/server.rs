@@ -96,6 +96,20 @@ pub async fn commands_since_reset(
 pub async fn command_calls_since_reset(
     conn: &mut impl redis::aio::ConnectionLike,
 ) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut calls = raw_command_calls(conn).await?;
+    calls.retain(|name, _| {
+        !matches!(
+            name.as_str(),
+            "info" | "config" | "flushall" | "ping" | "client|setinfo" | "hello" | "client|setname"
+        )
+    });
+    Ok(calls)
+}
+
+/// Calls per command (scripted ones included) since the last RESETSTAT, every command.
+pub async fn raw_command_calls(
+    conn: &mut impl redis::aio::ConnectionLike,
+) -> anyhow::Result<BTreeMap<String, u64>> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)
@@ -106,12 +120,6 @@ pub async fn command_calls_since_reset(
             continue;
         };
         let (name, stats) = rest.split_once(':').unwrap_or((rest, ""));
-        if matches!(
-            name,
-            "info" | "config" | "flushall" | "ping" | "client|setinfo" | "hello" | "client|setname"
-        ) {
-            continue;
-        }
         let calls = stats
             .split(',')
             .find_map(|kv| kv.strip_prefix("calls="))
