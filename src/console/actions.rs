@@ -169,16 +169,7 @@ pub async fn replay(
     headers: HeaderMap,
     Form(form): Form<ReplayForm>,
 ) -> Result<Redirect, ConsoleError> {
-    let operator = admin(&state, &headers, None)?;
-    let queue = dead_queue(&queue)?;
-    let entry = dead_entry(&form.entry_id)?;
-    if !state.queue.dead_replay(queue, entry).await? {
-        return Err(ConsoleError::NotFound(
-            "no such dead job (replayed or purged meanwhile)".into(),
-        ));
-    }
-    record(&state, "replay", &operator, &format!("{queue}/{entry}")).await?;
-    Ok(back("/console/dead", &format!("replayed 1 {queue} job")))
+    on_one_dead_job(&state, &queue, &headers, &form, DeadAction::Replay).await
 }
 
 /// A dead entry id from a form (`<ms>-<seq>`), or a 400.
@@ -202,19 +193,43 @@ pub async fn delete(
     headers: HeaderMap,
     Form(form): Form<ReplayForm>,
 ) -> Result<Redirect, ConsoleError> {
-    let operator = admin(&state, &headers, None)?;
-    let queue = dead_queue(&queue)?;
+    on_one_dead_job(&state, &queue, &headers, &form, DeadAction::Delete).await
+}
+
+/// What an operator does to one dead job.
+#[derive(Debug, Clone, Copy)]
+enum DeadAction {
+    Replay,
+    Delete,
+}
+
+/// Checks the operator and the form, acts on one dead job, logs it and goes back to the
+/// dead set; a job replayed or deleted meanwhile is a 404.
+async fn on_one_dead_job(
+    state: &AppState,
+    queue: &str,
+    headers: &HeaderMap,
+    form: &ReplayForm,
+    action: DeadAction,
+) -> Result<Redirect, ConsoleError> {
+    let operator = admin(state, headers, None)?;
+    let queue = dead_queue(queue)?;
     let entry = dead_entry(&form.entry_id)?;
-    if !state.queue.dead_delete(queue, entry).await? {
+    let done = match action {
+        DeadAction::Replay => state.queue.dead_replay(queue, entry).await?,
+        DeadAction::Delete => state.queue.dead_delete(queue, entry).await?,
+    };
+    if !done {
         return Err(ConsoleError::NotFound(
             "no such dead job (replayed or deleted meanwhile)".into(),
         ));
     }
-    record(&state, "delete", &operator, &format!("{queue}/{entry}")).await?;
-    Ok(back(
-        "/console/dead",
-        &format!("deleted 1 dead {queue} job"),
-    ))
+    let (logged, notice) = match action {
+        DeadAction::Replay => ("replay", format!("replayed 1 {queue} job")),
+        DeadAction::Delete => ("delete", format!("deleted 1 dead {queue} job")),
+    };
+    record(state, logged, &operator, &format!("{queue}/{entry}")).await?;
+    Ok(back("/console/dead", &notice))
 }
 
 /// Replays every job dead in a queue now.
