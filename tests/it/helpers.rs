@@ -6,7 +6,6 @@
 
 use std::{
     future::Future,
-    net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -47,12 +46,10 @@ pub fn init_test_logs() {
     });
 }
 
-/// A free TCP port on the loopback interface.
+/// A free TCP port on the loopback interface, below the ephemeral range (see
+/// [`didit_sandbox::ports`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    didit_sandbox::ports::free_port().expect("a free port")
 }
 
 /// A private `redis-server` for one test, stopped when dropped.

@@ -28,12 +28,14 @@
 //! - `webhooks`: signed deliveries, in order per session, with Didit's retries.
 //! - `control`: the sandbox-only control actions.
 //! - `contested`: the answers Didit's sources disagree on, each selectable.
+//! - `ports`: loopback ports for the processes started beside the sandbox.
 
 #![warn(missing_docs)]
 
 mod contested;
 mod control;
 mod limits;
+pub mod ports;
 mod routes;
 pub mod scenarios;
 mod state;

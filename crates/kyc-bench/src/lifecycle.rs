@@ -52,7 +52,7 @@ use crate::{
         redis_cpu_seconds, used_memory, BenchRedis,
     },
 };
-use didit_sandbox::{Sandbox, SandboxConfig, SandboxHandle};
+use didit_sandbox::{ports::free_port, Sandbox, SandboxConfig, SandboxHandle};
 use kyc_worker::{
     domain::StartRequest,
     jobs::StartKyc,
@@ -313,12 +313,6 @@ struct Fleet {
     workers: Workers,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// The fleet's settings for a run, as the `KYC__…` variables a child process gets.
 fn fleet_env(
     redis_url: &str,
@@ -386,7 +380,7 @@ impl Fleet {
         variant: &Variant,
     ) -> anyhow::Result<Self> {
         let ports = (0..shape.processes)
-            .map(|_| free_port())
+            .map(|_| Ok(free_port()?))
             .collect::<anyhow::Result<Vec<u16>>>()?;
         let mut config = SandboxConfig::for_tests(shape.complete_after);
         config.latency = shape.latency;

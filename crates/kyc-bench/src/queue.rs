@@ -350,9 +350,7 @@ async fn run_idle(url: &str, processes: usize, seconds: u64) -> anyhow::Result<I
     flush(&mut admin).await?;
     let mut children = Vec::with_capacity(processes);
     for _ in 0..processes {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = didit_sandbox::ports::free_port()?;
         let env: Vec<(String, String)> = [
             ("KYC__REDIS__URL", url.to_owned()),
             ("KYC__REDIS__PREFIX", "kyc".to_owned()),

@@ -19,9 +19,7 @@ pub struct BenchRedis {
 
 impl BenchRedis {
     pub async fn start(binary: &str) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = didit_sandbox::ports::free_port()?;
         let dir =
             std::env::temp_dir().join(format!("kyc-bench-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
