@@ -110,6 +110,29 @@ fn rules_file(dir: &tempfile::TempDir, text: &str) -> (String, String) {
     ("KYC__RULES__FILE".into(), path.display().to_string())
 }
 
+/// Poll jobs finished so far, whatever their outcome (`kyc_jobs_total{queue="poll"}`).
+async fn finished_polls(app: &TestApp) -> f64 {
+    let text = reqwest::get(app.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| l.starts_with("kyc_jobs_total{") && l.contains(r#"queue="poll""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until a poll job has finished since `before` was read: the read a refresh or a
+/// webhook asked for has been made, so whatever it would publish has been published.
+async fn a_poll_finished_since(app: &TestApp, before: f64) {
+    eventually("a poll job finishes", DEADLINE, || async {
+        (finished_polls(app).await > before).then_some(())
+    })
+    .await;
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -182,9 +205,10 @@ async fn a_cli_resubmission_is_announced_emailed_and_a_second_declined_is_a_new_
         "the deadline follows Didit's restarted window: {deadline_before} → {deadline_after}"
     );
     // Read again (a duplicate webhook, a sweep): nothing new.
+    let polls = finished_polls(&app).await;
     let out = app.cli(&["session", "refresh", &rid]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    a_poll_finished_since(&app, polls).await;
     assert_eq!(
         events_of(&app, &rid, "kyc.session.decided").await.len(),
         2,
@@ -395,6 +419,7 @@ async fn cancel_keeps_a_settled_outcome_and_a_cancelled_review_leaves_the_queue_
             .unwrap_or(0)
     };
     let accepted = count(&metrics().await, "accepted");
+    let polls = finished_polls(&app).await;
     app.sandbox_control(json!({"action": "set_status", "session_id": sid, "status": "Approved"}))
         .await;
     eventually("the webhook is accepted", DEADLINE, || async {
@@ -403,7 +428,8 @@ async fn cancel_keeps_a_settled_outcome_and_a_cancelled_review_leaves_the_queue_
     })
     .await;
     assert_eq!(count(&metrics().await, "error"), 0);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The decision read the webhook asked for has been made: nothing is still on its way.
+    a_poll_finished_since(&app, polls).await;
     assert!(
         events_of(&app, &held, "kyc.session.decided")
             .await
