@@ -6,6 +6,7 @@
 
 mod batch;
 mod didit;
+mod events;
 mod queue;
 mod rules;
 mod run;
@@ -63,6 +64,8 @@ pub enum Command {
     Rules(rules::RulesArgs),
     /// Services that receive outcome events over HTTP: list, enable, replay
     Subscribers(subscribers::SubscribersArgs),
+    /// The outcome events as consumers see them (`events tail`), from every partition
+    Events(events::EventsArgs),
 }
 
 /// Why a command stopped: decides the exit code.
@@ -166,6 +169,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let settings = Settings::load()?;
             let _tracing = init_logs(&settings)?;
             run::erase(&vendor_data, &settings).await
+        }
+        Command::Events(args) => {
+            let settings = Settings::load()?;
+            let _tracing = init_logs(&settings)?;
+            events::run(args, &settings).await
         }
         Command::Session(args) => {
             let settings = Settings::load()?;

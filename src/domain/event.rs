@@ -256,6 +256,18 @@ pub fn event_id(
     Uuid::new_v5(&EVENT_NAMESPACE, name.as_bytes())
 }
 
+/// Unix ms as RFC 3339 in UTC with milliseconds.
+pub fn rfc3339(ms: u64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

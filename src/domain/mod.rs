@@ -13,7 +13,7 @@ pub use address::TrustedProxies;
 /// Didit's vocabulary, owned by the SDK: the ten session statuses, and why an account's calls
 /// are paused.
 pub use didit::{AccountPause, SessionStatus};
-pub use event::{event_id, Decider, EventStatus, EventType, FailureReason, OutcomeEvent};
+pub use event::{event_id, rfc3339, Decider, EventStatus, EventType, FailureReason, OutcomeEvent};
 pub use request::{
     first_problem, validate_vendor_data, Admission, ContactDetails, ExpectedDetails, IntakeLimits,
     Refusal, RequestError, RequestFingerprint, RequestId, StartRequest,

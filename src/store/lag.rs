@@ -49,7 +49,7 @@ struct GroupInfo {
 
 impl Store {
     /// The streams that make up the outcome stream (its partitions, when it has several).
-    pub(super) fn event_streams(&self) -> Vec<String> {
+    pub fn event_streams(&self) -> Vec<String> {
         vec![self.events_key()]
     }
 

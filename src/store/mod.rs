@@ -22,7 +22,8 @@
 //! - `console`: what the operator console reads beside those (review queue, heartbeats,
 //!   the console's own log);
 //! - `subscribers`: the delivery bridge's reading of the outcome stream, each subscriber's
-//!   delivery state, the disabled set and the pending index behind the delivery lag.
+//!   delivery state, the disabled set and the pending index behind the delivery lag;
+//! - `tail`: the outcome stream read back for operators, partition by partition.
 //!
 //! Request ids may be the caller's own identifiers, so key names carry a hash of them,
 //! never the id itself; nothing here puts personal data in a key name.
@@ -38,6 +39,9 @@ mod pause;
 mod requests;
 mod sessions;
 mod subscribers;
+mod tail;
+
+pub use tail::{merge as merge_events, StoredEvent};
 
 use crate::queue::RedisConnection;
 use sha2::{Digest, Sha256};

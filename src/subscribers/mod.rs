@@ -21,7 +21,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use serde_json::{json, Value};
 
 use crate::{
-    domain::{check_literal, signature_header, Refused},
+    domain::{check_literal, rfc3339, signature_header, Refused},
     settings::Subscriber,
 };
 
@@ -160,18 +160,6 @@ pub fn payload(fields: &HashMap<String, String>, event_ms: u64) -> Result<Value,
             "data": data,
         },
     }))
-}
-
-/// Unix ms as RFC 3339 in UTC with milliseconds.
-fn rfc3339(ms: u64) -> String {
-    let nanos = i128::from(ms) * 1_000_000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ mod cli;
 mod compliance;
 mod console;
 mod edges;
+mod events;
 mod helpers;
 mod hostile;
 mod layers;
