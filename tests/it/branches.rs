@@ -112,12 +112,7 @@ fn rules_file(dir: &tempfile::TempDir, text: &str) -> (String, String) {
 
 /// Poll jobs finished so far, whatever their outcome (`kyc_jobs_total{queue="poll"}`).
 async fn finished_polls(app: &TestApp) -> f64 {
-    let text = reqwest::get(app.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = app.metrics().await;
     text.lines()
         .filter(|l| l.starts_with("kyc_jobs_total{") && l.contains(r#"queue="poll""#))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -403,14 +398,6 @@ async fn cancel_keeps_a_settled_outcome_and_a_cancelled_review_leaves_the_queue_
     let status = console_post(&app, &format!("/console/reviews/{sid}"), "bob", "approve").await;
     assert_eq!(status, 409);
     // ... and Didit's webhook for a later change is accepted, not sent back for a retry.
-    let metrics = || async {
-        reqwest::get(app.url("/metrics"))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text")
-    };
     let count = |text: &str, result: &str| -> u64 {
         let series = format!("kyc_webhooks_total{{result=\"{result}\"}} ");
         text.lines()
@@ -418,16 +405,16 @@ async fn cancel_keeps_a_settled_outcome_and_a_cancelled_review_leaves_the_queue_
             .and_then(|n| n.trim().parse().ok())
             .unwrap_or(0)
     };
-    let accepted = count(&metrics().await, "accepted");
+    let accepted = count(&app.metrics().await, "accepted");
     let polls = finished_polls(&app).await;
     app.sandbox_control(json!({"action": "set_status", "session_id": sid, "status": "Approved"}))
         .await;
     eventually("the webhook is accepted", DEADLINE, || async {
-        let text = metrics().await;
+        let text = app.metrics().await;
         (count(&text, "accepted") > accepted).then_some(())
     })
     .await;
-    assert_eq!(count(&metrics().await, "error"), 0);
+    assert_eq!(count(&app.metrics().await, "error"), 0);
     // The decision read the webhook asked for has been made: nothing is still on its way.
     a_poll_finished_since(&app, polls).await;
     assert!(

@@ -219,12 +219,7 @@ async fn without_the_admin_token_the_console_is_read_only_and_masks_pii() {
             .any(|e| e["decided_by"].starts_with("operator:")),
         "an unauthorised action reached the pipeline"
     );
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = app.metrics().await;
     assert!(metrics.contains("kyc_console_login_failures_total{reason=\"wrong_token\"} 1"));
     assert!(metrics.contains("kyc_console_actions_total{action=\"approve\"} 0"));
     app.stop().await;
@@ -1113,12 +1108,7 @@ async fn replay_all_and_purge_work_the_dead_set_and_are_logged() {
     let (_, overview) = get_page(&app, "/console/", None).await;
     assert!(overview.contains("replay_all"), "{overview}");
     assert!(overview.contains("operator (2 jobs)"), "{overview}");
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = app.metrics().await;
     assert!(metrics.contains("kyc_console_actions_total{action=\"replay_all\"} 1"));
     assert!(metrics.contains("kyc_console_actions_total{action=\"purge\"} 1"));
     app.stop().await;
@@ -1189,12 +1179,7 @@ async fn an_admin_action_without_a_valid_operator_name_is_refused_and_changes_no
     assert!(reviews.contains(&format!("review-{sid}")), "{reviews}");
     let (_, overview) = get_page(&app, "/console/", Some(ADMIN_TOKEN)).await;
     assert!(!overview.contains("id=\"actions\""), "logged: {overview}");
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = app.metrics().await;
     for action in ["purge", "replay_all", "approve"] {
         assert!(
             metrics.contains(&format!(

@@ -310,6 +310,16 @@ impl TestApp {
         assert!(status.is_success(), "sandbox control {body} → {status}");
     }
 
+    /// The fleet's `/metrics` page, as Prometheus scrapes it.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .expect("scrape /metrics")
+            .text()
+            .await
+            .expect("the /metrics text")
+    }
+
     /// Runs the `kyc-worker` binary with this app's settings (e.g. an operator command).
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(kyc_worker_binary())

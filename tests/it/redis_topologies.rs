@@ -423,12 +423,7 @@ async fn the_pipeline_runs_under_the_minimal_acl_user() {
     let decided = wait_decided(&app, 20, Duration::from_secs(30)).await;
 
     assert!(decided.values().all(|n| *n == 1), "{decided:?}");
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("kyc_redis_eviction_policy_ok 1"),
         "INFO is allowed to the minimal user"

@@ -167,12 +167,7 @@ async fn run_flow(app: &TestApp, format: &str, log: &Path, first: usize) -> (Str
         .send()
         .await
         .expect("webhook");
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics().await;
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

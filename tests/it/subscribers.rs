@@ -249,12 +249,7 @@ fn rfc3339(ms: u64) -> String {
 
 /// The value of a metric series on `/metrics`.
 async fn metric(app: &TestApp, series: &str) -> f64 {
-    let text = reqwest::get(app.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = app.metrics().await;
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
         .unwrap_or(0.0)
