@@ -1005,7 +1005,7 @@ async fn chaos_during_an_outage_of_500s_lookups_keep_to_the_low_priority_share_o
     let (window_ms, low_share) = (2000, 20);
     let app = spawn_app(sessions_that_stay_open(&[
         ("KYC__RATELIMIT__WINDOW", "2s"),
-        ("KYC__RATELIMIT__MARGIN", "200ms"),
+        ("KYC__RATELIMIT__MARGIN", "500ms"),
         ("KYC__RATELIMIT__GET", "40"),
         ("KYC__RATELIMIT__LOW_SHARE", "0.5"),
     ]))
