@@ -790,3 +790,341 @@ async fn chaos_an_ambiguous_create_waits_the_request_timeout_before_its_lookup()
     );
     app.stop().await;
 }
+
+/// One API call as the sandbox received it (`GET /sandbox/calls`).
+#[derive(Debug, Clone)]
+struct DiditCall {
+    endpoint: String,
+    /// Unix ms of its arrival at the sandbox.
+    at: u64,
+    vendor_data: Option<String>,
+}
+
+async fn didit_calls(app: &TestApp) -> Vec<DiditCall> {
+    app.sandbox_calls()
+        .await
+        .iter()
+        .map(|c| DiditCall {
+            endpoint: c["endpoint"].as_str().unwrap_or_default().to_owned(),
+            at: c["received_ms"].as_u64().unwrap_or_default(),
+            vendor_data: c["vendor_data"].as_str().map(str::to_owned),
+        })
+        .collect()
+}
+
+/// The arrival times of one endpoint's calls (for one person, when given), oldest first.
+fn arrivals(calls: &[DiditCall], endpoint: &str, person: Option<&str>) -> Vec<u64> {
+    calls
+        .iter()
+        .filter(|c| c.endpoint == endpoint)
+        .filter(|c| person.is_none_or(|p| c.vendor_data.as_deref() == Some(p)))
+        .map(|c| c.at)
+        .collect()
+}
+
+/// The most of `times` (sorted) inside any window of `window` ms.
+fn peak_in_window(times: &[u64], window: u64) -> usize {
+    times
+        .iter()
+        .enumerate()
+        .map(|(i, start)| {
+            times[i..]
+                .iter()
+                .take_while(|t| **t < start + window)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Each request's `vendor_data` → its intent's time (`intent_at_ms`, Unix ms): when the
+/// worker recorded that a create was about to leave.
+async fn intents(app: &TestApp) -> HashMap<String, u64> {
+    let mut c = app.redis.connection().await;
+    let keys: Vec<String> = redis::AsyncCommands::keys(&mut c, "kyc:request:*")
+        .await
+        .expect("request keys");
+    let mut intents = HashMap::new();
+    for key in keys.iter().filter(|k| !k.ends_with(":lock")) {
+        let (person, at): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+            .arg(key)
+            .arg("vendor_data")
+            .arg("intent_at_ms")
+            .query_async(&mut c)
+            .await
+            .expect("request record");
+        if let (Some(person), Some(at)) = (person, at) {
+            intents.insert(person, at);
+        }
+    }
+    intents
+}
+
+/// Sessions stay `Not Started` through the late-create and outage scenarios: no webhook
+/// can announce (and adopt) a session before the start job's own lookup finds it.
+fn sessions_that_stay_open(env: &[(&str, &str)]) -> AppOptions {
+    AppOptions {
+        complete_after: Duration::from_secs(120),
+        env: env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// One Didit session per request: every person's create reached Didit, none was answered
+/// with a session Didit already had (its reuse), and each request announced its own.
+async fn assert_one_session_each(app: &TestApp, name: &str, n: usize) -> Vec<DiditCall> {
+    let stats = app.sandbox_stats().await;
+    assert_eq!(
+        stats["sessions_created"], n,
+        "[chaos {name}] sessions: {stats}"
+    );
+    assert_eq!(
+        stats["sessions_reused"], 0,
+        "[chaos {name}] a create was sent again for a session Didit had made"
+    );
+    let calls = didit_calls(app).await;
+    for i in 0..n {
+        let person = format!("{name}-user-{i}");
+        assert!(
+            !arrivals(&calls, "session_create", Some(&person)).is_empty(),
+            "[chaos {name}] {person}: no create reached Didit"
+        );
+    }
+    let sessions: std::collections::HashSet<String> = app
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "kyc.session.created")
+        .map(|e| e["session_id"].clone())
+        .collect();
+    assert_eq!(sessions.len(), n, "[chaos {name}] one session per request");
+    calls
+}
+
+#[tokio::test]
+async fn chaos_a_create_didit_answers_after_the_request_timeout_is_found_not_created_again() {
+    // Arrange: a request timeout of 1 s; Didit stores each session (listed at once) but
+    // answers its create only after 3 s, so the worker gives up on every create Didit
+    // carried out.
+    let timeout = Duration::from_secs(1);
+    let app = spawn_app(sessions_that_stay_open(&[(
+        "KYC__DIDIT__REQUEST_TIMEOUT",
+        "1s",
+    )]))
+    .await;
+    app.sandbox_control(serde_json::json!({
+        "action": "answer_creates_late", "count": LOOKUP_SESSIONS, "ms": 3000,
+    }))
+    .await;
+
+    // Act
+    enqueue_few(&app, "late", LOOKUP_SESSIONS).await;
+    app.wait_events("kyc.session.created", LOOKUP_SESSIONS)
+        .await;
+
+    // Assert: each person's one create was found by a lookup sent no sooner than the
+    // request timeout after the create reached Didit.
+    let calls = assert_one_session_each(&app, "late", LOOKUP_SESSIONS).await;
+    for i in 0..LOOKUP_SESSIONS {
+        let person = format!("late-user-{i}");
+        let creates = arrivals(&calls, "session_create", Some(&person));
+        assert_eq!(creates.len(), 1, "{person}: created again: {creates:?}");
+        let lookups = arrivals(&calls, "session_list", Some(&person));
+        let first = *lookups.first().expect("a lookup found the session");
+        let after = Duration::from_millis(first.saturating_sub(creates[0]));
+        assert!(
+            first >= creates[0] + timeout.as_millis() as u64,
+            "{person}: looked up {after:?} after its create (request timeout {timeout:?})"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn chaos_a_create_cut_off_after_didit_stored_it_is_looked_up_only_after_the_request_timeout()
+{
+    // Arrange: Didit stores each session, then breaks the connection before the answer's
+    // body; the request timeout (7 s) is longer than the 4-6 s wait after a transport
+    // failure, so only the ambiguous-create floor keeps the lookup back.
+    let timeout = Duration::from_secs(7);
+    let app = spawn_app(sessions_that_stay_open(&[(
+        "KYC__DIDIT__REQUEST_TIMEOUT",
+        "7s",
+    )]))
+    .await;
+    app.sandbox_control(serde_json::json!({
+        "action": "answer_creates_late", "count": LOOKUP_SESSIONS, "reset": true,
+    }))
+    .await;
+
+    // Act
+    enqueue_few(&app, "cutoff", LOOKUP_SESSIONS).await;
+    app.wait_events("kyc.session.created", LOOKUP_SESSIONS)
+        .await;
+
+    // Assert: one create each, left after its intent; the lookup that found it came no
+    // sooner than the request timeout after that intent.
+    let calls = assert_one_session_each(&app, "cutoff", LOOKUP_SESSIONS).await;
+    let intents = intents(&app).await;
+    let mut closest = Duration::MAX;
+    for i in 0..LOOKUP_SESSIONS {
+        let person = format!("cutoff-user-{i}");
+        let intent = intents[&person];
+        let creates = arrivals(&calls, "session_create", Some(&person));
+        assert_eq!(creates.len(), 1, "{person}: created again: {creates:?}");
+        assert!(creates[0] >= intent, "{person}: a create before its intent");
+        let first = *arrivals(&calls, "session_list", Some(&person))
+            .first()
+            .expect("a lookup found the session");
+        assert!(
+            first >= intent + timeout.as_millis() as u64,
+            "{person}: looked up {}ms after its intent (request timeout {timeout:?})",
+            first.saturating_sub(intent)
+        );
+        closest = closest.min(Duration::from_millis(first.saturating_sub(creates[0])));
+    }
+    eprintln!(
+        "[chaos cutoff] earliest lookup {:.2}s after its create (request timeout {:.0}s)",
+        closest.as_secs_f64(),
+        timeout.as_secs_f64()
+    );
+    app.stop().await;
+}
+
+/// Start jobs waiting through an outage.
+const OUTAGE_JOBS: usize = 40;
+
+#[tokio::test]
+async fn chaos_during_an_outage_of_500s_lookups_keep_to_the_low_priority_share_of_reads() {
+    // Arrange: a GET budget of 40 per 2 s window, of which low-priority work (lookups) may
+    // use half. Didit answers every call 500, so every create is ambiguous and every retry
+    // is a lookup: 40 of them due within the same 2 s (4-6 s after the creates failed).
+    let (window_ms, low_share) = (2000, 20);
+    let app = spawn_app(sessions_that_stay_open(&[
+        ("KYC__RATELIMIT__WINDOW", "2s"),
+        ("KYC__RATELIMIT__MARGIN", "500ms"),
+        ("KYC__RATELIMIT__GET", "40"),
+        ("KYC__RATELIMIT__LOW_SHARE", "0.5"),
+    ]))
+    .await;
+    app.sandbox_control(serde_json::json!({"action": "set_error_rate", "rate": 1.0}))
+        .await;
+
+    // Act: the outage lasts until the jobs have looked up two shares' worth; then Didit
+    // recovers and every request gets its session.
+    enqueue_few(&app, "outage", OUTAGE_JOBS).await;
+    eventually(
+        "lookups during the outage",
+        Duration::from_secs(30),
+        || async {
+            let lookups = arrivals(&didit_calls(&app).await, "session_list", None).len();
+            (lookups >= 2 * low_share).then_some(())
+        },
+    )
+    .await;
+    app.sandbox_control(serde_json::json!({"action": "set_error_rate", "rate": 0.0}))
+        .await;
+    app.wait_events("kyc.session.created", OUTAGE_JOBS).await;
+
+    // Assert: in no window did lookups take more than their share, though they wanted the
+    // whole budget; the failed creates were not repeated blindly.
+    let calls = assert_one_session_each(&app, "outage", OUTAGE_JOBS).await;
+    let lookups = arrivals(&calls, "session_list", None);
+    let peak = peak_in_window(&lookups, window_ms);
+    eprintln!(
+        "[chaos outage 500] lookups={} peak_in_{window_ms}ms={peak} (share {low_share})",
+        lookups.len()
+    );
+    assert!(
+        peak <= low_share,
+        "{peak} lookups in one {window_ms} ms window; their share is {low_share}"
+    );
+    assert!(
+        peak >= low_share / 2,
+        "lookups never pressed on their share ({peak}): the scenario tests nothing"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn chaos_during_a_429_outage_creates_cost_no_lookup_and_a_retry_after_expiry_releases_jobs_spread_out(
+) {
+    // Arrange: Didit answers every call 429 with `Retry-After: 2`; every refused create
+    // pauses creates fleet-wide for 2 s.
+    let retry_after_ms = 2000;
+    let jitter_window_ms = retry_after_ms / 2;
+    let app = spawn_app(sessions_that_stay_open(&[])).await;
+    app.sandbox_control(serde_json::json!({
+        "action": "set_error_rate", "rate": 1.0, "status": 429, "retry_after_s": 2,
+    }))
+    .await;
+    let delayed = kyc_worker::queue::QueueKeys::new("kyc", "start").delayed;
+    let mut c = app.redis.connection().await;
+
+    // Act: Didit throttles through at least three `Retry-After` expiries after the first
+    // wave of creates; meanwhile the due times of the waiting jobs are sampled.
+    enqueue_few(&app, "throttled-outage", OUTAGE_JOBS).await;
+    let mut widest_ms = 0;
+    let until = Instant::now() + Duration::from_secs(30);
+    let released = loop {
+        let due: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(&delayed)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut c)
+            .await
+            .expect("delayed start jobs");
+        if due.len() >= OUTAGE_JOBS / 2 {
+            let times: Vec<u64> = due.iter().map(|(_, at)| *at as u64).collect();
+            let spread = times.iter().max().unwrap_or(&0) - times.iter().min().unwrap_or(&0);
+            widest_ms = widest_ms.max(spread);
+        }
+        let creates = arrivals(&didit_calls(&app).await, "session_create", None);
+        let first = creates.first().copied().unwrap_or(u64::MAX);
+        // The first wave: creates sent before the first 429 paused the fleet.
+        let later: Vec<u64> = creates
+            .iter()
+            .copied()
+            .filter(|t| *t >= first.saturating_add(retry_after_ms / 2))
+            .collect();
+        if later.len() >= 3 && later.last() >= Some(&(first + 3 * retry_after_ms)) {
+            break later;
+        }
+        assert!(
+            Instant::now() < until,
+            "three Retry-After expiries within 30 s (creates: {creates:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    app.sandbox_control(serde_json::json!({"action": "set_error_rate", "rate": 0.0}))
+        .await;
+    app.wait_events("kyc.session.created", OUTAGE_JOBS).await;
+
+    // Assert: no lookup (a 429 is refused unprocessed); the waiting jobs' retries were
+    // spread over the jitter window, and each expiry let a few creates through, not all.
+    let calls = assert_one_session_each(&app, "throttled-outage", OUTAGE_JOBS).await;
+    assert_eq!(
+        arrivals(&calls, "session_list", None).len(),
+        0,
+        "a create Didit throttled needs no lookup"
+    );
+    let burst = peak_in_window(&released, 100);
+    eprintln!(
+        "[chaos outage 429] creates after the first wave={} largest burst in 100ms={burst} \
+         widest spread of due times={widest_ms}ms (jitter window {jitter_window_ms}ms)",
+        released.len()
+    );
+    assert!(
+        widest_ms >= jitter_window_ms / 4,
+        "the waiting jobs were due within {widest_ms} ms of each other: released together"
+    );
+    assert!(
+        burst <= OUTAGE_JOBS / 8,
+        "{burst} creates reached Didit within 100 ms after a Retry-After expiry"
+    );
+    app.stop().await;
+}

@@ -299,6 +299,18 @@ impl TestApp {
             .expect("stats json")
     }
 
+    /// The sandbox's log of API calls (`GET /sandbox/calls`), oldest first.
+    pub async fn sandbox_calls(&self) -> Vec<serde_json::Value> {
+        let log: serde_json::Value =
+            reqwest::get(format!("{}sandbox/calls", self.sandbox.base_url()))
+                .await
+                .expect("calls")
+                .json()
+                .await
+                .expect("calls json");
+        log["calls"].as_array().cloned().unwrap_or_default()
+    }
+
     pub async fn sandbox_control(&self, body: serde_json::Value) {
         let status = reqwest::Client::new()
             .post(format!("{}sandbox/control", self.sandbox.base_url()))

@@ -1088,3 +1088,136 @@ async fn a_session_link_from_the_sandbox_opens_a_page_of_the_sandbox() {
     assert_eq!(unknown, StatusCode::NOT_FOUND);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_create_answered_late_or_cut_off_is_stored_and_listed_and_an_outage_answers_its_status() {
+    let sandbox = start(Duration::from_secs(60)).await;
+    let mut config = {
+        let env = HashMap::from([
+            (
+                "KYC__DIDIT__BASE_URL".to_owned(),
+                sandbox.base_url().to_string(),
+            ),
+            ("KYC__DIDIT__API_KEY".to_owned(), "sandbox".to_owned()),
+        ]);
+        Settings::load_from(&Sources {
+            config_dir: Some(PathBuf::from("/nonexistent")),
+            env: Some(env),
+        })
+        .expect("settings for the sandbox")
+        .didit
+        .client_config()
+    };
+    config.request_timeout = Duration::from_millis(300);
+    let client = DiditClient::new(&config).expect("a client");
+
+    // A create answered after the client's timeout: the client sees a timeout, Didit has
+    // the session and lists it.
+    control(
+        &sandbox,
+        json!({"action": "answer_creates_late", "count": 1, "ms": 1500}),
+    )
+    .await;
+    let slow = client
+        .create_session(&session("late-1", "approve"))
+        .await
+        .expect_err("answered after the timeout");
+    assert!(slow.is_retryable() && !slow.was_not_processed(), "{slow:?}");
+    // A create whose connection breaks after the session was stored.
+    control(
+        &sandbox,
+        json!({"action": "answer_creates_late", "count": 1, "reset": true}),
+    )
+    .await;
+    let cut = client
+        .create_session(&session("late-2", "approve"))
+        .await
+        .expect_err("connection broken");
+    assert!(
+        matches!(cut.kind, didit::DiditErrorKind::Transport(_)) && !cut.was_not_processed(),
+        "{cut:?}"
+    );
+    for person in ["late-1", "late-2"] {
+        let page = client
+            .list_sessions(&didit::types::SessionQuery {
+                vendor_data: Some(person.to_owned()),
+                ..Default::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(page.results.len(), 1, "{person}'s session is listed");
+    }
+    // The fault covered one create each: the next is answered at once.
+    client
+        .create_session(&session("late-3", "approve"))
+        .await
+        .expect("answered in time");
+
+    // An outage: every call answers the chosen status, with `Retry-After` when asked.
+    control(
+        &sandbox,
+        json!({"action": "set_error_rate", "rate": 1.0, "status": 429, "retry_after_s": 2}),
+    )
+    .await;
+    let throttled = client
+        .list_sessions(&Default::default())
+        .await
+        .expect_err("throttled");
+    assert_eq!(throttled.status(), Some(429));
+    assert_eq!(throttled.retry_after(), Some(Duration::from_secs(2)));
+    control(&sandbox, json!({"action": "set_error_rate", "rate": 1.0})).await;
+    let down = client
+        .list_sessions(&Default::default())
+        .await
+        .expect_err("down");
+    assert_eq!((down.status(), down.retry_after()), (Some(500), None));
+    control(&sandbox, json!({"action": "set_error_rate", "rate": 0.0})).await;
+
+    // The call log has every call, in arrival order, with the person it concerned.
+    let log: Value = reqwest::get(format!("{}sandbox/calls", sandbox.base_url()))
+        .await
+        .expect("calls")
+        .json()
+        .await
+        .expect("calls json");
+    let calls = log["calls"].as_array().expect("calls");
+    let seen: Vec<(&str, u64, Option<&str>)> = calls
+        .iter()
+        .map(|c| {
+            (
+                c["endpoint"].as_str().unwrap_or_default(),
+                c["status"].as_u64().unwrap_or_default(),
+                c["vendor_data"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("session_create", 201, Some("late-1")),
+            ("session_create", 201, Some("late-2")),
+            ("session_list", 200, Some("late-1")),
+            ("session_list", 200, Some("late-2")),
+            ("session_create", 201, Some("late-3")),
+            ("session_list", 429, None),
+            ("session_list", 500, None),
+        ]
+    );
+    let times: Vec<u64> = calls
+        .iter()
+        .filter_map(|c| c["received_ms"].as_u64())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert_eq!(stats(&sandbox).await["sessions_created"], 3);
+
+    // A late answer needs either a delay or a reset; an outage a 429 or 5xx status.
+    for bad in [
+        json!({"action": "answer_creates_late", "count": 1}),
+        json!({"action": "answer_creates_late", "count": 1, "ms": 10, "reset": true}),
+        json!({"action": "set_error_rate", "rate": 1.0, "status": 404}),
+        json!({"action": "set_error_rate", "rate": 1.0, "retry_after_s": 0}),
+    ] {
+        let (status, body) = control_answer(&sandbox, &bad).await;
+        assert_eq!(status, 400, "{bad} accepted: {body}");
+    }
+}

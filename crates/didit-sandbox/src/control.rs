@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{
     contested::{DeleteStatus, SameStatus, WrongKeyStatus},
-    limits::{Limit, LimitSpec, RateScope, ENDPOINT_NAMES},
+    limits::{Injected, LateAnswer, Limit, LimitSpec, RateScope, ENDPOINT_NAMES},
     scenarios::{self, Scenario, Subject},
     state::{Inner, Shared, Step},
 };
@@ -27,6 +27,7 @@ const ACTIONS: &[&str] = &[
     "set_latency",
     "set_error_rate",
     "fail_next",
+    "answer_creates_late",
     "complete_session",
     "set_status",
     "set_scenario",
@@ -90,10 +91,30 @@ fn apply(inner: &mut Inner, action: &str, r: &Value) -> Result<(), String> {
         }
         "set_latency" => inner.faults.latency = Duration::from_millis(number(r, "ms")?),
         "set_error_rate" => {
-            inner.faults.error_rate = r["rate"]
+            let rate = r["rate"]
                 .as_f64()
                 .filter(|rate| (0.0..=1.0).contains(rate))
                 .ok_or("\"rate\" must be a number between 0 and 1")?;
+            let status = match &r["status"] {
+                Value::Null => 500,
+                v => v
+                    .as_u64()
+                    .and_then(|s| u16::try_from(s).ok())
+                    .filter(|s| *s == 429 || (500..=599).contains(s))
+                    .ok_or("\"status\" must be 429 or a 5xx status")?,
+            };
+            let retry_after_s =
+                match &r["retry_after_s"] {
+                    Value::Null => None,
+                    v => Some(v.as_u64().filter(|s| (1..=86_400).contains(s)).ok_or(
+                        "\"retry_after_s\" must be a whole number of seconds, 1 to 86400",
+                    )?),
+                };
+            inner.faults.error_rate = rate;
+            inner.faults.outage = Injected {
+                status,
+                retry_after_s,
+            };
         }
         "fail_next" => {
             let endpoint = r["endpoint"].as_str().unwrap_or_default();
@@ -110,6 +131,20 @@ fn apply(inner: &mut Inner, action: &str, r: &Value) -> Result<(), String> {
                 .filter(|s| (400..=599).contains(s))
                 .ok_or("\"status\" must be an HTTP error status (400-599)")?;
             inner.faults.fail_next(endpoint, count, status);
+        }
+        "answer_creates_late" => {
+            let count = u32::try_from(number(r, "count")?).map_err(|_| "\"count\" is too large")?;
+            let how = match (&r["ms"], r["reset"].as_bool()) {
+                (Value::Null, Some(true)) => LateAnswer::Reset,
+                (ms, None | Some(false)) if !ms.is_null() => LateAnswer::After(
+                    ms.as_u64()
+                        .filter(|ms| *ms <= 600_000)
+                        .map(Duration::from_millis)
+                        .ok_or("\"ms\" must be a whole number of milliseconds, at most 600000")?,
+                ),
+                _ => return Err("give either \"ms\" (answer that late) or \"reset\": true".into()),
+            };
+            inner.faults.answer_creates_late(count, how);
         }
         "complete_session" => complete_session(inner, session_id(inner, r)?)?,
         "set_status" => {

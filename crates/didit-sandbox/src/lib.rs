@@ -15,10 +15,10 @@
 //! `sandbox_scenario` of the create request (see [`Scenario`]). Unfinished sessions expire at
 //! the workflow's `session_expiration_time`.
 //!
-//! Two routes exist only in the sandbox and need no API key: `GET /sandbox/stats` (request
-//! counts, peak requests per rate-limit window, webhook deliveries) and `POST /sandbox/control`
-//! (revoke the key, zero the credits, change limits and faults, drive a session) — see
-//! `docs/sandbox.md`.
+//! Three routes exist only in the sandbox and need no API key: `GET /sandbox/stats` (request
+//! counts, peak requests per rate-limit window, webhook deliveries), `GET /sandbox/calls`
+//! (the latest calls with their arrival times) and `POST /sandbox/control` (revoke the key,
+//! zero the credits, change limits and faults, drive a session) — see `docs/sandbox.md`.
 //!
 //! # Layout
 //! - `state`: sessions, workflows, the account and the session lifecycle.

@@ -1,5 +1,5 @@
-//! Didit's rate limits, the faults a test can inject, and the counters behind
-//! `GET /sandbox/stats`.
+//! Didit's rate limits, the faults a test can inject, and the counters and call log behind
+//! `GET /sandbox/stats` and `GET /sandbox/calls`.
 //!
 //! Each scope keeps the instants of the requests it admitted in its current window (a
 //! sliding window, as Didit's), so the count after each admission is the exact number of
@@ -330,14 +330,52 @@ pub const ENDPOINT_NAMES: [&str; 17] = [
     "verify_email",
 ];
 
-/// Faults a test asks for: slowness, random 500s, and failures of the next N calls.
-#[derive(Debug, Default)]
+/// Faults a test asks for: slowness, random failures (an outage at rate 1), failures of the
+/// next N calls, and creates Didit carries out but answers late or not at all.
+#[derive(Debug)]
 pub struct Faults {
     pub latency: Duration,
     pub error_rate: f64,
-    /// Endpoint name → (calls left to fail, status to answer).
+    /// What a call failed by `error_rate` is answered: a 5xx or 429, with or without
+    /// `Retry-After`.
+    pub outage: Injected,
+    /// Endpoint → (calls left to fail, status to answer).
     fail_next: HashMap<String, (u32, u16)>,
+    /// (successful creates left, how each is answered).
+    late_create: Option<(u32, LateAnswer)>,
     pub injected: u64,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            latency: Duration::ZERO,
+            error_rate: 0.0,
+            outage: Injected {
+                status: 500,
+                retry_after_s: None,
+            },
+            fail_next: HashMap::new(),
+            late_create: None,
+            injected: 0,
+        }
+    }
+}
+
+/// An injected failure: the status, and the `Retry-After` seconds it carries, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Injected {
+    pub status: u16,
+    pub retry_after_s: Option<u64>,
+}
+
+/// How a create Didit carried out (the session is stored and listed) reaches the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LateAnswer {
+    /// The answer leaves this long after the session was stored.
+    After(Duration),
+    /// The connection breaks before the body: the client never learns the session's id.
+    Reset,
 }
 
 impl Faults {
@@ -357,8 +395,24 @@ impl Faults {
         }
     }
 
-    /// The status to fail this call with, if any. `roll` is a uniform sample in [0, 1).
-    pub fn injected_failure(&mut self, endpoint: &str, roll: f64) -> Option<u16> {
+    /// The next `count` successful creates are answered as `how` says (0: none).
+    pub fn answer_creates_late(&mut self, count: u32, how: LateAnswer) {
+        self.late_create = (count > 0).then_some((count, how));
+    }
+
+    /// How this successful create is answered, when it is one of the late ones.
+    pub fn late_answer(&mut self) -> Option<LateAnswer> {
+        let (left, how) = self.late_create.as_mut()?;
+        let how = *how;
+        *left -= 1;
+        if *left == 0 {
+            self.late_create = None;
+        }
+        Some(how)
+    }
+
+    /// The failure to answer this call with, if any. `roll` is a uniform sample in [0, 1).
+    pub fn injected_failure(&mut self, endpoint: &str, roll: f64) -> Option<Injected> {
         let planned = match self.fail_next.get_mut(endpoint) {
             Some((left, status)) => {
                 let status = *status;
@@ -366,15 +420,32 @@ impl Faults {
                 if *left == 0 {
                     self.fail_next.remove(endpoint);
                 }
-                Some(status)
+                Some(Injected {
+                    status,
+                    retry_after_s: None,
+                })
             }
-            None => (roll < self.error_rate).then_some(500),
+            None => (roll < self.error_rate).then_some(self.outage),
         };
         if planned.is_some() {
             self.injected += 1;
         }
         planned
     }
+}
+
+/// The most calls `GET /sandbox/calls` keeps; older ones are dropped first.
+pub const MAX_CALLS: usize = 10_000;
+
+/// One API call as the sandbox received it, for `GET /sandbox/calls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub endpoint: &'static str,
+    pub status: u16,
+    /// Unix ms when the request arrived (before any injected latency).
+    pub received_ms: u64,
+    /// The `vendor_data` a create carried or a session list filtered on.
+    pub vendor_data: Option<String>,
 }
 
 /// Per-endpoint counters.
@@ -384,6 +455,8 @@ pub struct Stats {
     responses: BTreeMap<String, BTreeMap<u16, u64>>,
     pub sessions_created: u64,
     pub sessions_reused: u64,
+    /// The latest API calls, oldest first, at most [`MAX_CALLS`].
+    calls: VecDeque<Call>,
     /// The e-mails Didit would have sent (update-status with `send_email`), oldest first:
     /// `{"session_id", "status", "email_address", "email_language"}`.
     pub emails: Vec<Value>,
@@ -399,8 +472,32 @@ impl Stats {
             .or_default() += 1;
     }
 
+    pub fn log(&mut self, call: Call) {
+        if self.calls.len() >= MAX_CALLS {
+            self.calls.pop_front();
+        }
+        self.calls.push_back(call);
+    }
+
     pub fn reset(&mut self) {
         *self = Stats::default();
+    }
+
+    /// `GET /sandbox/calls`: the logged calls, oldest first.
+    pub fn calls_json(&self) -> Value {
+        let calls: Vec<Value> = self
+            .calls
+            .iter()
+            .map(|c| {
+                json!({
+                    "endpoint": c.endpoint,
+                    "status": c.status,
+                    "received_ms": c.received_ms,
+                    "vendor_data": c.vendor_data,
+                })
+            })
+            .collect();
+        json!({ "calls": calls })
     }
 
     pub fn to_json(&self) -> Value {
@@ -515,12 +612,54 @@ mod tests {
     fn fail_next_counts_down_before_the_random_rate() {
         let mut faults = Faults::default();
         faults.fail_next("decision", 2, 503);
-        assert_eq!(faults.injected_failure("decision", 0.9), Some(503));
+        let status = |f: Option<Injected>| f.map(|f| f.status);
+        assert_eq!(status(faults.injected_failure("decision", 0.9)), Some(503));
         assert_eq!(faults.injected_failure("session_create", 0.0), None);
-        assert_eq!(faults.injected_failure("decision", 0.9), Some(503));
+        assert_eq!(status(faults.injected_failure("decision", 0.9)), Some(503));
         assert_eq!(faults.injected_failure("decision", 0.9), None);
         faults.error_rate = 0.5;
-        assert_eq!(faults.injected_failure("decision", 0.4), Some(500));
+        assert_eq!(status(faults.injected_failure("decision", 0.4)), Some(500));
         assert_eq!(faults.injected, 3);
+    }
+
+    #[test]
+    fn an_outage_answers_its_status_and_retry_after_and_late_creates_count_down() {
+        let mut faults = Faults::new(Duration::ZERO, 1.0);
+        faults.outage = Injected {
+            status: 429,
+            retry_after_s: Some(2),
+        };
+        assert_eq!(
+            faults.injected_failure("session_list", 0.99),
+            Some(Injected {
+                status: 429,
+                retry_after_s: Some(2)
+            })
+        );
+        let late = LateAnswer::After(Duration::from_millis(1500));
+        faults.answer_creates_late(2, late);
+        assert_eq!(faults.late_answer(), Some(late));
+        assert_eq!(faults.late_answer(), Some(late));
+        assert_eq!(faults.late_answer(), None, "only the next two creates");
+        faults.answer_creates_late(3, LateAnswer::Reset);
+        faults.answer_creates_late(0, LateAnswer::Reset);
+        assert_eq!(faults.late_answer(), None, "count 0 clears the fault");
+    }
+
+    #[test]
+    fn the_call_log_keeps_the_latest_calls() {
+        let mut stats = Stats::default();
+        for i in 0..=MAX_CALLS as u64 {
+            stats.log(Call {
+                endpoint: "session_list",
+                status: 500,
+                received_ms: i,
+                vendor_data: None,
+            });
+        }
+        let calls = stats.calls_json();
+        let calls = calls["calls"].as_array().expect("calls");
+        assert_eq!(calls.len(), MAX_CALLS);
+        assert_eq!(calls[0]["received_ms"], 1, "the oldest call was dropped");
     }
 }

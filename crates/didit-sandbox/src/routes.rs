@@ -7,7 +7,10 @@
 //! faults, the API key, the rate-limit scopes of the endpoint, the handler. A handler that
 //! takes a session id runs only after `api` found that session under the same lock.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
 
 use axum::{
     body::Bytes,
@@ -22,13 +25,13 @@ use uuid::Uuid;
 use super::{
     contested::WrongKeyStatus,
     control,
-    limits::{RateLimited, RateScope},
+    limits::{Call, Injected, LateAnswer, RateLimited, RateScope},
     state::{Inner, Shared},
 };
 
 mod handlers;
 
-/// The Didit operations the sandbox serves, plus its own two routes.
+/// The Didit operations the sandbox serves, plus its own three routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     CreateSession,
@@ -49,6 +52,7 @@ pub enum Op {
     Register,
     VerifyEmail,
     Stats,
+    Calls,
     Control,
 }
 
@@ -73,6 +77,7 @@ impl Op {
             Op::Register => "register",
             Op::VerifyEmail => "verify_email",
             Op::Stats => "sandbox_stats",
+            Op::Calls => "sandbox_calls",
             Op::Control => "sandbox_control",
         }
     }
@@ -109,7 +114,7 @@ impl Op {
             | Op::UpdateWorkflow(_)
             | Op::CreateDestination
             | Op::TopUp => &[RateScope::Write],
-            Op::Register | Op::VerifyEmail | Op::Stats | Op::Control => &[],
+            Op::Register | Op::VerifyEmail | Op::Stats | Op::Calls | Op::Control => &[],
         }
     }
 }
@@ -179,6 +184,7 @@ async fn handle(
     };
     match op {
         Op::Stats => return stats(&shared),
+        Op::Calls => return json_response(StatusCode::OK, shared.lock().stats.calls_json()),
         Op::Control => {
             return match control::handle(&shared, &body) {
                 Ok(action) => json_response(StatusCode::OK, json!({"ok": true, "action": action})),
@@ -187,6 +193,7 @@ async fn handle(
         }
         _ => {}
     }
+    let received_ms = unix_ms();
     let (latency, injected) = {
         let mut inner = shared.lock();
         let roll = rand::random::<f64>();
@@ -203,16 +210,93 @@ async fn handle(
         headers: &headers,
         body: &body,
     };
-    let mut inner = shared.lock();
-    let response = match injected {
-        Some(status) => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            detail(status, "A server error occurred.")
-        }
-        None => api(&mut inner, op, &request),
+    let (response, late) = {
+        let mut inner = shared.lock();
+        let response = match injected {
+            Some(failure) => injected_response(failure),
+            None => api(&mut inner, op, &request),
+        };
+        let status = response.status().as_u16();
+        inner.stats.record(op.name(), status);
+        inner.stats.log(Call {
+            endpoint: op.name(),
+            status,
+            received_ms,
+            vendor_data: vendor_data_of(op, &request),
+        });
+        // Only a create Didit carried out can be answered late: the session is stored.
+        let late = (op == Op::CreateSession && response.status().is_success())
+            .then(|| inner.faults.late_answer())
+            .flatten();
+        (response, late)
     };
-    inner.stats.record(op.name(), response.status().as_u16());
+    match late {
+        None => response,
+        Some(LateAnswer::After(wait)) => {
+            tokio::time::sleep(wait).await;
+            response
+        }
+        Some(LateAnswer::Reset) => broken(response),
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// The `vendor_data` a create carries or a session list filters on, for the call log.
+fn vendor_data_of(op: Op, request: &Request<'_>) -> Option<String> {
+    match op {
+        Op::CreateSession => serde_json::from_slice::<Value>(request.body)
+            .ok()?
+            .get("vendor_data")?
+            .as_str()
+            .map(str::to_owned),
+        Op::ListSessions => {
+            url::form_urlencoded::parse(request.uri.query().unwrap_or_default().as_bytes())
+                .find(|(k, _)| k == "vendor_data")
+                .map(|(_, v)| v.into_owned())
+        }
+        _ => None,
+    }
+}
+
+/// An injected failure as Didit answers it: DRF's throttling message for a 429, the
+/// server-error message otherwise, with `Retry-After` when the fault carries one.
+fn injected_response(failure: Injected) -> Response {
+    let status = StatusCode::from_u16(failure.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = match (status, failure.retry_after_s) {
+        (StatusCode::TOO_MANY_REQUESTS, Some(s)) => detail(
+            status,
+            &format!("Request was throttled. Expected available in {s} seconds."),
+        ),
+        (StatusCode::TOO_MANY_REQUESTS, None) => detail(status, "Request was throttled."),
+        _ => detail(status, "A server error occurred."),
+    };
+    if let Some(value) = failure
+        .retry_after_s
+        .and_then(|s| HeaderValue::from_str(&s.to_string()).ok())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
     response
+}
+
+/// The answer's status line and headers, then a broken connection instead of its body:
+/// the client cannot read the session it asked for.
+fn broken(response: Response) -> Response {
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = futures_util::stream::once(async {
+        Err::<Bytes, _>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "the sandbox broke the connection after storing the session",
+        ))
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(body))
 }
 
 /// An early answer of a handler (a refusal), boxed because a `Response` is large.
@@ -299,6 +383,13 @@ fn resolve(method: &Method, path: &str) -> Resolved {
     if path == "/sandbox/stats" || path == "/sandbox/stats/" {
         return if method == Method::GET {
             Resolved::Op(Op::Stats)
+        } else {
+            Resolved::MethodNotAllowed
+        };
+    }
+    if path == "/sandbox/calls" || path == "/sandbox/calls/" {
+        return if method == Method::GET {
+            Resolved::Op(Op::Calls)
         } else {
             Resolved::MethodNotAllowed
         };
@@ -514,6 +605,7 @@ mod tests {
             Resolved::NotFound
         ));
         assert_eq!(op(Method::GET, "/sandbox/stats"), Some(Op::Stats));
+        assert_eq!(op(Method::GET, "/sandbox/calls"), Some(Op::Calls));
         for name in crate::limits::ENDPOINT_NAMES {
             assert!(!name.is_empty());
         }

@@ -141,7 +141,7 @@ pub fn call(inner: &mut Inner, op: Op, request: &Request<'_>) -> Response {
         Op::TopUp => top_up(inner, request),
         Op::Register => register(inner, request),
         Op::VerifyEmail => verify_email(inner, request),
-        Op::Stats | Op::Control => Ok(not_found()),
+        Op::Stats | Op::Calls | Op::Control => Ok(not_found()),
     };
     result.unwrap_or_else(|refusal| *refusal)
 }
