@@ -557,6 +557,12 @@ impl Inner {
     /// workflow with its metadata and callback overwritten (Didit's only idempotency).
     /// The bool says whether it is new.
     pub fn create_session(&mut self, new: NewSession) -> (Uuid, bool) {
+        self.create_session_as(new, Uuid::new_v4())
+    }
+
+    /// [`Inner::create_session`] with the id a new session gets: a test that restores
+    /// records of sessions created elsewhere (an earlier sandbox) seeds them by their ids.
+    pub fn create_session_as(&mut self, new: NewSession, new_id: Uuid) -> (Uuid, bool) {
         let (workflow_id, version, workflow_uuid, expiration) =
             match self.version_for(new.workflow_id) {
                 Some(w) => (w.workflow_id, w.version, w.uuid, w.session_expiration_s),
@@ -583,7 +589,7 @@ impl Inner {
             }
         }
         let now = self.now();
-        let id = Uuid::new_v4();
+        let id = new_id;
         let token = Alphanumeric.sample_string(&mut rand::rng(), 12);
         let path = match &new.language {
             Some(lang) => format!("{lang}/session/{token}"),
