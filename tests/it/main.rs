@@ -24,3 +24,4 @@ mod sandbox_schema;
 mod secrets;
 mod subscribers;
 mod traces;
+mod upgrade;

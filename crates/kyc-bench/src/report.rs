@@ -729,10 +729,11 @@ pub fn markdown(r: &Report) -> String {
     for kept in &l.kept {
         md.push_str(&format!(
             "Redis memory kept per finished session, {case} ({n} sessions decided {status} by \
-             {by}; webhooks on, one in-process application; the fleet stopped, then every key \
-             with a time to live shorter than `events.record_retention` ({days} d) deleted and \
-             the outcome stream deleted, since it is trimmed at `events.retention`, not kept per \
-             session; `used_memory` delta from the empty database / sessions): {bytes:.0} bytes. \
+             {by}; webhooks on, one in-process application; with the fleet idle, every key with \
+             a time to live shorter than `events.record_retention` ({days} d, by more than an \
+             hour) deleted and the outcome stream deleted, since it is trimmed at \
+             `events.retention`, not kept per session; `used_memory` delta from the idle fleet \
+             before the first session / sessions): {bytes:.0} bytes. \
              Kept per session: {kept_keys}. Deleted per session: {deleted_keys}. The outcome \
              stream held {stream:.0} bytes per session.\n\n",
             case = kept.case,
