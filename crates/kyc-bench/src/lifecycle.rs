@@ -107,6 +107,8 @@ pub struct LifecycleOptions {
     pub tracing_turns: usize,
     /// Sessions decided per kept-memory reading (one with no rule matched, one with).
     pub kept_sessions: usize,
+    /// Sessions of the run whose round trips `MONITOR` counts.
+    pub round_trip_sessions: usize,
 }
 
 impl LifecycleOptions {
@@ -125,6 +127,7 @@ impl LifecycleOptions {
             baseline_worker: None,
             tracing_turns: 3,
             kept_sessions: 10_000,
+            round_trip_sessions: 3_000,
         }
     }
 
@@ -135,7 +138,8 @@ impl LifecycleOptions {
             worker_jobs: 1_000,
             latency_sessions: 40,
             delivery_events: 200,
-            kept_sessions: 300,
+            kept_sessions: 200,
+            round_trip_sessions: 200,
             idle_sample: Duration::from_millis(500),
             ..Self::full(out_dir)
         }
@@ -1455,7 +1459,7 @@ pub async fn run(options: &LifecycleOptions) -> anyhow::Result<LifecycleReport> 
                 monitor: true,
                 ..Variant::default()
             },
-            options.sessions,
+            options.round_trip_sessions,
             options.idle_sample,
         )
         .await?,
