@@ -626,6 +626,25 @@ async fn every_session_of_the_layout_before_the_lifecycle_change_completes_with_
         before.len() + 3,
         "three new events, no other: {after:?}"
     );
+    // The status route reads the restored records too.
+    for (state, status) in [
+        ("waiting", "Approved"),
+        ("in_review", "Approved"),
+        ("held", "Approved"),
+        ("decided", "Approved"),
+        ("cancelled", "failed"),
+    ] {
+        let body: serde_json::Value = reqwest::Client::new()
+            .get(app.url(&format!("/v1/verifications/{}", session(state).request_id)))
+            .bearer_auth(crate::helpers::TEST_API_TOKEN)
+            .send()
+            .await
+            .expect("the status route")
+            .json()
+            .await
+            .expect("a JSON status");
+        assert_eq!(body["status"], status, "{state}: {body}");
+    }
 }
 
 #[test]
