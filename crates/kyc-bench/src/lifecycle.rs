@@ -49,8 +49,8 @@ use crate::{
     processes::{connections_to, WorkerProcess},
     profile::{ProfileSummary, Profiler},
     server::{
-        command_calls_since_reset, commands_since_reset, flush, load_average, process_cpu_seconds,
-        redis_cpu_seconds, used_memory, BenchRedis,
+        client_buffers, command_calls_since_reset, commands_since_reset, flush, load_average,
+        process_cpu_seconds, redis_cpu_seconds, used_memory, BenchRedis,
     },
 };
 use didit_sandbox::{ports::free_port, Sandbox, SandboxConfig, SandboxHandle};
@@ -265,6 +265,14 @@ pub struct KeptMemory {
     /// Keys deleted for a time to live shorter than `events.record_retention`, per session,
     /// by key pattern.
     pub keys_deleted_per_session: BTreeMap<String, f64>,
+    /// `MEMORY USAGE` of the kept keys, per session, by key pattern: what each record costs
+    /// on its own (the `used_memory` delta also holds the keyspace's own tables).
+    #[serde(default)]
+    pub bytes_kept_by_pattern: BTreeMap<String, f64>,
+    /// Of `bytes_per_session`, what the client connections' buffers grew by (they shrink
+    /// back over time; part of `used_memory`, not of the data).
+    #[serde(default)]
+    pub client_buffer_bytes_per_session: f64,
     /// Bytes of the outcome stream, deleted before the reading (it is trimmed at
     /// `events.retention`, not kept per session), per session.
     pub events_stream_bytes_per_session: f64,
@@ -946,11 +954,11 @@ async fn poll_queue_settled(queue: &Queue, limit: Duration) -> anyhow::Result<()
 
 /// Redis bytes kept per finished session: `n` sessions decided (webhooks on, one in-process
 /// application; with `rule`, the default rule pack and a scenario that rule decides), the
-/// fleet stopped, then every key whose time to live is shorter than
+/// fleet left idle, then every key whose time to live is shorter than
 /// `events.record_retention` (less [`KEPT_TTL_MARGIN`]) deleted (webhook dedupe markers, rate-limit windows, leases)
 /// and the outcome stream deleted (trimmed at `events.retention`, so not kept per session);
 /// keys without a time to live or with a longer one stay. The `used_memory` delta from the
-/// empty database, per session.
+/// idle fleet before the first session, per session.
 async fn kept_memory(
     redis: &BenchRedis,
     n: usize,
@@ -958,7 +966,6 @@ async fn kept_memory(
 ) -> anyhow::Result<KeptMemory> {
     let mut admin = kyc_worker::queue::connect(redis.url()).await?;
     flush(&mut admin).await?;
-    let before = used_memory(&mut admin).await?;
     let mut variant = Variant::default();
     if rule.is_some() {
         let pack = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/rules.toml");
@@ -979,6 +986,11 @@ async fn kept_memory(
     let queue = Queue::connect(redis.url(), &settings.redis.prefix, settings.queue.clone()).await?;
     let producer = Producer::connect(&settings).await?;
     let stream = format!("{}:events", settings.redis.prefix);
+    // Both readings with the same clients connected and idle, so their buffers and the
+    // fleet's own keys (queues, groups) are on both sides.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = used_memory(&mut admin).await?;
+    let buffers_before = client_buffers(&mut admin).await?;
     let pushed = produce_scenario(&producer, n, "kept", rule.map(|(scenario, _)| scenario)).await?;
     let mut watch = Watch::default();
     let deadline = Instant::now() + RUN_LIMIT;
@@ -998,9 +1010,6 @@ async fn kept_memory(
     // A rule's update-status comes back as a webhook and its read; let those finish.
     start_queue_drained(&queue, RUN_LIMIT).await?;
     poll_queue_settled(&queue, Duration::from_secs(10)).await?;
-    fleet.stop().await;
-    drop(producer);
-    drop(queue);
 
     let last: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
         .arg(&stream)
@@ -1032,7 +1041,8 @@ async fn kept_memory(
         .record_retention
         .saturating_sub(KEPT_TTL_MARGIN)
         .as_millis() as i64;
-    let (mut kept, mut deleted) = (BTreeMap::new(), BTreeMap::new());
+    let (mut kept, mut deleted, mut kept_bytes) =
+        (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     let mut cursor = 0u64;
     loop {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -1054,7 +1064,16 @@ async fn kept_memory(
                     .await?;
                 *deleted.entry(key_pattern(&key)).or_insert(0u64) += 1;
             } else if ttl_ms != -2 {
-                *kept.entry(key_pattern(&key)).or_insert(0u64) += 1;
+                let pattern = key_pattern(&key);
+                let bytes: Option<u64> = redis::cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(&key)
+                    .arg("SAMPLES")
+                    .arg(0)
+                    .query_async(&mut admin)
+                    .await?;
+                *kept_bytes.entry(pattern.clone()).or_insert(0u64) += bytes.unwrap_or(0);
+                *kept.entry(pattern).or_insert(0u64) += 1;
             }
         }
         cursor = next;
@@ -1067,6 +1086,10 @@ async fn kept_memory(
         .query_async::<()>(&mut admin)
         .await?;
     let after = used_memory(&mut admin).await?;
+    let buffers_after = client_buffers(&mut admin).await?;
+    fleet.stop().await;
+    drop(producer);
+    drop(queue);
     let per = |counts: BTreeMap<String, u64>| -> BTreeMap<String, f64> {
         counts
             .into_iter()
@@ -1084,6 +1107,8 @@ async fn kept_memory(
         bytes_per_session: after.saturating_sub(before) as f64 / n as f64,
         keys_kept_per_session: per(kept),
         keys_deleted_per_session: per(deleted),
+        bytes_kept_by_pattern: per(kept_bytes),
+        client_buffer_bytes_per_session: (buffers_after as f64 - buffers_before as f64) / n as f64,
         events_stream_bytes_per_session: stream_bytes.unwrap_or(0) as f64 / n as f64,
         record_retention_s: settings.events.record_retention.as_secs(),
     })

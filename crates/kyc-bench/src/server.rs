@@ -136,6 +136,16 @@ pub async fn used_memory(conn: &mut impl redis::aio::ConnectionLike) -> anyhow::
         .context("INFO memory has no used_memory")
 }
 
+/// `mem_clients_normal` of `INFO memory`: the buffers of every normal client connection,
+/// part of `used_memory`.
+pub async fn client_buffers(conn: &mut impl redis::aio::ConnectionLike) -> anyhow::Result<u64> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("mem_clients_normal:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("INFO memory has no mem_clients_normal")
+}
+
 pub async fn redis_version(conn: &mut impl redis::aio::ConnectionLike) -> String {
     let info: String = redis::cmd("INFO")
         .arg("server")
