@@ -49,7 +49,7 @@ use crate::{
     processes::{connections_to, WorkerProcess},
     profile::{ProfileSummary, Profiler},
     server::{
-        client_buffers, command_calls_since_reset, commands_since_reset, flush, load_average,
+        command_calls_since_reset, commands_since_reset, flush, load_average, memory_field,
         process_cpu_seconds, redis_cpu_seconds, used_memory, BenchRedis,
     },
 };
@@ -273,6 +273,9 @@ pub struct KeptMemory {
     /// back over time; part of `used_memory`, not of the data).
     #[serde(default)]
     pub client_buffer_bytes_per_session: f64,
+    /// The `used_memory_dataset` delta per session: the data without the server's overhead.
+    #[serde(default)]
+    pub dataset_bytes_per_session: f64,
     /// Bytes of the outcome stream, deleted before the reading (it is trimmed at
     /// `events.retention`, not kept per session), per session.
     pub events_stream_bytes_per_session: f64,
@@ -990,7 +993,8 @@ async fn kept_memory(
     // fleet's own keys (queues, groups) are on both sides.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = used_memory(&mut admin).await?;
-    let buffers_before = client_buffers(&mut admin).await?;
+    let buffers_before = memory_field(&mut admin, "mem_clients_normal").await?;
+    let dataset_before = memory_field(&mut admin, "used_memory_dataset").await?;
     let pushed = produce_scenario(&producer, n, "kept", rule.map(|(scenario, _)| scenario)).await?;
     let mut watch = Watch::default();
     let deadline = Instant::now() + RUN_LIMIT;
@@ -1086,7 +1090,8 @@ async fn kept_memory(
         .query_async::<()>(&mut admin)
         .await?;
     let after = used_memory(&mut admin).await?;
-    let buffers_after = client_buffers(&mut admin).await?;
+    let buffers_after = memory_field(&mut admin, "mem_clients_normal").await?;
+    let dataset_after = memory_field(&mut admin, "used_memory_dataset").await?;
     fleet.stop().await;
     drop(producer);
     drop(queue);
@@ -1109,6 +1114,7 @@ async fn kept_memory(
         keys_deleted_per_session: per(deleted),
         bytes_kept_by_pattern: per(kept_bytes),
         client_buffer_bytes_per_session: (buffers_after as f64 - buffers_before as f64) / n as f64,
+        dataset_bytes_per_session: (dataset_after as f64 - dataset_before as f64) / n as f64,
         events_stream_bytes_per_session: stream_bytes.unwrap_or(0) as f64 / n as f64,
         record_retention_s: settings.events.record_retention.as_secs(),
     })

@@ -315,12 +315,12 @@ pub fn lifecycle_targets(l: &LifecycleReport) -> Vec<Target> {
             "bytes",
         );
         t.why = format!(
-            "{:.1} keys kept per session: {}; `MEMORY USAGE` per session: {}; client buffers \
-             {:.0}",
+            "{:.1} keys kept per session: {}; `MEMORY USAGE` per session: {}; \
+             `used_memory_dataset` {:.0}",
             kept.keys_kept_per_session.values().sum::<f64>(),
             largest(&kept.keys_kept_per_session, 6),
             largest(&kept.bytes_kept_by_pattern, 6),
-            kept.client_buffer_bytes_per_session,
+            kept.dataset_bytes_per_session,
         );
         targets.push(t);
     }
@@ -739,7 +739,8 @@ pub fn markdown(r: &Report) -> String {
              before the first session / sessions): {bytes:.0} bytes. \
              Kept per session: {kept_keys}; their `MEMORY USAGE` per session: {kept_bytes}. \
              Deleted per session: {deleted_keys}. Client connection buffers grew by {buffers:.0} \
-             bytes per session (in `used_memory`, not data). The outcome stream held \
+             bytes per session (in `used_memory`, not data); `used_memory_dataset` (the data \
+             without the server's overhead) by {dataset:.0}. The outcome stream held \
              {stream:.0} bytes per session.\n\n",
             case = kept.case,
             n = kept.sessions,
@@ -750,6 +751,7 @@ pub fn markdown(r: &Report) -> String {
             kept_keys = largest(&kept.keys_kept_per_session, 8),
             kept_bytes = largest(&kept.bytes_kept_by_pattern, 8),
             buffers = kept.client_buffer_bytes_per_session,
+            dataset = kept.dataset_bytes_per_session,
             deleted_keys = largest(&kept.keys_deleted_per_session, 8),
             stream = kept.events_stream_bytes_per_session,
         ));
