@@ -20,6 +20,11 @@
 //! - sessions/s with 1, 2 and 4 child processes, with the cores redis-server, the workers and
 //!   the bench process (sandbox + load generator) kept busy;
 //! - Redis bytes per waiting session at 100,000 waiting;
+//! - Redis bytes kept per finished session, decided by Didit and by a rule, once every key
+//!   that lives shorter than `events.record_retention` is gone;
+//! - round trips per session: the 1-process scaling run again, its top-level commands
+//!   counted with `MONITOR` ([`super::monitor`]); with the Redis CPU and worker CPU of the
+//!   1-process scaling run, the per-session targets of the report;
 //! - a child process's resident memory with 10,000 sessions waiting and then 10,000 start
 //!   jobs in flight (each holding a Didit call open);
 //! - event → subscriber receipt p50/p99 on loopback and Redis commands per delivery (one
