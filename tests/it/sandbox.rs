@@ -1126,4 +1126,21 @@ async fn a_seeded_session_is_read_under_its_id_with_its_status_and_played_on_whe
             .is_some_and(|d| d.contains("exists already")),
         "{body}"
     );
+    // Seeds are taken as they were, even two unfinished ones of one vendor_data (a create
+    // would reuse the first).
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    for id in [first, second] {
+        control(
+            &sandbox,
+            json!({"action": "seed_session", "session_id": id, "vendor_data": "seeded-twice",
+                   "scenario": "expire"}),
+        )
+        .await;
+    }
+    for id in [first, second] {
+        assert_eq!(
+            client.decision(id).await.expect("seeded").status,
+            SessionStatus::NotStarted
+        );
+    }
 }

@@ -237,11 +237,11 @@ fn seed_session(inner: &mut Inner, r: &Value) -> Result<(), String> {
             contact_details: Value::Null,
             scenario,
         },
-        id,
+        Some(id),
     );
     if status != SessionStatus::NotStarted {
         // The scenario's data, so a decision read (and the rules) see what it would have
-        // produced; `set_status` fills in only what is still missing.
+        // produced.
         let outcome = scenarios::outcome(
             scenario,
             &Subject {
