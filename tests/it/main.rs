@@ -25,3 +25,4 @@ mod sandbox_schema;
 mod secrets;
 mod subscribers;
 mod traces;
+mod upgrade;

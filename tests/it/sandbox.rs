@@ -1221,3 +1221,59 @@ async fn a_create_answered_late_or_cut_off_is_stored_and_listed_and_an_outage_an
         assert_eq!(status, 400, "{bad} accepted: {body}");
     }
 }
+
+#[tokio::test]
+async fn a_seeded_session_is_read_under_its_id_with_its_status_and_played_on_when_not_started() {
+    let sandbox = start(Duration::from_millis(200)).await;
+    let client = client(&sandbox, "sandbox");
+    let (held, waiting) = (Uuid::new_v4(), Uuid::new_v4());
+    control(
+        &sandbox,
+        json!({"action": "seed_session", "session_id": held, "vendor_data": "seeded-held",
+               "scenario": "approve_underage", "status": "Approved"}),
+    )
+    .await;
+    control(
+        &sandbox,
+        json!({"action": "seed_session", "session_id": waiting, "vendor_data": "seeded-waiting"}),
+    )
+    .await;
+
+    let decision = client.decision(held).await.expect("the seeded session");
+    assert_eq!(decision.status, SessionStatus::Approved);
+    assert_eq!(decision.vendor_data.as_deref(), Some("seeded-held"));
+    assert_eq!(
+        final_decision(&client, waiting).await.status,
+        SessionStatus::Approved,
+        "a Not Started seed is played on by the simulated user"
+    );
+    let (status, body) = control_answer(
+        &sandbox,
+        &json!({"action": "seed_session", "session_id": held}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("exists already")),
+        "{body}"
+    );
+    // Seeds are taken as they were, even two unfinished ones of one vendor_data (a create
+    // would reuse the first).
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    for id in [first, second] {
+        control(
+            &sandbox,
+            json!({"action": "seed_session", "session_id": id, "vendor_data": "seeded-twice",
+                   "scenario": "expire"}),
+        )
+        .await;
+    }
+    for id in [first, second] {
+        assert_eq!(
+            client.decision(id).await.expect("seeded").status,
+            SessionStatus::NotStarted
+        );
+    }
+}

@@ -15,7 +15,7 @@ use super::{
     contested::{DeleteStatus, SameStatus, WrongKeyStatus},
     limits::{Injected, LateAnswer, Limit, LimitSpec, RateScope, ENDPOINT_NAMES},
     scenarios::{self, Scenario, Subject},
-    state::{Inner, Shared, Step},
+    state::{Inner, NewSession, Shared, Step},
 };
 use didit::SessionStatus;
 
@@ -31,6 +31,7 @@ const ACTIONS: &[&str] = &[
     "complete_session",
     "set_status",
     "set_scenario",
+    "seed_session",
     "set_complete_after",
     "advance_clock",
     "set_wrong_key_status",
@@ -167,6 +168,7 @@ fn apply(inner: &mut Inner, action: &str, r: &Value) -> Result<(), String> {
             }
             inner.schedule(id);
         }
+        "seed_session" => seed_session(inner, r)?,
         "set_complete_after" => inner.set_complete_after(Duration::from_millis(number(r, "ms")?)),
         "advance_clock" => inner.advance_clock(Duration::from_secs(number(r, "seconds")?))?,
         "set_wrong_key_status" => {
@@ -213,6 +215,86 @@ fn session_id(inner: &Inner, r: &Value) -> Result<Uuid, String> {
     } else {
         Err(format!("no session {id}"))
     }
+}
+
+/// Creates a session under a given id, as if created earlier (e.g. by another sandbox whose
+/// records a test restored): `session_id`, `workflow_id` (else the sandbox's workflow),
+/// `vendor_data`, `scenario` (default `approve`) and `status` (default `Not Started`, which
+/// the simulated user then plays on; any other status is set with the scenario's data and
+/// without a webhook, since the session reached it before).
+fn seed_session(inner: &mut Inner, r: &Value) -> Result<(), String> {
+    let id = r["session_id"]
+        .as_str()
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .ok_or("\"session_id\" must be a session UUID")?;
+    if inner.sessions.contains_key(&id) {
+        return Err(format!("session {id} exists already"));
+    }
+    let workflow_id = match &r["workflow_id"] {
+        Value::Null => crate::WORKFLOW_ID,
+        v => v
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .filter(|w| inner.version_for(*w).is_some())
+            .ok_or("\"workflow_id\" must name a workflow of the sandbox")?,
+    };
+    let scenario = match &r["scenario"] {
+        Value::Null => Scenario::Approve,
+        v => v
+            .as_str()
+            .and_then(Scenario::parse)
+            .ok_or("\"scenario\" must be a sandbox scenario such as \"approve\"")?,
+    };
+    let status = match &r["status"] {
+        Value::Null => SessionStatus::NotStarted,
+        v => v
+            .as_str()
+            .map(SessionStatus::parse)
+            .filter(|s| !matches!(s, SessionStatus::Unknown(_)))
+            .ok_or("\"status\" must be one of Didit's ten statuses, e.g. \"In Review\"")?,
+    };
+    let vendor_data = match &r["vendor_data"] {
+        Value::Null => None,
+        v => Some(
+            v.as_str()
+                .ok_or("\"vendor_data\" must be a string")?
+                .to_owned(),
+        ),
+    };
+    inner.create_session_as(
+        NewSession {
+            workflow_id,
+            vendor_data,
+            metadata: Value::Null,
+            callback: None,
+            language: None,
+            expected_details: Value::Null,
+            contact_details: Value::Null,
+            scenario,
+        },
+        Some(id),
+    );
+    if status != SessionStatus::NotStarted {
+        // The scenario's data, so a decision read (and the rules) see what it would have
+        // produced.
+        let outcome = scenarios::outcome(
+            scenario,
+            &Subject {
+                session_id: id,
+                today: inner.now().date(),
+                blocklisted: false,
+            },
+        );
+        if let Some(session) = inner.sessions.get_mut(&id) {
+            session.sections.extend(outcome.sections);
+            session.auto = status == SessionStatus::InProgress;
+            session.status = status;
+        }
+        // No webhook: the seeded session reached this status before, when its webhooks
+        // went out.
+        inner.schedule(id);
+    }
+    Ok(())
 }
 
 /// Plays the rest of the user's flow now, with every webhook it would have caused.

@@ -557,6 +557,13 @@ impl Inner {
     /// workflow with its metadata and callback overwritten (Didit's only idempotency).
     /// The bool says whether it is new.
     pub fn create_session(&mut self, new: NewSession) -> (Uuid, bool) {
+        self.create_session_as(new, None)
+    }
+
+    /// [`Inner::create_session`], or with `seeded`, a new session under that id and no reuse:
+    /// a test that restores records of sessions created elsewhere (an earlier sandbox)
+    /// seeds them by their ids, as they were.
+    pub fn create_session_as(&mut self, new: NewSession, seeded: Option<Uuid>) -> (Uuid, bool) {
         let (workflow_id, version, workflow_uuid, expiration) =
             match self.version_for(new.workflow_id) {
                 Some(w) => (w.workflow_id, w.version, w.uuid, w.session_expiration_s),
@@ -564,7 +571,7 @@ impl Inner {
             };
         // Reused only on the workflow's latest version: a republished workflow starts afresh.
         let latest = self.latest_version(workflow_id).map(|w| w.uuid);
-        if let Some(vendor) = &new.vendor_data {
+        if let (Some(vendor), None) = (&new.vendor_data, seeded) {
             let reusable = self
                 .by_vendor
                 .get(&(workflow_id, vendor.clone()))
@@ -583,7 +590,7 @@ impl Inner {
             }
         }
         let now = self.now();
-        let id = Uuid::new_v4();
+        let id = seeded.unwrap_or_else(Uuid::new_v4);
         let token = Alphanumeric.sample_string(&mut rand::rng(), 12);
         let path = match &new.language {
             Some(lang) => format!("{lang}/session/{token}"),

@@ -53,8 +53,9 @@ enum BenchCommand {
     /// lateness, Redis bytes per delayed job (queue.json, queue.md). Starts its own
     /// redis-server.
     Queue(BenchOptions),
-    /// The fleet against the in-process sandbox: sessions/s, Redis commands and Didit calls
-    /// per session, webhook-to-event latency, Redis bytes per waiting session, 1/2/4
+    /// The fleet against the in-process sandbox: sessions/s, Redis commands, round trips,
+    /// Redis CPU and Didit calls per session, webhook-to-event latency, Redis bytes per
+    /// waiting session and kept per finished session, 1/2/4
     /// `kyc-worker run` child processes with their CPU, a worker's memory with 10,000 jobs in
     /// flight, the Didit budget and the targets (report.json, report.md, merging queue.json
     /// when present; flamegraph.svg with --profile). Starts its own redis-server.

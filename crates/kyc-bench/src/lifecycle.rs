@@ -20,6 +20,11 @@
 //! - sessions/s with 1, 2 and 4 child processes, with the cores redis-server, the workers and
 //!   the bench process (sandbox + load generator) kept busy;
 //! - Redis bytes per waiting session at 100,000 waiting;
+//! - Redis bytes kept per finished session, decided by Didit and by a rule, once every key
+//!   that lives shorter than `events.record_retention` is gone;
+//! - round trips per session: the 1-process scaling run again, its top-level commands
+//!   counted with `MONITOR` ([`super::monitor`]); with the Redis CPU and worker CPU of the
+//!   1-process scaling run, the per-session targets of the report;
 //! - a child process's resident memory with 10,000 sessions waiting and then 10,000 start
 //!   jobs in flight (each holding a Didit call open);
 //! - event → subscriber receipt p50/p99 on loopback and Redis commands per delivery (one
@@ -45,11 +50,12 @@ use serde::{Deserialize, Serialize};
 use tokio::{sync::oneshot, task::JoinHandle};
 
 use crate::{
+    monitor::{client_addr, Monitor},
     processes::{connections_to, WorkerProcess},
     profile::{ProfileSummary, Profiler},
     server::{
-        command_calls_since_reset, commands_since_reset, flush, load_average, process_cpu_seconds,
-        redis_cpu_seconds, used_memory, BenchRedis,
+        command_calls_since_reset, commands_since_reset, flush, load_average, memory_field,
+        process_cpu_seconds, redis_cpu_seconds, used_memory, BenchRedis,
     },
 };
 use didit_sandbox::{ports::free_port, Sandbox, SandboxConfig, SandboxHandle};
@@ -104,6 +110,10 @@ pub struct LifecycleOptions {
     pub baseline_worker: Option<PathBuf>,
     /// Turns of the tracing-cost runs (each turn runs every variant once).
     pub tracing_turns: usize,
+    /// Sessions decided per kept-memory reading (one with no rule matched, one with).
+    pub kept_sessions: usize,
+    /// Sessions of the run whose round trips `MONITOR` counts.
+    pub round_trip_sessions: usize,
 }
 
 impl LifecycleOptions {
@@ -121,6 +131,8 @@ impl LifecycleOptions {
             redis_server: "redis-server".into(),
             baseline_worker: None,
             tracing_turns: 3,
+            kept_sessions: 10_000,
+            round_trip_sessions: 3_000,
         }
     }
 
@@ -131,6 +143,8 @@ impl LifecycleOptions {
             worker_jobs: 1_000,
             latency_sessions: 40,
             delivery_events: 200,
+            kept_sessions: 200,
+            round_trip_sessions: 200,
             idle_sample: Duration::from_millis(500),
             ..Self::full(out_dir)
         }
@@ -172,6 +186,17 @@ pub struct LifecycleRun {
     pub worker_cores: Option<f64>,
     /// The host's 1-minute load average at the end of the run (this machine is shared).
     pub load_average: Option<f64>,
+    /// Redis CPU (user + system) per session, less the fleet's idle CPU over the run's
+    /// length.
+    #[serde(default)]
+    pub redis_cpu_ms_per_session_net: f64,
+    /// Top-level commands per session from the fleet's and the producer's connections
+    /// (`MONITOR`, scripts' calls left out), less the idle ones; only in the round-trip run.
+    #[serde(default)]
+    pub round_trips_per_session_net: Option<f64>,
+    /// Those top-level commands by name, per session (idle ones included).
+    #[serde(default)]
+    pub round_trips_by_name: BTreeMap<String, f64>,
 }
 
 /// A child `kyc-worker run` process's resident memory (`/proc/<pid>/status`).
@@ -215,6 +240,51 @@ pub struct LifecycleReport {
     /// What tracing costs a worker (see [`TracingRun`]).
     #[serde(default)]
     pub tracing: Vec<TracingRun>,
+    /// The scaling run's shape (one child process) again, its top-level commands counted
+    /// with `MONITOR`.
+    #[serde(default)]
+    pub round_trips: Option<LifecycleRun>,
+    /// Redis bytes kept per finished session: decided by Didit with no rule matched, then
+    /// with a rule matched.
+    #[serde(default)]
+    pub kept: Vec<KeptMemory>,
+    /// Whether the bench (and the `kyc-worker` beside it) is a release build.
+    #[serde(default)]
+    pub release_build: bool,
+}
+
+/// What Redis keeps per finished session once every key that lives shorter than
+/// `events.record_retention` is gone.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KeptMemory {
+    /// `no rule matched` or the rule that decided.
+    pub case: String,
+    pub sessions: usize,
+    /// The decided events' status (the last one read).
+    pub status: String,
+    pub decided_by: String,
+    /// `used_memory` delta / sessions, after the deletions below.
+    pub bytes_per_session: f64,
+    /// Keys kept, per session, by key pattern (ids replaced by `*`).
+    pub keys_kept_per_session: BTreeMap<String, f64>,
+    /// Keys deleted for a time to live shorter than `events.record_retention`, per session,
+    /// by key pattern.
+    pub keys_deleted_per_session: BTreeMap<String, f64>,
+    /// `MEMORY USAGE` of the kept keys, per session, by key pattern: what each record costs
+    /// on its own (the `used_memory` delta also holds the keyspace's own tables).
+    #[serde(default)]
+    pub bytes_kept_by_pattern: BTreeMap<String, f64>,
+    /// Of `bytes_per_session`, what the client connections' buffers grew by (they shrink
+    /// back over time; part of `used_memory`, not of the data).
+    #[serde(default)]
+    pub client_buffer_bytes_per_session: f64,
+    /// The `used_memory_dataset` delta per session: the data without the server's overhead.
+    #[serde(default)]
+    pub dataset_bytes_per_session: f64,
+    /// Bytes of the outcome stream, deleted before the reading (it is trimmed at
+    /// `events.retention`, not kept per session), per session.
+    pub events_stream_bytes_per_session: f64,
+    pub record_retention_s: u64,
 }
 
 /// One variant of the tracing-cost runs: one `kyc-worker run` child, webhooks on, Didit
@@ -270,6 +340,9 @@ struct Variant {
     /// How long the fleet keeps running after the figures are taken (a span export lingers
     /// up to a second before it is sent).
     linger: Duration,
+    /// Count top-level commands with `MONITOR` (which costs Redis CPU: the run's Redis CPU
+    /// is then not the fleet's alone).
+    monitor: bool,
 }
 
 /// One scenario of a run.
@@ -414,7 +487,9 @@ impl Fleet {
         } else {
             let mut apps = Vec::new();
             for port in ports {
-                let s = settings_for(&fleet_env(redis_url, &sandbox, port, shape))?;
+                let mut env = fleet_env(redis_url, &sandbox, port, shape);
+                env.extend(variant.env.iter().cloned());
+                let s = settings_for(&env)?;
                 let rules = RuleSet::from_settings(&s.rules)?;
                 let app = Application::build(s.clone(), rules).await?;
                 let (tx, rx) = oneshot::channel::<()>();
@@ -557,12 +632,23 @@ impl Watch {
 
 /// Pushes `n` start requests, `PRODUCERS` at a time; returns request id → push time (unix ms).
 async fn produce(producer: &Producer, n: usize, tag: &str) -> anyhow::Result<HashMap<String, u64>> {
+    produce_scenario(producer, n, tag, None).await
+}
+
+/// [`produce`] with every session playing the sandbox scenario `scenario`.
+async fn produce_scenario(
+    producer: &Producer,
+    n: usize,
+    tag: &str,
+    scenario: Option<&str>,
+) -> anyhow::Result<HashMap<String, u64>> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..PRODUCERS {
         let producer = producer.clone();
         let next = next.clone();
         let tag = tag.to_owned();
+        let scenario = scenario.map(str::to_owned);
         tasks.push(tokio::spawn(async move {
             let mut pushed = Vec::new();
             loop {
@@ -574,6 +660,7 @@ async fn produce(producer: &Producer, n: usize, tag: &str) -> anyhow::Result<Has
                 let id = producer
                     .start_kyc(StartRequest {
                         vendor_data: format!("bench-{tag}-{i}"),
+                        sandbox_scenario: scenario.clone(),
                         ..StartRequest::default()
                     })
                     .await?;
@@ -631,14 +718,28 @@ async fn run_variant(
     let producer = Producer::connect(&fleet.settings).await?;
     let stream = format!("{}:events", fleet.settings.redis.prefix);
 
+    let monitor = if variant.monitor {
+        Some(Monitor::start(redis.url(), &client_addr(&mut admin).await?).await?)
+    } else {
+        None
+    };
     // The fleet's background traffic with nothing to do.
     tokio::time::sleep(Duration::from_millis(300)).await;
     redis::cmd("CONFIG")
         .arg("RESETSTAT")
         .query_async::<()>(&mut admin)
         .await?;
+    let idle_cpu_before = redis_cpu_seconds(&mut admin).await?;
+    let idle_round_trips_before = monitor.as_ref().map(Monitor::counts);
     tokio::time::sleep(idle_sample).await;
     let idle_per_s = commands_since_reset(&mut admin).await? as f64 / idle_sample.as_secs_f64();
+    let idle_cpu_per_s =
+        (redis_cpu_seconds(&mut admin).await? - idle_cpu_before) / idle_sample.as_secs_f64();
+    let idle_round_trips_per_s = monitor
+        .as_ref()
+        .zip(idle_round_trips_before)
+        .map(|(m, before)| m.counts().since(&before).total() as f64 / idle_sample.as_secs_f64());
+    let round_trips_before = monitor.as_ref().map(Monitor::counts);
 
     let calls_before = fleet.didit_calls().await?;
     redis::cmd("CONFIG")
@@ -678,7 +779,13 @@ async fn run_variant(
     let cpu = cores(process_cpu_seconds(), cpu_before);
     let worker_cores = cores(fleet.worker_cpu_seconds(), worker_cpu_before);
     let load_average = load_average();
-    let redis_cores = (redis_cpu_seconds(&mut admin).await? - redis_cpu_before) / seconds;
+    let redis_cpu = redis_cpu_seconds(&mut admin).await? - redis_cpu_before;
+    let redis_cores = redis_cpu / seconds;
+    let round_trips = monitor
+        .as_ref()
+        .zip(round_trips_before)
+        .map(|(m, before)| m.counts().since(&before));
+    drop(monitor);
     let mut by_command = command_calls_since_reset(&mut admin).await?;
     if let Some(xrange) = by_command.get_mut("xrange") {
         *xrange = xrange.saturating_sub(watch.reads);
@@ -736,6 +843,19 @@ async fn run_variant(
         bench_process_cores: cpu,
         worker_cores,
         load_average,
+        redis_cpu_ms_per_session_net: (redis_cpu - idle_cpu_per_s * seconds).max(0.0) * 1000.0 / n,
+        round_trips_per_session_net: round_trips.as_ref().zip(idle_round_trips_per_s).map(
+            |(counted, idle_per_s)| (counted.total() as f64 - idle_per_s * seconds).max(0.0) / n,
+        ),
+        round_trips_by_name: round_trips
+            .map(|counted| {
+                counted
+                    .by_name
+                    .into_iter()
+                    .map(|(name, calls)| (name, calls as f64 / n))
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 
@@ -802,6 +922,207 @@ async fn waiting_memory(redis: &BenchRedis, n: usize) -> anyhow::Result<f64> {
     let after = used_memory(&mut admin).await?;
     fleet.stop().await;
     Ok(after.saturating_sub(before) as f64 / n as f64)
+}
+
+/// The rule-matched case of the kept-memory reading: (scenario, the rule that decides it).
+const KEPT_RULE: (&str, &str) = ("approve_underage", "under_18");
+
+/// How much of `events.record_retention` a kept record may already have lived by the
+/// time the kept-memory reading looks at it.
+const KEPT_TTL_MARGIN: Duration = Duration::from_secs(3_600);
+
+/// A key's pattern: the segments after the prefix that carry an id (16 characters or more,
+/// or any digit) become `*`.
+fn key_pattern(key: &str) -> String {
+    key.split(':')
+        .map(|segment| {
+            if segment.len() >= 16 || segment.chars().any(|c| c.is_ascii_digit()) {
+                "*"
+            } else {
+                segment
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Polls until no poll job is ready, in flight or scheduled (gives up quietly after
+/// `limit`: what is left then is part of the reading).
+async fn poll_queue_settled(queue: &Queue, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let stats = queue.stats(kyc_worker::jobs::PollDecision::QUEUE).await?;
+        if stats.ready + stats.in_flight + stats.scheduled == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Redis bytes kept per finished session: `n` sessions decided (webhooks on, one in-process
+/// application; with `rule`, the default rule pack and a scenario that rule decides), the
+/// fleet left idle, then every key whose time to live is shorter than
+/// `events.record_retention` (less [`KEPT_TTL_MARGIN`]) deleted (webhook dedupe markers, rate-limit windows, leases)
+/// and the outcome stream deleted (trimmed at `events.retention`, so not kept per session);
+/// keys without a time to live or with a longer one stay. The `used_memory` delta from the
+/// idle fleet before the first session, per session.
+async fn kept_memory(
+    redis: &BenchRedis,
+    n: usize,
+    rule: Option<(&str, &str)>,
+) -> anyhow::Result<KeptMemory> {
+    let mut admin = kyc_worker::queue::connect(redis.url()).await?;
+    flush(&mut admin).await?;
+    let mut variant = Variant::default();
+    if rule.is_some() {
+        let pack = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/rules.toml");
+        if !pack.is_file() {
+            bail!("the default rule pack {} is missing", pack.display());
+        }
+        variant
+            .env
+            .push(("KYC__RULES__FILE".to_owned(), pack.display().to_string()));
+    }
+    let fleet = Fleet::start_variant(
+        redis.url(),
+        Shape::in_process(true, Duration::ZERO, COMPLETE_AFTER),
+        &variant,
+    )
+    .await?;
+    let settings = fleet.settings.clone();
+    let queue = Queue::connect(redis.url(), &settings.redis.prefix, settings.queue.clone()).await?;
+    let producer = Producer::connect(&settings).await?;
+    let stream = format!("{}:events", settings.redis.prefix);
+    // Both readings with the same clients connected and idle, so their buffers and the
+    // fleet's own keys (queues, groups) are on both sides.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = used_memory(&mut admin).await?;
+    let buffers_before = memory_field(&mut admin, "mem_clients_normal").await?;
+    let dataset_before = memory_field(&mut admin, "used_memory_dataset").await?;
+    let pushed = produce_scenario(&producer, n, "kept", rule.map(|(scenario, _)| scenario)).await?;
+    let mut watch = Watch::default();
+    let deadline = Instant::now() + RUN_LIMIT;
+    loop {
+        watch.read(&mut admin, &stream).await?;
+        if pushed.keys().all(|id| watch.decided_ms.contains_key(id)) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} of {n} kept-memory sessions decided",
+                watch.decided_ms.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A rule's update-status comes back as a webhook and its read; let those finish.
+    start_queue_drained(&queue, RUN_LIMIT).await?;
+    poll_queue_settled(&queue, Duration::from_secs(10)).await?;
+
+    let last: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(&stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut admin)
+        .await?;
+    let field = |name: &str| -> String {
+        last.ids
+            .first()
+            .and_then(|e| e.map.get(name))
+            .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+            .unwrap_or_default()
+    };
+    let (status, decided_by) = (field("status"), field("decided_by"));
+    let stream_bytes: Option<u64> = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&stream)
+        .arg("SAMPLES")
+        .arg(0)
+        .query_async(&mut admin)
+        .await?;
+    // A record's lifetime is set to `events.record_retention` when it is written, so it reads
+    // a little less by now: "shorter" means shorter by more than the margin.
+    let retention_ms = settings
+        .events
+        .record_retention
+        .saturating_sub(KEPT_TTL_MARGIN)
+        .as_millis() as i64;
+    let (mut kept, mut deleted, mut kept_bytes) =
+        (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut admin)
+            .await?;
+        for key in keys {
+            if key == stream {
+                continue;
+            }
+            let ttl_ms: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut admin).await?;
+            // -1: no time to live; -2: gone meanwhile.
+            if (0..retention_ms).contains(&ttl_ms) {
+                redis::cmd("DEL")
+                    .arg(&key)
+                    .query_async::<()>(&mut admin)
+                    .await?;
+                *deleted.entry(key_pattern(&key)).or_insert(0u64) += 1;
+            } else if ttl_ms != -2 {
+                let pattern = key_pattern(&key);
+                let bytes: Option<u64> = redis::cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(&key)
+                    .arg("SAMPLES")
+                    .arg(0)
+                    .query_async(&mut admin)
+                    .await?;
+                *kept_bytes.entry(pattern.clone()).or_insert(0u64) += bytes.unwrap_or(0);
+                *kept.entry(pattern).or_insert(0u64) += 1;
+            }
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    redis::cmd("DEL")
+        .arg(&stream)
+        .query_async::<()>(&mut admin)
+        .await?;
+    let after = used_memory(&mut admin).await?;
+    let buffers_after = memory_field(&mut admin, "mem_clients_normal").await?;
+    let dataset_after = memory_field(&mut admin, "used_memory_dataset").await?;
+    fleet.stop().await;
+    drop(producer);
+    drop(queue);
+    let per = |counts: BTreeMap<String, u64>| -> BTreeMap<String, f64> {
+        counts
+            .into_iter()
+            .map(|(pattern, count)| (pattern, count as f64 / n as f64))
+            .collect()
+    };
+    Ok(KeptMemory {
+        case: rule.map_or_else(
+            || "no rule matched".to_owned(),
+            |(scenario, rule)| format!("rule {rule} matched (scenario {scenario})"),
+        ),
+        sessions: n,
+        status,
+        decided_by,
+        bytes_per_session: after.saturating_sub(before) as f64 / n as f64,
+        keys_kept_per_session: per(kept),
+        keys_deleted_per_session: per(deleted),
+        bytes_kept_by_pattern: per(kept_bytes),
+        client_buffer_bytes_per_session: (buffers_after as f64 - buffers_before as f64) / n as f64,
+        dataset_bytes_per_session: (dataset_after as f64 - dataset_before as f64) / n as f64,
+        events_stream_bytes_per_session: stream_bytes.unwrap_or(0) as f64 / n as f64,
+        record_retention_s: settings.events.record_retention.as_secs(),
+    })
 }
 
 /// A child process's resident memory at the default concurrency: idle, then with `n`
@@ -1163,8 +1484,31 @@ pub async fn run(options: &LifecycleOptions) -> anyhow::Result<LifecycleReport> 
     let subscriber_delivery =
         subscriber_delivery(&redis, options.delivery_events, options.idle_sample).await?;
     let tracing = tracing_cost(&redis, options).await?;
+    let round_trips = Some(
+        run_variant(
+            &redis,
+            Shape {
+                children: true,
+                ..Shape::in_process(true, Duration::ZERO, COMPLETE_AFTER)
+            },
+            &Variant {
+                monitor: true,
+                ..Variant::default()
+            },
+            options.round_trip_sessions,
+            options.idle_sample,
+        )
+        .await?,
+    );
+    let mut kept = Vec::new();
+    for rule in [None, Some(KEPT_RULE)] {
+        kept.push(kept_memory(&redis, options.kept_sessions, rule).await?);
+    }
     Ok(LifecycleReport {
         tracing,
+        round_trips,
+        kept,
+        release_build: !cfg!(debug_assertions),
         runs,
         scaling,
         waiting_sessions: options.waiting_sessions,

@@ -10,6 +10,7 @@
 //! - `cli`: the command line.
 //! - `queue`: the queue benchmark and its report.
 //! - `lifecycle`: the fleet benchmark.
+//! - `monitor`: round trips to Redis, counted with `MONITOR`.
 //! - `processes`: `kyc-worker run` child processes.
 //! - `profile`: the CPU profile of a lifecycle run.
 //! - `server`: the private redis-server and its readings.
@@ -17,6 +18,7 @@
 
 mod cli;
 mod lifecycle;
+mod monitor;
 mod processes;
 mod profile;
 mod queue;

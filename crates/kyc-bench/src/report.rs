@@ -48,6 +48,9 @@ pub struct Target {
     pub met: bool,
     /// How far from the target, e.g. "35% under" or "2.1× over".
     pub margin: String,
+    /// What the figure is made of, so a miss says why (empty when nothing to add).
+    #[serde(default)]
+    pub why: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,6 +136,7 @@ fn at_most(name: &str, measured: f64, bound: f64, unit: &str) -> Target {
         measured: format!("{measured:.2} {unit}"),
         met,
         margin,
+        why: String::new(),
     }
 }
 
@@ -150,6 +154,7 @@ fn at_least(name: &str, measured: f64, bound: f64, unit: &str) -> Target {
         measured: format!("{measured:.2}{unit}"),
         met,
         margin,
+        why: String::new(),
     }
 }
 
@@ -178,11 +183,15 @@ pub fn targets(lifecycle: &LifecycleReport, queue: Option<&QueueBenchReport>) ->
         ));
     }
     targets.push(at_most(
-        "Redis memory per waiting session",
+        &format!(
+            "Redis memory per waiting session ({} waiting)",
+            lifecycle.waiting_sessions
+        ),
         lifecycle.redis_bytes_per_waiting_session,
         1024.0,
         "bytes",
     ));
+    targets.extend(lifecycle_targets(lifecycle));
     targets.push(at_most(
         "Webhook → event p99, one Didit GET on loopback included",
         lifecycle.webhook_latency.p99_ms as f64,
@@ -205,19 +214,133 @@ pub fn targets(lifecycle: &LifecycleReport, queue: Option<&QueueBenchReport>) ->
     targets
 }
 
+/// `name value` pairs, largest first, the first `n`.
+fn largest(values: &std::collections::BTreeMap<String, f64>, n: usize) -> String {
+    let mut sorted: Vec<(&String, &f64)> = values.iter().collect();
+    sorted.sort_by(|a, b| b.1.total_cmp(a.1));
+    sorted
+        .iter()
+        .filter(|(_, v)| **v >= 0.05)
+        .take(n)
+        .map(|(name, v)| format!("{name} {v:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The per-session cost targets of the session lifecycle: round trips, commands and CPU in
+/// Redis, Redis memory kept per finished session and worker CPU, each with what it is made
+/// of.
+pub fn lifecycle_targets(l: &LifecycleReport) -> Vec<Target> {
+    let mut targets = Vec::new();
+    let build = if l.release_build {
+        "release build"
+    } else {
+        "debug build"
+    };
+    if let Some(run) = &l.round_trips {
+        if let Some(round_trips) = run.round_trips_per_session_net {
+            let mut t = at_most(
+                &format!(
+                    "Redis round trips per session, webhook path (top-level commands of the \
+                     fleet and producer, `MONITOR`, net of idle; {} sessions)",
+                    run.sessions
+                ),
+                round_trips,
+                12.0,
+                "round trips",
+            );
+            t.why = format!(
+                "top-level commands per session: {}",
+                largest(&run.round_trips_by_name, 8)
+            );
+            targets.push(t);
+        }
+    }
+    if let Some(run) = l.scaling.iter().find(|r| r.processes == 1) {
+        let mut t = at_most(
+            &format!(
+                "Redis commands per session, webhook path, one `kyc-worker run` (scripts' calls, \
+                 queue and rate limiter included, net of idle; {} sessions)",
+                run.sessions
+            ),
+            run.redis_commands_per_session_net,
+            35.0,
+            "commands",
+        );
+        t.why = format!("by command: {}", largest(&run.redis_commands_by_name, 8));
+        targets.push(t);
+        let mut t = at_most(
+            "Redis CPU per session (used_cpu_user + used_cpu_sys, net of idle)",
+            run.redis_cpu_ms_per_session_net,
+            0.15,
+            "ms",
+        );
+        t.why = format!(
+            "{:.1} commands per session at about {:.1} µs each",
+            run.redis_commands_per_session_net,
+            run.redis_cpu_ms_per_session_net * 1000.0
+                / run.redis_commands_per_session_net.max(f64::MIN_POSITIVE)
+        );
+        targets.push(t);
+        let worker_ms =
+            run.worker_cores.unwrap_or(0.0) * run.seconds * 1000.0 / run.sessions.max(1) as f64;
+        let mut t = at_most(
+            &format!(
+                "Worker CPU per session (`/proc` of one `kyc-worker run` child, {build}; the \
+                 sandbox and load generator in the bench process)"
+            ),
+            worker_ms,
+            0.5,
+            "ms",
+        );
+        if !l.release_build {
+            t.why = "a debug build: only the release build's figure counts".to_owned();
+        }
+        targets.push(t);
+    }
+    for kept in &l.kept {
+        let mut t = at_most(
+            &format!(
+                "Redis memory kept per finished session, {} ({} sessions, {} by {}; keys living \
+                 shorter than events.record_retention ({} d) deleted; the events stream \
+                 excluded, it is trimmed at events.retention)",
+                kept.case,
+                kept.sessions,
+                kept.status,
+                kept.decided_by,
+                kept.record_retention_s / 86_400,
+            ),
+            kept.bytes_per_session,
+            512.0,
+            "bytes",
+        );
+        t.why = format!(
+            "{:.1} keys kept per session: {}; `MEMORY USAGE` per session: {}; \
+             `used_memory_dataset` {:.0}",
+            kept.keys_kept_per_session.values().sum::<f64>(),
+            largest(&kept.keys_kept_per_session, 6),
+            largest(&kept.bytes_kept_by_pattern, 6),
+            kept.dataset_bytes_per_session,
+        );
+        targets.push(t);
+    }
+    targets
+}
+
 /// A targets table in Markdown, headed "Targets:".
 pub fn targets_markdown(targets: &[Target]) -> String {
     let mut md = String::from(
-        "\nTargets:\n\n| target | bound | measured | met | margin |\n|---|---|---|---|---|\n",
+        "\nTargets:\n\n| target | bound | measured | met | margin | why |\n|---|---|---|---|---|---|\n",
     );
     for t in targets {
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} |\n",
             t.name,
             t.target,
             t.measured,
             if t.met { "yes" } else { "**no**" },
-            t.margin
+            t.margin,
+            t.why,
         ));
     }
     md
@@ -606,6 +729,44 @@ pub fn markdown(r: &Report) -> String {
         l.redis_bytes_per_waiting_session,
         l.redis_bytes_per_waiting_session * 1e6 / (1u64 << 30) as f64,
     ));
+    for kept in &l.kept {
+        md.push_str(&format!(
+            "Redis memory kept per finished session, {case} ({n} sessions decided {status} by \
+             {by}; webhooks on, one in-process application; with the fleet idle, every key with \
+             a time to live shorter than `events.record_retention` ({days} d, by more than an \
+             hour) deleted and the outcome stream deleted, since it is trimmed at \
+             `events.retention`, not kept per session; `used_memory` delta from the idle fleet \
+             before the first session / sessions): {bytes:.0} bytes. \
+             Kept per session: {kept_keys}; their `MEMORY USAGE` per session: {kept_bytes}. \
+             Deleted per session: {deleted_keys}. Client connection buffers grew by {buffers:.0} \
+             bytes per session (in `used_memory`, not data); `used_memory_dataset` (the data \
+             without the server's overhead) by {dataset:.0}. The outcome stream held \
+             {stream:.0} bytes per session.\n\n",
+            case = kept.case,
+            n = kept.sessions,
+            status = kept.status,
+            by = kept.decided_by,
+            days = kept.record_retention_s / 86_400,
+            bytes = kept.bytes_per_session,
+            kept_keys = largest(&kept.keys_kept_per_session, 8),
+            kept_bytes = largest(&kept.bytes_kept_by_pattern, 8),
+            buffers = kept.client_buffer_bytes_per_session,
+            dataset = kept.dataset_bytes_per_session,
+            deleted_keys = largest(&kept.keys_deleted_per_session, 8),
+            stream = kept.events_stream_bytes_per_session,
+        ));
+    }
+    if let Some(run) = &l.round_trips {
+        md.push_str(&format!(
+            "Round trips (the scaling runs' one `kyc-worker run` child again, {} sessions, with \
+             `MONITOR` counting the top-level commands of the fleet's and the producer's \
+             connections; scripts' calls, marked `lua`, and the bench's own reads left out; \
+             net of the idle ones): {:.1} per session. By command, idle included: {}.\n\n",
+            run.sessions,
+            run.round_trips_per_session_net.unwrap_or(0.0),
+            largest(&run.round_trips_by_name, 12),
+        ));
+    }
     let w = &l.webhook_latency;
     md.push_str(&format!(
         "Webhook → decided event with one session in flight at a time ({} sessions started \
@@ -712,6 +873,9 @@ mod tests {
             worker_cores: Some(cores[1]),
             bench_process_cores: Some(cores[2]),
             load_average: Some(2.0),
+            redis_cpu_ms_per_session_net: 0.0,
+            round_trips_per_session_net: None,
+            round_trips_by_name: Default::default(),
         }
     }
 

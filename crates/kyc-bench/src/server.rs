@@ -136,6 +136,21 @@ pub async fn used_memory(conn: &mut impl redis::aio::ConnectionLike) -> anyhow::
         .context("INFO memory has no used_memory")
 }
 
+/// One byte count of `INFO memory` by name, e.g. `mem_clients_normal` (the buffers of every
+/// normal client connection) or `used_memory_dataset` (`used_memory` less the server's
+/// overhead: client buffers, scripts, the keyspace's tables).
+pub async fn memory_field(
+    conn: &mut impl redis::aio::ConnectionLike,
+    name: &str,
+) -> anyhow::Result<u64> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
+    info.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(field, _)| *field == name)
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .with_context(|| format!("INFO memory has no {name}"))
+}
+
 pub async fn redis_version(conn: &mut impl redis::aio::ConnectionLike) -> String {
     let info: String = redis::cmd("INFO")
         .arg("server")
