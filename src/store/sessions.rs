@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{console::LISTED_FIELD, field, Store, StoreResult};
 use crate::{
-    domain::{RequestId, SessionStatus},
+    domain::{lifecycle, EventType, RequestId, SessionStatus},
     queue::now_ms,
 };
 
@@ -50,6 +50,47 @@ pub(crate) struct SessionRecord {
     /// The trace of the verification that created it, for the webhook that ends its wait
     /// (55 bytes while the session waits; dropped by [`Store::finish_session`]).
     pub trace: Option<crate::telemetry::TraceParent>,
+}
+
+impl SessionRecord {
+    /// The record as the lifecycle reads it ([`lifecycle::step`]). The status the fleet set
+    /// at Didit (a rule's or an operator's `update-status`, a resubmission) is the session's
+    /// status, so its echo is no change. A result Didit reached by itself stays open to the
+    /// decision step on every read, as before the state machine: its events are published
+    /// once by the store's "already published" markers, so a read after a crash between
+    /// recording the status and publishing still publishes. The record keeps no time for
+    /// its status yet, so reads are not ordered here (`as_of_ms` 0).
+    pub(crate) fn lifecycle(&self) -> lifecycle::Session {
+        let status = self.rule_status.clone().or_else(|| self.status.clone());
+        let hold = self.hold_status.clone().map(|status| lifecycle::Hold {
+            status,
+            rule: self.rule_name.clone().unwrap_or_default(),
+        });
+        let phase = match &status {
+            _ if self.requests.is_empty() && !self.cancelled.is_empty() => {
+                lifecycle::Phase::Cancelled
+            }
+            _ if hold.is_some() => lifecycle::Phase::Watching,
+            Some(SessionStatus::InReview) => lifecycle::Phase::Watching,
+            Some(s) if self.rule_status.is_some() && EventType::for_status(s).is_some() => {
+                lifecycle::Phase::Settled
+            }
+            _ => lifecycle::Phase::Open,
+        };
+        lifecycle::Session {
+            requests: self.requests.clone(),
+            cancelled: self.cancelled.clone(),
+            status,
+            round: self.round,
+            as_of_ms: 0,
+            phase,
+            hold,
+            resubmits: self.resubmits,
+            created_at_ms: self.created_at_ms,
+            deadline_ms: self.deadline_ms,
+            published: lifecycle::Published::default(),
+        }
+    }
 }
 
 /// A session Didit created (or reused), as [`Store::record_session`] records it.
