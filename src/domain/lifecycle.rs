@@ -480,7 +480,7 @@ pub fn step(record: &Session, input: Input, limits: &Limits) -> Plan {
         Input::WebhookReceived {
             status,
             timestamp_ms,
-        } => webhook(&mut plan, status, timestamp_ms),
+        } => return on_webhook(record, status, timestamp_ms),
         Input::RulesEvaluated { verdict, now_ms } => verdict_of(&mut plan, verdict, now_ms, limits),
         Input::Operator {
             status,
@@ -621,6 +621,16 @@ fn read(
         return;
     }
     plan.follow(restart);
+}
+
+/// What a verified webhook asks for (as [`step`] with [`Input::WebhookReceived`]; it needs
+/// no settings, so the webhook route can ask before it enqueues a read).
+pub fn on_webhook(record: &Session, status: SessionStatus, timestamp_ms: u64) -> Plan {
+    let mut plan = Plan::new(record);
+    if record.phase != Phase::Erased {
+        webhook(&mut plan, status, timestamp_ms);
+    }
+    plan
 }
 
 fn webhook(plan: &mut Plan, status: SessionStatus, timestamp_ms: u64) {

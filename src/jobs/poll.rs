@@ -146,10 +146,22 @@ async fn run(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> 
             plan.record.deadline_ms = p.deadline_for(workflow, session.workflow_version).await;
         }
     }
+    if plan
+        .audit
+        .iter()
+        .any(|a| matches!(a, lifecycle::Audit::StaleRead { .. }))
+    {
+        // Sent before the recorded change: what it says is older, and is not recorded.
+        tracing::debug!(session = %sid, "decision read older than the recorded change");
+        return next(&p, &session, plan.next_poll, &job, again).await;
+    }
     // The read itself: the status Didit gave, the read count, the change round.
     let status = decision.status.clone();
     let change = json!({"session_id": sid, "status": status.as_str(), "urgent": job.urgent});
-    let (fetches, round) = p.store.record_read(sid, &session, &status, change).await?;
+    let (fetches, round) = p
+        .store
+        .record_read(sid, &session, &status, sent_at_ms, change)
+        .await?;
     let previous_status = session.status.clone();
     let mut session = session;
     if previous_status.as_ref() != Some(&status) {
@@ -177,9 +189,22 @@ async fn run(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> 
         evaluation: evaluation.as_ref(),
     };
     decide::carry_out(&p, sid, &before, &plan, read).await?;
-    Ok(match plan.next_poll {
+    next(&p, &session, plan.next_poll, &job, again).await
+}
+
+/// The poll's completion from the plan's next poll: run again on the schedule (from its
+/// start after a new run of the flow), at the review interval, or finish the session.
+async fn next(
+    p: &Pipeline,
+    session: &SessionRecord,
+    poll: Option<NextPoll>,
+    job: &PollDecision,
+    again: impl Fn(Duration, u32) -> Completion<PollDecision>,
+) -> Outcome {
+    let sid = job.session_id;
+    Ok(match poll {
         None => {
-            p.store.finish_session(sid, &session).await?;
+            p.store.finish_session(sid, session).await?;
             Completion::Done
         }
         Some(NextPoll::Schedule { restart: true }) => {

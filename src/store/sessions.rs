@@ -38,6 +38,9 @@ pub(crate) struct SessionRecord {
     /// Unix ms after which an unfinished session is given up.
     pub deadline_ms: u64,
     pub created_at_ms: u64,
+    /// Unix ms the recorded status was true at (when the read that saw it was sent, or when
+    /// the fleet asked Didit for it); 0 when a record written before it was kept says nothing.
+    pub as_of_ms: u64,
     /// The status a rule set at Didit (its echo must not run the rules again) and the rule.
     pub rule_status: Option<SessionStatus>,
     pub rule_name: Option<String>,
@@ -58,8 +61,8 @@ impl SessionRecord {
     /// status, so its echo is no change. A result Didit reached by itself stays open to the
     /// decision step on every read, as before the state machine: its events are published
     /// once by the store's "already published" markers, so a read after a crash between
-    /// recording the status and publishing still publishes. The record keeps no time for
-    /// its status yet, so reads are not ordered here (`as_of_ms` 0).
+    /// recording the status and publishing still publishes. A record written before it
+    /// kept the time of its status (`as_of_ms` 0) orders nothing.
     pub(crate) fn lifecycle(&self) -> lifecycle::Session {
         let status = self.rule_status.clone().or_else(|| self.status.clone());
         let hold = self.hold_status.clone().map(|status| lifecycle::Hold {
@@ -82,7 +85,7 @@ impl SessionRecord {
             cancelled: self.cancelled.clone(),
             status,
             round: self.round,
-            as_of_ms: 0,
+            as_of_ms: self.as_of_ms,
             phase,
             hold,
             resubmits: self.resubmits,
@@ -108,6 +111,9 @@ pub(crate) struct NewSession<'a> {
     /// Didit reuses the session).
     pub trace: Option<crate::telemetry::TraceParent>,
 }
+
+/// The session record's field holding when its status was true (Unix ms).
+const AS_OF_FIELD: &str = "as_of_ms";
 
 /// The session record's field holding its trace context (a `traceparent`).
 const TRACE_FIELD: &str = "tp";
@@ -210,6 +216,7 @@ impl Store {
             hold_status: map.get("hold_status").map(|s| SessionStatus::parse(s)),
             resubmits: field(&map, RECORD, "resubmits")?.unwrap_or(0),
             created_at_ms: field(&map, RECORD, "created_at_ms")?.unwrap_or(0),
+            as_of_ms: field(&map, RECORD, AS_OF_FIELD)?.unwrap_or(0),
             listed_for_review: map.contains_key(LISTED_FIELD),
             trace: map.get(TRACE_FIELD).and_then(|t| t.parse().ok()),
         }))
@@ -227,8 +234,9 @@ impl Store {
         self.run(&pipe).await
     }
 
-    /// Records one decision read of a session: the status Didit gave and the read count.
-    /// A status other than the recorded one is a change: the change round moves on, the
+    /// Records one decision read of a session, sent at `sent_at_ms`: the status Didit gave
+    /// and the read count. A status other than the recorded one is a change, true as of
+    /// when the read was sent: the change round moves on, the
     /// step `decision_read` (`change`) is audited, and the status a rule or an operator
     /// set is forgotten once Didit moved past it (a later return to that status is not
     /// its echo). Returns the reads so far and the change round now.
@@ -237,6 +245,7 @@ impl Store {
         id: Uuid,
         session: &SessionRecord,
         status: &SessionStatus,
+        sent_at_ms: u64,
         change: serde_json::Value,
     ) -> StoreResult<(u64, u64)> {
         let key = self.session_key(id);
@@ -248,6 +257,8 @@ impl Store {
             if session.rule_status.as_ref().is_some_and(|r| r != status) {
                 pipe.hdel(&key, &["rule_status", "rule_name"]).ignore();
             }
+            pipe.hset(&key, AS_OF_FIELD, sent_at_ms.max(session.as_of_ms))
+                .ignore();
             self.audit_into(&mut pipe, &session.requests, "decision_read", change);
         }
         pipe.hset(&key, "status", status.as_str())
@@ -278,6 +289,7 @@ impl Store {
                     ("status", SessionStatus::Resubmitted.as_str()),
                     ("rule_status", SessionStatus::Resubmitted.as_str()),
                     ("rule_name", by),
+                    (AS_OF_FIELD, &now_ms().to_string()),
                 ],
             )
             .ignore()
@@ -288,7 +300,8 @@ impl Store {
         Ok(round)
     }
 
-    /// Records that a rule set `status` at Didit, so the echo is recognised.
+    /// Records that a rule set `status` at Didit, so the echo is recognised, and that the
+    /// session is in it as of now (a read sent earlier is older).
     pub(crate) async fn set_rule_status(
         &self,
         id: Uuid,
@@ -300,6 +313,7 @@ impl Store {
             &[
                 ("rule_status", status.as_str().to_owned()),
                 ("rule_name", rule.to_owned()),
+                (AS_OF_FIELD, now_ms().to_string()),
             ],
         )
         .await
