@@ -158,13 +158,18 @@ async fn run(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> 
     // The read itself: the status Didit gave, the read count, the change round.
     let status = decision.status.clone();
     let change = json!({"session_id": sid, "status": status.as_str(), "urgent": job.urgent});
-    let (fetches, round) = p
+    let Some((fetches, round, changed)) = p
         .store
         .record_read(sid, &session, &status, sent_at_ms, change)
-        .await?;
+        .await?
+    else {
+        // Another read recorded a newer change meanwhile.
+        tracing::debug!(session = %sid, "decision read older than the recorded change");
+        return next(&p, &session, plan.next_poll, &job, again).await;
+    };
     let previous_status = session.status.clone();
     let mut session = session;
-    if previous_status.as_ref() != Some(&status) {
+    if changed {
         if session.rule_status.as_ref() != Some(&status) {
             session.rule_status = None;
         }

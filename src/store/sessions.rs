@@ -6,12 +6,12 @@
 //! it. Open sessions are also listed by when they were last looked at, so a sweep finds the
 //! ones whose polls were lost.
 
-use std::time::Duration;
+use std::{sync::LazyLock, time::Duration};
 
-use redis::AsyncCommands;
+use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
-use super::{console::LISTED_FIELD, field, Store, StoreResult};
+use super::{console::LISTED_FIELD, field, requests::audit_line, Store, StoreResult};
 use crate::{
     domain::{lifecycle, EventType, RequestId, SessionStatus},
     queue::now_ms,
@@ -111,6 +111,46 @@ pub(crate) struct NewSession<'a> {
     /// Didit reuses the session).
     pub trace: Option<crate::telemetry::TraceParent>,
 }
+
+/// Records a decision read (see [`Store::record_read`]).
+/// KEYS: session record, then the audit trail of each request it serves. ARGV: status,
+/// sent at (Unix ms), record ttl s, the `decision_read` audit line.
+static RECORD_READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local key = KEYS[1]
+local current = redis.call('HGET', key, 'status')
+local ours = redis.call('HGET', key, 'rule_status')
+local known = ours or current
+local as_of = tonumber(redis.call('HGET', key, 'as_of_ms') or '0')
+local sent = tonumber(ARGV[2])
+if known ~= ARGV[1] and sent < as_of then
+  return {0, tonumber(redis.call('HGET', key, 'round') or '0'), -1}
+end
+local fetches = redis.call('HINCRBY', key, 'fetches', 1)
+local round
+local changed = 0
+if current ~= ARGV[1] then
+  changed = 1
+  round = redis.call('HINCRBY', key, 'round', 1)
+  if ours and ours ~= ARGV[1] then
+    redis.call('HDEL', key, 'rule_status', 'rule_name')
+  end
+  if sent > as_of then
+    redis.call('HSET', key, 'as_of_ms', ARGV[2])
+  end
+  for i = 2, #KEYS do
+    redis.call('RPUSHX', KEYS[i], ARGV[4])
+  end
+else
+  round = tonumber(redis.call('HGET', key, 'round') or '0')
+end
+redis.call('HSET', key, 'status', ARGV[1])
+redis.call('EXPIRE', key, ARGV[3])
+return {fetches, round, changed}
+"#,
+    )
+});
 
 /// The session record's field holding when its status was true (Unix ms).
 const AS_OF_FIELD: &str = "as_of_ms";
@@ -235,11 +275,13 @@ impl Store {
     }
 
     /// Records one decision read of a session, sent at `sent_at_ms`: the status Didit gave
-    /// and the read count. A status other than the recorded one is a change, true as of
-    /// when the read was sent: the change round moves on, the
-    /// step `decision_read` (`change`) is audited, and the status a rule or an operator
-    /// set is forgotten once Didit moved past it (a later return to that status is not
-    /// its echo). Returns the reads so far and the change round now.
+    /// and the read count, in one script. A status other than the recorded one is a change,
+    /// true as of when the read was sent: the change round moves on, the step
+    /// `decision_read` (`change`) is audited, and the status a rule or an operator set is
+    /// forgotten once Didit moved past it (a later return to that status is not its echo).
+    /// A read sent before the recorded change that names another status is older: nothing
+    /// is written, and `None` is returned. Otherwise returns the reads so far, the change
+    /// round now and whether the status changed.
     pub(crate) async fn record_read(
         &self,
         id: Uuid,
@@ -247,32 +289,19 @@ impl Store {
         status: &SessionStatus,
         sent_at_ms: u64,
         change: serde_json::Value,
-    ) -> StoreResult<(u64, u64)> {
-        let key = self.session_key(id);
-        let changed = session.status.as_ref() != Some(status);
-        let mut pipe = redis::pipe();
-        pipe.hincr(&key, "fetches", 1);
-        if changed {
-            pipe.hincr(&key, "round", 1);
-            if session.rule_status.as_ref().is_some_and(|r| r != status) {
-                pipe.hdel(&key, &["rule_status", "rule_name"]).ignore();
-            }
-            pipe.hset(&key, AS_OF_FIELD, sent_at_ms.max(session.as_of_ms))
-                .ignore();
-            self.audit_into(&mut pipe, &session.requests, "decision_read", change);
+    ) -> StoreResult<Option<(u64, u64, bool)>> {
+        let mut invocation = RECORD_READ.key(self.session_key(id));
+        for request in &session.requests {
+            invocation.key(self.audit_key(request));
         }
-        pipe.hset(&key, "status", status.as_str())
-            .ignore()
-            .expire(&key, self.ttl())
-            .ignore();
+        invocation
+            .arg(status.as_str())
+            .arg(sent_at_ms)
+            .arg(self.ttl())
+            .arg(audit_line("decision_read", change));
         let mut c = self.conn.clone();
-        if changed {
-            let (n, round): (u64, u64) = pipe.query_async(&mut c).await?;
-            Ok((n, round))
-        } else {
-            let (n,): (u64,) = pipe.query_async(&mut c).await?;
-            Ok((n, session.round))
-        }
+        let (fetches, round, outcome): (u64, u64, i64) = invocation.invoke_async(&mut c).await?;
+        Ok((outcome >= 0).then_some((fetches, round, outcome == 1)))
     }
 
     /// Records a resubmission the fleet asked for (a rule or an operator) as the session's
