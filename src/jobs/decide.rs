@@ -43,7 +43,7 @@ pub(super) fn limits(p: &Pipeline) -> lifecycle::Limits {
 }
 
 /// Runs the rules on a decision the plan asks them for: counts the matches, adds the rules
-/// part to the events' `data`, audits the evaluation, and returns the verdict.
+/// part to the events' `data` (which [`carry_out`] audits), and returns the verdict.
 pub(super) fn evaluate(
     p: &Pipeline,
     decision: &Decision,
@@ -154,7 +154,8 @@ pub(super) async fn carry_out(
                     p.store.record_resubmission(sid, &by.label()).await?;
                     update_status(p, sid, &request).await?;
                 } else {
-                    // Recorded before the call: should the echo arrive first, it is still recognised.
+                    // Recorded before the call: should the echo arrive first, it is still
+                    // recognised.
                     p.store.set_rule_status(sid, status, &rule_of(by)).await?;
                     update_status(p, sid, &request).await?;
                     p.store

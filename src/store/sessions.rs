@@ -456,3 +456,79 @@ impl Store {
         Ok(set.is_some())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rid(s: &str) -> RequestId {
+        RequestId::parse(s).expect("request id")
+    }
+
+    fn record(status: SessionStatus) -> SessionRecord {
+        SessionRecord {
+            requests: vec![rid("r-1")],
+            status: Some(status),
+            round: 3,
+            as_of_ms: 42,
+            ..SessionRecord::default()
+        }
+    }
+
+    #[test]
+    fn the_lifecycle_reads_the_stored_record_as_the_executors_need_it() {
+        use lifecycle::Phase;
+        // A result Didit reached by itself stays open to the decision step (its events are
+        // deduplicated by the store), so a crash before publishing is recovered by a read.
+        let didit = record(SessionStatus::Approved).lifecycle();
+        assert_eq!(didit.phase, Phase::Open);
+        assert_eq!((didit.round, didit.as_of_ms), (3, 42));
+        // The status a rule set is the session's: its echo is no change, and it is settled.
+        let ours = SessionRecord {
+            rule_status: Some(SessionStatus::Declined),
+            rule_name: Some("aml".into()),
+            ..record(SessionStatus::Approved)
+        }
+        .lifecycle();
+        assert_eq!(ours.status, Some(SessionStatus::Declined));
+        assert_eq!(ours.phase, Phase::Settled);
+        // A rule's hold and Didit's own review are watched.
+        let held = SessionRecord {
+            hold_status: Some(SessionStatus::Declined),
+            rule_name: Some("aml".into()),
+            ..record(SessionStatus::Declined)
+        }
+        .lifecycle();
+        assert_eq!(held.phase, Phase::Watching);
+        assert_eq!(
+            held.hold,
+            Some(lifecycle::Hold {
+                status: SessionStatus::Declined,
+                rule: "aml".into()
+            })
+        );
+        assert_eq!(
+            record(SessionStatus::InReview).lifecycle().phase,
+            Phase::Watching
+        );
+        // Progress is followed; a session whose requests were all cancelled is not.
+        assert_eq!(
+            record(SessionStatus::InProgress).lifecycle().phase,
+            Phase::Open
+        );
+        let cancelled = SessionRecord {
+            requests: Vec::new(),
+            cancelled: vec![rid("r-1")],
+            ..record(SessionStatus::InProgress)
+        }
+        .lifecycle();
+        assert_eq!(cancelled.phase, Phase::Cancelled);
+        // A fleet resubmission in flight is open: its echo is no change.
+        let resubmitted = SessionRecord {
+            rule_status: Some(SessionStatus::Resubmitted),
+            ..record(SessionStatus::Resubmitted)
+        }
+        .lifecycle();
+        assert_eq!(resubmitted.phase, Phase::Open);
+    }
+}
