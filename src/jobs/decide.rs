@@ -104,13 +104,13 @@ pub(super) struct Read<'a> {
     pub evaluation: Option<&'a Evaluation>,
 }
 
-/// Carries a decision read's plan out: the Didit calls first (each recorded before it is
-/// made, so its echo is recognised should it arrive first), then the rule's hold, then the
-/// events, each published once by the store.
+/// Carries a decision read's plan out after the read was recorded (with the rule's hold,
+/// the deadline and the end of the session, in the same script): the Didit calls first
+/// (each recorded before it is made, so its echo is recognised should it arrive first),
+/// then the events, each published once by the store.
 pub(super) async fn carry_out(
     p: &Pipeline,
     sid: Uuid,
-    before: &lifecycle::Session,
     plan: &Plan,
     read: Read<'_>,
 ) -> Result<(), JobError> {
@@ -169,16 +169,6 @@ pub(super) async fn carry_out(
             }
             DiditCall::Blocklist { rule } => blocklist(p, sid, session, evaluation, rule).await?,
         }
-    }
-    match (&before.hold, &plan.record.hold) {
-        (None, Some(hold)) => p.store.set_hold(sid, &hold.status, &hold.rule).await?,
-        (Some(_), None) => p.store.clear_hold(sid).await?,
-        _ => {}
-    }
-    if plan.record.deadline_ms != session.deadline_ms {
-        p.store
-            .set_session_deadline(sid, plan.record.deadline_ms)
-            .await?;
     }
     let asked = Asked {
         nodes: match evaluation.and_then(|e| e.outcome.action.as_ref()) {

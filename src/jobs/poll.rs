@@ -23,7 +23,7 @@ use crate::{
     },
     queue::{now_ms, Completion, Delivery, Job, JobError},
     ratelimit::Priority,
-    store::SessionRecord,
+    store::{HoldChange, ReadRecord, SessionRecord},
 };
 use didit::Endpoint;
 
@@ -158,11 +158,25 @@ async fn run(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> 
     // The read itself: the status Didit gave, the read count, the change round.
     let status = decision.status.clone();
     let change = json!({"session_id": sid, "status": status.as_str(), "urgent": job.urgent});
-    let Some((fetches, round, changed)) = p
-        .store
-        .record_read(sid, &session, &status, sent_at_ms, change)
-        .await?
-    else {
+    let hold = match (&before.hold, &plan.record.hold) {
+        (None, Some(hold)) => HoldChange::Set {
+            status: &hold.status,
+            rule: &hold.rule,
+        },
+        (Some(_), None) => HoldChange::Clear,
+        _ => HoldChange::Keep,
+    };
+    let finish = plan.next_poll.is_none();
+    let read = ReadRecord {
+        status: &status,
+        sent_at_ms,
+        change,
+        hold,
+        deadline_ms: (plan.record.deadline_ms != session.deadline_ms)
+            .then_some(plan.record.deadline_ms),
+        finish,
+    };
+    let Some((fetches, round, changed)) = p.store.record_read(sid, &session, read).await? else {
         // Another read recorded a newer change meanwhile.
         tracing::debug!(session = %sid, "decision read older than the recorded change");
         return next(&p, &session, plan.next_poll, &job, again).await;
@@ -193,7 +207,11 @@ async fn run(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> 
         data,
         evaluation: evaluation.as_ref(),
     };
-    decide::carry_out(&p, sid, &before, &plan, read).await?;
+    decide::carry_out(&p, sid, &plan, read).await?;
+    if finish {
+        // Finished when the read was recorded.
+        return Ok(Completion::Done);
+    }
     next(&p, &session, plan.next_poll, &job, again).await
 }
 

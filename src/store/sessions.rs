@@ -96,6 +96,33 @@ impl SessionRecord {
     }
 }
 
+/// A decision read as [`Store::record_read`] records it, with what its plan changes in the
+/// session record.
+#[derive(Debug)]
+pub(crate) struct ReadRecord<'a> {
+    pub status: &'a SessionStatus,
+    /// When the read was sent (Unix ms).
+    pub sent_at_ms: u64,
+    /// The `decision_read` audit step's fields, written when the status changed.
+    pub change: serde_json::Value,
+    pub hold: HoldChange<'a>,
+    /// A new deadline (Unix ms).
+    pub deadline_ms: Option<u64>,
+    /// Nothing follows the session any more: stop sweeping it, drop its trace context.
+    pub finish: bool,
+}
+
+/// What a read's plan does to a rule's hold.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum HoldChange<'a> {
+    Keep,
+    Set {
+        status: &'a SessionStatus,
+        rule: &'a str,
+    },
+    Clear,
+}
+
 /// A session Didit created (or reused), as [`Store::record_session`] records it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct NewSession<'a> {
@@ -112,9 +139,12 @@ pub(crate) struct NewSession<'a> {
     pub trace: Option<crate::telemetry::TraceParent>,
 }
 
-/// Records a decision read (see [`Store::record_read`]).
-/// KEYS: session record, then the audit trail of each request it serves. ARGV: status,
-/// sent at (Unix ms), record ttl s, the `decision_read` audit line.
+/// Records a decision read and what its plan changes in the session record (see
+/// [`Store::record_read`]).
+/// KEYS: session record, open sessions, then the audit trail of each request it serves.
+/// ARGV: status, sent at (Unix ms), record ttl s, the `decision_read` audit line, hold
+/// (`set`, `clear` or empty), held status, rule, deadline ms (empty: kept), finish (`1`),
+/// session id.
 static RECORD_READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -139,13 +169,25 @@ if current ~= ARGV[1] then
   if sent > as_of then
     redis.call('HSET', key, 'as_of_ms', ARGV[2])
   end
-  for i = 2, #KEYS do
+  for i = 3, #KEYS do
     redis.call('RPUSHX', KEYS[i], ARGV[4])
   end
 else
   round = tonumber(redis.call('HGET', key, 'round') or '0')
 end
 redis.call('HSET', key, 'status', ARGV[1])
+if ARGV[5] == 'set' then
+  redis.call('HSET', key, 'hold_status', ARGV[6], 'rule_name', ARGV[7])
+elseif ARGV[5] == 'clear' then
+  redis.call('HDEL', key, 'hold_status')
+end
+if ARGV[8] ~= '' then
+  redis.call('HSET', key, 'deadline_ms', ARGV[8])
+end
+if ARGV[9] == '1' then
+  redis.call('ZREM', KEYS[2], ARGV[10])
+  redis.call('HDEL', key, 'tp')
+end
 redis.call('EXPIRE', key, ARGV[3])
 return {fetches, round, changed}
 "#,
@@ -274,9 +316,9 @@ impl Store {
         self.run(&pipe).await
     }
 
-    /// Records one decision read of a session, sent at `sent_at_ms`: the status Didit gave
-    /// and the read count, in one script. A status other than the recorded one is a change,
-    /// true as of when the read was sent: the change round moves on, the step
+    /// Records one decision read of a session, sent at `sent_at_ms`, with what its plan
+    /// changes in the session record, in one script. A status other than the recorded one
+    /// is a change, true as of when the read was sent: the change round moves on, the step
     /// `decision_read` (`change`) is audited, and the status a rule or an operator set is
     /// forgotten once Didit moved past it (a later return to that status is not its echo).
     /// A read sent before the recorded change that names another status is older: nothing
@@ -286,19 +328,29 @@ impl Store {
         &self,
         id: Uuid,
         session: &SessionRecord,
-        status: &SessionStatus,
-        sent_at_ms: u64,
-        change: serde_json::Value,
+        read: ReadRecord<'_>,
     ) -> StoreResult<Option<(u64, u64, bool)>> {
         let mut invocation = RECORD_READ.key(self.session_key(id));
+        invocation.key(self.open_sessions_key());
         for request in &session.requests {
             invocation.key(self.audit_key(request));
         }
+        let (hold, held, rule) = match read.hold {
+            HoldChange::Keep => ("", "", ""),
+            HoldChange::Set { status, rule } => ("set", status.as_str(), rule),
+            HoldChange::Clear => ("clear", "", ""),
+        };
         invocation
-            .arg(status.as_str())
-            .arg(sent_at_ms)
+            .arg(read.status.as_str())
+            .arg(read.sent_at_ms)
             .arg(self.ttl())
-            .arg(audit_line("decision_read", change));
+            .arg(audit_line("decision_read", read.change))
+            .arg(hold)
+            .arg(held)
+            .arg(rule)
+            .arg(read.deadline_ms.map(|d| d.to_string()).unwrap_or_default())
+            .arg(if read.finish { "1" } else { "" })
+            .arg(id.to_string());
         let mut c = self.conn.clone();
         let (fetches, round, outcome): (u64, u64, i64) = invocation.invoke_async(&mut c).await?;
         Ok((outcome >= 0).then_some((fetches, round, outcome == 1)))
@@ -348,23 +400,6 @@ impl Store {
         .await
     }
 
-    /// Holds a session for review by a rule while Didit's status stays `status`.
-    pub(crate) async fn set_hold(
-        &self,
-        id: Uuid,
-        status: &SessionStatus,
-        rule: &str,
-    ) -> StoreResult<()> {
-        self.update_session(
-            id,
-            &[
-                ("hold_status", status.as_str().to_owned()),
-                ("rule_name", rule.to_owned()),
-            ],
-        )
-        .await
-    }
-
     /// Releases a rule's hold (Didit moved on).
     pub(crate) async fn clear_hold(&self, id: Uuid) -> StoreResult<()> {
         let mut c = self.conn.clone();
@@ -384,11 +419,6 @@ impl Store {
             .query_async(&mut c)
             .await?;
         Ok(n)
-    }
-
-    pub(crate) async fn set_session_deadline(&self, id: Uuid, deadline_ms: u64) -> StoreResult<()> {
-        self.update_session(id, &[("deadline_ms", deadline_ms.to_string())])
-            .await
     }
 
     /// Stops sweeping a session (it reached a status nothing follows).
