@@ -21,7 +21,7 @@ use super::Pipeline;
 use crate::{
     domain::{
         lifecycle::{self, DiditCall, Emit, Plan, Verdict, Why},
-        Decider, EventType, OutcomeEvent, SessionStatus,
+        Decider, EventStatus, OutcomeEvent, SessionStatus,
     },
     queue::JobError,
     ratelimit::Priority,
@@ -170,16 +170,9 @@ pub(super) async fn carry_out(
             DiditCall::Blocklist { rule } => blocklist(p, sid, session, evaluation, rule).await?,
         }
     }
-    let asked = Asked {
-        nodes: match evaluation.and_then(|e| e.outcome.action.as_ref()) {
-            Some(Action::Resubmit { nodes }) => json!(nodes),
-            _ => Value::Null,
-        },
-        reason: evaluation.and_then(|e| e.outcome.comment.clone()),
-        emailed,
-    };
-    for emit in &plan.events {
-        publish(p, sid, session, emit, &data, &asked).await?;
+    let asked = Asked::by(evaluation, emailed);
+    for event in events(p, sid, session, plan, &data, &asked).await? {
+        p.publish(&event).await?;
     }
     Ok(())
 }
@@ -235,84 +228,87 @@ async fn blocklist(
 }
 
 /// What a rule's resubmission asked for, for its announcement.
-struct Asked {
-    nodes: Value,
-    reason: Option<String>,
-    emailed: bool,
+pub(super) struct Asked {
+    pub nodes: Value,
+    pub reason: Option<String>,
+    pub emailed: bool,
 }
 
-/// Publishes one planned event to the requests it names, with the `data` its reason gives.
-async fn publish(
+impl Asked {
+    /// What the winning rule asked for (nothing when no rule asked for a resubmission).
+    pub fn by(evaluation: Option<&Evaluation>, emailed: bool) -> Self {
+        Asked {
+            nodes: match evaluation.and_then(|e| e.outcome.action.as_ref()) {
+                Some(Action::Resubmit { nodes }) => json!(nodes),
+                _ => Value::Null,
+            },
+            reason: evaluation.and_then(|e| e.outcome.comment.clone()),
+            emailed,
+        }
+    }
+}
+
+/// The events a plan publishes, to the requests the session answers, with the `data` each
+/// one's reason gives; a status's events keep the review queue in step.
+pub(super) async fn events(
+    p: &Pipeline,
+    sid: Uuid,
+    session: &SessionRecord,
+    plan: &Plan,
+    data: &Value,
+    asked: &Asked,
+) -> Result<Vec<OutcomeEvent>, JobError> {
+    let mut events = Vec::new();
+    for emit in &plan.events {
+        events.extend(events_of(p, sid, session, emit, data, asked).await?);
+    }
+    Ok(events)
+}
+
+async fn events_of(
     p: &Pipeline,
     sid: Uuid,
     session: &SessionRecord,
     emit: &Emit,
     data: &Value,
     asked: &Asked,
-) -> Result<(), JobError> {
+) -> Result<Vec<OutcomeEvent>, JobError> {
     let in_round = SessionRecord {
         round: emit.round,
         ..session.clone()
     };
-    match &emit.why {
-        Why::Resubmission => {
-            let data = if emit.decided_by == Decider::Didit {
-                // Someone at Didit asked; the nodes and reason are Didit's to show.
-                json!({"nodes": null, "reason": null, "requested_by": Decider::Didit.label()})
-            } else {
-                json!({
-                    "nodes": asked.nodes,
-                    "reason": asked.reason,
-                    "requested_by": emit.decided_by.label(),
-                    "emailed": asked.emailed,
-                    "rules": data["rules"],
-                })
-            };
-            p.publish_resubmission(sid, &in_round, &emit.decided_by, data)
-                .await
+    let EventStatus::Session(status) = &emit.status else {
+        return Ok(Vec::new());
+    };
+    let data = match &emit.why {
+        Why::Resubmission if emit.decided_by == Decider::Didit => {
+            // Someone at Didit asked; the nodes and reason are Didit's to show.
+            json!({"nodes": null, "reason": null, "requested_by": Decider::Didit.label()})
         }
+        Why::Resubmission => json!({
+            "nodes": asked.nodes,
+            "reason": asked.reason,
+            "requested_by": emit.decided_by.label(),
+            "emailed": asked.emailed,
+            "rules": data["rules"],
+        }),
         Why::Deadline { last_status } => {
             let last = last_status.as_ref().map_or("", |s| s.as_str());
-            for rid in &session.requests {
-                let vendor_data = p.vendor_data(session, rid).await?;
-                let event = OutcomeEvent::new(
-                    EventType::Expired,
-                    rid.clone(),
-                    Some(sid),
-                    vendor_data,
-                    SessionStatus::Expired.into(),
-                    &Decider::Fleet,
-                    json!({"reason": "deadline", "last_status": last}),
-                )
-                .in_round(emit.round);
-                p.publish(&event).await?;
-            }
-            Ok(())
+            json!({"reason": "deadline", "last_status": last})
         }
         Why::ResubmitsExhausted => {
             let mut data = data.clone();
             data["rules"]["resubmits_exhausted"] = json!(true);
-            publish_status(p, sid, &in_round, emit, data).await
+            data
         }
-        Why::Decision | Why::Operator | Why::Created | Why::Cancelled => {
-            publish_status(p, sid, &in_round, emit, data.clone()).await
-        }
-    }
-}
-
-async fn publish_status(
-    p: &Pipeline,
-    sid: Uuid,
-    session: &SessionRecord,
-    emit: &Emit,
-    data: Value,
-) -> Result<(), JobError> {
-    match &emit.status {
-        crate::domain::EventStatus::Session(status) => {
-            p.publish_status(sid, session, status, &emit.decided_by, data)
-                .await
-        }
-        _ => Ok(()),
+        Why::Decision | Why::Operator | Why::Created | Why::Cancelled => data.clone(),
+    };
+    if matches!(emit.why, Why::Resubmission | Why::Deadline { .. }) {
+        p.events_to_all(sid, &in_round, emit.kind, status, &emit.decided_by, data)
+            .await
+    } else {
+        p.status_events(sid, &in_round, status, &emit.decided_by, data)
+            .await
     }
 }
 
