@@ -104,10 +104,11 @@ pub(super) struct Read<'a> {
     pub evaluation: Option<&'a Evaluation>,
 }
 
-/// Carries a decision read's plan out after the read was recorded (with the rule's hold,
-/// the deadline and the end of the session, in the same script): the Didit calls first
-/// (each recorded before it is made, so its echo is recognised should it arrive first),
-/// then the events, each published once by the store.
+/// Carries out a decision read's plan that calls Didit, after the read was recorded (with
+/// the rule's hold, the deadline, the end of the session and the rules' audit step, in
+/// one script): the Didit calls first (each recorded before it is made, so its echo is
+/// recognised should it arrive first), then the events, each published once by the store.
+/// A plan without a call publishes its events in the read's script.
 pub(super) async fn carry_out(
     p: &Pipeline,
     sid: Uuid,
@@ -120,11 +121,6 @@ pub(super) async fn carry_out(
         data,
         evaluation,
     } = read;
-    if evaluation.is_some() && (!p.rules.rules.is_empty() || !p.rules.workflows.is_empty()) {
-        p.store
-            .audit(&session.requests, "rules_evaluated", data["rules"].clone())
-            .await?;
-    }
     let comment = evaluation.map(|e| e.outcome.comment.clone().unwrap_or_default());
     let mut emailed = false;
     for call in &plan.calls {

@@ -23,7 +23,7 @@ use crate::{
     },
     queue::{now_ms, Completion, Delivery, Job, JobError},
     ratelimit::Priority,
-    store::{HoldChange, ReadRecord, SessionRecord},
+    store::{HoldChange, ReadRecord, ReadRecorded, SessionRecord},
 };
 use didit::Endpoint;
 
@@ -167,6 +167,15 @@ async fn run(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> 
         _ => HoldChange::Keep,
     };
     let finish = plan.next_poll.is_none();
+    let rules_run = !p.rules.rules.is_empty() || !p.rules.workflows.is_empty();
+    // Without a Didit call, the plan's events travel in the read's script; with one, they
+    // are published once the call was made.
+    let events = if plan.calls.is_empty() {
+        let asked = decide::Asked::by(evaluation.as_ref(), false);
+        decide::events(&p, sid, &session, &plan, &data, &asked).await?
+    } else {
+        Vec::new()
+    };
     let read = ReadRecord {
         status: &status,
         sent_at_ms,
@@ -175,12 +184,22 @@ async fn run(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> 
         deadline_ms: (plan.record.deadline_ms != session.deadline_ms)
             .then_some(plan.record.deadline_ms),
         finish,
+        rules: (evaluation.is_some() && rules_run).then(|| data["rules"].clone()),
     };
-    let Some((fetches, round, changed)) = p.store.record_read(sid, &session, read).await? else {
+    let Some(recorded) = p.store.record_read(sid, &session, read, &events).await? else {
         // Another read recorded a newer change meanwhile.
         tracing::debug!(session = %sid, "decision read older than the recorded change");
         return next(&p, &session, plan.next_poll, &job, again).await;
     };
+    for (event, new) in events.iter().zip(&recorded.published) {
+        p.published(event, *new);
+    }
+    let ReadRecorded {
+        fetches,
+        round,
+        changed,
+        ..
+    } = recorded;
     let previous_status = session.status.clone();
     let mut session = session;
     if changed {
@@ -207,7 +226,9 @@ async fn run(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> 
         data,
         evaluation: evaluation.as_ref(),
     };
-    decide::carry_out(&p, sid, &plan, read).await?;
+    if !plan.calls.is_empty() {
+        decide::carry_out(&p, sid, &plan, read).await?;
+    }
     if finish {
         // Finished when the read was recorded.
         return Ok(Completion::Done);

@@ -11,9 +11,12 @@ use std::{sync::LazyLock, time::Duration};
 use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
-use super::{console::LISTED_FIELD, field, requests::audit_line, Store, StoreResult};
+use super::{
+    console::LISTED_FIELD, events::PUBLISH_FN, field, requests::audit_line, Store, StoreError,
+    StoreResult,
+};
 use crate::{
-    domain::{lifecycle, EventType, RequestId, SessionStatus},
+    domain::{lifecycle, EventType, OutcomeEvent, RequestId, SessionStatus},
     queue::now_ms,
 };
 
@@ -110,6 +113,21 @@ pub(crate) struct ReadRecord<'a> {
     pub deadline_ms: Option<u64>,
     /// Nothing follows the session any more: stop sweeping it, drop its trace context.
     pub finish: bool,
+    /// The `rules_evaluated` audit step's fields, when the rules ran.
+    pub rules: Option<serde_json::Value>,
+}
+
+/// What [`Store::record_read`] recorded.
+#[derive(Debug)]
+pub(crate) struct ReadRecorded {
+    /// Reads of the session so far.
+    pub fetches: u64,
+    /// The change round now.
+    pub round: u64,
+    /// Whether the status changed.
+    pub changed: bool,
+    /// For each event, whether it was new.
+    pub published: Vec<bool>,
 }
 
 /// What a read's plan does to a rule's hold.
@@ -139,15 +157,18 @@ pub(crate) struct NewSession<'a> {
     pub trace: Option<crate::telemetry::TraceParent>,
 }
 
-/// Records a decision read and what its plan changes in the session record (see
-/// [`Store::record_read`]).
-/// KEYS: session record, open sessions, then the audit trail of each request it serves.
+/// Records a decision read, what its plan changes in the session record, and its events
+/// (see [`Store::record_read`]).
+/// KEYS: session record, open sessions, events stream, the audit trail of each request it
+/// serves, then each event's request record and audit trail.
 /// ARGV: status, sent at (Unix ms), record ttl s, the `decision_read` audit line, hold
 /// (`set`, `clear` or empty), held status, rule, deadline ms (empty: kept), finish (`1`),
-/// session id.
-static RECORD_READ: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+/// session id, how many audit trails, how many events, the `rules_evaluated` audit line
+/// (empty: none), then each event's [`PUBLISH_FN`] arguments.
+static RECORD_READ: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{PUBLISH_FN}\n{RECORD_READ_BODY}")));
+
+const RECORD_READ_BODY: &str = r#"
 local key = KEYS[1]
 local current = redis.call('HGET', key, 'status')
 local ours = redis.call('HGET', key, 'rule_status')
@@ -157,6 +178,7 @@ local sent = tonumber(ARGV[2])
 if known ~= ARGV[1] and sent < as_of then
   return {0, tonumber(redis.call('HGET', key, 'round') or '0'), -1}
 end
+local trails = tonumber(ARGV[11])
 local fetches = redis.call('HINCRBY', key, 'fetches', 1)
 local round
 local changed = 0
@@ -169,11 +191,16 @@ if current ~= ARGV[1] then
   if sent > as_of then
     redis.call('HSET', key, 'as_of_ms', ARGV[2])
   end
-  for i = 3, #KEYS do
+  for i = 4, 3 + trails do
     redis.call('RPUSHX', KEYS[i], ARGV[4])
   end
 else
   round = tonumber(redis.call('HGET', key, 'round') or '0')
+end
+if ARGV[13] ~= '' then
+  for i = 4, 3 + trails do
+    redis.call('RPUSHX', KEYS[i], ARGV[13])
+  end
 end
 redis.call('HSET', key, 'status', ARGV[1])
 if ARGV[5] == 'set' then
@@ -189,10 +216,17 @@ if ARGV[9] == '1' then
   redis.call('HDEL', key, 'tp')
 end
 redis.call('EXPIRE', key, ARGV[3])
-return {fetches, round, changed}
-"#,
-    )
-});
+local result = {fetches, round, changed}
+for e = 0, tonumber(ARGV[12]) - 1 do
+  local A = {}
+  for j = 1, 18 do
+    A[j] = ARGV[13 + e * 18 + j]
+  end
+  local k = 3 + trails + e * 2
+  result[#result + 1] = publish(KEYS[k + 1], KEYS[3], KEYS[k + 2], A)
+end
+return result
+"#;
 
 /// The session record's field holding when its status was true (Unix ms).
 const AS_OF_FIELD: &str = "as_of_ms";
@@ -317,23 +351,33 @@ impl Store {
     }
 
     /// Records one decision read of a session, sent at `sent_at_ms`, with what its plan
-    /// changes in the session record, in one script. A status other than the recorded one
-    /// is a change, true as of when the read was sent: the change round moves on, the step
-    /// `decision_read` (`change`) is audited, and the status a rule or an operator set is
-    /// forgotten once Didit moved past it (a later return to that status is not its echo).
-    /// A read sent before the recorded change that names another status is older: nothing
-    /// is written, and `None` is returned. Otherwise returns the reads so far, the change
-    /// round now and whether the status changed.
+    /// changes in the session record and the events it publishes, in one script. A status
+    /// other than the recorded one is a change, true as of when the read was sent: the
+    /// change round moves on, the step `decision_read` (`change`) is audited, and the status
+    /// a rule or an operator set is forgotten once Didit moved past it (a later return to
+    /// that status is not its echo). A read sent before the recorded change that names
+    /// another status is older: nothing is written or published, and `None` is returned.
+    /// Otherwise returns the reads so far, the change round now, whether the status changed
+    /// and, for each event, whether it was new.
     pub(crate) async fn record_read(
         &self,
         id: Uuid,
         session: &SessionRecord,
         read: ReadRecord<'_>,
-    ) -> StoreResult<Option<(u64, u64, bool)>> {
-        let mut invocation = RECORD_READ.key(self.session_key(id));
-        invocation.key(self.open_sessions_key());
+        events: &[OutcomeEvent],
+    ) -> StoreResult<Option<ReadRecorded>> {
+        let mut invocation = RECORD_READ.prepare_invoke();
+        invocation
+            .key(self.session_key(id))
+            .key(self.open_sessions_key())
+            .key(self.events_key());
         for request in &session.requests {
             invocation.key(self.audit_key(request));
+        }
+        for event in events {
+            invocation
+                .key(self.request_key(&event.request_id))
+                .key(self.audit_key(&event.request_id));
         }
         let (hold, held, rule) = match read.hold {
             HoldChange::Keep => ("", "", ""),
@@ -350,10 +394,33 @@ impl Store {
             .arg(rule)
             .arg(read.deadline_ms.map(|d| d.to_string()).unwrap_or_default())
             .arg(if read.finish { "1" } else { "" })
-            .arg(id.to_string());
+            .arg(id.to_string())
+            .arg(session.requests.len())
+            .arg(events.len())
+            .arg(
+                read.rules
+                    .map(|r| audit_line("rules_evaluated", r))
+                    .unwrap_or_default(),
+            );
+        for event in events {
+            for arg in self.publish_args(event) {
+                invocation.arg(arg);
+            }
+        }
         let mut c = self.conn.clone();
-        let (fetches, round, outcome): (u64, u64, i64) = invocation.invoke_async(&mut c).await?;
-        Ok((outcome >= 0).then_some((fetches, round, outcome == 1)))
+        let reply: Vec<i64> = invocation.invoke_async(&mut c).await?;
+        let [fetches, round, outcome, published @ ..] = reply.as_slice() else {
+            return Err(StoreError::Corrupt {
+                record: "session",
+                field: "fetches",
+            });
+        };
+        Ok((*outcome >= 0).then(|| ReadRecorded {
+            fetches: u64::try_from(*fetches).unwrap_or(0),
+            round: u64::try_from(*round).unwrap_or(0),
+            changed: *outcome == 1,
+            published: published.iter().map(|p| *p == 1).collect(),
+        }))
     }
 
     /// Records a resubmission the fleet asked for (a rule or an operator) as the session's
