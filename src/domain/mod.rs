@@ -5,6 +5,7 @@
 mod address;
 mod egress;
 mod event;
+pub mod lifecycle;
 mod request;
 mod schedule;
 mod signature;

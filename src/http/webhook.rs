@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use crate::{
-    domain::{RequestId, SessionStatus},
+    domain::{lifecycle, RequestId, SessionStatus},
     jobs::PollDecision,
     jobs::REQUEST_ID_METADATA,
 };
@@ -170,14 +170,28 @@ async fn follow(
     let scheme = verified.scheme.as_str();
     match known {
         Some(session) => {
-            let step =
-                serde_json::json!({"session_id": session_id, "status": status, "scheme": scheme});
+            // A webhook counts as of its timestamp: one that names a change older than
+            // the recorded one (or the recorded one again), or a session nobody follows,
+            // asks for no read.
+            let timestamp_ms = u64::try_from(verified.timestamp)
+                .unwrap_or(0)
+                .saturating_mul(1000);
+            let plan = lifecycle::on_webhook(
+                &session.lifecycle(),
+                SessionStatus::parse(status),
+                timestamp_ms,
+            );
+            let step = serde_json::json!({"session_id": session_id, "status": status, "scheme": scheme, "read": plan.read_now});
             if let Err(e) = state
                 .store
                 .audit(&session.requests, "webhook_received", step)
                 .await
             {
                 return retry_later(state, forget, e).await;
+            }
+            if !plan.read_now {
+                tracing::info!(result = "accepted", session = %session_id, status = %status, scheme, "webhook accepted; nothing newer to read");
+                return (StatusCode::OK, "accepted");
             }
         }
         None => match adopt(state, session_id, verified).await {

@@ -325,13 +325,30 @@ impl Pipeline {
         decider: &Decider,
         data: Value,
     ) -> Result<(), JobError> {
+        let events = self
+            .status_events(session_id, session, status, decider, data)
+            .await?;
+        self.publish_all(&events).await
+    }
+
+    /// The events a status produces for every request the session answers, in the
+    /// session's change round, with the review queue kept in step (In Review enters it, any
+    /// other status leaves it).
+    pub async fn status_events(
+        &self,
+        session_id: Uuid,
+        session: &SessionRecord,
+        status: &SessionStatus,
+        decider: &Decider,
+        data: Value,
+    ) -> Result<Vec<OutcomeEvent>, JobError> {
         let Some(kind) = EventType::for_status(status) else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         self.store
             .track_review(session_id, session, status, &decider.label(), &data)
             .await?;
-        self.publish_to_all(session_id, session, kind, status, decider, data)
+        self.events_to_all(session_id, session, kind, status, decider, data)
             .await
     }
 
@@ -344,18 +361,21 @@ impl Pipeline {
         decider: &Decider,
         data: Value,
     ) -> Result<(), JobError> {
-        self.publish_to_all(
-            session_id,
-            session,
-            EventType::ResubmissionRequested,
-            &SessionStatus::Resubmitted,
-            decider,
-            data,
-        )
-        .await
+        let events = self
+            .events_to_all(
+                session_id,
+                session,
+                EventType::ResubmissionRequested,
+                &SessionStatus::Resubmitted,
+                decider,
+                data,
+            )
+            .await?;
+        self.publish_all(&events).await
     }
 
-    async fn publish_to_all(
+    /// One event for every request the session answers, in the session's change round.
+    pub async fn events_to_all(
         &self,
         session_id: Uuid,
         session: &SessionRecord,
@@ -363,7 +383,8 @@ impl Pipeline {
         status: &SessionStatus,
         decider: &Decider,
         data: Value,
-    ) -> Result<(), JobError> {
+    ) -> Result<Vec<OutcomeEvent>, JobError> {
+        let mut events = Vec::with_capacity(session.requests.len());
         for request in &session.requests {
             let vendor_data = self.vendor_data(session, request).await?;
             let event = OutcomeEvent::new(
@@ -376,7 +397,14 @@ impl Pipeline {
                 data.clone(),
             )
             .in_round(session.round);
-            self.publish(&event).await?;
+            events.push(event);
+        }
+        Ok(events)
+    }
+
+    async fn publish_all(&self, events: &[OutcomeEvent]) -> Result<(), JobError> {
+        for event in events {
+            self.publish(event).await?;
         }
         Ok(())
     }
@@ -424,6 +452,13 @@ impl Pipeline {
     /// counts it; `true` when it was new.
     pub async fn publish(&self, event: &OutcomeEvent) -> Result<bool, JobError> {
         let new = self.store.publish(event).await?;
+        self.published(event, new);
+        Ok(new)
+    }
+
+    /// Counts an event the store published (`new`), or says nothing when it was published
+    /// before.
+    pub fn published(&self, event: &OutcomeEvent, new: bool) {
         if new {
             self.metrics
                 .events_published
@@ -440,7 +475,6 @@ impl Pipeline {
             }
             tracing::info!(event = event.kind.as_str(), status = %event.status, session = ?event.session_id, "event published");
         }
-        Ok(new)
     }
 
     /// Unix ms when a session whose expiry window starts now gives up: the expiration of

@@ -1,5 +1,9 @@
 //! OperatorAction: a person's decision on a session held In Review, carried out at Didit.
 //!
+//! The session lifecycle plans it ([`lifecycle::step`] with an operator's decision): the
+//! `update-status` call, the events, the hold released and whether the session is followed
+//! again; this job carries the plan out.
+//!
 //! The console only enqueues this job (HTTP handlers never call Didit), so an operator's
 //! click shares the fleet's rate limit and survives a Didit outage like every other call.
 //! The status it sets is recorded before the call, so Didit's echo is recognised and never
@@ -15,12 +19,15 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::{
-    decide::{email_the_person, update_status},
+    decide::{self, email_the_person, update_status},
     Pipeline,
 };
 use crate::{
-    domain::{Decider, SessionStatus},
-    queue::{Completion, Delivery, Job, JobError},
+    domain::{
+        lifecycle::{self, DiditCall, Input, NextPoll, Refusal, Why},
+        Decider, SessionStatus,
+    },
+    queue::{now_ms, Completion, Delivery, Job, JobError},
     ratelimit::Priority,
     store::SessionRecord,
 };
@@ -115,41 +122,61 @@ async fn run(
     }
     let target = job.action.status();
     let decider = Decider::Operator(job.operator.clone());
+    let input = Input::Operator {
+        status: target.clone(),
+        name: job.operator.clone(),
+        now_ms: now_ms(),
+    };
+    let before = session.lifecycle();
+    let plan = lifecycle::step(&before, input, &decide::limits(&p));
+    if let Some(refusal) = &plan.refused {
+        let now = match refusal {
+            Refusal::NotInReview { status } | Refusal::Settled { status } => {
+                status.as_ref().map_or("unknown", |s| s.as_str())
+            }
+            Refusal::NotFollowed => "cancelled",
+        };
+        return Err(JobError::Fatal(format!(
+            "session {sid} is no longer In Review (now {now})"
+        )));
+    }
     let comment = match job.note.as_deref().map(str::trim) {
         Some(note) if !note.is_empty() => format!("{}: {note}", decider.label()),
         _ => decider.label(),
     };
-    let mut request = UpdateStatusRequest {
-        new_status: target.clone(),
-        comment: Some(comment),
-        nodes_to_resubmit: None,
-        send_email: None,
-        email_address: None,
-        email_language: None,
-    };
-    let mut round = session.round;
     let mut emailed = false;
-    if job.action == OperatorDecision::Resubmit {
-        // Didit e-mails the link only when asked, to the address the decision echoes.
-        let read = p
-            .call(Endpoint::Decision, Priority::High, |d| async move {
-                d.decision(sid).await
-            })
-            .await?;
-        match read {
-            Ok(decision) => emailed = email_the_person(&mut request, &decision),
-            Err(e) => return Err(p.didit_failure(e).await),
+    for call in &plan.calls {
+        let DiditCall::UpdateStatus { status, by } = call else {
+            continue;
+        };
+        let mut request = UpdateStatusRequest {
+            new_status: status.clone(),
+            comment: Some(comment.clone()),
+            nodes_to_resubmit: None,
+            send_email: None,
+            email_address: None,
+            email_language: None,
+        };
+        if *status == SessionStatus::Resubmitted {
+            // Didit e-mails the link only when asked, to the address the decision echoes.
+            let read = p
+                .call(Endpoint::Decision, Priority::High, |d| async move {
+                    d.decision(sid).await
+                })
+                .await?;
+            match read {
+                Ok(decision) => emailed = email_the_person(&mut request, &decision),
+                Err(e) => return Err(p.didit_failure(e).await),
+            }
+            // Recorded before the call: the echo is then no change of status.
+            p.store.record_resubmission(sid, &by.label()).await?;
+        } else {
+            // Recorded before the call: should the echo arrive first, it is still recognised.
+            p.store.set_rule_status(sid, status, &by.label()).await?;
         }
-        // Recorded before the call: the echo is then no change of status.
-        round = p.store.record_resubmission(sid, &decider.label()).await?;
-    } else {
-        // Recorded before the call: should the echo arrive first, it is still recognised.
-        p.store
-            .set_rule_status(sid, &target, &decider.label())
-            .await?;
+        update_status(&p, sid, &request).await?;
     }
-    update_status(&p, sid, &request).await?;
-    if session.hold_status.is_some() {
+    if before.hold.is_some() && plan.record.hold.is_none() {
         p.store.clear_hold(sid).await?;
     }
     p.store
@@ -159,33 +186,37 @@ async fn run(
             json!({"session_id": sid, "new_status": target.as_str(), "operator": job.operator}),
         )
         .await?;
-    if job.action == OperatorDecision::Resubmit {
-        // The person goes through the flow again: follow the session on the poll schedule.
-        p.store
-            .track_review(sid, &session, &target, &decider.label(), &json!({}))
-            .await?;
-        let resubmitted = SessionRecord {
-            round,
-            status: Some(SessionStatus::Resubmitted),
+    for emit in &plan.events {
+        let in_round = SessionRecord {
+            round: emit.round,
             ..session.clone()
         };
-        let data = json!({
-            "nodes": null,
-            // The operator's note goes to Didit only.
-            "reason": null,
-            "requested_by": decider.label(),
-            "emailed": emailed,
-        });
-        p.publish_resubmission(sid, &resubmitted, &decider, data)
-            .await?;
+        if emit.why == Why::Resubmission {
+            // The person goes through the flow again: out of the review queue.
+            p.store
+                .track_review(sid, &session, &target, &decider.label(), &json!({}))
+                .await?;
+            let data = json!({
+                "nodes": null,
+                // The operator's note goes to Didit only.
+                "reason": null,
+                "requested_by": decider.label(),
+                "emailed": emailed,
+            });
+            p.publish_resubmission(sid, &in_round, &decider, data)
+                .await?;
+        } else {
+            let data = json!({"operator": {"name": job.operator, "action": job.action.as_str()}});
+            p.publish_status(sid, &in_round, &target, &decider, data)
+                .await?;
+        }
+    }
+    if plan.next_poll == Some(NextPoll::Schedule { restart: true }) {
+        // Followed on the poll schedule from its start. A decision needs no poll of its
+        // own: the review's next poll (or the echo's) reads the status just set, recognises
+        // it and stops following the session, as after a rule's update.
         p.schedule_poll(sid, 1, p.schedule().interval(0, sid.as_u128()))
             .await?;
-        return Ok(Completion::Done);
     }
-    let data = json!({"operator": {"name": job.operator, "action": job.action.as_str()}});
-    // The review's next poll (or the echo's) reads the status just set, recognises it and
-    // stops following the session, as after a rule's update.
-    p.publish_status(sid, &session, &target, &decider, data)
-        .await?;
     Ok(Completion::Done)
 }

@@ -15,16 +15,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{
-    context::decision_summary,
-    decide::{decide, After},
-    Pipeline,
-};
+use super::{context::decision_summary, decide, Pipeline};
 use crate::{
-    domain::{Decider, EventType, FailureReason, OutcomeEvent, SessionStatus},
+    domain::{
+        lifecycle::{self, Input, NextPoll},
+        EventType, FailureReason,
+    },
     queue::{now_ms, Completion, Delivery, Job, JobError},
     ratelimit::Priority,
-    store::SessionRecord,
+    store::{HoldChange, ReadRecord, ReadRecorded, SessionRecord},
 };
 use didit::Endpoint;
 
@@ -85,6 +84,8 @@ async fn run(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> 
     } else {
         Priority::Low
     };
+    // A read counts as of the moment it was sent: an older change never overwrites a newer one.
+    let sent_at_ms = now_ms();
     let read = p
         .call(Endpoint::Decision, priority, |d| async move {
             d.decision(sid).await
@@ -113,100 +114,152 @@ async fn run(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> 
             return Err(error);
         }
     };
-    let changed = session.status.as_ref() != Some(&decision.status);
-    let change =
-        json!({"session_id": sid, "status": decision.status.as_str(), "urgent": job.urgent});
-    let (fetches, round) = p
-        .store
-        .record_read(sid, &session, &decision.status, change)
-        .await?;
+    let now = now_ms();
+    let before = session.lifecycle();
+    let limits = decide::limits(&p);
+    let input = Input::DecisionRead {
+        status: decision.status.clone(),
+        sent_at_ms,
+        now_ms: now,
+        expires_at_ms: expires_at_ms(&decision),
+    };
+    let mut plan = lifecycle::step(&before, input, &limits);
+    let mut data = decision_summary(&decision);
+    data["url"] = json!(decision.session_url);
+    let mut evaluation = None;
+    if plan.evaluate_rules {
+        let (verdict, evaluated) = decide::evaluate(&p, &decision, &mut data);
+        let next = lifecycle::step(
+            &plan.record,
+            Input::RulesEvaluated {
+                verdict,
+                now_ms: now,
+            },
+            &limits,
+        );
+        plan = plan.then(next);
+        evaluation = Some(evaluated);
+    }
+    if plan.restart_deadline {
+        // Didit restarted the session's expiry window (a resubmission).
+        if let Some(workflow) = decision.workflow_id {
+            plan.record.deadline_ms = p.deadline_for(workflow, session.workflow_version).await;
+        }
+    }
+    if plan
+        .audit
+        .iter()
+        .any(|a| matches!(a, lifecycle::Audit::StaleRead { .. }))
+    {
+        // Sent before the recorded change: what it says is older, and is not recorded.
+        tracing::debug!(session = %sid, "decision read older than the recorded change");
+        return next(&p, &session, plan.next_poll, &job, again).await;
+    }
+    // The read itself: the status Didit gave, the read count, the change round.
     let status = decision.status.clone();
+    let change = json!({"session_id": sid, "status": status.as_str(), "urgent": job.urgent});
+    let hold = match (&before.hold, &plan.record.hold) {
+        (None, Some(hold)) => HoldChange::Set {
+            status: &hold.status,
+            rule: &hold.rule,
+        },
+        (Some(_), None) => HoldChange::Clear,
+        _ => HoldChange::Keep,
+    };
+    let finish = plan.next_poll.is_none();
+    let rules_run = !p.rules.rules.is_empty() || !p.rules.workflows.is_empty();
+    // Without a Didit call, the plan's events travel in the read's script; with one, they
+    // are published once the call was made.
+    let events = if plan.calls.is_empty() {
+        let asked = decide::Asked::by(evaluation.as_ref(), false);
+        decide::events(&p, sid, &session, &plan, &data, &asked).await?
+    } else {
+        Vec::new()
+    };
+    let read = ReadRecord {
+        status: &status,
+        sent_at_ms,
+        change,
+        hold,
+        deadline_ms: (plan.record.deadline_ms != session.deadline_ms)
+            .then_some(plan.record.deadline_ms),
+        finish,
+        rules: (evaluation.is_some() && rules_run).then(|| data["rules"].clone()),
+    };
+    let Some(recorded) = p.store.record_read(sid, &session, read, &events).await? else {
+        // Another read recorded a newer change meanwhile.
+        tracing::debug!(session = %sid, "decision read older than the recorded change");
+        return next(&p, &session, plan.next_poll, &job, again).await;
+    };
+    for (event, new) in events.iter().zip(&recorded.published) {
+        p.published(event, *new);
+    }
+    let ReadRecorded {
+        fetches,
+        round,
+        changed,
+        ..
+    } = recorded;
     let previous_status = session.status.clone();
     let mut session = session;
     if changed {
-        // As the record now says: a new round, and a status set by a rule or an operator
-        // forgotten once Didit moved past it.
         if session.rule_status.as_ref() != Some(&status) {
             session.rule_status = None;
         }
         session.status = Some(status.clone());
         session.round = round;
     }
-    let now = now_ms();
-    if EventType::for_status(&status).is_some() {
-        let first_result = previous_status
+    if EventType::for_status(&status).is_some()
+        && previous_status
             .as_ref()
-            .is_none_or(|s| EventType::for_status(s).is_none());
-        if first_result {
-            let elapsed_ms = now.saturating_sub(session.created_at_ms);
-            p.metrics
-                .time_to_decision
-                .observe(elapsed_ms as f64 / 1000.0);
-            p.metrics.decision_fetches.observe(fetches as f64);
-        }
-        let mut data = decision_summary(&decision);
-        data["url"] = json!(decision.session_url);
-        match decide(&p, sid, &session, &decision, data).await? {
-            After::Settled => {
-                p.store.finish_session(sid, &session).await?;
-                return Ok(Completion::Done);
-            }
-            After::Follow => return Ok(again(p.schedule().interval(0, sid.as_u128()), 1)),
-            After::Watch => {
-                let horizon =
-                    session.created_at_ms + p.settings.poll.review_horizon.as_millis() as u64;
-                if now < horizon {
-                    // A person decides later; keep reading slowly so that decision has its event.
-                    return Ok(again(p.settings.poll.review_interval, job.polls + 1));
-                }
-                p.store.finish_session(sid, &session).await?;
-                return Ok(Completion::Done);
-            }
-        }
+            .is_none_or(|s| EventType::for_status(s).is_none())
+    {
+        let elapsed_ms = now.saturating_sub(session.created_at_ms);
+        p.metrics
+            .time_to_decision
+            .observe(elapsed_ms as f64 / 1000.0);
+        p.metrics.decision_fetches.observe(fetches as f64);
     }
-    if status == SessionStatus::Resubmitted && changed {
-        // Not the fleet's own (that was recorded before the call, so it is no change here):
-        // someone at Didit asked; the nodes and reason are Didit's to show.
-        let data = json!({"nodes": null, "reason": null, "requested_by": Decider::Didit.label()});
-        p.publish_resubmission(sid, &session, &Decider::Didit, data)
-            .await?;
+    let read = decide::Read {
+        session: &session,
+        decision: &decision,
+        data,
+        evaluation: evaluation.as_ref(),
+    };
+    if !plan.calls.is_empty() {
+        decide::carry_out(&p, sid, &plan, read).await?;
     }
-    let mut deadline = session.deadline_ms;
-    if let Some(expires) = expires_at_ms(&decision) {
-        // Didit's own expiry for this run of the flow wins.
-        let from_didit = expires + p.settings.poll.expiry_grace.as_millis() as u64;
-        if from_didit != deadline {
-            deadline = from_didit;
-            p.store.set_session_deadline(sid, deadline).await?;
-        }
-    } else if status == SessionStatus::Resubmitted && changed {
-        if let Some(workflow) = decision.workflow_id {
-            deadline = p.deadline_for(workflow, session.workflow_version).await;
-            p.store.set_session_deadline(sid, deadline).await?;
-        }
-    }
-    if now > deadline {
-        for rid in &session.requests {
-            let vendor_data = p.vendor_data(&session, rid).await?;
-            let event = OutcomeEvent::new(
-                EventType::Expired,
-                rid.clone(),
-                Some(sid),
-                vendor_data,
-                SessionStatus::Expired.into(),
-                &Decider::Fleet,
-                json!({"reason": "deadline", "last_status": status.as_str()}),
-            )
-            .in_round(session.round);
-            p.publish(&event).await?;
-        }
-        p.store.finish_session(sid, &session).await?;
+    if finish {
+        // Finished when the read was recorded.
         return Ok(Completion::Done);
     }
-    Ok(again(
-        p.schedule().interval(job.polls, sid.as_u128()),
-        job.polls + 1,
-    ))
+    next(&p, &session, plan.next_poll, &job, again).await
+}
+
+/// The poll's completion from the plan's next poll: run again on the schedule (from its
+/// start after a new run of the flow), at the review interval, or finish the session.
+async fn next(
+    p: &Pipeline,
+    session: &SessionRecord,
+    poll: Option<NextPoll>,
+    job: &PollDecision,
+    again: impl Fn(Duration, u32) -> Completion<PollDecision>,
+) -> Outcome {
+    let sid = job.session_id;
+    Ok(match poll {
+        None => {
+            p.store.finish_session(sid, session).await?;
+            Completion::Done
+        }
+        Some(NextPoll::Schedule { restart: true }) => {
+            again(p.schedule().interval(0, sid.as_u128()), 1)
+        }
+        Some(NextPoll::Schedule { restart: false }) => again(
+            p.schedule().interval(job.polls, sid.as_u128()),
+            job.polls + 1,
+        ),
+        Some(NextPoll::Review) => again(p.settings.poll.review_interval, job.polls + 1),
+    })
 }
 
 /// When an unfinished session expires at Didit, from the decision's `expires_at` (Unix ms).

@@ -25,43 +25,50 @@ const ERASE_PAGE: usize = 1000;
 /// marker of the time before rounds, so old records keep their meaning) and one that says
 /// the status was published in some round, which picks the event id: round 0's the first
 /// time, the id with the round on a repeat.
-/// KEYS: request record, events, audit trail. ARGV: first-time event_id, type, session_id,
-/// request_id, vendor_data, status, decided_by, data, record ttl s, trim minid ms, track
-/// status (0/1), now ms, round marker field, audit line, audit max, repeat event_id,
-/// "seen" marker field, round-0 marker field.
+///
+/// A Lua function, `publish(record, events, audit, A)`, so a script that records a change
+/// publishes its events in the same step; [`PUBLISH`] calls it alone. `record`, `events`,
+/// `audit`: the request record, the events stream, the request's audit trail. `A`:
+/// first-time event_id, type, session_id, request_id, vendor_data, status, decided_by, data,
+/// record ttl s, trim minid ms, track status (0/1), now ms, round marker field, audit line,
+/// audit max, repeat event_id, "seen" marker field, round-0 marker field.
+pub(super) const PUBLISH_FN: &str = r#"
+local function publish(record, events, audit, A)
+  if redis.call('HEXISTS', record, A[13]) == 1 then
+    return 0
+  end
+  local id = A[1]
+  if A[13] ~= A[18] and (redis.call('HEXISTS', record, A[17]) == 1
+      or redis.call('HEXISTS', record, A[18]) == 1) then
+    id = A[16]
+  end
+  redis.call('HSET', record, A[13], id, A[17], '1')
+  local previous = ''
+  if A[11] == '1' then
+    previous = redis.call('HGET', record, 'last_status') or ''
+    redis.call('HSET', record, 'last_status', A[6], 'decided_by', A[7], 'updated_at_ms', A[12])
+  end
+  redis.call('EXPIRE', record, A[9])
+  redis.call('XADD', events, 'MINID', '~', A[10], '*',
+    'event_id', id, 'type', A[2], 'session_id', A[3], 'request_id', A[4],
+    'vendor_data', A[5], 'status', A[6], 'previous_status', previous,
+    'decided_by', A[7], 'data', A[8])
+  local steps = redis.call('RPUSH', audit, A[14])
+  local max = tonumber(A[15])
+  if steps > max then
+    redis.call('LTRIM', audit, -max, -1)
+  end
+  if steps == 1 or A[11] == '1' then
+    redis.call('EXPIRE', audit, A[9])
+  end
+  return 1
+end
+"#;
+
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('HEXISTS', KEYS[1], ARGV[13]) == 1 then
-  return 0
-end
-local id = ARGV[1]
-if ARGV[13] ~= ARGV[18] and (redis.call('HEXISTS', KEYS[1], ARGV[17]) == 1
-    or redis.call('HEXISTS', KEYS[1], ARGV[18]) == 1) then
-  id = ARGV[16]
-end
-redis.call('HSET', KEYS[1], ARGV[13], id, ARGV[17], '1')
-local previous = ''
-if ARGV[11] == '1' then
-  previous = redis.call('HGET', KEYS[1], 'last_status') or ''
-  redis.call('HSET', KEYS[1], 'last_status', ARGV[6], 'decided_by', ARGV[7], 'updated_at_ms', ARGV[12])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[9])
-redis.call('XADD', KEYS[2], 'MINID', '~', ARGV[10], '*',
-  'event_id', id, 'type', ARGV[2], 'session_id', ARGV[3], 'request_id', ARGV[4],
-  'vendor_data', ARGV[5], 'status', ARGV[6], 'previous_status', previous,
-  'decided_by', ARGV[7], 'data', ARGV[8])
-local steps = redis.call('RPUSH', KEYS[3], ARGV[14])
-local max = tonumber(ARGV[15])
-if steps > max then
-  redis.call('LTRIM', KEYS[3], -max, -1)
-end
-if steps == 1 or ARGV[11] == '1' then
-  redis.call('EXPIRE', KEYS[3], ARGV[9])
-end
-return 1
-"#,
-    )
+    Script::new(&format!(
+        "{PUBLISH_FN}\nreturn publish(KEYS[1], KEYS[2], KEYS[3], ARGV)"
+    ))
 });
 
 /// The ids of stream entries whose `vendor_data` is this person's.
@@ -86,6 +93,22 @@ impl Store {
     /// Publishes an event once per (request, session, change round, type, status) and
     /// records the step in the request's audit trail; `true` if it was new.
     pub(crate) async fn publish(&self, event: &OutcomeEvent) -> StoreResult<bool> {
+        let mut invocation = PUBLISH.prepare_invoke();
+        invocation
+            .key(self.request_key(&event.request_id))
+            .key(self.events_key())
+            .key(self.audit_key(&event.request_id));
+        for arg in self.publish_args(event) {
+            invocation.arg(arg);
+        }
+        let mut c = self.conn.clone();
+        let published: i64 = invocation.invoke_async(&mut c).await?;
+        Ok(published == 1)
+    }
+
+    /// The arguments of [`PUBLISH_FN`] for one event (its keys are the request record, the
+    /// events stream and the request's audit trail).
+    pub(super) fn publish_args(&self, event: &OutcomeEvent) -> [String; 18] {
         let session = event.session_id.map(|s| s.to_string()).unwrap_or_default();
         let parts = [
             event.request_id.as_str(),
@@ -117,32 +140,26 @@ impl Store {
             }
             _ => event.data.to_string(),
         };
-        let mut c = self.conn.clone();
-        let published: i64 = PUBLISH
-            .key(self.request_key(&event.request_id))
-            .key(self.events_key())
-            .key(self.audit_key(&event.request_id))
-            .arg(event.event_id.to_string())
-            .arg(event.kind.as_str())
-            .arg(&session)
-            .arg(event.request_id.as_str())
-            .arg(&event.vendor_data)
-            .arg(event.status.as_str())
-            .arg(&event.decided_by)
-            .arg(data)
-            .arg(self.ttl())
-            .arg(minid)
-            .arg(if tracks_status { "1" } else { "0" })
-            .arg(now_ms())
-            .arg(marker)
-            .arg(step)
-            .arg(AUDIT_MAX)
-            .arg(event.repeat_id().to_string())
-            .arg(seen)
-            .arg(first_marker)
-            .invoke_async(&mut c)
-            .await?;
-        Ok(published == 1)
+        [
+            event.event_id.to_string(),
+            event.kind.as_str().to_owned(),
+            session,
+            event.request_id.as_str().to_owned(),
+            event.vendor_data.clone(),
+            event.status.as_str().to_owned(),
+            event.decided_by.clone(),
+            data,
+            self.ttl().to_string(),
+            minid.to_string(),
+            if tracks_status { "1" } else { "0" }.to_owned(),
+            now_ms().to_string(),
+            marker,
+            step,
+            AUDIT_MAX.to_string(),
+            event.repeat_id().to_string(),
+            seen,
+            first_marker,
+        ]
     }
 
     /// Removes outcome events that name this person (their `vendor_data`); returns how many.

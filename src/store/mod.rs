@@ -51,7 +51,7 @@ use crate::settings::EventSettings;
 pub(crate) use claims::Enqueued;
 pub(crate) use console::ReviewItem;
 pub(crate) use console_lists::StreamEvent;
-pub(crate) use sessions::{NewSession, SessionRecord};
+pub(crate) use sessions::{HoldChange, NewSession, ReadRecord, ReadRecorded, SessionRecord};
 pub(crate) use subscribers::{EventReader, OutcomeEntry, SubscriberState};
 
 /// A store operation that failed, and whether trying it again can help.

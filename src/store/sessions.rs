@@ -6,14 +6,17 @@
 //! it. Open sessions are also listed by when they were last looked at, so a sweep finds the
 //! ones whose polls were lost.
 
-use std::time::Duration;
+use std::{sync::LazyLock, time::Duration};
 
-use redis::AsyncCommands;
+use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
-use super::{console::LISTED_FIELD, field, Store, StoreResult};
+use super::{
+    console::LISTED_FIELD, events::PUBLISH_FN, field, requests::audit_line, Store, StoreError,
+    StoreResult,
+};
 use crate::{
-    domain::{RequestId, SessionStatus},
+    domain::{lifecycle, EventType, OutcomeEvent, RequestId, SessionStatus},
     queue::now_ms,
 };
 
@@ -38,6 +41,9 @@ pub(crate) struct SessionRecord {
     /// Unix ms after which an unfinished session is given up.
     pub deadline_ms: u64,
     pub created_at_ms: u64,
+    /// Unix ms the recorded status was true at (when the read that saw it was sent, or when
+    /// the fleet asked Didit for it); 0 when a record written before it was kept says nothing.
+    pub as_of_ms: u64,
     /// The status a rule set at Didit (its echo must not run the rules again) and the rule.
     pub rule_status: Option<SessionStatus>,
     pub rule_name: Option<String>,
@@ -50,6 +56,89 @@ pub(crate) struct SessionRecord {
     /// The trace of the verification that created it, for the webhook that ends its wait
     /// (55 bytes while the session waits; dropped by [`Store::finish_session`]).
     pub trace: Option<crate::telemetry::TraceParent>,
+}
+
+impl SessionRecord {
+    /// The record as the lifecycle reads it ([`lifecycle::step`]). The status the fleet set
+    /// at Didit (a rule's or an operator's `update-status`, a resubmission) is the session's
+    /// status, so its echo is no change. A result Didit reached by itself stays open to the
+    /// decision step on every read, as before the state machine: its events are published
+    /// once by the store's "already published" markers, so a read after a crash between
+    /// recording the status and publishing still publishes. A record written before it
+    /// kept the time of its status (`as_of_ms` 0) orders nothing.
+    pub(crate) fn lifecycle(&self) -> lifecycle::Session {
+        let status = self.rule_status.clone().or_else(|| self.status.clone());
+        let hold = self.hold_status.clone().map(|status| lifecycle::Hold {
+            status,
+            rule: self.rule_name.clone().unwrap_or_default(),
+        });
+        let phase = match &status {
+            _ if self.requests.is_empty() && !self.cancelled.is_empty() => {
+                lifecycle::Phase::Cancelled
+            }
+            _ if hold.is_some() => lifecycle::Phase::Watching,
+            Some(SessionStatus::InReview) => lifecycle::Phase::Watching,
+            Some(s) if self.rule_status.is_some() && EventType::for_status(s).is_some() => {
+                lifecycle::Phase::Settled
+            }
+            _ => lifecycle::Phase::Open,
+        };
+        lifecycle::Session {
+            requests: self.requests.clone(),
+            cancelled: self.cancelled.clone(),
+            status,
+            round: self.round,
+            as_of_ms: self.as_of_ms,
+            phase,
+            hold,
+            resubmits: self.resubmits,
+            created_at_ms: self.created_at_ms,
+            deadline_ms: self.deadline_ms,
+            published: lifecycle::Published::default(),
+        }
+    }
+}
+
+/// A decision read as [`Store::record_read`] records it, with what its plan changes in the
+/// session record.
+#[derive(Debug)]
+pub(crate) struct ReadRecord<'a> {
+    pub status: &'a SessionStatus,
+    /// When the read was sent (Unix ms).
+    pub sent_at_ms: u64,
+    /// The `decision_read` audit step's fields, written when the status changed.
+    pub change: serde_json::Value,
+    pub hold: HoldChange<'a>,
+    /// A new deadline (Unix ms).
+    pub deadline_ms: Option<u64>,
+    /// Nothing follows the session any more: stop sweeping it, drop its trace context.
+    pub finish: bool,
+    /// The `rules_evaluated` audit step's fields, when the rules ran.
+    pub rules: Option<serde_json::Value>,
+}
+
+/// What [`Store::record_read`] recorded.
+#[derive(Debug)]
+pub(crate) struct ReadRecorded {
+    /// Reads of the session so far.
+    pub fetches: u64,
+    /// The change round now.
+    pub round: u64,
+    /// Whether the status changed.
+    pub changed: bool,
+    /// For each event, whether it was new.
+    pub published: Vec<bool>,
+}
+
+/// What a read's plan does to a rule's hold.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum HoldChange<'a> {
+    Keep,
+    Set {
+        status: &'a SessionStatus,
+        rule: &'a str,
+    },
+    Clear,
 }
 
 /// A session Didit created (or reused), as [`Store::record_session`] records it.
@@ -67,6 +156,80 @@ pub(crate) struct NewSession<'a> {
     /// Didit reuses the session).
     pub trace: Option<crate::telemetry::TraceParent>,
 }
+
+/// Records a decision read, what its plan changes in the session record, and its events
+/// (see [`Store::record_read`]).
+/// KEYS: session record, open sessions, events stream, the audit trail of each request it
+/// serves, then each event's request record and audit trail.
+/// ARGV: status, sent at (Unix ms), record ttl s, the `decision_read` audit line, hold
+/// (`set`, `clear` or empty), held status, rule, deadline ms (empty: kept), finish (`1`),
+/// session id, how many audit trails, how many events, the `rules_evaluated` audit line
+/// (empty: none), then each event's [`PUBLISH_FN`] arguments.
+static RECORD_READ: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{PUBLISH_FN}\n{RECORD_READ_BODY}")));
+
+const RECORD_READ_BODY: &str = r#"
+local key = KEYS[1]
+local current = redis.call('HGET', key, 'status')
+local ours = redis.call('HGET', key, 'rule_status')
+local known = ours or current
+local as_of = tonumber(redis.call('HGET', key, 'as_of_ms') or '0')
+local sent = tonumber(ARGV[2])
+if known ~= ARGV[1] and sent < as_of then
+  return {0, tonumber(redis.call('HGET', key, 'round') or '0'), -1}
+end
+local trails = tonumber(ARGV[11])
+local fetches = redis.call('HINCRBY', key, 'fetches', 1)
+local round
+local changed = 0
+if current ~= ARGV[1] then
+  changed = 1
+  round = redis.call('HINCRBY', key, 'round', 1)
+  if ours and ours ~= ARGV[1] then
+    redis.call('HDEL', key, 'rule_status', 'rule_name')
+  end
+  if sent > as_of then
+    redis.call('HSET', key, 'as_of_ms', ARGV[2])
+  end
+  for i = 4, 3 + trails do
+    redis.call('RPUSHX', KEYS[i], ARGV[4])
+  end
+else
+  round = tonumber(redis.call('HGET', key, 'round') or '0')
+end
+if ARGV[13] ~= '' then
+  for i = 4, 3 + trails do
+    redis.call('RPUSHX', KEYS[i], ARGV[13])
+  end
+end
+redis.call('HSET', key, 'status', ARGV[1])
+if ARGV[5] == 'set' then
+  redis.call('HSET', key, 'hold_status', ARGV[6], 'rule_name', ARGV[7])
+elseif ARGV[5] == 'clear' then
+  redis.call('HDEL', key, 'hold_status')
+end
+if ARGV[8] ~= '' then
+  redis.call('HSET', key, 'deadline_ms', ARGV[8])
+end
+if ARGV[9] == '1' then
+  redis.call('ZREM', KEYS[2], ARGV[10])
+  redis.call('HDEL', key, 'tp')
+end
+redis.call('EXPIRE', key, ARGV[3])
+local result = {fetches, round, changed}
+for e = 0, tonumber(ARGV[12]) - 1 do
+  local A = {}
+  for j = 1, 18 do
+    A[j] = ARGV[13 + e * 18 + j]
+  end
+  local k = 3 + trails + e * 2
+  result[#result + 1] = publish(KEYS[k + 1], KEYS[3], KEYS[k + 2], A)
+end
+return result
+"#;
+
+/// The session record's field holding when its status was true (Unix ms).
+const AS_OF_FIELD: &str = "as_of_ms";
 
 /// The session record's field holding its trace context (a `traceparent`).
 const TRACE_FIELD: &str = "tp";
@@ -169,6 +332,7 @@ impl Store {
             hold_status: map.get("hold_status").map(|s| SessionStatus::parse(s)),
             resubmits: field(&map, RECORD, "resubmits")?.unwrap_or(0),
             created_at_ms: field(&map, RECORD, "created_at_ms")?.unwrap_or(0),
+            as_of_ms: field(&map, RECORD, AS_OF_FIELD)?.unwrap_or(0),
             listed_for_review: map.contains_key(LISTED_FIELD),
             trace: map.get(TRACE_FIELD).and_then(|t| t.parse().ok()),
         }))
@@ -186,41 +350,77 @@ impl Store {
         self.run(&pipe).await
     }
 
-    /// Records one decision read of a session: the status Didit gave and the read count.
-    /// A status other than the recorded one is a change: the change round moves on, the
-    /// step `decision_read` (`change`) is audited, and the status a rule or an operator
-    /// set is forgotten once Didit moved past it (a later return to that status is not
-    /// its echo). Returns the reads so far and the change round now.
+    /// Records one decision read of a session, sent at `sent_at_ms`, with what its plan
+    /// changes in the session record and the events it publishes, in one script. A status
+    /// other than the recorded one is a change, true as of when the read was sent: the
+    /// change round moves on, the step `decision_read` (`change`) is audited, and the status
+    /// a rule or an operator set is forgotten once Didit moved past it (a later return to
+    /// that status is not its echo). A read sent before the recorded change that names
+    /// another status is older: nothing is written or published, and `None` is returned.
+    /// Otherwise returns the reads so far, the change round now, whether the status changed
+    /// and, for each event, whether it was new.
     pub(crate) async fn record_read(
         &self,
         id: Uuid,
         session: &SessionRecord,
-        status: &SessionStatus,
-        change: serde_json::Value,
-    ) -> StoreResult<(u64, u64)> {
-        let key = self.session_key(id);
-        let changed = session.status.as_ref() != Some(status);
-        let mut pipe = redis::pipe();
-        pipe.hincr(&key, "fetches", 1);
-        if changed {
-            pipe.hincr(&key, "round", 1);
-            if session.rule_status.as_ref().is_some_and(|r| r != status) {
-                pipe.hdel(&key, &["rule_status", "rule_name"]).ignore();
+        read: ReadRecord<'_>,
+        events: &[OutcomeEvent],
+    ) -> StoreResult<Option<ReadRecorded>> {
+        let mut invocation = RECORD_READ.prepare_invoke();
+        invocation
+            .key(self.session_key(id))
+            .key(self.open_sessions_key())
+            .key(self.events_key());
+        for request in &session.requests {
+            invocation.key(self.audit_key(request));
+        }
+        for event in events {
+            invocation
+                .key(self.request_key(&event.request_id))
+                .key(self.audit_key(&event.request_id));
+        }
+        let (hold, held, rule) = match read.hold {
+            HoldChange::Keep => ("", "", ""),
+            HoldChange::Set { status, rule } => ("set", status.as_str(), rule),
+            HoldChange::Clear => ("clear", "", ""),
+        };
+        invocation
+            .arg(read.status.as_str())
+            .arg(read.sent_at_ms)
+            .arg(self.ttl())
+            .arg(audit_line("decision_read", read.change))
+            .arg(hold)
+            .arg(held)
+            .arg(rule)
+            .arg(read.deadline_ms.map(|d| d.to_string()).unwrap_or_default())
+            .arg(if read.finish { "1" } else { "" })
+            .arg(id.to_string())
+            .arg(session.requests.len())
+            .arg(events.len())
+            .arg(
+                read.rules
+                    .map(|r| audit_line("rules_evaluated", r))
+                    .unwrap_or_default(),
+            );
+        for event in events {
+            for arg in self.publish_args(event) {
+                invocation.arg(arg);
             }
-            self.audit_into(&mut pipe, &session.requests, "decision_read", change);
         }
-        pipe.hset(&key, "status", status.as_str())
-            .ignore()
-            .expire(&key, self.ttl())
-            .ignore();
         let mut c = self.conn.clone();
-        if changed {
-            let (n, round): (u64, u64) = pipe.query_async(&mut c).await?;
-            Ok((n, round))
-        } else {
-            let (n,): (u64,) = pipe.query_async(&mut c).await?;
-            Ok((n, session.round))
-        }
+        let reply: Vec<i64> = invocation.invoke_async(&mut c).await?;
+        let [fetches, round, outcome, published @ ..] = reply.as_slice() else {
+            return Err(StoreError::Corrupt {
+                record: "session",
+                field: "fetches",
+            });
+        };
+        Ok((*outcome >= 0).then(|| ReadRecorded {
+            fetches: u64::try_from(*fetches).unwrap_or(0),
+            round: u64::try_from(*round).unwrap_or(0),
+            changed: *outcome == 1,
+            published: published.iter().map(|p| *p == 1).collect(),
+        }))
     }
 
     /// Records a resubmission the fleet asked for (a rule or an operator) as the session's
@@ -237,6 +437,7 @@ impl Store {
                     ("status", SessionStatus::Resubmitted.as_str()),
                     ("rule_status", SessionStatus::Resubmitted.as_str()),
                     ("rule_name", by),
+                    (AS_OF_FIELD, &now_ms().to_string()),
                 ],
             )
             .ignore()
@@ -247,7 +448,8 @@ impl Store {
         Ok(round)
     }
 
-    /// Records that a rule set `status` at Didit, so the echo is recognised.
+    /// Records that a rule set `status` at Didit, so the echo is recognised, and that the
+    /// session is in it as of now (a read sent earlier is older).
     pub(crate) async fn set_rule_status(
         &self,
         id: Uuid,
@@ -259,23 +461,7 @@ impl Store {
             &[
                 ("rule_status", status.as_str().to_owned()),
                 ("rule_name", rule.to_owned()),
-            ],
-        )
-        .await
-    }
-
-    /// Holds a session for review by a rule while Didit's status stays `status`.
-    pub(crate) async fn set_hold(
-        &self,
-        id: Uuid,
-        status: &SessionStatus,
-        rule: &str,
-    ) -> StoreResult<()> {
-        self.update_session(
-            id,
-            &[
-                ("hold_status", status.as_str().to_owned()),
-                ("rule_name", rule.to_owned()),
+                (AS_OF_FIELD, now_ms().to_string()),
             ],
         )
         .await
@@ -300,11 +486,6 @@ impl Store {
             .query_async(&mut c)
             .await?;
         Ok(n)
-    }
-
-    pub(crate) async fn set_session_deadline(&self, id: Uuid, deadline_ms: u64) -> StoreResult<()> {
-        self.update_session(id, &[("deadline_ms", deadline_ms.to_string())])
-            .await
     }
 
     /// Stops sweeping a session (it reached a status nothing follows).
@@ -370,5 +551,81 @@ impl Store {
             .query_async(&mut c)
             .await?;
         Ok(set.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rid(s: &str) -> RequestId {
+        RequestId::parse(s).expect("request id")
+    }
+
+    fn record(status: SessionStatus) -> SessionRecord {
+        SessionRecord {
+            requests: vec![rid("r-1")],
+            status: Some(status),
+            round: 3,
+            as_of_ms: 42,
+            ..SessionRecord::default()
+        }
+    }
+
+    #[test]
+    fn the_lifecycle_reads_the_stored_record_as_the_executors_need_it() {
+        use lifecycle::Phase;
+        // A result Didit reached by itself stays open to the decision step (its events are
+        // deduplicated by the store), so a crash before publishing is recovered by a read.
+        let didit = record(SessionStatus::Approved).lifecycle();
+        assert_eq!(didit.phase, Phase::Open);
+        assert_eq!((didit.round, didit.as_of_ms), (3, 42));
+        // The status a rule set is the session's: its echo is no change, and it is settled.
+        let ours = SessionRecord {
+            rule_status: Some(SessionStatus::Declined),
+            rule_name: Some("aml".into()),
+            ..record(SessionStatus::Approved)
+        }
+        .lifecycle();
+        assert_eq!(ours.status, Some(SessionStatus::Declined));
+        assert_eq!(ours.phase, Phase::Settled);
+        // A rule's hold and Didit's own review are watched.
+        let held = SessionRecord {
+            hold_status: Some(SessionStatus::Declined),
+            rule_name: Some("aml".into()),
+            ..record(SessionStatus::Declined)
+        }
+        .lifecycle();
+        assert_eq!(held.phase, Phase::Watching);
+        assert_eq!(
+            held.hold,
+            Some(lifecycle::Hold {
+                status: SessionStatus::Declined,
+                rule: "aml".into()
+            })
+        );
+        assert_eq!(
+            record(SessionStatus::InReview).lifecycle().phase,
+            Phase::Watching
+        );
+        // Progress is followed; a session whose requests were all cancelled is not.
+        assert_eq!(
+            record(SessionStatus::InProgress).lifecycle().phase,
+            Phase::Open
+        );
+        let cancelled = SessionRecord {
+            requests: Vec::new(),
+            cancelled: vec![rid("r-1")],
+            ..record(SessionStatus::InProgress)
+        }
+        .lifecycle();
+        assert_eq!(cancelled.phase, Phase::Cancelled);
+        // A fleet resubmission in flight is open: its echo is no change.
+        let resubmitted = SessionRecord {
+            rule_status: Some(SessionStatus::Resubmitted),
+            ..record(SessionStatus::Resubmitted)
+        }
+        .lifecycle();
+        assert_eq!(resubmitted.phase, Phase::Open);
     }
 }

@@ -158,6 +158,76 @@ async fn forged_stale_and_replayed_webhooks_change_nothing_and_simple_only_refet
     app.stop().await;
 }
 
+/// The `webhook_received` steps of a session's audit trail, as `session show --json` prints
+/// them.
+fn webhook_steps(app: &TestApp, session_id: &str) -> Vec<serde_json::Value> {
+    let out = app.cli(&["session", "show", "--json", session_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|s| s["step"] == "webhook_received")
+        .collect()
+}
+
+#[tokio::test]
+async fn a_webhook_older_than_the_recorded_change_asks_for_no_read_and_a_newer_one_does() {
+    // Arrange: one session decided Approved by its webhook and one read.
+    let app = spawn_app(AppOptions::default()).await;
+    let producer = app.producer().await;
+    producer
+        .start_kyc(request("u-ordered"))
+        .await
+        .expect("enqueue");
+    let decided = app.wait_events("kyc.session.decided", 1).await;
+    let session_id = decided[0]["session_id"].as_str().to_owned();
+    let hook = |status: &str, ts: i64| {
+        json!({"event_id": uuid::Uuid::new_v4(), "session_id": session_id, "status": status,
+               "timestamp": ts, "webhook_type": "status.updated"})
+        .to_string()
+    };
+    let before = webhook_steps(&app, &session_id).len();
+
+    // Act: a Declined signed a minute before the recorded Approved (inside the signature's
+    // tolerance), and the Approved itself again from before it was read.
+    let old = now_s() - 60;
+    for status in ["Declined", "Approved"] {
+        let body = hook(status, old);
+        assert_eq!(post_webhook(&app, &body, &signed(&body, old)).await, 200);
+    }
+    let stale = webhook_steps(&app, &session_id);
+    assert_eq!(stale.len(), before + 2, "both audited: {stale:?}");
+    assert!(
+        stale[before..].iter().all(|s| s["read"] == false),
+        "an older change asks for no read: {stale:?}"
+    );
+
+    // A newer one is read: Didit still says Approved, so nothing is published.
+    let gets = decision_gets(&app.sandbox_stats().await);
+    let new = now_s() + 2;
+    let body = hook("Declined", new);
+    assert_eq!(post_webhook(&app, &body, &signed(&body, new)).await, 200);
+    assert_eq!(webhook_steps(&app, &session_id)[before + 2]["read"], true);
+    eventually("the newer webhook's read", DEADLINE, || async {
+        (decision_gets(&app.sandbox_stats().await) == gets + 1).then_some(())
+    })
+    .await;
+    let events = app.events().await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "kyc.session.decided")
+            .count(),
+        1,
+        "no second event"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn two_processes_stay_inside_a_shared_get_budget_while_200_sessions_complete() {
     // Arrange: the sandbox would allow far more; the fleet's budget is 60 GETs a second.
