@@ -127,7 +127,15 @@ async fn run(
         name: job.operator.clone(),
         now_ms: now_ms(),
     };
-    let before = session.lifecycle();
+    // Still listed means nothing after the review was published. A status recorded with no
+    // event after it is the intent of an earlier attempt whose update Didit refused (this
+    // job replayed from the dead set, or another operator's failed action): the review
+    // still stands, so the person's decision applies to it.
+    let before = SessionRecord {
+        rule_status: None,
+        ..session.clone()
+    }
+    .lifecycle();
     let plan = lifecycle::step(&before, input, &decide::limits(&p));
     if let Some(refusal) = &plan.refused {
         let now = match refusal {
