@@ -148,7 +148,7 @@ where
     #[cfg(feature = "otel")]
     let (export, spans) = span_export(telemetry, instance)?;
     #[cfg(not(feature = "otel"))]
-    let (export, spans) = no_span_export(telemetry)?;
+    let (export, spans) = no_span_export(telemetry, instance)?;
     tracing_subscriber::registry()
         .with(logs)
         .with(spans)
@@ -169,6 +169,8 @@ where
 #[cfg(not(feature = "otel"))]
 fn no_span_export(
     telemetry: &TelemetrySettings,
+    // Names a process's exported spans; there are none.
+    _instance: &str,
 ) -> anyhow::Result<(Tracing, Option<tracing_subscriber::layer::Identity>)> {
     if telemetry.traces_url().is_some() {
         anyhow::bail!(
