@@ -3,7 +3,7 @@ CARGO ?= cargo
 BIN := target/release/kyc-worker
 BENCH := target/release/kyc-bench
 
-.PHONY: all build deps demo test test-rust lint fmt console-screenshots bench bench-quick bench-smoke bench-queue bench-lifecycle clean
+.PHONY: all build deps demo test test-rust lint fmt console-screenshots bench bench-quick bench-smoke bench-queue bench-lifecycle bench-tracing clean
 
 all: build
 
@@ -50,6 +50,14 @@ bench-queue: deps build
 bench-lifecycle: deps build
 	$(BENCH) lifecycle --out target/bench
 
+## bench-tracing: what tracing costs a worker, against a kyc-worker built without the `otel`
+## feature (target/release/kyc-worker-no-otel): target/bench/tracing.json and tracing.md
+bench-tracing: deps
+	$(CARGO) build --release -p kyc-worker --no-default-features
+	cp target/release/kyc-worker target/release/kyc-worker-no-otel
+	$(CARGO) build --release -p kyc-worker -p kyc-bench
+	$(BENCH) tracing --baseline-worker target/release/kyc-worker-no-otel --out target/bench
+
 ## console-screenshots: the console's browser tests, saving docs/img/console-*.png for the README
 console-screenshots: deps
 	KYC_CONSOLE_SCREENSHOTS=$(CURDIR)/docs/img $(CARGO) test --test it console::
@@ -57,6 +65,7 @@ console-screenshots: deps
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p kyc-worker --no-default-features -- -D warnings
 
 .PHONY: deny check-docs
 

@@ -11,29 +11,39 @@
 //! other crates' spans, never log events, which may quote a Didit error) are exported over
 //! OTLP/HTTP with protobuf. The trace context travels as a W3C `traceparent`
 //! ([`TraceParent`]): taken from the caller (HTTP header, intake-stream field, the Rust
-//! producer's current span), written into every job envelope, kept beside a waiting session
-//! for the webhook that ends it, and stamped as `trace_id` on each outcome event and on the
+//! producer's current span), written into job envelopes, kept once beside a waiting session
+//! (its record, not its poll job) for the webhook and polls that end it, and stamped as `trace_id` on each outcome event and on the
 //! job span every log line of that work carries. Without a receiver nothing is exported and
-//! a caller's `traceparent` is passed along unchanged.
+//! a caller's `traceparent` is passed along unchanged; the span-context lookups are skipped,
+//! so a job pays one atomic load for tracing.
+//!
+//! The OpenTelemetry part (span contexts, the export) is the `otel` feature, on by default.
+//! A build without it passes a caller's `traceparent` along the same way but never starts or
+//! exports a trace; `kyc-bench tracing` compares the two builds.
 
+#[cfg(feature = "otel")]
 mod export;
 mod traceparent;
 
 use std::{
     future::Future,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicU8, Ordering},
         LazyLock,
     },
 };
 
+#[cfg(feature = "otel")]
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+#[cfg(feature = "otel")]
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing::{Instrument, Span};
+#[cfg(feature = "otel")]
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+#[cfg(feature = "otel")]
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::{
-    filter::filter_fn, fmt::MakeWriter, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter,
-    Layer,
+    fmt::MakeWriter, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer,
 };
 
 use crate::settings::{LogFormat, LogSettings, TelemetrySettings};
@@ -54,12 +64,19 @@ pub static SPANS_DROPPED: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     .expect("a constant metric name is valid")
 });
 
-/// Whether this process installed its tracer (spans are exported). Without it, a job outside
-/// any trace has no trace to continue or start, so it runs without its span (see [`job`]).
-static TRACER_INSTALLED: AtomicBool = AtomicBool::new(false);
+/// What this process's spans are, as [`init_subscriber`] set them up. Without a tracer, a job
+/// outside any trace has no trace to continue or start, so it runs without its span (see
+/// [`job`]), and no span has a trace context to look up (see [`current`]).
+static SPANS: AtomicU8 = AtomicU8::new(SPANS_NOT_OURS);
+/// No subscriber of ours: a library user's (a producer's) spans may carry trace contexts.
+const SPANS_NOT_OURS: u8 = 0;
+/// Our subscriber without a tracer: no span carries a trace context.
+const SPANS_UNTRACED: u8 = 1;
+/// Our subscriber with the tracer: spans are traced and exported.
+const SPANS_TRACED: u8 = 2;
 
 fn tracer_installed() -> bool {
-    TRACER_INSTALLED.load(Ordering::Relaxed)
+    SPANS.load(Ordering::Relaxed) == SPANS_TRACED
 }
 
 tokio::task_local! {
@@ -71,12 +88,14 @@ tokio::task_local! {
 /// The trace export of this process; flushes what is queued when shut down or dropped.
 #[derive(Debug, Default)]
 pub struct Tracing {
+    #[cfg(feature = "otel")]
     provider: Option<SdkTracerProvider>,
 }
 
 impl Tracing {
     /// Exports what is queued (bounded by `telemetry.export_timeout`) and stops.
     pub fn shutdown(&mut self) {
+        #[cfg(feature = "otel")]
         if let Some(provider) = self.provider.take() {
             if let Err(e) = provider.shutdown() {
                 tracing::debug!(error = %e, "trace export did not shut down cleanly");
@@ -126,6 +145,61 @@ where
             .with_filter(filter)
             .boxed(),
     };
+    #[cfg(feature = "otel")]
+    let (export, spans) = span_export(telemetry, instance)?;
+    #[cfg(not(feature = "otel"))]
+    let (export, spans) = no_span_export(telemetry, instance)?;
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
+        .try_init()?;
+    SPANS.store(
+        if exporting(&export) {
+            SPANS_TRACED
+        } else {
+            SPANS_UNTRACED
+        },
+        Ordering::Relaxed,
+    );
+    Ok(export)
+}
+
+/// The span layer of a build without OpenTelemetry: none. A receiver set is refused, so an
+/// operator is never left wondering where the spans went.
+#[cfg(not(feature = "otel"))]
+fn no_span_export(
+    telemetry: &TelemetrySettings,
+    // Names a process's exported spans; there are none.
+    _instance: &str,
+) -> anyhow::Result<(Tracing, Option<tracing_subscriber::layer::Identity>)> {
+    if telemetry.traces_url().is_some() {
+        anyhow::bail!(
+            "telemetry.otlp_endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT) is set, but this kyc-worker \
+             was built without the `otel` feature and cannot export traces"
+        );
+    }
+    Ok((Tracing::default(), None))
+}
+
+#[cfg(not(feature = "otel"))]
+fn exporting(_: &Tracing) -> bool {
+    false
+}
+
+#[cfg(feature = "otel")]
+fn exporting(export: &Tracing) -> bool {
+    export.provider.is_some()
+}
+
+/// The export and the span layer feeding it, when `telemetry` names a receiver.
+#[cfg(feature = "otel")]
+fn span_export<S>(
+    telemetry: &TelemetrySettings,
+    instance: &str,
+) -> anyhow::Result<(Tracing, Option<impl Layer<S>>)>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
     let provider = match telemetry.traces_url() {
         Some(url) => Some(provider(telemetry, &url, instance)?),
         None => None,
@@ -147,14 +221,10 @@ where
                         || meta.target().starts_with("didit"))
             }))
     });
-    tracing_subscriber::registry()
-        .with(logs)
-        .with(traces)
-        .try_init()?;
-    TRACER_INSTALLED.store(provider.is_some(), Ordering::Relaxed);
-    Ok(Tracing { provider })
+    Ok((Tracing { provider }, traces))
 }
 
+#[cfg(feature = "otel")]
 fn provider(
     telemetry: &TelemetrySettings,
     url: &str,
@@ -198,22 +268,49 @@ fn provider(
 /// process, or in a producer's process that traces with `tracing-opentelemetry`), else the
 /// caller's `traceparent` passed along; `None` outside any trace.
 pub fn current() -> Option<TraceParent> {
-    let context = Span::current().context();
-    TraceParent::from_span_context(context.span().span_context())
-        .or_else(|| INHERITED.try_with(|inherited| *inherited).ok().flatten())
+    current_span_trace().or_else(|| INHERITED.try_with(|inherited| *inherited).ok().flatten())
 }
 
-/// Runs `work` in `span`, continuing the trace `parent` names (a new trace when `None` and
-/// spans are traced). The span must declare an empty `trace_id` field: it is filled in, so
-/// every log line of the work names its trace.
-pub async fn within<F: Future>(span: Span, parent: Option<TraceParent>, work: F) -> F::Output {
+/// The current span's trace context; not looked up where no span can have one.
+#[cfg(feature = "otel")]
+fn current_span_trace() -> Option<TraceParent> {
+    if SPANS.load(Ordering::Relaxed) == SPANS_UNTRACED {
+        return None;
+    }
+    let context = Span::current().context();
+    TraceParent::from_span_context(context.span().span_context())
+}
+
+#[cfg(not(feature = "otel"))]
+fn current_span_trace() -> Option<TraceParent> {
+    None
+}
+
+/// Makes `span` continue `parent` and returns its own trace context, when spans are traced.
+#[cfg(feature = "otel")]
+fn continue_trace(span: &Span, parent: Option<TraceParent>) -> Option<TraceParent> {
+    if SPANS.load(Ordering::Relaxed) == SPANS_UNTRACED {
+        return None;
+    }
     if let Some(parent) = parent {
         // Refused only when no tracer is installed: then the parent is passed along as is.
         let _ = span.set_parent(
             opentelemetry::Context::new().with_remote_span_context(parent.span_context()),
         );
     }
-    let traced = TraceParent::from_span_context(span.context().span().span_context());
+    TraceParent::from_span_context(span.context().span().span_context())
+}
+
+#[cfg(not(feature = "otel"))]
+fn continue_trace(_: &Span, _: Option<TraceParent>) -> Option<TraceParent> {
+    None
+}
+
+/// Runs `work` in `span`, continuing the trace `parent` names (a new trace when `None` and
+/// spans are traced). The span must declare an empty `trace_id` field: it is filled in, so
+/// every log line of the work names its trace.
+pub async fn within<F: Future>(span: Span, parent: Option<TraceParent>, work: F) -> F::Output {
+    let traced = continue_trace(&span, parent);
     if let Some(trace) = traced.or(parent) {
         span.record("trace_id", tracing::field::display(trace.trace_id()));
     }

@@ -41,6 +41,8 @@ pub struct PollDecision {
 impl Job for PollDecision {
     const QUEUE: &'static str = "poll";
     const VERSION: u32 = 1;
+    /// A waiting session keeps its trace context once, in its record (see `handle`).
+    const CARRIES_TRACE: bool = false;
 }
 
 impl PollDecision {
@@ -52,12 +54,22 @@ impl PollDecision {
 
 type Outcome = Result<Completion<PollDecision>, JobError>;
 
+/// Reads the session record first: the poll continues the trace kept there (an envelope
+/// queued by an earlier build may still carry one of its own, which wins).
 pub async fn handle(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> Outcome {
-    let trace = delivery.trace();
-    crate::telemetry::job(PollDecision::QUEUE, trace, run(job, delivery, p)).await
+    let session = p.store.session(job.session_id).await?;
+    let trace = delivery
+        .trace()
+        .or_else(|| session.as_ref().and_then(|s| s.trace));
+    crate::telemetry::job(PollDecision::QUEUE, trace, run(job, session, delivery, p)).await
 }
 
-async fn run(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> Outcome {
+async fn run(
+    job: PollDecision,
+    session: Option<SessionRecord>,
+    delivery: Data<Delivery>,
+    p: Data<Pipeline>,
+) -> Outcome {
     let again = |after: Duration, polls: u32| Completion::RunAgain {
         at: SystemTime::now() + after,
         args: PollDecision {
@@ -70,7 +82,7 @@ async fn run(job: PollDecision, delivery: Data<Delivery>, p: Data<Pipeline>) -> 
         return Ok(again(wait, job.polls));
     }
     let sid = job.session_id;
-    let Some(session) = p.store.session(sid).await? else {
+    let Some(session) = session else {
         tracing::info!(session = %sid, "no record of this session any more; not following it");
         return Ok(Completion::Done);
     };

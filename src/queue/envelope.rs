@@ -5,7 +5,8 @@
 //! the attempt count, and the retry deadline. `v` is the job type's schema version: a worker
 //! that meets a version it does not know dead-letters the job instead of guessing. `tp` is
 //! the trace the job belongs to (a W3C `traceparent`, taken from the work that queued it), so
-//! its run continues that trace in whichever process takes it.
+//! its run continues that trace in whichever process takes it — unless the job type keeps
+//! its trace elsewhere ([`Job::CARRIES_TRACE`]).
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -16,6 +17,10 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     const QUEUE: &'static str;
     /// Bumped whenever the serialised form changes incompatibly.
     const VERSION: u32;
+    /// Whether the envelope carries the trace the job was queued in. A job type whose trace
+    /// is kept beside what it waits for says no, so that trace is stored once (a poll's is
+    /// its session record's, which the run reads anyway).
+    const CARRIES_TRACE: bool = true;
 }
 
 /// The stored form of one job.
@@ -35,14 +40,19 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// A new job in the current trace (the one `telemetry::current` names).
+    /// A new job in the current trace (the one `telemetry::current` names), when its type
+    /// carries its trace.
     pub fn new<A: Job>(id: String, args: &A, deadline_ms: u64) -> Result<Self, serde_json::Error> {
         Ok(Self {
             v: A::VERSION,
             id,
             attempt: 0,
             deadline_ms,
-            trace: crate::telemetry::current(),
+            trace: if A::CARRIES_TRACE {
+                crate::telemetry::current()
+            } else {
+                None
+            },
             args: serde_json::value::to_raw_value(args)?,
         })
     }
@@ -139,6 +149,32 @@ mod tests {
         let (back, _) = decode::<Ping>(&inside.encode()).expect("decode");
         assert_eq!(back.trace, Some(caller));
         assert!(inside.encode().contains(&format!("\"tp\":\"{caller}\"")));
+    }
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Wait {
+        n: u32,
+    }
+    impl Job for Wait {
+        const QUEUE: &'static str = "wait";
+        const VERSION: u32 = 1;
+        const CARRIES_TRACE: bool = false;
+    }
+
+    #[tokio::test]
+    async fn a_job_type_that_keeps_its_trace_elsewhere_carries_none_even_in_a_trace() {
+        let caller = crate::telemetry::TraceParent::parse(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .expect("valid");
+        let inside = crate::telemetry::within(
+            tracing::info_span!("test", trace_id = tracing::field::Empty),
+            Some(caller),
+            async { Envelope::new("j3".into(), &Wait { n: 3 }, 9).expect("encode") },
+        )
+        .await;
+        assert_eq!(inside.trace, None);
+        assert!(!inside.encode().contains("\"tp\""), "{}", inside.encode());
     }
 
     #[test]

@@ -106,8 +106,9 @@ fn decide<A: Job>(
                         id: delivery.job_id.clone(),
                         attempt: 0,
                         deadline_ms: RetryPolicy::from_settings(settings).deadline_from(at_ms),
-                        // The next run stays in the same trace as this one.
-                        trace: delivery.envelope.trace,
+                        // The next run stays in the same trace as this one (kept where
+                        // its job type keeps it).
+                        trace: delivery.envelope.trace.filter(|_| A::CARRIES_TRACE),
                         args: raw,
                     },
                     outcome: "run_again",

@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+#[cfg(feature = "otel")]
 use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -89,6 +90,7 @@ impl TraceParent {
     }
 
     /// The position of a span the tracer knows; `None` for an invalid (empty) context.
+    #[cfg(feature = "otel")]
     pub fn from_span_context(span: &SpanContext) -> Option<Self> {
         span.is_valid().then(|| Self {
             trace_id: span.trace_id().to_bytes(),
@@ -99,6 +101,7 @@ impl TraceParent {
 
     /// The span context a child continues from: remote, since it came through Redis or
     /// HTTP.
+    #[cfg(feature = "otel")]
     pub fn span_context(&self) -> SpanContext {
         SpanContext::new(
             TraceId::from_bytes(self.trace_id),
@@ -167,6 +170,7 @@ mod tests {
             serde_json::from_str::<TraceParent>(&json).expect("back"),
             tp
         );
+        #[cfg(feature = "otel")]
         assert_eq!(TraceParent::from_span_context(&tp.span_context()), Some(tp));
     }
 

@@ -1,22 +1,29 @@
 //! One trace per verification: spans exported over OTLP/HTTP by two real `kyc-worker run`
-//! processes, received by an OTLP receiver this test runs (decoding the protobuf export).
+//! processes, received by an OTLP receiver this test runs (decoding the protobuf export); a
+//! caller's trace passed along without a receiver; the trace context a waiting session keeps.
 
+use std::time::Duration;
+#[cfg(feature = "otel")]
 use std::{
     collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
+#[cfg(feature = "otel")]
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse},
     common::v1::{any_value::Value as Any, KeyValue},
     trace::v1::span::SpanKind,
 };
+#[cfg(feature = "otel")]
 use prost::Message;
 
-use crate::helpers::{eventually, free_port, spawn_app, AppOptions, TEST_API_TOKEN};
+use crate::helpers::{eventually, spawn_app, AppOptions};
+#[cfg(feature = "otel")]
+use crate::helpers::{free_port, TEST_API_TOKEN};
 
 /// Every export request a receiver got, as the bytes on the wire.
+#[cfg(feature = "otel")]
 #[derive(Clone, Default)]
 struct Receiver {
     bodies: Arc<Mutex<Vec<Vec<u8>>>>,
@@ -24,6 +31,7 @@ struct Receiver {
 }
 
 /// One received span with what the assertions read.
+#[cfg(feature = "otel")]
 #[derive(Debug, Clone)]
 struct ReceivedSpan {
     trace_id: String,
@@ -33,6 +41,7 @@ struct ReceivedSpan {
     attributes: HashMap<String, String>,
 }
 
+#[cfg(feature = "otel")]
 fn text(kv: &KeyValue) -> String {
     match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
         Some(Any::StringValue(s)) => s.clone(),
@@ -43,6 +52,7 @@ fn text(kv: &KeyValue) -> String {
     }
 }
 
+#[cfg(feature = "otel")]
 impl Receiver {
     /// A small OTLP/HTTP receiver: `POST /v1/traces` with an `application/x-protobuf` body.
     async fn start() -> Self {
@@ -115,12 +125,14 @@ impl Receiver {
 }
 
 /// Whether `needle` occurs in `haystack` as bytes.
+#[cfg(feature = "otel")]
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
         .any(|w| w == needle.as_bytes())
 }
 
+#[cfg(feature = "otel")]
 #[tokio::test]
 async fn one_verification_is_one_trace_across_two_processes_with_no_personal_data() {
     // Arrange: a receiver, then two `kyc-worker run` processes exporting to it. Didit's
@@ -320,6 +332,134 @@ async fn without_a_receiver_an_intake_stream_traceparent_is_passed_along_to_the_
     app.stop().await;
 }
 
+/// Every key of the test Redis whose stored content contains `needle`, with the content, the
+/// outcome stream left out (its events carry the trace id by design).
+async fn keys_holding(
+    redis: &mut redis::aio::MultiplexedConnection,
+    needle: &str,
+) -> Vec<(String, String)> {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(redis)
+        .await
+        .expect("keys");
+    let mut holding = Vec::new();
+    for key in keys.into_iter().filter(|k| k != "kyc:events") {
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(redis)
+            .await
+            .expect("type");
+        let command = match kind.as_str() {
+            "string" => redis::cmd("GET").arg(&key).clone(),
+            "hash" => redis::cmd("HGETALL").arg(&key).clone(),
+            "zset" => redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .clone(),
+            "set" => redis::cmd("SMEMBERS").arg(&key).clone(),
+            "list" => redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).clone(),
+            "stream" => redis::cmd("XRANGE").arg(&key).arg("-").arg("+").clone(),
+            // Gone between KEYS and TYPE.
+            _ => continue,
+        };
+        let value: redis::Value = command.query_async(redis).await.expect("read a key");
+        let content = format!("{value:?}");
+        if content.contains(needle) {
+            holding.push((key, content));
+        }
+    }
+    holding
+}
+
+#[tokio::test]
+async fn a_waiting_session_keeps_its_trace_context_once_and_a_finished_one_none() {
+    // Arrange: sessions that wait for their user until the test completes them.
+    let app = spawn_app(AppOptions {
+        complete_after: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await;
+    let trace_id = "5c2e8a0f6b9d4e71a3f0c8d2b4e6a917";
+    let traceparent = format!("00-{trace_id}-3d1f7b2c9e4a6058-01");
+    let mut redis = app.redis.connection().await;
+
+    // Act: a verification in the caller's trace, left waiting.
+    let _: String = redis::AsyncCommands::xadd(
+        &mut redis,
+        "kyc:intake",
+        "*",
+        &[
+            ("vendor_data", "waiting-person-1"),
+            ("sandbox_scenario", "approve"),
+            ("traceparent", traceparent.as_str()),
+        ],
+    )
+    .await
+    .expect("xadd");
+    let created = app.wait_events("kyc.session.created", 1).await;
+    let session_id = created[0]["session_id"].clone();
+    let session_key = format!("kyc:session:{session_id}");
+    let poll_slot = format!("poll:{session_id}");
+    let poll = eventually(
+        "the waiting session's poll scheduled",
+        Duration::from_secs(10),
+        || {
+            let mut redis = redis.clone();
+            let poll_slot = poll_slot.clone();
+            async move {
+                let poll: Option<String> =
+                    redis::AsyncCommands::hget(&mut redis, "kyc:queue:poll:payloads", &poll_slot)
+                        .await
+                        .expect("hget");
+                poll
+            }
+        },
+    )
+    .await;
+
+    // Assert: the trace context is stored once, in the session record, as the 55-byte
+    // traceparent; the poll job's envelope has none.
+    assert!(!poll.contains("\"tp\""), "{poll}");
+    let holding = keys_holding(&mut redis, trace_id).await;
+    let holders: Vec<&str> = holding.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(holders, [session_key.as_str()], "{holding:#?}");
+    assert_eq!(holding[0].1.matches(trace_id).count(), 1, "{holding:#?}");
+    let kept: Option<String> = redis::AsyncCommands::hget(&mut redis, &session_key, "tp")
+        .await
+        .expect("hget");
+    assert_eq!(kept.as_deref(), Some(traceparent.as_str()));
+
+    // Act: the user finishes; Didit's webhook ends the wait.
+    app.sandbox_control(
+        serde_json::json!({"action": "complete_session", "session_id": session_id}),
+    )
+    .await;
+    let decided = app.wait_events("kyc.session.decided", 1).await;
+
+    // Assert: the decision read after the webhook is still in the caller's trace, and the
+    // finished session holds no trace context anywhere.
+    let data: serde_json::Value = serde_json::from_str(&decided[0]["data"]).expect("data");
+    assert_eq!(data["trace_id"], trace_id, "{data}");
+    let left = eventually(
+        "no trace context left once the session finished",
+        Duration::from_secs(10),
+        || {
+            let mut redis = redis.clone();
+            async move {
+                let holding = keys_holding(&mut redis, trace_id).await;
+                holding.is_empty().then_some(holding)
+            }
+        },
+    )
+    .await;
+    assert!(left.is_empty());
+    app.stop().await;
+}
+
+#[cfg(feature = "otel")]
 #[tokio::test(flavor = "current_thread")]
 async fn the_rust_producer_continues_the_callers_current_span() {
     use opentelemetry::trace::{TraceContextExt, TracerProvider as _};

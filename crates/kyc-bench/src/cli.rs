@@ -41,10 +41,17 @@ struct BenchOptions {
     /// The redis-server binary to start
     #[arg(long, default_value = "redis-server")]
     redis_server: String,
-    /// A `kyc-worker` built without tracing code, whose worker CPU per session the tracing
-    /// runs of `lifecycle` are compared with
+    /// A `kyc-worker` built without tracing code (`cargo build --release -p kyc-worker
+    /// --no-default-features`, copied aside), whose worker CPU per session the tracing runs
+    /// are compared with
     #[arg(long)]
     baseline_worker: Option<PathBuf>,
+    /// Turns of the tracing runs, each running every variant once (default 3; `tracing`: 6)
+    #[arg(long)]
+    tracing_turns: Option<usize>,
+    /// Sessions per tracing run (default 3,000; 500 with --quick)
+    #[arg(long)]
+    tracing_sessions: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,6 +67,11 @@ enum BenchCommand {
     /// flight, the Didit budget and the targets (report.json, report.md, merging queue.json
     /// when present; flamegraph.svg with --profile). Starts its own redis-server.
     Lifecycle(BenchOptions),
+    /// What tracing costs a worker, alone: one `kyc-worker run` child's CPU per session with
+    /// no OTLP endpoint, with one set to a local sink, and with --baseline-worker a build
+    /// without tracing code, in turns of alternating order (tracing.json, tracing.md with
+    /// its targets). Starts its own redis-server.
+    Tracing(BenchOptions),
     /// `queue` then `lifecycle`
     All(BenchOptions),
 }
@@ -81,7 +93,8 @@ async fn queue(options: &BenchOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn lifecycle(options: &BenchOptions) -> anyhow::Result<()> {
+/// The lifecycle options `options` ask for; `turns` when --tracing-turns is not given.
+fn lifecycle_options(options: &BenchOptions, turns: usize) -> anyhow::Result<LifecycleOptions> {
     let mut lifecycle_options = if options.quick {
         LifecycleOptions::quick(options.out.clone())
     } else {
@@ -98,6 +111,26 @@ async fn lifecycle(options: &BenchOptions) -> anyhow::Result<()> {
                 .with_context(|| format!("--baseline-worker {}", path.display()))
         })
         .transpose()?;
+    lifecycle_options.tracing_turns = options.tracing_turns.unwrap_or(turns);
+    if let Some(sessions) = options.tracing_sessions {
+        lifecycle_options.tracing_sessions = sessions;
+    }
+    Ok(lifecycle_options)
+}
+
+async fn tracing(options: &BenchOptions) -> anyhow::Result<()> {
+    let runs = lifecycle::tracing_only(&lifecycle_options(options, 6)?).await?;
+    println!("{}", report::write_tracing(&options.out, runs)?);
+    println!(
+        "written: {} and {}",
+        options.out.join("tracing.json").display(),
+        options.out.join("tracing.md").display()
+    );
+    Ok(())
+}
+
+async fn lifecycle(options: &BenchOptions) -> anyhow::Result<()> {
+    let lifecycle_options = lifecycle_options(options, 3)?;
     let measured = lifecycle::run(&lifecycle_options).await?;
     let merged = report::build(&options.out, measured)?;
     report::write(&options.out, &merged)?;
@@ -114,6 +147,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         Some(BenchCommand::Queue(options)) => queue(&options).await,
         Some(BenchCommand::Lifecycle(options)) => lifecycle(&options).await,
+        Some(BenchCommand::Tracing(options)) => tracing(&options).await,
         Some(BenchCommand::All(options)) => {
             queue(&options).await?;
             lifecycle(&options).await

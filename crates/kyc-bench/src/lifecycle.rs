@@ -32,8 +32,10 @@
 //! - with `--profile`, a CPU profile of the first lifecycle run ([`super::profile`]);
 //! - the cost of tracing: one child process's CPU per session with no OTLP endpoint set, and
 //!   with one set to a local sink that takes every export (spans and bytes per session),
-//!   and with `--baseline-worker`, the same run of a build without tracing code, run in
-//!   turns so the host's load drifts over all of them alike.
+//!   and with `--baseline-worker`, the same run of a build without tracing code (`kyc-worker`
+//!   built with `--no-default-features`, which leaves the `otel` feature out), run in turns
+//!   that alternate their order so the host's load drifts over all of them alike
+//!   (`kyc-bench tracing` runs these alone).
 //!
 //! Didit's rate limits are lifted in the sandbox and the fleet for these runs (they would cap
 //! every figure at 10 sessions/s); `budget` computes what the default limits allow instead.
@@ -114,6 +116,8 @@ pub struct LifecycleOptions {
     pub kept_sessions: usize,
     /// Sessions of the run whose round trips `MONITOR` counts.
     pub round_trip_sessions: usize,
+    /// Sessions per tracing-cost run.
+    pub tracing_sessions: usize,
 }
 
 impl LifecycleOptions {
@@ -133,6 +137,7 @@ impl LifecycleOptions {
             tracing_turns: 3,
             kept_sessions: 10_000,
             round_trip_sessions: 3_000,
+            tracing_sessions: 3_000,
         }
     }
 
@@ -146,6 +151,7 @@ impl LifecycleOptions {
             kept_sessions: 200,
             round_trip_sessions: 200,
             idle_sample: Duration::from_millis(500),
+            tracing_sessions: 500,
             ..Self::full(out_dir)
         }
     }
@@ -291,7 +297,7 @@ pub struct KeptMemory {
 /// latency 0, the median of its turns.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TracingRun {
-    /// `no tracing code` (the baseline build), `tracing off` (no endpoint) or `tracing on`.
+    /// [`NO_TRACING_CODE`], [`NO_ENDPOINT`] or [`ENDPOINT_SET`].
     pub variant: String,
     pub sessions: usize,
     pub turns: usize,
@@ -303,6 +309,13 @@ pub struct TracingRun {
     pub exports_per_session: f64,
     pub export_bytes_per_session: f64,
 }
+
+/// The tracing-cost variant running the `--baseline-worker` build (no tracing code).
+pub const NO_TRACING_CODE: &str = "no tracing code";
+/// The tracing-cost variant running this build with no OTLP endpoint.
+pub const NO_ENDPOINT: &str = "no endpoint";
+/// The tracing-cost variant running this build exporting to a local sink.
+pub const ENDPOINT_SET: &str = "endpoint set";
 
 /// Webhook accepted → `kyc.session.decided` published, on a fleet with nothing else to do.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -1523,6 +1536,12 @@ pub async fn run(options: &LifecycleOptions) -> anyhow::Result<LifecycleReport> 
     })
 }
 
+/// The tracing-cost runs alone (`kyc-bench tracing`), on a redis-server of their own.
+pub async fn tracing_only(options: &LifecycleOptions) -> anyhow::Result<Vec<TracingRun>> {
+    let redis = BenchRedis::start(&options.redis_server).await?;
+    tracing_cost(&redis, options).await
+}
+
 /// An OTLP/HTTP receiver that takes every export and counts requests and bytes.
 struct TraceSink {
     port: u16,
@@ -1590,16 +1609,16 @@ async fn tracing_cost(
     let mut variants: Vec<(&str, Variant)> = Vec::new();
     if let Some(binary) = &options.baseline_worker {
         variants.push((
-            "no tracing code",
+            NO_TRACING_CODE,
             Variant {
                 binary: Some(binary.clone()),
                 ..Variant::default()
             },
         ));
     }
-    variants.push(("tracing off", Variant::default()));
+    variants.push((NO_ENDPOINT, Variant::default()));
     variants.push((
-        "tracing on",
+        ENDPOINT_SET,
         Variant {
             env: vec![(
                 "KYC__TELEMETRY__OTLP_ENDPOINT".to_owned(),
@@ -1611,9 +1630,15 @@ async fn tracing_cost(
     ));
     let mut per_turn: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     let mut exported = vec![(0u64, 0u64); variants.len()];
-    let sessions = options.sessions;
-    for _ in 0..options.tracing_turns.max(1) {
-        for (i, (_, variant)) in variants.iter().enumerate() {
+    let sessions = options.tracing_sessions;
+    for turn in 0..options.tracing_turns.max(1) {
+        // A-B-C, then C-B-A: a load that rises or falls over a turn favours no variant.
+        let mut order: Vec<usize> = (0..variants.len()).collect();
+        if turn % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let variant = &variants[i].1;
             let before = sink.received();
             let run = run_variant(redis, shape, variant, sessions, options.idle_sample).await?;
             // Every span has been exported by now: the run lingered past the export delay.
