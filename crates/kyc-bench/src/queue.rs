@@ -115,8 +115,8 @@ pub struct Lateness {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct IdleTraffic {
     pub processes: usize,
-    /// Job queues each process reads (the ready streams its consumer is in), all through
-    /// one blocking read; the intake stream is read besides.
+    /// Job queues each process reads, all through one blocking read; the intake stream is
+    /// read besides.
     #[serde(default)]
     pub queues_per_process: usize,
     pub seconds: f64,
@@ -374,7 +374,7 @@ async fn run_idle(url: &str, processes: usize, seconds: u64) -> anyhow::Result<I
         child.ready().await?;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let queues_per_process = queues_read(&mut admin).await? / processes.max(1);
+    let queues_per_process = queues_read(&mut admin).await?;
     redis::cmd("CONFIG")
         .arg("RESETSTAT")
         .query_async::<()>(&mut admin)
@@ -399,24 +399,15 @@ async fn run_idle(url: &str, processes: usize, seconds: u64) -> anyhow::Result<I
     })
 }
 
-/// (ready stream, consumer) pairs of the fleet under the `kyc` prefix: how many job queues
-/// the processes read, all together.
+/// Job queues the fleet under the `kyc` prefix reads: the ready streams its readers made
+/// (a reader creates a stream's group, and the stream, on its first read). Every `kyc-worker
+/// run` reads every queue, so this is also each process's count.
 async fn queues_read(admin: &mut impl redis::aio::ConnectionLike) -> anyhow::Result<usize> {
     let streams: Vec<String> = redis::cmd("KEYS")
         .arg("kyc:queue:*:ready")
         .query_async(admin)
         .await?;
-    let mut pairs = 0;
-    for stream in streams {
-        let consumers: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
-            .arg("CONSUMERS")
-            .arg(&stream)
-            .arg("workers")
-            .query_async(admin)
-            .await?;
-        pairs += consumers.consumers.len();
-    }
-    Ok(pairs)
+    Ok(streams.len())
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
