@@ -149,19 +149,25 @@ pub(crate) async fn run_workers(
         &pipeline.settings.subscribers,
     )?;
     let delivery_tasks = deliver::start(deliveries.clone(), &pipeline, &consumer).await;
-    let deliver_consumer = format!("{consumer}-deliver");
+    let deliver_worker = format!("{consumer}-deliver");
     let deliver_queue = pipeline.queue.clone();
     let deliver_concurrency = pipeline.settings.delivery.concurrency;
     let start_pipeline = pipeline.clone();
-    let start_consumer = format!("{consumer}-start");
-    let poll_consumer = format!("{consumer}-poll");
-    let erase_consumer = format!("{consumer}-erase");
+    let start_worker = format!("{consumer}-start");
+    let poll_worker = format!("{consumer}-poll");
+    let erase_worker = format!("{consumer}-erase");
     let erase_pipeline = pipeline.clone();
-    let operator_consumer = format!("{consumer}-operator");
+    let operator_worker = format!("{consumer}-operator");
+    // Every worker reads as the process's consumer: one blocking read feeds them all.
+    let start_consumer = consumer.clone();
+    let poll_consumer = consumer.clone();
+    let erase_consumer = consumer.clone();
+    let operator_consumer = consumer.clone();
+    let deliver_consumer = consumer.clone();
     let operator_pipeline = pipeline.clone();
     let result = Monitor::new()
         .register(move |_run| {
-            WorkerBuilder::new(start_consumer.as_str())
+            WorkerBuilder::new(start_worker.as_str())
                 .backend(RedisBackend::<StartKyc>::new(
                     start_pipeline.queue.clone(),
                     start_consumer.clone(),
@@ -172,7 +178,7 @@ pub(crate) async fn run_workers(
                 .build(start::handle)
         })
         .register(move |_run| {
-            WorkerBuilder::new(poll_consumer.as_str())
+            WorkerBuilder::new(poll_worker.as_str())
                 .backend(RedisBackend::<PollDecision>::new(
                     pipeline.queue.clone(),
                     poll_consumer.clone(),
@@ -184,7 +190,7 @@ pub(crate) async fn run_workers(
         })
         .register(move |_run| {
             // Erasures are rare and heavy (scans): one at a time.
-            WorkerBuilder::new(erase_consumer.as_str())
+            WorkerBuilder::new(erase_worker.as_str())
                 .backend(RedisBackend::<EraseSubject>::new(
                     erase_pipeline.queue.clone(),
                     erase_consumer.clone(),
@@ -196,7 +202,7 @@ pub(crate) async fn run_workers(
         })
         .register(move |_run| {
             // People click a few times a minute; a handful at once is plenty.
-            WorkerBuilder::new(operator_consumer.as_str())
+            WorkerBuilder::new(operator_worker.as_str())
                 .backend(RedisBackend::<OperatorAction>::new(
                     operator_pipeline.queue.clone(),
                     operator_consumer.clone(),
@@ -208,7 +214,7 @@ pub(crate) async fn run_workers(
         })
         .register(move |_run| {
             // Its own queue and slots: subscribers never hold up verifications.
-            WorkerBuilder::new(deliver_consumer.as_str())
+            WorkerBuilder::new(deliver_worker.as_str())
                 .backend(RedisBackend::<DeliverEvent>::new(
                     deliver_queue.clone(),
                     deliver_consumer.clone(),

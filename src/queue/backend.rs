@@ -14,7 +14,7 @@ use std::{
     collections::HashSet,
     marker::PhantomData,
     sync::{
-        atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering},
+        atomic::{AtomicBool, AtomicU8, Ordering},
         Arc, Mutex,
     },
     task::{Context, Poll},
@@ -31,7 +31,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::{
     envelope::{Envelope, Job},
-    fetch::{heartbeat, Fetcher},
+    fetch::{attach, heartbeat, Feed, Reader},
     finish::Finisher,
     keys::{QueueKeys, GROUP},
     retry::{JobError, RetryPolicy, Verdict},
@@ -84,14 +84,12 @@ impl Delivery {
     }
 }
 
-/// State shared by the backend, its fetcher, heartbeat and acknowledger.
+/// State shared by the backend, its lane in the process's reader, heartbeat and
+/// acknowledger.
 pub(super) struct Shared {
     /// Entry ids this consumer holds (fetched, running or waiting to start).
     held: Mutex<HashSet<String>>,
     pub(super) closing: AtomicBool,
-    /// The fetcher's connection id on the server (0 when unknown), so closing can end its
-    /// blocked read with `CLIENT UNBLOCK` instead of waiting up to `queue.fetch_block`.
-    pub(super) reader_id: AtomicI64,
     /// Heartbeats that must still look for deliveries we never received: set after a failed
     /// read (its reply may have carried jobs); two checks, because a lost delivery becomes
     /// visible to the check only once it has been idle for a heartbeat period.
@@ -132,13 +130,16 @@ impl Shared {
 }
 
 /// A worker's source of jobs of type `A`. One per worker; each process start uses a new
-/// consumer name.
+/// consumer name, shared by all its workers: the workers of one consumer are fed by one
+/// reader, one blocking read for all their queues.
 pub struct RedisBackend<A: Job> {
     queue: Queue,
     keys: QueueKeys,
     consumer: String,
     shared: Arc<Shared>,
     rx: Option<mpsc::Receiver<Task<A>>>,
+    /// The reader feeding this worker, once started.
+    reader: Option<Arc<Reader>>,
     tasks: Vec<JoinHandle<()>>,
     closing: Option<BoxFuture<'static, ()>>,
     _job: PhantomData<A>,
@@ -157,6 +158,10 @@ impl<A: Job> Drop for RedisBackend<A> {
     /// A backend dropped without a graceful close stops fetching and refreshing, so the
     /// jobs it held are reclaimed by others after `queue.reclaim_after`.
     fn drop(&mut self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        if let Some(reader) = &self.reader {
+            reader.wake();
+        }
         for task in &self.tasks {
             task.abort();
         }
@@ -164,7 +169,8 @@ impl<A: Job> Drop for RedisBackend<A> {
 }
 
 impl<A: Job> RedisBackend<A> {
-    /// A backend reading `A::QUEUE` as `consumer` (unique per process start).
+    /// A backend reading `A::QUEUE` as `consumer` (unique per process start; the same for
+    /// every worker of the process, so one read serves them all).
     pub fn new(queue: Queue, consumer: impl Into<String>) -> Self {
         Self {
             keys: queue.keys(A::QUEUE),
@@ -173,19 +179,20 @@ impl<A: Job> RedisBackend<A> {
             shared: Arc::new(Shared {
                 held: Mutex::new(HashSet::new()),
                 closing: AtomicBool::new(false),
-                reader_id: AtomicI64::new(0),
                 // A new consumer name has nothing pending, but a restarted worker reuses
                 // its name: look once.
                 unreceived_checks: AtomicU8::new(1),
             }),
             rx: None,
+            reader: None,
             tasks: Vec::new(),
             closing: None,
             _job: PhantomData,
         }
     }
 
-    /// Starts the fetcher and heartbeat on the first poll (inside the worker's runtime).
+    /// Joins the process's reader and starts the heartbeat on the first poll (inside the
+    /// worker's runtime).
     fn start(&mut self) {
         if self.rx.is_some() || self.closing.is_some() {
             return;
@@ -193,14 +200,14 @@ impl<A: Job> RedisBackend<A> {
         let batch = self.queue.settings().fetch_batch.max(1);
         let (tx, rx) = mpsc::channel(batch);
         self.rx = Some(rx);
-        let fetcher = Fetcher::<A> {
+        let feed = Feed::<A> {
             queue: self.queue.clone(),
             keys: self.keys.clone(),
             consumer: self.consumer.clone(),
             shared: self.shared.clone(),
             tx,
         };
-        self.tasks.push(tokio::spawn(fetcher.run()));
+        self.reader = Some(attach(&self.queue, &self.consumer, Arc::new(feed)));
         self.tasks.push(tokio::spawn(heartbeat(
             self.queue.clone(),
             self.keys.clone(),
@@ -216,34 +223,19 @@ impl<A: Job> RedisBackend<A> {
     fn close(&mut self) -> BoxFuture<'static, ()> {
         self.shared.closing.store(true, Ordering::SeqCst);
         if let Some(rx) = self.rx.as_mut() {
-            // Wakes a fetcher waiting for room; it then stops after its current read.
             rx.close();
         }
         let tasks = std::mem::take(&mut self.tasks);
+        let reader = self.reader.clone();
         let queue = self.queue.clone();
         let keys = self.keys.clone();
         let consumer = self.consumer.clone();
         let shared = self.shared.clone();
         async move {
-            let mut tasks = tasks.into_iter();
-            if let Some(mut fetcher) = tasks.next() {
-                // End its blocked read now; again until it stops, in case the read had not
-                // started yet when we asked.
-                let mut conn = queue.connection();
-                loop {
-                    let id = shared.reader_id.load(Ordering::SeqCst);
-                    if id > 0 {
-                        let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
-                            .arg("UNBLOCK")
-                            .arg(id)
-                            .query_async(&mut conn)
-                            .await;
-                    }
-                    match tokio::time::timeout(Duration::from_millis(200), &mut fetcher).await {
-                        Ok(_) => break,
-                        Err(_) => continue,
-                    }
-                }
+            if let Some(reader) = reader {
+                // The reader ends its blocked read (`CLIENT UNBLOCK`) and drops this lane;
+                // after that nothing more can be delivered to us.
+                reader.detach(&shared).await;
             }
             for task in tasks {
                 task.abort();

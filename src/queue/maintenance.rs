@@ -2,9 +2,22 @@
 //! reclaim jobs of dead consumers, remove those consumers. Each step is a bounded script or a
 //! bounded command, so several processes doing it at once is safe and cheap.
 //!
-//! Reclaiming is one process's turn per period (`reclaim_after / 2`), taken with one `SET NX`:
-//! the fleet reclaims as often as before, but an idle fleet of many processes does not
-//! repeat the same checks once per process.
+//! Reclaiming is one process's turn at a time, taken with one `SET NX`, and a pass is made
+//! when it is needed rather than on a fixed period: each pass reads, from `XINFO CONSUMERS`,
+//! how long every other consumer holding entries has been silent, and schedules the next
+//! pass for the moment the first of them would cross `reclaim_after` (at most
+//! `reclaim_after` away when nobody holds anything). The turn key then lives until that
+//! moment, so the other processes sleep until it expires instead of polling.
+//!
+//! Why that bounds recovery: an entry of a consumer that dies at `k` was last touched at or
+//! before `k`, and so was the consumer; the consumer's silence is its idle time. A pass
+//! comes at most `reclaim_after` after the previous one, so one comes before `k +
+//! reclaim_after`; that pass (or an earlier one) sees the dead consumer's idle time and
+//! schedules the next for `k + reclaim_after` (plus [`CROSSING_MARGIN`]), when every one of
+//! its entries has crossed: the last job of a killed process is requeued within
+//! `reclaim_after` and a fraction of a second, and a live worker takes it at once. An idle
+//! fleet makes one pass per `reclaim_after`, and each other process one failed `SET NX`
+//! and one `PTTL` per pass.
 
 use std::time::Duration;
 
@@ -21,6 +34,16 @@ use super::{
 
 /// Entries examined per `XAUTOCLAIM` call.
 const RECLAIM_CHUNK: usize = 100;
+/// The shortest gap between two passes, whatever the consumers' idle times say.
+const PASS_FLOOR: Duration = Duration::from_secs(1);
+/// How long a turn is held while its pass runs; the holder then sets it to the next pass.
+/// A pass that outlives it may overlap another: harmless, every step is bounded and safe
+/// to repeat.
+const PASS_LEASE: Duration = Duration::from_secs(10);
+/// After the moment a dead consumer's entries reach `reclaim_after`, so they have.
+const CROSSING_MARGIN: Duration = Duration::from_millis(250);
+/// Spread of the processes' attempts at an expired turn.
+const TURN_JITTER_MS: u64 = 100;
 
 /// The maintenance tasks of one process: the promoter and the reclaimer.
 #[derive(Debug)]
@@ -52,72 +75,111 @@ impl Drop for Maintenance {
 }
 
 async fn run_reclaim(queue: Queue, queues: Vec<&'static str>, consumer: String) {
-    let every = (queue.settings().reclaim_after / 2).max(Duration::from_millis(100));
+    let reclaim_after = queue.settings().reclaim_after;
     let turn_key = queue.fleet_key("maintenance:turn");
     let mut conn = queue.connection();
     let mut backoff = Backoff::new();
+    let mut wait = turn_jitter();
     loop {
-        tokio::time::sleep(every).await;
-        // The turn lapses a little before the next period, so the holder can take it again.
-        let lapse = every
-            .saturating_sub(every / 10)
-            .max(Duration::from_millis(1));
+        tokio::time::sleep(wait).await;
         let turn: redis::RedisResult<Option<String>> = redis::cmd("SET")
             .arg(&turn_key)
             .arg(&consumer)
             .arg("NX")
             .arg("PX")
-            .arg(lapse.as_millis() as u64)
+            .arg(PASS_LEASE.as_millis() as u64)
             .query_async(&mut conn)
             .await;
         match turn {
             Ok(Some(_)) => {}
-            Ok(None) => continue,
+            Ok(None) => {
+                // Another process holds the turn until the next pass is due: sleep until then.
+                let left: redis::RedisResult<i64> = conn.pttl(&turn_key).await;
+                wait = match left {
+                    Ok(ms) if ms >= 0 => Duration::from_millis(ms as u64),
+                    // Expired meanwhile (-2), or a turn without expiry (-1, set by hand).
+                    Ok(-2) => Duration::ZERO,
+                    Ok(_) => reclaim_after,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "maintenance turn not read");
+                        backoff.wait().await;
+                        Duration::ZERO
+                    }
+                } + turn_jitter();
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "maintenance turn not taken");
                 backoff.wait().await;
+                wait = turn_jitter();
                 continue;
             }
         }
+        let mut next = reclaim_after;
         let mut healthy = true;
         for name in &queues {
             let keys = queue.keys(name);
-            if let Err(e) = reclaim(&queue, &mut conn, &keys, &consumer).await {
-                tracing::warn!(error = %e, queue = name, "reclaiming abandoned jobs failed");
-                healthy = false;
+            match reclaim(&queue, &mut conn, &keys, &consumer).await {
+                Ok(due) => next = next.min(due),
+                Err(e) => {
+                    tracing::warn!(error = %e, queue = name, "reclaiming abandoned jobs failed");
+                    healthy = false;
+                }
             }
         }
         if healthy {
             backoff.reset();
         } else {
             backoff.wait().await;
+            next = PASS_FLOOR;
         }
+        let next = next.max(PASS_FLOOR);
+        // Hold the turn until the next pass is due; the others sleep until it expires.
+        let held: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(&turn_key)
+            .arg(&consumer)
+            .arg("PX")
+            .arg(next.as_millis() as u64)
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = held {
+            tracing::debug!(error = %e, "next maintenance turn not recorded");
+        }
+        wait = next + turn_jitter();
     }
+}
+
+fn turn_jitter() -> Duration {
+    use rand::Rng;
+    Duration::from_millis(rand::rng().random_range(0..TURN_JITTER_MS))
 }
 
 /// Takes entries idle past `reclaim_after` (their consumer died: live ones refresh theirs),
 /// requeues them, or buries those abandoned too often; then removes empty dead consumers.
+/// Returns how soon this queue needs the next pass.
 async fn reclaim(
     queue: &Queue,
     conn: &mut crate::queue::RedisConnection,
     keys: &QueueKeys,
     consumer: &str,
-) -> redis::RedisResult<()> {
+) -> redis::RedisResult<Duration> {
     let settings = queue.settings();
     let groups: redis::streams::StreamInfoGroupsReply = match conn.xinfo_groups(&keys.ready).await {
         Ok(g) => g,
         // No stream yet: nothing was ever queued here.
-        Err(e) if e.to_string().contains("no such key") => return Ok(()),
+        Err(e) if e.to_string().contains("no such key") => return Ok(settings.reclaim_after),
         Err(e) => return Err(e),
     };
     let Some(group) = groups.groups.into_iter().find(|g| g.name == GROUP) else {
-        return ensure_group(conn, keys).await;
+        ensure_group(conn, keys).await?;
+        return Ok(settings.reclaim_after);
     };
     if group.pending > 0 {
         reclaim_idle(queue, conn, keys, consumer).await?;
     }
-    remove_dead_consumers(conn, keys, consumer, settings.reclaim_after * 2).await?;
-    trim_finished(conn, keys, &group.last_delivered_id, group.pending > 0).await
+    let next = check_consumers(conn, keys, consumer, settings.reclaim_after).await?;
+    trim_finished(conn, keys, &group.last_delivered_id, group.pending > 0).await?;
+    Ok(next)
 }
 
 /// Requeues entries idle past `reclaim_after`, burying those abandoned too often.
@@ -184,29 +246,35 @@ async fn reclaim_idle(
     Ok(())
 }
 
-/// Whether `consumer` is this process's: `me` itself (reclaims) or one of its workers
-/// (`me-<queue>`). Redis may report a live worker blocked in `XREADGROUP` as idle since
-/// its last delivery, so an idle time alone does not prove a consumer dead.
-fn is_own_consumer(consumer: &str, me: &str) -> bool {
-    consumer == me
-        || consumer
-            .strip_prefix(me)
-            .is_some_and(|rest| rest.starts_with('-'))
-}
-
-/// Deletes other processes' consumers that hold nothing and have not read for a while
-/// (dead processes); each check-and-delete is one script, so a consumer reading meanwhile
-/// is never deleted.
-async fn remove_dead_consumers(
+/// Deletes other processes' consumers that hold nothing and have not read for
+/// `2 × reclaim_after` (dead processes; each check-and-delete is one script, so a consumer
+/// reading meanwhile is never deleted), and returns how soon the next pass is needed: when
+/// the first entry another consumer holds may cross `reclaim_after` (its consumer's idle
+/// time is a lower bound of its entries': a consumer is touched whenever one of its entries
+/// is), or when an empty one may turn out dead. This process's own consumer (its workers
+/// and its reclaims) is alive, whatever idle time Redis reports.
+async fn check_consumers(
     conn: &mut crate::queue::RedisConnection,
     keys: &QueueKeys,
     me: &str,
-    idle: Duration,
-) -> redis::RedisResult<()> {
+    reclaim_after: Duration,
+) -> redis::RedisResult<Duration> {
+    let idle = reclaim_after * 2;
     let info: redis::streams::StreamInfoConsumersReply =
         conn.xinfo_consumers(&keys.ready, GROUP).await?;
+    let mut next = reclaim_after;
     for c in info.consumers {
-        if !is_own_consumer(&c.name, me) && c.pending == 0 && c.idle as u128 > idle.as_millis() {
+        if c.name == me {
+            continue;
+        }
+        let silent = Duration::from_millis(c.idle as u64);
+        if c.pending > 0 {
+            next = next.min(reclaim_after.saturating_sub(silent) + CROSSING_MARGIN);
+            continue;
+        }
+        if silent <= idle {
+            next = next.min(idle - silent + CROSSING_MARGIN);
+        } else {
             let removed: i64 = scripts::FORGET_CONSUMER
                 .key(&keys.ready)
                 .arg(GROUP)
@@ -219,7 +287,7 @@ async fn remove_dead_consumers(
             }
         }
     }
-    Ok(())
+    Ok(next)
 }
 
 /// Trims entries that are acknowledged but still in the stream (an `XDEL` lost after its
@@ -275,14 +343,6 @@ fn next_id(id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_process_never_takes_its_own_workers_for_dead_consumers() {
-        assert!(is_own_consumer("web-1-ab12cd", "web-1-ab12cd"));
-        assert!(is_own_consumer("web-1-ab12cd-start", "web-1-ab12cd"));
-        assert!(!is_own_consumer("web-1-zz99zz-start", "web-1-ab12cd"));
-        assert!(!is_own_consumer("web-1-ab12cdx", "web-1-ab12cd"));
-    }
 
     #[test]
     fn stream_ids_compare_numerically() {

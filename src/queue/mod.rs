@@ -9,8 +9,10 @@
 //!
 //! # Layout in Redis (per queue, see [`keys`])
 //! - `ready`: a Stream read through one consumer group. Each process is a uniquely named
-//!   consumer; `XREADGROUP` blocks on a connection of its own, so an idle worker picks a job
-//!   up the moment it is added. A finished job is `XACK`ed and `XDEL`eted, so memory stays flat.
+//!   consumer; one `XREADGROUP` over the ready streams of all its queues blocks on a
+//!   connection of its own (see [`fetch`]), so an idle worker picks a job up the moment it
+//!   is added and an idle process's traffic does not grow with its number of queues. A
+//!   finished job is `XACK`ed and `XDEL`eted, so memory stays flat.
 //! - `delayed` + `payloads`: a sorted set of due times and a hash of envelopes. Every process
 //!   sleeps until the earliest due time and is woken on the queue's `wake` channel when an
 //!   earlier job is scheduled (`promote`); it promotes due jobs in bounded chunks with one
@@ -97,8 +99,10 @@ impl DeadJob {
 /// Cheap to clone; all clones share one multiplexed connection.
 #[derive(Clone)]
 pub struct Queue {
-    /// Its connector also makes the dedicated blocking connections of fetchers.
+    /// Its connector also makes the dedicated blocking connection of each reader.
     conn: RedisConnection,
+    /// The readers feeding this process's workers (see [`fetch`]).
+    readers: fetch::Readers,
     prefix: String,
     settings: QueueSettings,
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
@@ -117,6 +121,7 @@ impl Queue {
     pub fn new(conn: RedisConnection, prefix: &str, settings: QueueSettings) -> Self {
         Self {
             conn,
+            readers: fetch::Readers::default(),
             prefix: prefix.to_owned(),
             settings,
             metrics: None,
@@ -142,9 +147,13 @@ impl Queue {
         self.metrics.as_deref()
     }
 
-    /// Makes the dedicated connections this queue's fetchers block on.
+    /// Makes the dedicated connections readers block on.
     pub(crate) fn connector(&self) -> &Connector {
         self.conn.connector()
+    }
+
+    fn readers(&self) -> &fetch::Readers {
+        &self.readers
     }
 
     /// A key of the queue machinery shared by every queue (`<prefix>:<name>`; outside

@@ -128,6 +128,11 @@ impl Drop for Worker {
 
 /// Enqueues `sessions()` requests through the Rust producer.
 async fn enqueue(app: &TestApp, name: &'static str) -> Load {
+    enqueue_n(app, name, sessions()).await
+}
+
+/// Enqueues `n` requests through the Rust producer.
+async fn enqueue_n(app: &TestApp, name: &'static str, n: usize) -> Load {
     let log = std::env::temp_dir().join(format!(
         "kyc-chaos-{name}-{}-{}.log",
         std::process::id(),
@@ -136,7 +141,7 @@ async fn enqueue(app: &TestApp, name: &'static str) -> Load {
     eprintln!("[chaos {name}] worker logs: {}", log.display());
     let producer = app.producer().await;
     let mut requests = BTreeMap::new();
-    for i in 0..sessions() {
+    for i in 0..n {
         let (scenario, status) = OUTCOMES[i % OUTCOMES.len()];
         let request_id = format!("{name}-req-{i:04}");
         let vendor_data = format!("{name}-user-{i:04}");
@@ -602,13 +607,18 @@ fn unix_ms_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The burst a SIGKILL interrupts in the recovery-bound scenario.
+const RECLAIM_BURST: usize = 300;
+
 #[tokio::test]
-async fn chaos_after_a_sigkill_mid_burst_every_reclaimed_job_runs_within_the_reclaim_bound() {
-    // Arrange: `reclaim_after` 3 s; a Didit request timeout of 7 s, so a request lock that
-    // lived twice the request timeout (14 s) would hold the reclaimed jobs past the bound
-    // (3 s + 10 s). Didit answers every call after 700 ms, so the victim dies holding its
-    // jobs mid-create (intent recorded, lock held).
-    let reclaim_after = Duration::from_secs(3);
+async fn chaos_after_a_sigkill_mid_burst_of_300_the_last_reclaimed_job_starts_within_the_reclaim_bound(
+) {
+    // Arrange: the default `queue.reclaim_after` (30 s) and `queue.fetch_block` (5 s), and a
+    // Didit request timeout of 25 s, so a request lock that lived twice the request timeout
+    // (50 s) would hold the reclaimed jobs past the bound (30 s + 10 s). Didit answers every
+    // call after 700 ms, so the victim dies holding its jobs mid-create (intent recorded,
+    // lock held).
+    let reclaim_after = kyc_worker::settings::QueueSettings::default().reclaim_after;
     let app = spawn_app(AppOptions {
         webhooks: true,
         in_process: false,
@@ -618,14 +628,15 @@ async fn chaos_after_a_sigkill_mid_burst_every_reclaimed_job_runs_within_the_rec
                 "KYC__QUEUE__RECLAIM_AFTER".into(),
                 format!("{}s", reclaim_after.as_secs()),
             ),
-            ("KYC__DIDIT__REQUEST_TIMEOUT".into(), "7s".into()),
+            ("KYC__QUEUE__FETCH_BLOCK".into(), "5s".into()),
+            ("KYC__DIDIT__REQUEST_TIMEOUT".into(), "25s".into()),
         ],
         ..Default::default()
     })
     .await;
     app.sandbox_control(serde_json::json!({"action": "set_latency", "ms": 700}))
         .await;
-    let load = enqueue(&app, "reclaim").await;
+    let load = enqueue_n(&app, "reclaim", RECLAIM_BURST).await;
     let c = app.redis.connection().await;
     let mut victim = Worker::start(&app, &load);
     let mid_create = eventually("the victim mid-create", Duration::from_secs(30), || async {
@@ -648,7 +659,8 @@ async fn chaos_after_a_sigkill_mid_burst_every_reclaimed_job_runs_within_the_rec
                 mid_create += 1;
             }
         }
-        (mid_create >= (load.n() / 4).max(1)).then_some(mid_create)
+        // A quarter of the burst, at most half the victim's concurrency (64).
+        (mid_create >= (load.n() / 4).clamp(1, 32)).then_some(mid_create)
     })
     .await;
 

@@ -1304,3 +1304,250 @@ async fn an_idle_worker_and_promoter_send_only_their_liveness_traffic() {
     assert!(total <= 40, "{total} commands in 2 s while idle: {calls:?}");
     worker.stop().await;
 }
+
+/// A job of the queue `lane-<I>`: several queues served by one process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LaneJob<const I: usize> {
+    pub n: u64,
+    pub sleep_ms: u64,
+}
+
+macro_rules! lane_queues {
+    ($($i:literal => $queue:literal),*) => {
+        $(impl Job for LaneJob<$i> {
+            const QUEUE: &'static str = $queue;
+            const VERSION: u32 = 1;
+        })*
+    };
+}
+lane_queues!(0 => "lane-0", 1 => "lane-1", 2 => "lane-2", 3 => "lane-3");
+
+async fn lane_handle<const I: usize>(
+    job: LaneJob<I>,
+    probe: Data<Probe>,
+) -> Result<Completion<LaneJob<I>>, JobError>
+where
+    LaneJob<I>: Job,
+{
+    tokio::time::sleep(Duration::from_millis(job.sleep_ms)).await;
+    probe.record(job.n, &format!("lane{I}-done")).await;
+    Ok(Completion::Done)
+}
+
+/// One "process": a worker for each of the queues `lane-0` .. `lane-<n-1>`, all reading as
+/// the same consumer, without maintenance (its fleet-wide pass is not per process).
+struct LaneProcess {
+    stop: tokio::sync::watch::Sender<bool>,
+    workers: Vec<tokio::task::JoinHandle<Result<(), apalis_core::error::WorkerError>>>,
+}
+
+impl LaneProcess {
+    /// Workers for the first `concurrency.len()` lanes, with these concurrencies.
+    async fn start(redis: &TestRedis, consumer: &str, concurrency: &[usize]) -> LaneProcess {
+        let queue = producer(redis, fast()).await;
+        let probe = Probe {
+            conn: kyc_worker::queue::connect(&redis.url())
+                .await
+                .expect("probe"),
+        };
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let mut workers = Vec::new();
+        for (lane, &n) in concurrency.iter().enumerate() {
+            let (q, p, s) = (&queue, probe.clone(), stop.subscribe());
+            workers.push(match lane {
+                0 => spawn_lane::<0>(q, consumer, n, p, s),
+                1 => spawn_lane::<1>(q, consumer, n, p, s),
+                2 => spawn_lane::<2>(q, consumer, n, p, s),
+                _ => spawn_lane::<3>(q, consumer, n, p, s),
+            });
+        }
+        LaneProcess { stop, workers }
+    }
+
+    async fn stop(self) {
+        self.stop.send_replace(true);
+        for worker in self.workers {
+            let result = tokio::time::timeout(DEADLINE, worker).await;
+            assert!(
+                matches!(result, Ok(Ok(Ok(())))),
+                "worker stopped with {result:?}"
+            );
+        }
+    }
+}
+
+fn spawn_lane<const I: usize>(
+    queue: &Queue,
+    consumer: &str,
+    concurrency: usize,
+    probe: Probe,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<(), apalis_core::error::WorkerError>>
+where
+    LaneJob<I>: Job,
+{
+    let worker = WorkerBuilder::new(format!("{consumer}-lane-{I}").as_str())
+        .backend(RedisBackend::<LaneJob<I>>::new(queue.clone(), consumer))
+        .concurrency(concurrency)
+        .data(probe)
+        .build(lane_handle::<I>);
+    tokio::spawn(worker.run_until(async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+        Ok::<(), apalis_core::error::WorkerError>(())
+    }))
+}
+
+/// Adds `n` jobs to lane `I`, numbered from 0, each sleeping `sleep_ms`.
+async fn push_lane<const I: usize>(queue: &Queue, n: u64, sleep_ms: u64)
+where
+    LaneJob<I>: Job,
+{
+    let jobs: Vec<LaneJob<I>> = (0..n).map(|n| LaneJob { n, sleep_ms }).collect();
+    queue.push_many(&jobs).await.expect("push lane jobs");
+}
+
+/// Connections of the test's Redis whose last command is `cmd` (a blocked reader's is
+/// `xreadgroup`).
+async fn connections_in(redis: &TestRedis, cmd: &str) -> usize {
+    let mut c = redis.connection().await;
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut c)
+        .await
+        .expect("client list");
+    let needle = format!(" cmd={cmd} ");
+    clients.lines().filter(|l| l.contains(&needle)).count()
+}
+
+#[tokio::test]
+async fn one_process_consumes_several_queues_through_one_blocking_read() {
+    // Arrange: one process serving four queues.
+    let redis = TestRedis::start().await;
+    let queue = producer(&redis, fast()).await;
+    let process = LaneProcess::start(&redis, "p1", &[4, 4, 4, 4]).await;
+
+    // Act: jobs on every queue.
+    push_lane::<0>(&queue, 25, 0).await;
+    push_lane::<1>(&queue, 25, 0).await;
+    push_lane::<2>(&queue, 25, 0).await;
+    push_lane::<3>(&queue, 25, 0).await;
+
+    // Assert: all consumed, by the one consumer, through one blocked connection.
+    for lane in 0..4 {
+        let key = format!("probe:lane{lane}-done");
+        let (redis, key) = (&redis, key.as_str());
+        eventually(key, DEADLINE, || async move {
+            (count(redis, key).await >= 25).then_some(())
+        })
+        .await;
+    }
+    let mut c = redis.connection().await;
+    for lane in 0..4 {
+        let info: redis::streams::StreamInfoConsumersReply = c
+            .xinfo_consumers(format!("t:queue:lane-{lane}:ready"), "workers")
+            .await
+            .expect("xinfo consumers");
+        let names: Vec<&str> = info.consumers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["p1"], "lane {lane}");
+    }
+    eventually("one blocked read", DEADLINE, || async {
+        (connections_in(&redis, "xreadgroup").await == 1).then_some(())
+    })
+    .await;
+    process.stop().await;
+}
+
+/// Blocking reads and every other command of an idle process serving `queues` queues,
+/// over a window of `window`, after its start-up checks are done.
+async fn idle_calls(queues: usize, window: Duration) -> (u64, u64) {
+    let redis = TestRedis::start().await;
+    let process = LaneProcess::start(&redis, "p1", &vec![2; queues]).await;
+    // Start-up: each worker looks once for deliveries it never received (XPENDING).
+    eventually("start-up checks done", DEADLINE, || async {
+        (command_calls(&redis)
+            .await
+            .get("xpending")
+            .copied()
+            .unwrap_or(0)
+            >= queues as u64)
+            .then_some(())
+    })
+    .await;
+    let mut c = redis.connection().await;
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async::<()>(&mut c)
+        .await
+        .expect("resetstat");
+    // A measuring window, not a synchronisation.
+    tokio::time::sleep(window).await;
+    let calls = command_calls(&redis).await;
+    process.stop().await;
+    let total = calls
+        .iter()
+        .filter(|(name, _)| !name.starts_with("info") && !name.starts_with("config"))
+        .map(|(_, n)| n)
+        .sum();
+    (calls.get("xreadgroup").copied().unwrap_or(0), total)
+}
+
+#[tokio::test]
+async fn idle_traffic_does_not_grow_with_the_number_of_queues() {
+    let window = Duration::from_secs(3);
+    let (reads_one, total_one) = idle_calls(1, window).await;
+    let (reads_four, total_four) = idle_calls(4, window).await;
+    eprintln!("idle in {window:?}: 1 queue {reads_one} reads, {total_one} commands; 4 queues {reads_four} reads, {total_four} commands");
+    // One blocking read per `queue.fetch_block` (500 ms here), whatever the number of queues.
+    let most = (window.as_millis() / fast().fetch_block.as_millis()) as u64 + 1;
+    assert!(
+        reads_one <= most,
+        "1 queue: {reads_one} reads in {window:?}"
+    );
+    assert!(
+        reads_four <= most,
+        "4 queues: {reads_four} reads in {window:?}"
+    );
+    assert!(
+        reads_four <= reads_one + 1,
+        "reads: 1 queue {reads_one}, 4 queues {reads_four}"
+    );
+    assert!(
+        total_four <= total_one + 1,
+        "commands: 1 queue {total_one}, 4 queues {total_four}"
+    );
+}
+
+#[tokio::test]
+async fn a_full_worker_does_not_hold_up_the_other_queues() {
+    // Arrange: a slow queue with one slot and a backlog far beyond its batch, and a quick one.
+    let redis = TestRedis::start().await;
+    let queue = producer(&redis, fast()).await;
+    let process = LaneProcess::start(&redis, "p1", &[1, 4]).await;
+    push_lane::<0>(&queue, 100, 200).await;
+
+    // Act
+    push_lane::<1>(&queue, 40, 0).await;
+
+    // Assert: the quick queue is done while the slow one is still at its backlog, and the
+    // slow one was never handed more than it had room for.
+    eventually("the quick queue done", DEADLINE, || async {
+        (count(&redis, "probe:lane1-done").await >= 40).then_some(())
+    })
+    .await;
+    assert!(count(&redis, "probe:lane0-done").await < 100);
+    let mut c = redis.connection().await;
+    let pending: redis::streams::StreamPendingReply = c
+        .xpending("t:queue:lane-0:ready", "workers")
+        .await
+        .expect("xpending");
+    let held = match pending {
+        redis::streams::StreamPendingReply::Data(d) => d.count,
+        _ => 0,
+    };
+    // Channel (fetch_batch) + the one running.
+    assert!(
+        held <= fast().fetch_batch + 1,
+        "{held} held by a worker with one slot"
+    );
+    process.stop().await;
+}

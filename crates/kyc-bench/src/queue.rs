@@ -115,6 +115,10 @@ pub struct Lateness {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct IdleTraffic {
     pub processes: usize,
+    /// Job queues each process reads, all through one blocking read; the intake stream is
+    /// read besides.
+    #[serde(default)]
+    pub queues_per_process: usize,
     pub seconds: f64,
     pub commands: u64,
     pub per_process_per_s: f64,
@@ -370,6 +374,7 @@ async fn run_idle(url: &str, processes: usize, seconds: u64) -> anyhow::Result<I
         child.ready().await?;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let queues_per_process = queues_read(&mut admin).await?;
     redis::cmd("CONFIG")
         .arg("RESETSTAT")
         .query_async::<()>(&mut admin)
@@ -386,11 +391,23 @@ async fn run_idle(url: &str, processes: usize, seconds: u64) -> anyhow::Result<I
     let commands: u64 = by_command.values().sum();
     Ok(IdleTraffic {
         processes,
+        queues_per_process,
         seconds: elapsed,
         commands,
         per_process_per_s: commands as f64 / elapsed / processes as f64,
         by_command,
     })
+}
+
+/// Job queues the fleet under the `kyc` prefix reads: the ready streams its readers made
+/// (a reader creates a stream's group, and the stream, on its first read). Every `kyc-worker
+/// run` reads every queue, so this is also each process's count.
+async fn queues_read(admin: &mut impl redis::aio::ConnectionLike) -> anyhow::Result<usize> {
+    let streams: Vec<String> = redis::cmd("KEYS")
+        .arg("kyc:queue:*:ready")
+        .query_async(admin)
+        .await?;
+    Ok(streams.len())
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -507,7 +524,7 @@ pub fn markdown(r: &QueueBenchReport) -> String {
          Delayed jobs, each due 1 s after it was scheduled (ms after the due time the job started):\n\n\
          | scheduled per s | jobs | p50 | p99 | max |\n|---:|---:|---:|---:|---:|\n{late}\n\
          Idle `kyc-worker run` processes (INFO commandstats delta, every command counted):\n\n\
-         | processes | seconds | commands | per process per s | busiest commands |\n|---:|---:|---:|---:|---|\n{idle}\n\
+         | processes | queues per process | seconds | commands | per process per s | busiest commands |\n|---:|---:|---:|---:|---:|---|\n{idle}\n\
          Redis memory per delayed job with {n} scheduled: {bytes:.0} bytes.\n{targets}",
         redis = r.redis_version,
         cpus = r.cpus,
@@ -538,8 +555,9 @@ pub fn markdown(r: &QueueBenchReport) -> String {
             .idle
             .iter()
             .map(|i| format!(
-                "| {} | {:.0} | {} | {:.2} | {} |\n",
+                "| {} | {} | {:.0} | {} | {:.2} | {} |\n",
                 i.processes,
+                i.queues_per_process,
                 i.seconds,
                 i.commands,
                 i.per_process_per_s,

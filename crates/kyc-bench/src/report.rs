@@ -499,9 +499,10 @@ pub fn queue_targets(q: &QueueBenchReport) -> Vec<Target> {
     for idle in &q.idle {
         targets.push(at_most(
             &format!(
-                "idle Redis commands/s per process, {} process{}",
+                "idle Redis commands/s per process, {} process{} of {} queues each",
                 idle.processes,
-                if idle.processes == 1 { "" } else { "es" }
+                if idle.processes == 1 { "" } else { "es" },
+                idle.queues_per_process
             ),
             idle.per_process_per_s,
             5.0,
