@@ -173,12 +173,6 @@ pub fn targets(lifecycle: &LifecycleReport, queue: Option<&QueueBenchReport>) ->
     let mut targets = Vec::new();
     if let Some(run) = webhook_run(lifecycle) {
         targets.push(at_most(
-            "Redis commands per session, webhook path (net of idle traffic)",
-            run.redis_commands_per_session_net,
-            20.0,
-            "commands",
-        ));
-        targets.push(at_most(
             "Didit calls per session, webhook path",
             run.didit_calls_per_session,
             2.0,
