@@ -10,7 +10,7 @@
 //! # Layout in Redis (per queue, see [`keys`])
 //! - `ready`: a Stream read through one consumer group. Each process is a uniquely named
 //!   consumer; one `XREADGROUP` over the ready streams of all its queues blocks on a
-//!   connection of its own (see [`fetch`]), so an idle worker picks a job up the moment it
+//!   connection of its own (see `fetch`), so an idle worker picks a job up the moment it
 //!   is added and an idle process's traffic does not grow with its number of queues. A
 //!   finished job is `XACK`ed and `XDEL`eted, so memory stays flat.
 //! - `delayed` + `payloads`: a sorted set of due times and a hash of envelopes. Every process
