@@ -7,13 +7,13 @@
 
 use std::{
     collections::HashMap,
-    net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
+use didit_sandbox::ports::free_port;
 use kyc_worker::{domain::StartRequest, producer::Producer, settings::Settings};
 
 const SCENARIOS: [&str; 10] = [
@@ -39,10 +39,6 @@ impl Drop for Processes {
             let _ = child.wait();
         }
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn binary() -> anyhow::Result<PathBuf> {
