@@ -575,36 +575,15 @@ async fn chaos_sigterm_under_load_drains_in_time_exits_0_and_loses_nothing() {
 
 /// When each request's `kyc.session.created` was published (the stream entry's time, Unix ms).
 async fn created_at_ms(app: &TestApp) -> HashMap<String, u64> {
-    let mut c = app.redis.connection().await;
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg("kyc:events")
-        .arg("-")
-        .arg("+")
-        .query_async(&mut c)
+    app.event_entries()
         .await
-        .expect("xrange events");
-    reply
-        .ids
-        .iter()
-        .filter(|e| {
-            e.map
-                .get("type")
-                .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
-                .is_some_and(|t| t == "kyc.session.created")
-        })
-        .filter_map(|e| {
-            let request = redis::from_redis_value_ref::<String>(e.map.get("request_id")?).ok()?;
-            let ms = e.id.split('-').next()?.parse().ok()?;
-            Some((request, ms))
+        .into_iter()
+        .filter(|(_, e)| e["type"] == "kyc.session.created")
+        .filter_map(|(id, e)| {
+            let ms = id.split('-').next()?.parse().ok()?;
+            Some((e.get("request_id")?.clone(), ms))
         })
         .collect()
-}
-
-fn unix_ms_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The burst a SIGKILL interrupts in the recovery-bound scenario.
@@ -666,7 +645,7 @@ async fn chaos_after_a_sigkill_mid_burst_of_300_the_last_reclaimed_job_starts_wi
 
     // Act: SIGKILL it mid-burst; a new process takes over (and Didit's webhooks).
     victim.sigkill();
-    let killed_ms = unix_ms_now();
+    let killed_ms = kyc_worker::queue::now_ms();
     let _survivor = Worker::start_on(&app, &load, app.port);
     eprintln!("[chaos reclaim] killed with at least {mid_create} creates in flight");
 
@@ -711,7 +690,7 @@ const LOOKUP_SESSIONS: usize = 6;
 /// Enqueues `n` approve requests named `name-*`; returns when they were enqueued.
 async fn enqueue_few(app: &TestApp, name: &str, n: usize) -> u64 {
     let producer = app.producer().await;
-    let at = unix_ms_now();
+    let at = kyc_worker::queue::now_ms();
     for i in 0..n {
         producer
             .start_kyc(StartRequest {

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kyc_worker::domain::StartRequest;
+use kyc_worker::{domain::StartRequest, queue::now_ms};
 use serde_json::Value;
 
 use crate::helpers::{eventually, kyc_worker_binary, spawn_app, AppOptions, TestApp, DEADLINE};
@@ -181,11 +181,4 @@ async fn tail_follow_prints_events_as_they_are_published() {
         "only new events, in order"
     );
     app.stop().await;
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

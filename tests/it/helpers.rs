@@ -243,6 +243,15 @@ impl TestApp {
 
     /// Every event on the outcome stream, oldest first, as field maps.
     pub async fn events(&self) -> Vec<std::collections::HashMap<String, String>> {
+        self.event_entries()
+            .await
+            .into_iter()
+            .map(|(_, fields)| fields)
+            .collect()
+    }
+
+    /// Every entry of the outcome stream, oldest first: its id (`<ms>-<seq>`) and fields.
+    pub async fn event_entries(&self) -> Vec<(String, std::collections::HashMap<String, String>)> {
         let mut c = self.redis.connection().await;
         let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
             .arg("kyc:events")
@@ -255,7 +264,8 @@ impl TestApp {
             .ids
             .into_iter()
             .map(|e| {
-                e.map
+                let fields = e
+                    .map
                     .iter()
                     .map(|(k, v)| {
                         (
@@ -263,7 +273,8 @@ impl TestApp {
                             redis::from_redis_value_ref::<String>(v).unwrap_or_default(),
                         )
                     })
-                    .collect()
+                    .collect();
+                (e.id, fields)
             })
             .collect()
     }

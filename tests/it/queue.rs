@@ -7,7 +7,7 @@ use std::{
 
 use apalis::prelude::*;
 use kyc_worker::{
-    queue::{Completion, Delivery, Job, JobError, Maintenance, Queue, RedisBackend},
+    queue::{now_ms, Completion, Delivery, Job, JobError, Maintenance, Queue, RedisBackend},
     settings::QueueSettings,
 };
 use redis::AsyncCommands;
@@ -71,13 +71,6 @@ impl Probe {
             .await
             .expect("probe write");
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64
 }
 
 async fn handle(
